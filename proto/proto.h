@@ -1,0 +1,102 @@
+/* The browser-facing wire protocol (PROTOCOL.md §2, §3): parsing and
+ * validation of the JSON text frames the app sends, and building of the
+ * frames we answer with. No I/O and no threads: unit-testable alone. */
+#ifndef WC_PROTO_H
+#define WC_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+/* Largest text frame we accept. The auth frame carries a private key
+ * (an 8192-bit RSA key in PEM is ~6.5 KiB); nothing legitimate is larger. */
+#define PROTO_MAX_TEXT_BYTES (64u * 1024)
+
+/* Sent as relay_version in the host_key frame: 3 = streaming reads. */
+#define PROTO_RELAY_VERSION 3
+
+enum proto_method {
+    M_UNKNOWN = 0,
+    M_AUTH,
+    M_STAT,
+    M_LIST,
+    M_FS_INFO,
+    M_MKDIR,
+    M_DELETE,
+    M_RENAME,
+    M_READ,
+    M_WRITE,
+    M_WRITE_OPEN,
+    M_WRITE_CHUNK,
+    M_WRITE_CLOSE,
+    M_WRITE_ABORT,
+    M_READ_OPEN,
+    M_READ_CHUNK,
+    M_READ_CLOSE,
+    M_COUNT
+};
+
+enum proto_auth_type { AUTH_PASSWORD, AUTH_PUBLICKEY };
+
+/* A parsed request. String pointers point into `root` and live as long as
+ * the request; release with proto_request_free(). When the frame was a
+ * request but an invalid one, `error` holds the exact message to answer
+ * ("unknown method", "missing path", ...) and `code` its error code. */
+struct proto_request {
+    uint32_t id;
+    enum proto_method method;
+    const char *path;       /* path / write paths */
+    const char *handle;     /* write_* / read_* handle */
+    const char *from, *to;  /* rename (or legacy oldPath/newPath) */
+    int resume;             /* write_open {"resume": true} */
+    const char *error;
+    const char *code;
+    json_t *root;
+};
+
+/* Credentials copied out of an auth request into memory the session owns,
+ * so the JSON tree can be wiped and dropped at once. Release with
+ * proto_auth_wipe(), which zeroes before freeing. */
+struct proto_auth {
+    enum proto_auth_type type;
+    char *username;
+    char *password;         /* AUTH_PASSWORD */
+    char *private_key;      /* AUTH_PUBLICKEY, NUL-terminated */
+    char *passphrase;       /* AUTH_PUBLICKEY, NULL when none */
+};
+
+/* Parse one text frame. Returns 0 when it is a request (check req->error),
+ * -1 when it is not a JSON request at all (the caller ignores it). */
+int proto_parse_request(const char *text, size_t len, struct proto_request *req);
+void proto_request_free(struct proto_request *req);
+
+/* Nonzero when the method's request is followed by one binary frame. */
+int proto_method_takes_binary(enum proto_method m);
+const char *proto_method_name(enum proto_method m);
+
+/* 1 when the frame is exactly {"type":"host_key_accepted"} (more fields
+ * tolerated), else 0. */
+int proto_is_host_key_accepted(const char *text, size_t len);
+
+/* Copy and validate the credentials of an auth request. Returns 0, or -1
+ * with *errmsg set to the answer for the browser. Wipes the credential
+ * strings inside req->root. */
+int proto_auth_take(struct proto_request *req, struct proto_auth *out,
+                    const char **errmsg);
+void proto_auth_wipe(struct proto_auth *a);
+
+/* Builders. Each returns a NUL-terminated malloc'd string the caller owns
+ * (free()), or NULL when out of memory. proto_result steals `result`. */
+char *proto_result(uint32_t id, json_t *result);
+char *proto_result_empty(uint32_t id);
+char *proto_error(uint32_t id, const char *msg, const char *code);
+char *proto_setup_error(const char *code, const char *msg);
+char *proto_host_key(const char *fingerprint, const char *key_type);
+
+/* Features this relay advertises in the host_key frame (§5). */
+extern const char *const proto_features[];
+
+/* Wipe a buffer in a way the compiler may not elide. */
+void proto_wipe(void *p, size_t n);
+
+#endif

@@ -1,0 +1,495 @@
+/* The HTTP access layer of PROTOCOL §1.1-§1.2: challenge and cookie
+ * endpoints and the WebSocket upgrade gate, each a function from request
+ * strings to an HTTP status, on top of auth_cookie, limits and netguard. */
+#include "access.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "auth_cookie.h"
+#include "client_ip.h"
+#include "netguard.h"
+
+struct access {
+    const struct config *cfg;        /* borrowed */
+    struct limits *limits;
+    struct auth_challenges *challenges;
+    struct auth_jtis *jtis;
+    int localhost;                   /* BYO_DOMAIN is "localhost" */
+    char *origin;                    /* "https://" BYO_DOMAIN */
+};
+
+struct access *access_new(const struct config *cfg)
+{
+    struct access *a;
+    const char *domain;
+
+    if (!cfg || cfg->signing_key_len < 32 ||
+        cfg->signing_key_len > sizeof(cfg->signing_key))
+        return NULL;
+    a = calloc(1, sizeof(*a));
+    if (!a)
+        return NULL;
+    a->cfg = cfg;
+    domain = cfg->byo_domain && *cfg->byo_domain ? cfg->byo_domain : "localhost";
+    a->localhost = strcasecmp(domain, "localhost") == 0;
+    a->origin = malloc(strlen(domain) + sizeof("https://"));
+    if (a->origin)
+        sprintf(a->origin, "https://%s", domain);
+    a->limits = limits_new(cfg);
+    a->challenges = auth_challenges_new();
+    a->jtis = auth_jtis_new();
+    if (!a->origin || !a->limits || !a->challenges || !a->jtis) {
+        access_free(a);
+        return NULL;
+    }
+    return a;
+}
+
+void access_free(struct access *a)
+{
+    if (!a)
+        return;
+    auth_jtis_free(a->jtis);
+    auth_challenges_free(a->challenges);
+    limits_free(a->limits);
+    free(a->origin);
+    free(a);
+}
+
+struct limits *access_limits(struct access *a)
+{
+    return a ? a->limits : NULL;
+}
+
+static void key_of(const char *client_ip, char key[CLIENT_IP_MAX])
+{
+    client_ip_key(client_ip, key, CLIENT_IP_MAX);
+}
+
+/* ---- GET /relay/auth/challenge ----------------------------------------- */
+
+int access_http_challenge(struct access *a, const char *purpose_query,
+                          const char *client_ip, time_t now, char *body,
+                          size_t bodylen)
+{
+    char key[CLIENT_IP_MAX], nonce[2 * AUTH_NONCE_BYTES + 1];
+    struct auth_challenge c;
+    int over, n;
+
+    if (!a || !client_ip || !body || bodylen == 0)
+        return 500;
+    key_of(client_ip, key);
+    over = limits_challenge(a->limits, key, now);  /* every request counts */
+    if (!auth_purpose_valid(purpose_query))
+        return 400;
+    if (over)
+        return 429;
+    if (auth_challenge_issue(a->challenges, purpose_query, client_ip, now, &c) != 0)
+        return 500;
+    for (int i = 0; i < AUTH_NONCE_BYTES; i++)
+        snprintf(nonce + 2 * i, 3, "%02x", c.nonce[i]);
+    n = snprintf(body, bodylen,
+                 "{\"nonce_id\":\"%s\",\"nonce\":\"%s\",\"difficulty\":%d}",
+                 c.nonce_id, nonce, a->cfg->pow_difficulty_bits);
+    OPENSSL_cleanse(&c, sizeof(c));
+    if (n < 0 || (size_t)n >= bodylen) {
+        body[0] = '\0';
+        return 500;
+    }
+    return 200;
+}
+
+/* ---- POST /relay/auth --------------------------------------------------- */
+
+/* Parse {"nonce_id": string, "answer": non-negative integer}; other members
+ * are ignored. 0 or -1. */
+static int parse_answer(const char *body, size_t len, char *nonce_id,
+                        size_t idlen, uint64_t *answer)
+{
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *id, *ans;
+    int rc = -1;
+
+    if (!j)
+        return -1;
+    id = json_object_get(j, "nonce_id");
+    ans = json_object_get(j, "answer");
+    /* json_is_integer() is false for 1.0, 1e3, "1": only a JSON integer. */
+    if (json_is_object(j) && json_is_string(id) && json_is_integer(ans) &&
+        json_integer_value(ans) >= 0 && json_string_length(id) < idlen) {
+        memcpy(nonce_id, json_string_value(id), json_string_length(id) + 1);
+        *answer = (uint64_t)json_integer_value(ans);
+        rc = 0;
+    }
+    json_decref(j);
+    return rc;
+}
+
+int access_http_redeem(struct access *a, const char *body, size_t len,
+                       const char *client_ip, time_t now, char *set_cookie,
+                       size_t n)
+{
+    char nonce_id[AUTH_UUID_LEN + 2], jwt[AUTH_JWT_MAX];
+    struct auth_challenge c;
+    uint64_t answer;
+    int status, w;
+
+    if (!a || !client_ip || !set_cookie || n == 0)
+        return 500;
+    set_cookie[0] = '\0';
+    if (len > a->cfg->auth_max_body_bytes)
+        return 413;
+    if (!body || parse_answer(body, len, nonce_id, sizeof(nonce_id), &answer) != 0)
+        return 400;
+    if (auth_challenge_take(a->challenges, nonce_id, now, &c) != 0)
+        return 400;  /* unknown, used, forgotten or expired */
+
+    /* The challenge is used up from here on, whatever the answer. */
+    if (strcmp(c.client_ip, client_ip) != 0 ||
+        !auth_pow_ok(c.nonce, c.purpose, answer, a->cfg->pow_difficulty_bits)) {
+        status = 403;
+        goto out;
+    }
+    if (auth_jwt_sign(a->cfg->signing_key, a->cfg->signing_key_len, c.purpose,
+                      now, a->cfg->cookie_ttl_secs, jwt, sizeof(jwt)) != 0) {
+        status = 500;
+        goto out;
+    }
+    w = snprintf(set_cookie, n,
+                 ACCESS_COOKIE_NAME "=%s; HttpOnly; Secure; SameSite=Strict; "
+                 "Path=/relay; Max-Age=%d", jwt, a->cfg->cookie_ttl_secs);
+    OPENSSL_cleanse(jwt, sizeof(jwt));
+    if (w < 0 || (size_t)w >= n) {
+        OPENSSL_cleanse(set_cookie, n);
+        set_cookie[0] = '\0';
+        status = 500;
+        goto out;
+    }
+    status = 204;
+out:
+    OPENSSL_cleanse(&c, sizeof(c));
+    return status;
+}
+
+/* ---- The upgrade gate --------------------------------------------------- */
+
+/* Strict port: 1-5 digits, no sign, blank or leading zero, 1-65535.
+ * [s, s+n) need not be NUL-terminated. Returns the port or -1. */
+static int parse_port_n(const char *s, size_t n)
+{
+    int v = 0;
+
+    if (n == 0 || n > 5 || s[0] == '0')
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v <= 65535 ? v : -1;
+}
+
+static int parse_port(const char *s)
+{
+    return s ? parse_port_n(s, strlen(s)) : -1;
+}
+
+/* Origins a BYO_DOMAIN=localhost relay accepts: http(s) to localhost,
+ * 127.0.0.1 or [::1], any port or none, nothing else (no userinfo, path,
+ * trailing dot or other loopback address). */
+static int loopback_origin(const char *o)
+{
+    static const char *const hosts[] = { "localhost", "127.0.0.1", "[::1]" };
+    const char *p;
+
+    if (strncasecmp(o, "http://", 7) == 0)
+        p = o + 7;
+    else if (strncasecmp(o, "https://", 8) == 0)
+        p = o + 8;
+    else
+        return 0;
+    for (size_t i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++) {
+        size_t n = strlen(hosts[i]);
+        if (strncasecmp(p, hosts[i], n) != 0)
+            continue;
+        if (p[n] == '\0')
+            return 1;
+        if (p[n] == ':' && parse_port(p + n + 1) > 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int origin_ok(const struct access *a, const char *origin)
+{
+    if (a->localhost)
+        return !origin || loopback_origin(origin);
+    return origin && strcasecmp(origin, a->origin) == 0;
+}
+
+/* Copy the value of cookie `name` from a Cookie header ("a=b; c=d") into
+ * `out`: 0, or -1 when absent, empty or longer than `outlen` - 1. The
+ * first cookie of that exact name counts. */
+static int cookie_value(const char *hdr, const char *name, char *out,
+                        size_t outlen)
+{
+    size_t nlen = strlen(name);
+    const char *p = hdr;
+
+    while (p && *p) {
+        const char *end = strchr(p, ';'), *eq, *v, *ve;
+        if (!end)
+            end = p + strlen(p);
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        eq = memchr(p, '=', (size_t)(end - p));
+        if (eq) {
+            const char *ne = eq;
+            while (ne > p && (ne[-1] == ' ' || ne[-1] == '\t'))
+                ne--;
+            if ((size_t)(ne - p) == nlen && memcmp(p, name, nlen) == 0) {
+                v = eq + 1;
+                ve = end;
+                while (v < ve && (*v == ' ' || *v == '\t'))
+                    v++;
+                while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                    ve--;
+                if (ve == v || (size_t)(ve - v) >= outlen)
+                    return -1;
+                memcpy(out, v, (size_t)(ve - v));
+                out[ve - v] = '\0';
+                return 0;
+            }
+        }
+        p = *end ? end + 1 : end;
+    }
+    return -1;
+}
+
+/* Check 3: a host the worker can resolve unambiguously. */
+static int host_ok(const char *h)
+{
+    size_t n = h ? strlen(h) : 0, label = 0;
+    const char *last;
+    int digits_only = 1;
+
+    if (n == 0 || n > 253)
+        return 0;
+    if (netguard_literal(h, NULL, NULL))
+        return 1;
+    if (h[n - 1] == '.')
+        n--;  /* one trailing dot: a fully qualified name */
+    last = h;
+    for (size_t i = 0; i < n; i++) {
+        char c = h[i];
+        if (c == '.') {
+            if (label == 0)
+                return 0;  /* empty label */
+            label = 0;
+            last = h + i + 1;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '-' || c == '_'))
+            return 0;
+        if (++label > 63)
+            return 0;
+    }
+    if (label == 0)
+        return 0;
+    /* An all-digit last label is no DNS name but a legacy number form
+     * that resolvers read as an address ("127.1", "2130706433"). */
+    for (const char *p = last; p < h + n; p++)
+        if (*p < '0' || *p > '9')
+            digits_only = 0;
+    return !digits_only;
+}
+
+static int port_allowed(const struct config *cfg, int port)
+{
+    for (int i = 0; i < cfg->n_allowed_ports; i++)
+        if (cfg->allowed_ports[i] == port)
+            return 1;
+    return 0;
+}
+
+/* Check 5: empty list = all; "*.example.com" matches exactly one more
+ * label in front ("a.example.com", not "example.com" nor "a.b.example.com"). */
+static int host_allowed(const struct config *cfg, const char *host)
+{
+    size_t hl = strlen(host);
+
+    if (cfg->n_host_allowlist <= 0)
+        return 1;
+    for (int i = 0; i < cfg->n_host_allowlist; i++) {
+        const char *e = cfg->host_allowlist[i];
+        if (!e)
+            continue;
+        if (e[0] == '*' && e[1] == '.') {
+            const char *suffix = e + 1;  /* ".example.com" */
+            size_t sl = strlen(suffix);
+            if (hl > sl && strcasecmp(host + hl - sl, suffix) == 0 &&
+                memchr(host, '.', hl - sl) == NULL)
+                return 1;
+        } else if (strcasecmp(host, e) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int access_check_upgrade(struct access *a, const struct upgrade_req *r,
+                         time_t now, struct upgrade_target *t)
+{
+    char token[AUTH_JWT_MAX + 1], purpose[AUTH_PURPOSE_BUF];
+    char key[CLIENT_IP_MAX];
+    struct jwt_claims claims;
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    int port, rc, status;
+
+    if (!a || !r || !t || !r->client_ip)
+        return 500;
+    memset(t, 0, sizeof(*t));
+    memset(&claims, 0, sizeof(claims));
+    key_of(r->client_ip, key);
+
+    /* 1. Origin. */
+    if (!origin_ok(a, r->origin))
+        return 403;
+
+    /* 2. Cookie present, signature valid, not expired. */
+    rc = -1;
+    if (r->cookie_header &&
+        cookie_value(r->cookie_header, ACCESS_COOKIE_NAME, token, sizeof(token)) == 0)
+        rc = auth_jwt_verify(a->cfg->signing_key, a->cfg->signing_key_len,
+                             token, now, &claims);
+    OPENSSL_cleanse(token, sizeof(token));
+    if (rc != 0)
+        return 401;
+
+    /* 3. host and port well-formed. */
+    port = parse_port(r->port);
+    if (!host_ok(r->host) || port < 0)
+        return 400;
+
+    /* 4. Port allowed. */
+    if (!port_allowed(a->cfg, port))
+        return 403;
+
+    /* 5. Host allowed. */
+    for (size_t i = 0; r->host[i]; i++) {
+        char c = r->host[i];
+        t->host[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+    }
+    if (!host_allowed(a->cfg, t->host)) {
+        status = 403;
+        goto fail;
+    }
+
+    /* 6. The cookie was made for this very target. */
+    if (auth_purpose_for(r->host, port, purpose) != 0) {
+        status = 500;
+        goto fail;
+    }
+    if (strcmp(purpose, claims.purpose) != 0) {
+        status = 403;
+        goto fail;
+    }
+
+    /* 7. Single use: recorded as used now, whatever follows. */
+    rc = auth_jti_use(a->jtis, claims.jti, (time_t)claims.exp, now);
+    if (rc != 0) {
+        status = rc == -ENOSPC ? 503 : 403;
+        goto fail;
+    }
+
+    /* 8. Not blocked for auth failures or spray. */
+    if (limits_blocked(a->limits, key, now)) {
+        status = 429;
+        goto fail;
+    }
+
+    /* 9. Under the live-session limit. */
+    if (!limits_session_can_open(a->limits, key)) {
+        status = 429;
+        goto fail;
+    }
+
+    /* Spray: every target that got this far counts, allowed or not. */
+    if (limits_record_target(a->limits, key, t->host, now)) {
+        status = 429;
+        goto fail;
+    }
+
+    /* 10. An IP literal is judged now; a name by the worker, after DNS. */
+    if (netguard_literal(r->host, &ss, &sslen)) {
+        if (netguard_check_addr(a->cfg, (struct sockaddr *)&ss) != 0) {
+            status = 403;
+            goto fail;
+        }
+        if (ss.ss_family == AF_INET)
+            ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+        else
+            ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+        t->addr = ss;
+        t->addrlen = sslen;
+        t->pinned = 1;
+    }
+    t->port = port;
+    return 0;
+
+fail:
+    memset(t, 0, sizeof(*t));
+    return status;
+}
+
+int access_session_open(struct access *a, const char *client_ip)
+{
+    char key[CLIENT_IP_MAX];
+
+    if (!a || !client_ip)
+        return -1;
+    key_of(client_ip, key);
+    return limits_session_open(a->limits, key);
+}
+
+void access_session_close(struct access *a, const char *client_ip)
+{
+    char key[CLIENT_IP_MAX];
+
+    if (!a || !client_ip)
+        return;
+    key_of(client_ip, key);
+    limits_session_close(a->limits, key);
+}
+
+int access_auth_attempt(struct access *a, const char *client_ip, time_t now)
+{
+    char key[CLIENT_IP_MAX];
+
+    if (!a || !client_ip)
+        return -1;
+    key_of(client_ip, key);
+    return limits_auth_attempt(a->limits, key, now) == 0 ? 0 : -1;
+}
+
+void access_auth_refund(struct access *a, const char *client_ip, time_t now)
+{
+    char key[CLIENT_IP_MAX];
+
+    if (!a || !client_ip)
+        return;
+    key_of(client_ip, key);
+    limits_auth_refund(a->limits, key, now);
+}

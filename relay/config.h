@@ -1,0 +1,90 @@
+/* Settings of the daemon: read once at start from the environment (and
+ * optionally an env file), validated, then read-only for the process life.
+ * Every limit of PROTOCOL.md that an operator may tune lives here. */
+#ifndef WC_CONFIG_H
+#define WC_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Protocol limits that are not settings: they are part of the wire contract. */
+#define WC_MAX_FRAME_BYTES       (16u * 1024 * 1024)  /* one binary frame */
+#define WC_READ_CHUNK_BYTES      (256u * 1024)        /* one read_chunk */
+#define WC_MAX_READ_HANDLES      8                    /* per session */
+#define WC_LEGACY_READ_MAX_BYTES (16u * 1024 * 1024)  /* legacy `read` */
+#define WC_MAX_PORTS             64
+#define WC_MAX_LIST_ENTRIES      64
+
+enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+struct cidr {
+    int family;            /* AF_INET or AF_INET6 */
+    uint8_t addr[16];      /* network address, 4 or 16 bytes used */
+    int prefix;            /* prefix length in bits */
+};
+
+struct config {
+    /* Listener. */
+    char bind_host[64];            /* BIND_ADDR host part, no brackets */
+    int bind_port;                 /* BIND_ADDR port */
+    char *tls_cert;                /* TLS_CERT, NULL when unset */
+    char *tls_key;                 /* TLS_KEY, NULL when unset */
+    int allow_plaintext;           /* ALLOW_PLAINTEXT */
+    char *byo_domain;              /* BYO_DOMAIN, lowercased */
+    char *spa_dir;                 /* SPA_DIR, NULL when unset */
+
+    /* Relay cookie (PROTOCOL §1.1). */
+    uint8_t signing_key[256];      /* RELAY_SIGNING_KEY, decoded */
+    size_t signing_key_len;
+    int signing_key_random;        /* 1 when generated at start */
+    int cookie_ttl_secs;           /* RELAY_COOKIE_TTL_SECS */
+    int pow_difficulty_bits;       /* POW_DIFFICULTY_BITS, >= 12 */
+    int auth_challenge_per_min;    /* AUTH_CHALLENGE_PER_MIN */
+    size_t auth_max_body_bytes;    /* AUTH_MAX_BODY_BYTES */
+
+    /* Targets (PROTOCOL §1.2). */
+    int allowed_ports[WC_MAX_PORTS];   /* SFTP_ALLOWED_PORTS */
+    int n_allowed_ports;
+    char **host_allowlist;         /* SFTP_HOST_ALLOWLIST, lowercased */
+    int n_host_allowlist;
+    struct cidr *allow_private;    /* SFTP_ALLOW_PRIVATE_CIDRS */
+    int n_allow_private;
+    struct cidr *trusted_proxies;  /* TRUSTED_PROXY_IPS (single IPs or CIDRs) */
+    int n_trusted_proxies;
+
+    /* Sessions and timeouts (PROTOCOL §3, §4). */
+    int max_concurrent_per_ip;     /* SFTP_MAX_CONCURRENT_PER_IP */
+    int max_sessions;              /* MAX_SESSIONS, whole process */
+    size_t upload_buffer_bytes;    /* SFTP_UPLOAD_BUFFER_BYTES (200 MiB) */
+    int idle_timeout_secs;         /* SFTP_IDLE_TIMEOUT_SECS (1800) */
+    int host_key_timeout_secs;     /* HOST_KEY_TIMEOUT_SECS (30) */
+    int ws_ping_interval_secs;     /* WS_PING_INTERVAL_SECS (10) */
+    int connect_timeout_secs;      /* SSH_CONNECT_TIMEOUT_SECS (10) */
+    int banner_timeout_secs;       /* SSH_BANNER_TIMEOUT_SECS (3) */
+    int keepalive_secs;            /* SSH_KEEPALIVE_SECS (15) */
+    int keepalive_count;           /* SSH_KEEPALIVE_COUNT (4) */
+    int op_timeout_secs;           /* SFTP_OP_TIMEOUT_SECS (60) */
+    int shutdown_grace_secs;       /* SHUTDOWN_GRACE_SECS (30) */
+
+    enum log_level log_level;      /* LOG_LEVEL */
+};
+
+/* Fill `cfg` from the environment. On error writes a message naming the
+ * variable into `err` and returns -1; the caller exits with status 2.
+ * Strings in `cfg` are owned by it: release with cfg_free(). */
+int cfg_load(struct config *cfg, char *err, size_t errlen);
+
+/* Read KEY=VALUE lines from `path` into the environment (existing variables
+ * win, as with systemd's EnvironmentFile plus an explicit override).
+ * Returns 0 or -1 with `err` filled. */
+int cfg_load_env_file(const char *path, char *err, size_t errlen);
+
+/* Print the settings table (name, default, meaning) for --help. */
+void cfg_print_help(void);
+
+/* Log the effective settings, secrets masked. */
+void cfg_log(const struct config *cfg);
+
+void cfg_free(struct config *cfg);
+
+#endif

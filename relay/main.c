@@ -1,0 +1,89 @@
+/* wattcloud-relay: entry point. Reads the settings, hardens the process
+ * (no core dumps: a dump would hold users' SSH credentials), and runs the
+ * server until it is told to stop. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include <libssh2.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: wattcloud-relay [--env-file PATH] [--check-config] [--version] [--help]\n"
+            "\n"
+            "WebSocket-to-SFTP relay for the Wattcloud browser app.\n"
+            "  --env-file PATH  read KEY=VALUE settings from PATH (the environment wins)\n"
+            "  --check-config   validate the settings and exit (0 valid, 2 invalid)\n"
+            "  --version        print the version and exit\n"
+            "\n");
+}
+
+static int no_core_dumps(void)
+{
+    struct rlimit rl = {0, 0};
+
+    if (setrlimit(RLIMIT_CORE, &rl) < 0)
+        return -1;
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+int main(int argc, char **argv)
+{
+    struct config cfg;
+    char err[512];
+    int check_only = 0, rc;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--env-file") == 0 && i + 1 < argc) {
+            if (cfg_load_env_file(argv[++i], err, sizeof(err)) < 0) {
+                fprintf(stderr, "wattcloud-relay: %s\n", err);
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--check-config") == 0) {
+            check_only = 1;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("wattcloud-relay %s (libssh2 %s)\n", WC_VERSION, libssh2_version(0));
+            return 0;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            cfg_print_help();
+            return 0;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (cfg_load(&cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "wattcloud-relay: %s\n", err);
+        cfg_free(&cfg);
+        return 2;
+    }
+    if (check_only) {
+        printf("configuration ok\n");
+        cfg_free(&cfg);
+        return 0;
+    }
+    log_init(cfg.log_level);
+    if (no_core_dumps() < 0)
+        log_warn("cannot disable core dumps");
+    cfg_log(&cfg);
+    if (cfg.signing_key_random)
+        log_info("RELAY_SIGNING_KEY unset: using a random key for this process "
+                 "(cookies do not survive a restart; several instances need a shared key)");
+    if (libssh2_init(0) != 0) {
+        log_error("libssh2_init failed");
+        cfg_free(&cfg);
+        return 1;
+    }
+    rc = server_run(&cfg);
+    libssh2_exit();
+    cfg_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,448 @@
+/* Session lifetime and the two queues between the service thread and a
+ * session's SSH worker. The session outlives its WebSocket when the worker
+ * still has to clean up (remove a partial upload), and is freed by the last
+ * reference, always dropped on the service thread. */
+#include "session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include "log.h"
+
+/* Output queued for the browser beyond which the worker waits. A frame
+ * larger than this (a legacy `read`) still goes when the queue is empty. */
+#define OUT_HIGH_WATER (1u * 1024 * 1024)
+
+/* Worker thread stack: libssh2 and OpenSSL need little; many sessions
+ * should not reserve 8 MiB of address space each. */
+#define WORKER_STACK_BYTES (512u * 1024)
+
+void job_free(struct job *j)
+{
+    if (!j)
+        return;
+    proto_auth_wipe(&j->auth);
+    proto_request_free(&j->req);
+    free(j->data);
+    free(j);
+}
+
+void hub_init(struct session_hub *h, const struct config *cfg, struct access *access)
+{
+    memset(h, 0, sizeof(*h));
+    pthread_mutex_init(&h->mu, NULL);
+    h->cfg = cfg;
+    h->access = access;
+}
+
+void hub_destroy(struct session_hub *h)
+{
+    pthread_mutex_destroy(&h->mu);
+}
+
+void hub_set_wake(struct session_hub *h, void (*wake)(void *), void *arg)
+{
+    pthread_mutex_lock(&h->mu);
+    h->wake = wake;
+    h->wake_arg = arg;
+    pthread_mutex_unlock(&h->mu);
+}
+
+int hub_count(struct session_hub *h)
+{
+    int n;
+
+    pthread_mutex_lock(&h->mu);
+    n = h->n_live;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+struct session *hub_take_notified(struct session_hub *h)
+{
+    struct session *list, *s;
+
+    pthread_mutex_lock(&h->mu);
+    list = h->notify;
+    h->notify = NULL;
+    for (s = list; s; s = s->notify_next)
+        s->notified = 0;
+    pthread_mutex_unlock(&h->mu);
+    return list;
+}
+
+void hub_for_each(struct session_hub *h, void (*fn)(struct session *, void *), void *arg)
+{
+    pthread_mutex_lock(&h->mu);
+    for (struct session *s = h->live; s; s = s->hub_next)
+        fn(s, arg);
+    pthread_mutex_unlock(&h->mu);
+}
+
+struct session *session_new(struct session_hub *h, const char *client_ip,
+                            const char *host, int port)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    unsigned char rnd[8];
+
+    if (!s)
+        return NULL;
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        memset(rnd, 0, sizeof(rnd));
+    for (int i = 0; i < 8; i++)
+        snprintf(s->id + 2 * i, 3, "%02x", rnd[i]);
+    snprintf(s->client_ip, sizeof(s->client_ip), "%s", client_ip);
+    snprintf(s->host, sizeof(s->host), "%s", host);
+    s->port = port;
+    s->hub = h;
+    s->started = time(NULL);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->phase = PH_CONNECTING;
+    s->phase_since = s->started;
+    s->jobs_tail = &s->jobs;
+    s->out_tail = &s->out;
+    s->refs = 1;
+    s->sock = -1;
+
+    pthread_mutex_lock(&h->mu);
+    s->hub_next = h->live;
+    if (h->live)
+        h->live->hub_prev = s;
+    h->live = s;
+    h->n_live++;
+    pthread_mutex_unlock(&h->mu);
+    return s;
+}
+
+void session_ref(struct session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->refs++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void session_free(struct session *s)
+{
+    struct session_hub *h = s->hub;
+
+    log_info("session %s end: client=%s target=%s:%d up=%llu down=%llu duration=%lds "
+             "reason=\"%s\"", s->id, s->client_ip, s->host, s->port,
+             (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
+             (long)(time(NULL) - s->started), s->close_reason[0] ? s->close_reason : "closed");
+
+    pthread_mutex_lock(&h->mu);
+    if (s->hub_prev)
+        s->hub_prev->hub_next = s->hub_next;
+    else
+        h->live = s->hub_next;
+    if (s->hub_next)
+        s->hub_next->hub_prev = s->hub_prev;
+    h->n_live--;
+    pthread_mutex_unlock(&h->mu);
+
+    while (s->jobs) {
+        struct job *j = s->jobs;
+        s->jobs = j->next;
+        job_free(j);
+    }
+    while (s->out) {
+        struct frame *f = s->out;
+        s->out = f->next;
+        frame_free(f);
+    }
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+void session_unref(struct session *s)
+{
+    int left;
+
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    left = --s->refs;
+    pthread_mutex_unlock(&s->mu);
+    if (left == 0)
+        session_free(s);
+}
+
+int session_start(struct session *s, void *(*fn)(void *))
+{
+    pthread_attr_t attr;
+    int rc;
+
+    session_ref(s);
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, WORKER_STACK_BYTES);
+    rc = pthread_create(&s->thread, &attr, fn, s);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        session_unref(s);
+        return -1;
+    }
+    s->thread_started = 1;
+    return 0;
+}
+
+void session_join(struct session *s)
+{
+    if (!s->thread_started)
+        return;
+    pthread_join(s->thread, NULL);
+    s->thread_started = 0;
+    session_unref(s);
+}
+
+void session_notify(struct session *s)
+{
+    struct session_hub *h = s->hub;
+    int queued = 0;
+
+    pthread_mutex_lock(&h->mu);
+    if (!s->notified) {
+        s->notified = 1;
+        s->notify_next = h->notify;
+        h->notify = s;
+        queued = 1;
+        /* The list's reference; taken under the hub lock so the service
+         * thread cannot pop and drop it first. */
+        session_ref(s);
+    }
+    /* Under the lock: hub_set_wake(NULL) at shutdown then guarantees no
+     * worker touches the lws context being destroyed. */
+    if (queued && h->wake)
+        h->wake(h->wake_arg);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void session_push_job(struct session *s, struct job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    j->next = NULL;
+    *s->jobs_tail = j;
+    s->jobs_tail = &j->next;
+    s->n_jobs++;
+    s->in_bytes += j->len;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void session_backlog(struct session *s, size_t *bytes, int *jobs)
+{
+    pthread_mutex_lock(&s->mu);
+    *bytes = s->in_bytes;
+    *jobs = s->n_jobs;
+    pthread_mutex_unlock(&s->mu);
+}
+
+struct frame *session_peek_frame(struct session *s)
+{
+    struct frame *f;
+
+    pthread_mutex_lock(&s->mu);
+    f = s->out;
+    pthread_mutex_unlock(&s->mu);
+    return f;
+}
+
+void session_pop_frame(struct session *s)
+{
+    struct frame *f;
+
+    pthread_mutex_lock(&s->mu);
+    f = s->out;
+    if (f) {
+        s->out = f->next;
+        if (!s->out)
+            s->out_tail = &s->out;
+        s->out_bytes -= f->len;
+        s->bytes_down += f->len;
+        pthread_cond_broadcast(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    frame_free(f);
+}
+
+void session_ws_gone(struct session *s, const char *reason)
+{
+    pthread_mutex_lock(&s->mu);
+    if (!s->ws_gone) {
+        s->ws_gone = 1;
+        if (!s->close_reason[0] && reason)
+            snprintf(s->close_reason, sizeof(s->close_reason), "%s", reason);
+    }
+    s->phase = PH_CLOSING;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+enum session_phase session_phase(struct session *s, time_t *since)
+{
+    enum session_phase p;
+
+    pthread_mutex_lock(&s->mu);
+    p = s->phase;
+    if (since)
+        *since = s->phase_since;
+    pthread_mutex_unlock(&s->mu);
+    return p;
+}
+
+void session_set_phase(struct session *s, enum session_phase p)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->phase != PH_CLOSING) {
+        s->phase = p;
+        s->phase_since = time(NULL);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+int session_idle(struct session *s)
+{
+    int idle;
+
+    pthread_mutex_lock(&s->mu);
+    idle = !s->busy && !s->jobs && !s->out;
+    pthread_mutex_unlock(&s->mu);
+    return idle;
+}
+
+int session_worker_finished(struct session *s)
+{
+    int done;
+
+    pthread_mutex_lock(&s->mu);
+    done = s->worker_done;
+    pthread_mutex_unlock(&s->mu);
+    return done;
+}
+
+void session_cut(struct session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->sock >= 0)
+        shutdown(s->sock, SHUT_RDWR);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void add_ms(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+struct job *session_next_job(struct session *s, int timeout_ms, int *gone)
+{
+    struct timespec until;
+    struct job *j = NULL;
+    int rc = 0;
+
+    add_ms(&until, timeout_ms);
+    pthread_mutex_lock(&s->mu);
+    while (!s->jobs && !s->ws_gone && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&s->cv, &s->mu, &until);
+    *gone = s->ws_gone;
+    if (!s->ws_gone && s->jobs) {
+        j = s->jobs;
+        s->jobs = j->next;
+        if (!s->jobs)
+            s->jobs_tail = &s->jobs;
+        s->n_jobs--;
+        s->busy = 1;
+        j->next = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return j;
+}
+
+void session_job_done(struct session *s, struct job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    s->in_bytes -= j->len;
+    s->bytes_up += j->len;
+    s->busy = 0;
+    pthread_mutex_unlock(&s->mu);
+    /* The service thread may have paused reading for backlog: let it look. */
+    session_notify(s);
+}
+
+static void append_frame(struct session *s, struct frame *f)
+{
+    if (!f)
+        return;
+    f->next = NULL;
+    *s->out_tail = f;
+    s->out_tail = &f->next;
+    s->out_bytes += f->len;
+}
+
+void session_post_nowait(struct session *s, struct frame *f)
+{
+    pthread_mutex_lock(&s->mu);
+    append_frame(s, f);
+    pthread_mutex_unlock(&s->mu);
+}
+
+int session_post(struct session *s, struct frame *a, struct frame *b)
+{
+    int gone;
+
+    pthread_mutex_lock(&s->mu);
+    while (!s->ws_gone && s->out && s->out_bytes >= OUT_HIGH_WATER)
+        pthread_cond_wait(&s->cv, &s->mu);
+    gone = s->ws_gone;
+    if (!gone) {
+        append_frame(s, a);
+        append_frame(s, b);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (gone) {
+        frame_free(a);
+        frame_free(b);
+        return -1;
+    }
+    session_notify(s);
+    return 0;
+}
+
+int session_is_gone(struct session *s)
+{
+    int gone;
+
+    pthread_mutex_lock(&s->mu);
+    gone = s->ws_gone;
+    pthread_mutex_unlock(&s->mu);
+    return gone;
+}
+
+void session_set_sock(struct session *s, int fd)
+{
+    pthread_mutex_lock(&s->mu);
+    s->sock = fd;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void session_worker_exit(struct session *s, const char *reason)
+{
+    pthread_mutex_lock(&s->mu);
+    s->worker_done = 1;
+    if (!s->close_reason[0] && reason)
+        snprintf(s->close_reason, sizeof(s->close_reason), "%s", reason);
+    pthread_mutex_unlock(&s->mu);
+    session_notify(s);
+}

@@ -1,0 +1,692 @@
+/* SFTP verbs with libssh2 in blocking mode. Each handler starts from a
+ * failure, fills the reply once, and maps SFTP status codes through one
+ * function so every verb speaks the same error strings and codes. */
+#include "sftp_ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "config.h"
+
+#define FILE_MODE (LIBSSH2_SFTP_S_IRUSR | LIBSSH2_SFTP_S_IWUSR | \
+                   LIBSSH2_SFTP_S_IRGRP | LIBSSH2_SFTP_S_IROTH)
+#define DIR_MODE (FILE_MODE | LIBSSH2_SFTP_S_IXUSR | LIBSSH2_SFTP_S_IXGRP | \
+                  LIBSSH2_SFTP_S_IXOTH)
+#define HANDLE_CHARS 36   /* "wh-" + 32 hex + NUL */
+#define NAME_MAX_BYTES 1024
+
+struct whandle {
+    char id[HANDLE_CHARS];
+    char *path;
+    LIBSSH2_SFTP_HANDLE *h;
+    int failed;
+    char failmsg[200];
+    const char *failcode;
+};
+
+struct rhandle {
+    char id[HANDLE_CHARS];
+    LIBSSH2_SFTP_HANDLE *h;
+};
+
+struct sftp_ops {
+    struct ssh_conn *c;
+    struct whandle writes[SFTP_MAX_WRITE_HANDLES];
+    struct rhandle reads[WC_MAX_READ_HANDLES];
+};
+
+/* SFTP status codes (draft-ietf-secsh-filexfer; OpenSSH sends 0-8). */
+static const struct {
+    unsigned long status;
+    const char *msg;
+    const char *code;
+} sftp_status[] = {
+    {LIBSSH2_FX_EOF, "end of file", "io"},
+    {LIBSSH2_FX_NO_SUCH_FILE, "no such file or directory", "not_found"},
+    {LIBSSH2_FX_PERMISSION_DENIED, "permission denied", "permission_denied"},
+    {LIBSSH2_FX_FAILURE, "the server reported a failure", "io"},
+    {LIBSSH2_FX_BAD_MESSAGE, "the server rejected the request", "bad_request"},
+    {LIBSSH2_FX_OP_UNSUPPORTED, "operation not supported by the server", "unsupported"},
+    {LIBSSH2_FX_INVALID_HANDLE, "invalid handle", "io"},
+    {LIBSSH2_FX_NO_SUCH_PATH, "no such file or directory", "not_found"},
+    {LIBSSH2_FX_FILE_ALREADY_EXISTS, "already exists", "exists"},
+    {LIBSSH2_FX_WRITE_PROTECT, "write protected", "permission_denied"},
+    {LIBSSH2_FX_NO_SPACE_ON_FILESYSTEM, "no space left on the server", "no_space"},
+    {LIBSSH2_FX_QUOTA_EXCEEDED, "quota exceeded", "no_space"},
+    {LIBSSH2_FX_DIR_NOT_EMPTY, "directory not empty", "not_empty"},
+    {LIBSSH2_FX_NOT_A_DIRECTORY, "not a directory", "not_a_directory"},
+    {LIBSSH2_FX_INVALID_FILENAME, "invalid file name", "bad_request"},
+    {LIBSSH2_FX_LINK_LOOP, "too many symbolic links", "io"},
+};
+
+void op_reply_clear(struct op_reply *r)
+{
+    json_decref(r->result);
+    frame_free(r->data);
+    memset(r, 0, sizeof(*r));
+}
+
+static void reply_error(struct op_reply *r, const char *msg, const char *code)
+{
+    json_decref(r->result);
+    r->result = NULL;
+    snprintf(r->errbuf, sizeof(r->errbuf), "%s", msg);
+    r->error = r->errbuf;
+    r->code = code;
+}
+
+static unsigned long last_status(struct sftp_ops *o, int rc)
+{
+    return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? libssh2_sftp_last_error(o->c->sftp) : 0;
+}
+
+/* The one place libssh2 and SFTP failures become our messages. Anything but
+ * an SFTP status reply means the connection itself failed: fatal. */
+static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
+{
+    unsigned long st = last_status(o, rc);
+
+    if (rc != LIBSSH2_ERROR_SFTP_PROTOCOL) {
+        r->fatal = 1;
+        if (rc == LIBSSH2_ERROR_TIMEOUT)
+            reply_error(r, "the SFTP server did not answer in time", "timeout");
+        else
+            reply_error(r, "connection to the SFTP server lost", "io");
+        return;
+    }
+    for (size_t i = 0; i < sizeof(sftp_status) / sizeof(sftp_status[0]); i++) {
+        if (sftp_status[i].status == st) {
+            reply_error(r, sftp_status[i].msg, sftp_status[i].code);
+            return;
+        }
+    }
+    snprintf(r->errbuf, sizeof(r->errbuf), "SFTP error %lu", st);
+    reply_error(r, r->errbuf, "io");
+}
+
+static void reply_ok(struct op_reply *r, json_t *result)
+{
+    r->result = result ? result : json_object();
+}
+
+static void new_handle_id(char *out, const char *prefix)
+{
+    unsigned char rnd[16];
+
+    RAND_bytes(rnd, sizeof(rnd));
+    strcpy(out, prefix);
+    for (int i = 0; i < 16; i++)
+        snprintf(out + 3 + 2 * i, 3, "%02x", rnd[i]);
+}
+
+static int sstat(struct sftp_ops *o, const char *path, int how, LIBSSH2_SFTP_ATTRIBUTES *a)
+{
+    return libssh2_sftp_stat_ex(o->c->sftp, path, (unsigned)strlen(path), how, a);
+}
+
+static int is_dir(const LIBSSH2_SFTP_ATTRIBUTES *a)
+{
+    return (a->flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) && LIBSSH2_SFTP_S_ISDIR(a->permissions);
+}
+
+static json_t *attrs_json(const LIBSSH2_SFTP_ATTRIBUTES *a)
+{
+    return json_pack("{s:I,s:I,s:b}", "mtime", (json_int_t)a->mtime, "size",
+                     (json_int_t)a->filesize, "isDir", is_dir(a));
+}
+
+static void op_stat(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    LIBSSH2_SFTP_ATTRIBUTES a;
+    int rc = sstat(o, q->path, LIBSSH2_SFTP_STAT, &a);
+
+    if (rc < 0)
+        reply_sftp_error(o, rc, r);
+    else
+        reply_ok(r, attrs_json(&a));
+}
+
+/* One directory entry as the app wants it. Names that are not UTF-8 cannot
+ * travel in JSON and cannot have come from the app: they are left out. */
+static json_t *entry_json(struct sftp_ops *o, const char *dir, size_t dirlen,
+                          const char *name, size_t namelen, LIBSSH2_SFTP_ATTRIBUTES *a)
+{
+    json_t *jname = json_stringn(name, namelen), *e;
+    char *full;
+
+    if (!jname)
+        return NULL;
+    full = malloc(dirlen + namelen + 2);
+    if (!full) {
+        json_decref(jname);
+        return NULL;
+    }
+    memcpy(full, dir, dirlen);
+    full[dirlen] = '/';
+    memcpy(full + dirlen + 1, name, namelen);
+    full[dirlen + 1 + namelen] = '\0';
+    /* readdir reports a symlink itself; the app wants what it points to. */
+    if ((a->flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) && LIBSSH2_SFTP_S_ISLNK(a->permissions))
+        sstat(o, full, LIBSSH2_SFTP_STAT, a);
+    e = json_pack("{s:o,s:s,s:I,s:I,s:b}", "name", jname, "path", full, "size",
+                  (json_int_t)a->filesize, "mtime", (json_int_t)a->mtime, "isDir", is_dir(a));
+    free(full);
+    return e;
+}
+
+static void op_list(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    LIBSSH2_SFTP_HANDLE *dh = libssh2_sftp_opendir(o->c->sftp, q->path);
+    LIBSSH2_SFTP_ATTRIBUTES a;
+    json_t *entries;
+    size_t dirlen = strlen(q->path);
+    char name[NAME_MAX_BYTES];
+    int rc;
+
+    if (!dh) {
+        reply_sftp_error(o, libssh2_session_last_errno(o->c->ssh), r);
+        return;
+    }
+    while (dirlen > 0 && q->path[dirlen - 1] == '/')
+        dirlen--;
+    entries = json_array();
+    while ((rc = libssh2_sftp_readdir(dh, name, sizeof(name), &a)) > 0) {
+        json_t *e;
+        if ((rc == 1 && name[0] == '.') || (rc == 2 && name[0] == '.' && name[1] == '.'))
+            continue;
+        e = entry_json(o, q->path, dirlen, name, (size_t)rc, &a);
+        if (e)
+            json_array_append_new(entries, e);
+    }
+    if (rc < 0 && rc != LIBSSH2_ERROR_BUFFER_TOO_SMALL) {
+        json_decref(entries);
+        reply_sftp_error(o, rc, r);
+    } else {
+        reply_ok(r, json_pack("{s:o}", "entries", entries));
+    }
+    libssh2_sftp_closedir(dh);
+}
+
+/* Never an error: the app skips its quota check when unsupported. */
+static void op_fs_info(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    LIBSSH2_SFTP_STATVFS st;
+    int rc = libssh2_sftp_statvfs(o->c->sftp, q->path, strlen(q->path), &st);
+
+    if (rc < 0) {
+        if (rc != LIBSSH2_ERROR_SFTP_PROTOCOL && rc != LIBSSH2_ERROR_METHOD_NOT_SUPPORTED)
+            r->fatal = rc == LIBSSH2_ERROR_TIMEOUT || rc == LIBSSH2_ERROR_SOCKET_RECV ||
+                       rc == LIBSSH2_ERROR_SOCKET_SEND || rc == LIBSSH2_ERROR_SOCKET_DISCONNECT;
+        reply_ok(r, json_pack("{s:b}", "supported", 0));
+        return;
+    }
+    reply_ok(r, json_pack("{s:b,s:I,s:I}", "supported", 1, "freeBytes",
+                          (json_int_t)(st.f_bavail * st.f_frsize), "totalBytes",
+                          (json_int_t)(st.f_blocks * st.f_frsize)));
+}
+
+/* OpenSSH answers a bare "Failure" for an existing directory; the app needs
+ * "already exists" to treat it as success, so look before reporting. */
+static void op_mkdir(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    LIBSSH2_SFTP_ATTRIBUTES a;
+    int rc = libssh2_sftp_mkdir_ex(o->c->sftp, q->path, (unsigned)strlen(q->path), DIR_MODE);
+
+    if (rc == 0) {
+        reply_ok(r, NULL);
+        return;
+    }
+    reply_sftp_error(o, rc, r);
+    if (r->fatal || sstat(o, q->path, LIBSSH2_SFTP_STAT, &a) < 0)
+        return;
+    if (is_dir(&a))
+        reply_error(r, "directory already exists", "exists");
+    else
+        reply_error(r, "path exists and is not a directory", "exists");
+}
+
+static void op_delete(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    LIBSSH2_SFTP_ATTRIBUTES a;
+    unsigned len = (unsigned)strlen(q->path);
+    int rc = libssh2_sftp_unlink_ex(o->c->sftp, q->path, len);
+
+    if (rc == 0) {
+        reply_ok(r, NULL);
+        return;
+    }
+    reply_sftp_error(o, rc, r);
+    if (r->fatal || sstat(o, q->path, LIBSSH2_SFTP_LSTAT, &a) < 0 || !is_dir(&a))
+        return;
+    rc = libssh2_sftp_rmdir_ex(o->c->sftp, q->path, len);
+    if (rc == 0) {
+        r->error = NULL;
+        r->code = NULL;
+        reply_ok(r, NULL);
+        return;
+    }
+    reply_sftp_error(o, rc, r);
+    if (!r->fatal && last_status(o, rc) == LIBSSH2_FX_FAILURE)
+        reply_error(r, "directory not empty", "not_empty");
+}
+
+/* posix-rename replaces the target atomically; plain SFTP v3 rename fails
+ * when it exists, so without the extension remove the target first. */
+static void op_rename(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    unsigned flen = (unsigned)strlen(q->from), tlen = (unsigned)strlen(q->to);
+    int rc = libssh2_sftp_posix_rename_ex(o->c->sftp, q->from, flen, q->to, tlen);
+
+    if (rc < 0 && last_status(o, rc) == LIBSSH2_FX_OP_UNSUPPORTED) {
+        libssh2_sftp_unlink_ex(o->c->sftp, q->to, tlen);
+        rc = libssh2_sftp_rename_ex(o->c->sftp, q->from, flen, q->to, tlen,
+                                    LIBSSH2_SFTP_RENAME_OVERWRITE |
+                                        LIBSSH2_SFTP_RENAME_ATOMIC |
+                                        LIBSSH2_SFTP_RENAME_NATIVE);
+    }
+    if (rc < 0)
+        reply_sftp_error(o, rc, r);
+    else
+        reply_ok(r, NULL);
+}
+
+/* Read until `want` bytes or end of file; libssh2 returns as soon as some
+ * data is there. Returns bytes read or a negative libssh2 code. */
+static ssize_t read_full(LIBSSH2_SFTP_HANDLE *h, unsigned char *buf, size_t want)
+{
+    size_t n = 0;
+
+    while (n < want) {
+        ssize_t rc = libssh2_sftp_read(h, (char *)buf + n, want - n);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            break;
+        n += (size_t)rc;
+    }
+    return (ssize_t)n;
+}
+
+/* Write all of `len`; libssh2 returns after the first acknowledged packet
+ * of a pipelined batch, so call again from where it got to. */
+static int write_full(LIBSSH2_SFTP_HANDLE *h, const uint8_t *data, size_t len)
+{
+    size_t off = 0;
+
+    while (off < len) {
+        ssize_t rc = libssh2_sftp_write(h, (const char *)data + off, len - off);
+        if (rc < 0)
+            return (int)rc;
+        off += (size_t)rc;
+    }
+    return 0;
+}
+
+static LIBSSH2_SFTP_HANDLE *open_file(struct sftp_ops *o, const char *path, unsigned long flags)
+{
+    return libssh2_sftp_open_ex(o->c->sftp, path, (unsigned)strlen(path), flags, FILE_MODE,
+                                LIBSSH2_SFTP_OPENFILE);
+}
+
+static int last_err(struct sftp_ops *o)
+{
+    return libssh2_session_last_errno(o->c->ssh);
+}
+
+/* Legacy whole-file read: the file travels in one binary frame. */
+static void op_read(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    LIBSSH2_SFTP_HANDLE *h = open_file(o, q->path, LIBSSH2_FXF_READ);
+    struct frame *f = NULL;
+    ssize_t n;
+
+    if (!h) {
+        reply_sftp_error(o, last_err(o), r);
+        return;
+    }
+    /* One byte more than allowed tells "exactly the limit" from "larger". */
+    f = frame_new(1, WC_LEGACY_READ_MAX_BYTES + 1);
+    if (!f) {
+        reply_error(r, "out of memory", "io");
+        goto out;
+    }
+    n = read_full(h, frame_data(f), WC_LEGACY_READ_MAX_BYTES + 1);
+    if (n < 0) {
+        reply_sftp_error(o, (int)n, r);
+        goto out;
+    }
+    if ((size_t)n > WC_LEGACY_READ_MAX_BYTES) {
+        reply_error(r, "file too large", "limit");
+        goto out;
+    }
+    f->len = (size_t)n;
+    reply_ok(r, json_pack("{s:I}", "size", (json_int_t)n));
+    r->data = f;
+    f = NULL;
+out:
+    frame_free(f);
+    libssh2_sftp_close_handle(h);
+}
+
+static void remove_file(struct sftp_ops *o, const char *path)
+{
+    libssh2_sftp_unlink_ex(o->c->sftp, path, (unsigned)strlen(path));
+}
+
+/* fsync@openssh.com makes an acknowledged upload survive a server crash;
+ * a server without it answers "unsupported", which is not a failure. */
+static int sync_and_close(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h)
+{
+    int rc = libssh2_sftp_fsync(h), rc2;
+
+    if (rc < 0 && last_status(o, rc) == LIBSSH2_FX_OP_UNSUPPORTED)
+        rc = 0;
+    rc2 = libssh2_sftp_close_handle(h);
+    return rc < 0 ? rc : rc2;
+}
+
+/* Legacy whole-file write. A failed write leaves no half file behind. */
+static void op_write(struct sftp_ops *o, const struct proto_request *q, const uint8_t *data,
+                     size_t len, struct op_reply *r)
+{
+    LIBSSH2_SFTP_HANDLE *h =
+        open_file(o, q->path, LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC);
+    int rc;
+
+    if (!h) {
+        reply_sftp_error(o, last_err(o), r);
+        return;
+    }
+    rc = write_full(h, data, len);
+    if (rc < 0) {
+        reply_sftp_error(o, rc, r);
+        libssh2_sftp_close_handle(h);
+        if (!r->fatal)
+            remove_file(o, q->path);
+        return;
+    }
+    rc = sync_and_close(o, h);
+    if (rc < 0) {
+        reply_sftp_error(o, rc, r);
+        if (!r->fatal)
+            remove_file(o, q->path);
+        return;
+    }
+    reply_ok(r, NULL);
+}
+
+static struct whandle *find_write(struct sftp_ops *o, const char *id)
+{
+    for (int i = 0; i < SFTP_MAX_WRITE_HANDLES; i++)
+        if (o->writes[i].h && strcmp(o->writes[i].id, id) == 0)
+            return &o->writes[i];
+    return NULL;
+}
+
+static struct rhandle *find_read(struct sftp_ops *o, const char *id)
+{
+    for (int i = 0; i < WC_MAX_READ_HANDLES; i++)
+        if (o->reads[i].h && strcmp(o->reads[i].id, id) == 0)
+            return &o->reads[i];
+    return NULL;
+}
+
+static void drop_write(struct whandle *w)
+{
+    free(w->path);
+    memset(w, 0, sizeof(*w));
+}
+
+static void op_write_open(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    unsigned long flags = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT;
+    LIBSSH2_SFTP_ATTRIBUTES a = {0};
+    struct whandle *w = find_write(o, "");
+    int i;
+
+    for (i = 0; i < SFTP_MAX_WRITE_HANDLES && o->writes[i].h; i++)
+        ;
+    if (i == SFTP_MAX_WRITE_HANDLES) {
+        reply_error(r, "too many open write sessions", "limit");
+        return;
+    }
+    w = &o->writes[i];
+    if (!q->resume)
+        flags |= LIBSSH2_FXF_TRUNC;
+    w->h = open_file(o, q->path, flags);
+    if (!w->h) {
+        reply_sftp_error(o, last_err(o), r);
+        return;
+    }
+    if (q->resume) {
+        int rc = libssh2_sftp_fstat_ex(w->h, &a, 0);
+        if (rc < 0) {
+            reply_sftp_error(o, rc, r);
+            libssh2_sftp_close_handle(w->h);
+            w->h = NULL;
+            return;
+        }
+        libssh2_sftp_seek64(w->h, a.filesize);
+    }
+    w->path = strdup(q->path);
+    new_handle_id(w->id, "wh-");
+    if (q->resume)
+        reply_ok(r, json_pack("{s:s,s:I}", "handle", w->id, "offset", (json_int_t)a.filesize));
+    else
+        reply_ok(r, json_pack("{s:s}", "handle", w->id));
+}
+
+/* A write failure is kept on the handle: the chunk was already answered,
+ * so the next write_chunk or write_close reports it. */
+static void fail_write(struct sftp_ops *o, struct whandle *w, int rc)
+{
+    struct op_reply tmp = {0};
+
+    reply_sftp_error(o, rc, &tmp);
+    w->failed = 1;
+    snprintf(w->failmsg, sizeof(w->failmsg), "%s", tmp.error);
+    w->failcode = tmp.code;
+}
+
+static void op_write_chunk(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    struct whandle *w = find_write(o, q->handle);
+
+    if (!w) {
+        reply_error(r, "unknown write handle", "not_found");
+        return;
+    }
+    if (w->failed) {
+        reply_error(r, w->failmsg, w->failcode);
+        return;
+    }
+    reply_ok(r, NULL);
+    r->write_pending = 1;
+}
+
+int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *q, const uint8_t *data,
+                   size_t len)
+{
+    struct whandle *w = find_write(o, q->handle);
+    int rc;
+
+    if (!w || w->failed)
+        return 0;
+    rc = write_full(w->h, data, len);
+    if (rc < 0) {
+        fail_write(o, w, rc);
+        return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? 0 : -1;
+    }
+    return 0;
+}
+
+static void op_write_close(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    struct whandle *w = find_write(o, q->handle);
+    int rc;
+
+    if (!w) {
+        reply_error(r, "unknown write handle", "not_found");
+        return;
+    }
+    if (w->failed) {
+        reply_error(r, w->failmsg, w->failcode);
+        libssh2_sftp_close_handle(w->h);
+        remove_file(o, w->path);
+        drop_write(w);
+        return;
+    }
+    rc = sync_and_close(o, w->h);
+    if (rc < 0) {
+        reply_sftp_error(o, rc, r);
+        if (!r->fatal)
+            remove_file(o, w->path);
+    } else {
+        reply_ok(r, NULL);
+    }
+    drop_write(w);
+}
+
+static void op_write_abort(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    struct whandle *w = find_write(o, q->handle);
+
+    if (w) {
+        libssh2_sftp_close_handle(w->h);
+        remove_file(o, w->path);
+        drop_write(w);
+    }
+    reply_ok(r, NULL);
+}
+
+static void op_read_open(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    int i;
+
+    for (i = 0; i < WC_MAX_READ_HANDLES && o->reads[i].h; i++)
+        ;
+    if (i == WC_MAX_READ_HANDLES) {
+        reply_error(r, "too many open read sessions", "limit");
+        return;
+    }
+    o->reads[i].h = open_file(o, q->path, LIBSSH2_FXF_READ);
+    if (!o->reads[i].h) {
+        reply_sftp_error(o, last_err(o), r);
+        return;
+    }
+    new_handle_id(o->reads[i].id, "rh-");
+    reply_ok(r, json_pack("{s:s}", "handle", o->reads[i].id));
+}
+
+static void close_read(struct rhandle *rh)
+{
+    libssh2_sftp_close_handle(rh->h);
+    memset(rh, 0, sizeof(*rh));
+}
+
+static void op_read_chunk(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    struct rhandle *rh = find_read(o, q->handle);
+    struct frame *f;
+    ssize_t n;
+
+    if (!rh) {
+        reply_error(r, "unknown read handle", "not_found");
+        return;
+    }
+    f = frame_new(1, WC_READ_CHUNK_BYTES);
+    if (!f) {
+        reply_error(r, "out of memory", "io");
+        return;
+    }
+    n = read_full(rh->h, frame_data(f), WC_READ_CHUNK_BYTES);
+    if (n < 0) {
+        frame_free(f);
+        reply_sftp_error(o, (int)n, r);
+        close_read(rh);
+        return;
+    }
+    f->len = (size_t)n;
+    reply_ok(r, json_pack("{s:I}", "size", (json_int_t)n));
+    r->data = f;
+}
+
+static void op_read_close(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+{
+    struct rhandle *rh = find_read(o, q->handle);
+
+    if (rh)
+        close_read(rh);
+    reply_ok(r, NULL);
+}
+
+typedef void (*op_fn)(struct sftp_ops *, const struct proto_request *, struct op_reply *);
+
+static const op_fn ops[M_COUNT] = {
+    [M_STAT] = op_stat,
+    [M_LIST] = op_list,
+    [M_FS_INFO] = op_fs_info,
+    [M_MKDIR] = op_mkdir,
+    [M_DELETE] = op_delete,
+    [M_RENAME] = op_rename,
+    [M_READ] = op_read,
+    [M_WRITE_OPEN] = op_write_open,
+    [M_WRITE_CHUNK] = op_write_chunk,
+    [M_WRITE_CLOSE] = op_write_close,
+    [M_WRITE_ABORT] = op_write_abort,
+    [M_READ_OPEN] = op_read_open,
+    [M_READ_CHUNK] = op_read_chunk,
+    [M_READ_CLOSE] = op_read_close,
+};
+
+void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req, const uint8_t *data,
+                  size_t len, struct op_reply *r)
+{
+    memset(r, 0, sizeof(*r));
+    if (req->error) {
+        reply_error(r, req->error, req->code);
+        return;
+    }
+    if (req->method == M_WRITE) {
+        op_write(o, req, data, len, r);
+        return;
+    }
+    if (req->method <= M_UNKNOWN || req->method >= M_COUNT || !ops[req->method]) {
+        reply_error(r, "unknown method", "unknown_method");
+        return;
+    }
+    ops[req->method](o, req, r);
+    if (!r->result && !r->error)
+        reply_error(r, "out of memory", "io");
+}
+
+struct sftp_ops *sftp_ops_new(struct ssh_conn *c)
+{
+    struct sftp_ops *o = calloc(1, sizeof(*o));
+
+    if (o)
+        o->c = c;
+    return o;
+}
+
+void sftp_ops_free(struct sftp_ops *o, int server_dead)
+{
+    if (!o)
+        return;
+    for (int i = 0; i < SFTP_MAX_WRITE_HANDLES; i++) {
+        if (!o->writes[i].h)
+            continue;
+        if (!server_dead) {
+            libssh2_sftp_close_handle(o->writes[i].h);
+            remove_file(o, o->writes[i].path);
+        }
+        drop_write(&o->writes[i]);
+    }
+    for (int i = 0; i < WC_MAX_READ_HANDLES; i++)
+        if (o->reads[i].h && !server_dead)
+            close_read(&o->reads[i]);
+    free(o);
+}

@@ -1,0 +1,379 @@
+/* SSH connection set-up with libssh2 in blocking mode. Every step is bounded
+ * in time: connect() and the banner wait by poll(), everything libssh2 does
+ * by libssh2_session_set_timeout(). */
+#include "ssh_conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "keyformat.h"
+
+/* OpenSSH's own host key order, so the fingerprint we show is the one the
+ * user sees with `ssh` and the one earlier relays pinned in the vault. */
+#define HOSTKEY_PREFS "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384," \
+                      "ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256,ssh-rsa"
+
+const char *ssh_err_code(int err)
+{
+    switch (err) {
+    case SSH_E_CONNECT: return "connect_failed";
+    case SSH_E_CONNECT_TIMEOUT: return "connect_timeout";
+    case SSH_E_NOT_SSH: return "not_ssh";
+    case SSH_E_BANNER_TIMEOUT: return "banner_timeout";
+    case SSH_E_KEX: return "kex_failed";
+    case SSH_E_AUTH: return "auth_failed";
+    case SSH_E_KEY: return "bad_key";
+    case SSH_E_SFTP: return "sftp_unavailable";
+    default: return "io";
+    }
+}
+
+static long ms_left(const struct timespec *deadline)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (deadline->tv_sec - now.tv_sec) * 1000L +
+           (deadline->tv_nsec - now.tv_nsec) / 1000000L;
+}
+
+static void deadline_in(struct timespec *d, int secs)
+{
+    clock_gettime(CLOCK_MONOTONIC, d);
+    d->tv_sec += secs;
+}
+
+static int tcp_connect(int fd, const struct sockaddr *sa, socklen_t salen, int secs,
+                       char *err, size_t errlen)
+{
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    struct timespec deadline;
+    int flags = fcntl(fd, F_GETFL), soerr = 0, rc;
+    socklen_t len = sizeof(soerr);
+
+    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    rc = connect(fd, sa, salen);
+    if (rc < 0 && errno != EINPROGRESS) {
+        soerr = errno;
+        goto failed;
+    }
+    deadline_in(&deadline, secs);
+    while (rc < 0) {
+        long left = ms_left(&deadline);
+        if (left <= 0) {
+            snprintf(err, errlen, "connection timed out after %d s", secs);
+            return SSH_E_CONNECT_TIMEOUT;
+        }
+        rc = poll(&p, 1, (int)left);
+        if (rc < 0 && errno != EINTR) {
+            soerr = errno;
+            goto failed;
+        }
+        if (rc > 0) {
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+            if (soerr)
+                goto failed;
+            break;
+        }
+        rc = -1;
+    }
+    fcntl(fd, F_SETFL, flags);
+    return 0;
+
+failed:
+    snprintf(err, errlen, "connection failed: %s", strerror(soerr));
+    return SSH_E_CONNECT;
+}
+
+/* Does `buf` (n bytes) start with, or is it a start of, an SSH banner?
+ * Returns 1 for a full match, 0 when more bytes are needed, -1 for no. */
+static int banner_match(const char *buf, size_t n)
+{
+    static const char *const prefixes[] = {"SSH-2.0", "SSH-1.99"};
+    int need_more = 0;
+
+    for (size_t i = 0; i < 2; i++) {
+        size_t plen = strlen(prefixes[i]);
+        size_t cmp = n < plen ? n : plen;
+        if (memcmp(buf, prefixes[i], cmp) != 0)
+            continue;
+        if (n >= plen)
+            return 1;
+        need_more = 1;
+    }
+    return need_more ? 0 : -1;
+}
+
+/* Peek (never consume: libssh2 must read the banner itself) until the first
+ * bytes prove an SSH server, however the banner is split into packets. */
+static int check_banner(int fd, int secs, char *err, size_t errlen)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    struct timespec deadline;
+    char buf[16];
+
+    deadline_in(&deadline, secs);
+    for (;;) {
+        long left = ms_left(&deadline);
+        ssize_t n;
+        int m;
+
+        if (left <= 0) {
+            snprintf(err, errlen, "no SSH banner from the server within %d s", secs);
+            return SSH_E_BANNER_TIMEOUT;
+        }
+        if (poll(&p, 1, (int)left) <= 0)
+            continue;
+        n = recv(fd, buf, sizeof(buf), MSG_PEEK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            snprintf(err, errlen, "the server closed the connection without an SSH banner");
+            return SSH_E_NOT_SSH;
+        }
+        m = banner_match(buf, (size_t)n);
+        if (m == 1)
+            return 0;
+        if (m < 0) {
+            snprintf(err, errlen, "the server is not an SSH server");
+            return SSH_E_NOT_SSH;
+        }
+        /* A partial banner: the rest is in flight. Peeking again at once
+         * would spin on the same bytes. */
+        usleep(10 * 1000);
+    }
+}
+
+static const char *hostkey_type_name(int type)
+{
+    switch (type) {
+    case LIBSSH2_HOSTKEY_TYPE_RSA: return "ssh-rsa";
+    case LIBSSH2_HOSTKEY_TYPE_DSS: return "ssh-dss";
+    case LIBSSH2_HOSTKEY_TYPE_ECDSA_256: return "ecdsa-sha2-nistp256";
+    case LIBSSH2_HOSTKEY_TYPE_ECDSA_384: return "ecdsa-sha2-nistp384";
+    case LIBSSH2_HOSTKEY_TYPE_ECDSA_521: return "ecdsa-sha2-nistp521";
+    case LIBSSH2_HOSTKEY_TYPE_ED25519: return "ssh-ed25519";
+    default: return "unknown";
+    }
+}
+
+/* OpenSSH's format: "SHA256:" + unpadded standard base64 of the digest. */
+static int read_fingerprint(struct ssh_conn *c)
+{
+    const unsigned char *hash = (const unsigned char *)
+        libssh2_hostkey_hash(c->ssh, LIBSSH2_HOSTKEY_HASH_SHA256);
+    unsigned char b64[48];
+    size_t len;
+    int type = LIBSSH2_HOSTKEY_TYPE_UNKNOWN;
+
+    if (!hash)
+        return -1;
+    EVP_EncodeBlock(b64, hash, 32);
+    len = strlen((char *)b64);
+    while (len && b64[len - 1] == '=')
+        b64[--len] = '\0';
+    snprintf(c->fingerprint, sizeof(c->fingerprint), "SHA256:%s", b64);
+    libssh2_session_hostkey(c->ssh, &len, &type);
+    c->key_type = hostkey_type_name(type);
+    return 0;
+}
+
+static void last_error(LIBSSH2_SESSION *ssh, const char *what, char *err, size_t errlen)
+{
+    char *msg = NULL;
+
+    libssh2_session_last_error(ssh, &msg, NULL, 0);
+    snprintf(err, errlen, "%s: %s", what, msg && *msg ? msg : "unknown error");
+}
+
+int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
+             const struct ssh_timeouts *t, void (*on_socket)(int fd, void *arg),
+             void *arg, char *err, size_t errlen)
+{
+    int one = 1, rc;
+
+    memset(c, 0, sizeof(*c));
+    c->sock = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->sock < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return SSH_E_CONNECT;
+    }
+    if (on_socket)
+        on_socket(c->sock, arg);
+    rc = tcp_connect(c->sock, sa, salen, t->connect_secs, err, errlen);
+    if (rc < 0)
+        goto out;
+    setsockopt(c->sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    rc = check_banner(c->sock, t->banner_secs, err, errlen);
+    if (rc < 0)
+        goto out;
+
+    rc = SSH_E_KEX;
+    c->ssh = libssh2_session_init_ex(NULL, NULL, NULL, c);
+    if (!c->ssh) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    libssh2_session_set_blocking(c->ssh, 1);
+    libssh2_session_set_timeout(c->ssh, (long)t->connect_secs * 1000);
+    if (libssh2_session_method_pref(c->ssh, LIBSSH2_METHOD_HOSTKEY, HOSTKEY_PREFS) < 0) {
+        last_error(c->ssh, "host key preferences", err, errlen);
+        goto out;
+    }
+    if (libssh2_session_handshake(c->ssh, c->sock) < 0) {
+        last_error(c->ssh, "key exchange failed", err, errlen);
+        goto out;
+    }
+    if (read_fingerprint(c) < 0) {
+        snprintf(err, errlen, "key exchange failed: no host key");
+        goto out;
+    }
+    libssh2_session_set_timeout(c->ssh, (long)t->op_secs * 1000);
+    libssh2_session_set_read_timeout(c->ssh, t->op_secs);
+    libssh2_keepalive_config(c->ssh, 1, (unsigned)t->keepalive_secs);
+    rc = 0;
+out:
+    if (rc < 0)
+        ssh_close(c);
+    return rc;
+}
+
+static int has_method(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+
+    for (const char *p = list; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len == n && strncmp(p, name, n) == 0)
+            return 1;
+        p = comma ? comma + 1 : NULL;
+    }
+    return 0;
+}
+
+/* Many NAS only offer keyboard-interactive: answer every prompt with the
+ * password. libssh2 frees the answers with the session's allocator. */
+static void kbd_cb(const char *name, int name_len, const char *instruction,
+                   int instruction_len, int num_prompts,
+                   const LIBSSH2_USERAUTH_KBDINT_PROMPT *prompts,
+                   LIBSSH2_USERAUTH_KBDINT_RESPONSE *responses, void **abstract)
+{
+    struct ssh_conn *c = *abstract;
+
+    (void)name, (void)name_len, (void)instruction, (void)instruction_len, (void)prompts;
+    for (int i = 0; i < num_prompts; i++) {
+        responses[i].text = c->kbd_password ? strdup(c->kbd_password) : NULL;
+        responses[i].length = responses[i].text ? (unsigned)strlen(responses[i].text) : 0;
+    }
+}
+
+/* Distinguish "the server said no" from "the connection broke". */
+static int auth_failure(int rc, LIBSSH2_SESSION *ssh, char *err, size_t errlen)
+{
+    if (rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED ||
+        rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED || rc == LIBSSH2_ERROR_PASSWORD_EXPIRED ||
+        rc == LIBSSH2_ERROR_METHOD_NONE) {
+        snprintf(err, errlen, "authentication failed");
+        return SSH_E_AUTH;
+    }
+    last_error(ssh, "connection lost during authentication", err, errlen);
+    return SSH_E_IO;
+}
+
+static int login_password(struct ssh_conn *c, const struct proto_auth *a,
+                          char *err, size_t errlen)
+{
+    unsigned ulen = (unsigned)strlen(a->username);
+    const char *list = libssh2_userauth_list(c->ssh, a->username, ulen);
+    int rc = LIBSSH2_ERROR_AUTHENTICATION_FAILED;
+
+    if (!list) {
+        if (libssh2_userauth_authenticated(c->ssh))
+            return 0;
+        return auth_failure(libssh2_session_last_errno(c->ssh), c->ssh, err, errlen);
+    }
+    if (has_method(list, "password")) {
+        rc = libssh2_userauth_password_ex(c->ssh, a->username, ulen, a->password,
+                                          (unsigned)strlen(a->password), NULL);
+        if (rc == 0)
+            return 0;
+        if (rc != LIBSSH2_ERROR_AUTHENTICATION_FAILED &&
+            rc != LIBSSH2_ERROR_PASSWORD_EXPIRED)
+            return auth_failure(rc, c->ssh, err, errlen);
+    }
+    if (has_method(list, "keyboard-interactive")) {
+        c->kbd_password = a->password;
+        rc = libssh2_userauth_keyboard_interactive_ex(c->ssh, a->username, ulen, kbd_cb);
+        c->kbd_password = NULL;
+        if (rc == 0)
+            return 0;
+    }
+    return auth_failure(rc, c->ssh, err, errlen);
+}
+
+static int login_key(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t errlen)
+{
+    int rc = libssh2_userauth_publickey_frommemory(
+        c->ssh, a->username, strlen(a->username), NULL, 0, a->private_key,
+        strlen(a->private_key), a->passphrase);
+
+    if (rc == 0)
+        return 0;
+    if (rc == LIBSSH2_ERROR_FILE || rc == LIBSSH2_ERROR_METHOD_NOT_SUPPORTED ||
+        rc == LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE || rc == LIBSSH2_ERROR_DECRYPT) {
+        snprintf(err, errlen, "%s", keyformat_problem(a->private_key, a->passphrase));
+        return SSH_E_KEY;
+    }
+    return auth_failure(rc, c->ssh, err, errlen);
+}
+
+int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t errlen)
+{
+    int rc = a->type == AUTH_PASSWORD ? login_password(c, a, err, errlen)
+                                      : login_key(c, a, err, errlen);
+
+    if (rc < 0)
+        return rc;
+    c->sftp = libssh2_sftp_init(c->ssh);
+    if (!c->sftp) {
+        last_error(c->ssh, "SFTP subsystem unavailable", err, errlen);
+        return SSH_E_SFTP;
+    }
+    return 0;
+}
+
+int ssh_ping(struct ssh_conn *c)
+{
+    char path[512];
+
+    return libssh2_sftp_realpath(c->sftp, ".", path, sizeof(path)) < 0 ? -1 : 0;
+}
+
+void ssh_close(struct ssh_conn *c)
+{
+    if (c->ssh)
+        /* A healthy server answers the close at once; a dead one must not
+         * hold the worker for a whole operation timeout. */
+        libssh2_session_set_timeout(c->ssh, 2000);
+    if (c->sftp)
+        libssh2_sftp_shutdown(c->sftp);
+    if (c->ssh) {
+        libssh2_session_disconnect(c->ssh, "relay session closed");
+        libssh2_session_free(c->ssh);
+    }
+    if (c->sock >= 0)
+        close(c->sock);
+    memset(c, 0, sizeof(*c));
+    c->sock = -1;
+}

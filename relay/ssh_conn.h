@@ -1,0 +1,67 @@
+/* One SSH connection to the user's server, driven in blocking mode by its
+ * session's worker thread: TCP connect, SSH banner check, key exchange,
+ * host key fingerprint, user authentication, SFTP subsystem. Knows nothing
+ * of WebSockets. */
+#ifndef WC_SSH_CONN_H
+#define WC_SSH_CONN_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include <libssh2.h>
+#include <libssh2_sftp.h>
+
+#include "proto.h"
+
+/* Failures; each maps to the `code` of a setup error frame. */
+enum ssh_err {
+    SSH_E_CONNECT = -1,        /* refused, unreachable */
+    SSH_E_CONNECT_TIMEOUT = -2,
+    SSH_E_NOT_SSH = -3,        /* first bytes are not an SSH banner */
+    SSH_E_BANNER_TIMEOUT = -4,
+    SSH_E_KEX = -5,            /* key exchange failed */
+    SSH_E_AUTH = -6,           /* credentials refused */
+    SSH_E_KEY = -7,            /* private key unreadable */
+    SSH_E_SFTP = -8,           /* SFTP subsystem refused */
+    SSH_E_IO = -9,             /* connection lost or timed out */
+};
+
+struct ssh_timeouts {
+    int connect_secs;   /* TCP connect and key exchange */
+    int banner_secs;    /* first bytes from the server */
+    int op_secs;        /* any later blocking call */
+    int keepalive_secs;
+};
+
+struct ssh_conn {
+    int sock;
+    LIBSSH2_SESSION *ssh;
+    LIBSSH2_SFTP *sftp;
+    char fingerprint[64];      /* "SHA256:" + 43 base64 chars */
+    const char *key_type;      /* "ssh-ed25519", ... (static) */
+    const char *kbd_password;  /* only during keyboard-interactive auth */
+};
+
+/* Short code for the setup error frame, e.g. "connect_refused". */
+const char *ssh_err_code(int err);
+
+/* Connect to `sa`, check the banner, run the key exchange and read the host
+ * key. `fd_out` receives the socket as soon as it exists, so another thread
+ * can shut it down to cut a hung connection. Returns 0 or an ssh_err with a
+ * message in `err`. On failure `c` is left empty; else release with
+ * ssh_close(). */
+int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
+             const struct ssh_timeouts *t, void (*on_socket)(int fd, void *arg),
+             void *arg, char *err, size_t errlen);
+
+/* Authenticate with the credentials in `a` (the caller wipes them), then
+ * open the SFTP subsystem. Returns 0, SSH_E_AUTH, SSH_E_KEY, SSH_E_SFTP or
+ * SSH_E_IO with the message for the browser in `err`. */
+int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t errlen);
+
+/* A round trip to the server that proves it is still there. 0 or -1. */
+int ssh_ping(struct ssh_conn *c);
+
+void ssh_close(struct ssh_conn *c);
+
+#endif

@@ -1,0 +1,237 @@
+/* The SSH side of a session: resolve and pin the target, connect, show the
+ * host key, authenticate, then run requests one at a time in arrival order.
+ * Results go back as frames through the session; the worker never touches
+ * the WebSocket. */
+#include "worker.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "access.h"
+#include "config.h"
+#include "log.h"
+#include "netguard.h"
+#include "session.h"
+#include "sftp_ops.h"
+#include "ssh_conn.h"
+
+struct worker {
+    struct session *s;
+    const struct config *cfg;
+    struct ssh_conn c;
+    struct sftp_ops *ops;
+    const char *reason;     /* why the session ended, for the log */
+    int server_dead;        /* the SSH connection failed: skip clean-up I/O */
+};
+
+static void post_text(struct session *s, char *text)
+{
+    session_post(s, frame_from_text(text), NULL);
+}
+
+static void on_socket(int fd, void *arg)
+{
+    session_set_sock(arg, fd);
+}
+
+/* Host names are resolved here, off the service thread, and every address
+ * they resolve to must pass the SSRF guard; the connection then goes to
+ * exactly the address that was checked. */
+static int pin_target(struct worker *w)
+{
+    struct session *s = w->s;
+    char err[256];
+    int rc;
+
+    if (s->pinned)
+        return 0;
+    rc = netguard_resolve(w->cfg, s->host, s->port, &s->addr, &s->addrlen, err, sizeof(err));
+    if (rc == 0) {
+        s->pinned = 1;
+        return 0;
+    }
+    post_text(s, proto_setup_error(rc == -1 ? "blocked_target" : "resolve_failed", err));
+    w->reason = rc == -1 ? "blocked_target" : "resolve_failed";
+    log_info("session %s: target %s refused: %s", s->id, s->host, err);
+    return -1;
+}
+
+static int connect_target(struct worker *w)
+{
+    struct ssh_timeouts t = {
+        .connect_secs = w->cfg->connect_timeout_secs,
+        .banner_secs = w->cfg->banner_timeout_secs,
+        .op_secs = w->cfg->op_timeout_secs,
+        .keepalive_secs = w->cfg->keepalive_secs,
+    };
+    char err[256];
+    int rc = ssh_open(&w->c, (struct sockaddr *)&w->s->addr, w->s->addrlen, &t, on_socket,
+                      w->s, err, sizeof(err));
+
+    if (rc < 0) {
+        post_text(w->s, proto_setup_error(ssh_err_code(rc), err));
+        w->reason = ssh_err_code(rc);
+        log_info("session %s: %s", w->s->id, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Wait for a job of `kind`; the WebSocket side enforces the time limit and
+ * closes the session on anything unexpected, which ends the wait. */
+static struct job *wait_for(struct worker *w, enum job_kind kind)
+{
+    for (;;) {
+        int gone;
+        struct job *j = session_next_job(w->s, 1000, &gone);
+
+        if (gone) {
+            w->reason = "browser closed";
+            return NULL;
+        }
+        if (j && j->kind == kind)
+            return j;
+        job_free(j);
+    }
+}
+
+/* Count the attempt before trying and refund it on success, so parallel
+ * guesses cannot exceed the failure budget (PROTOCOL §4). */
+static int authenticate(struct worker *w, struct job *j)
+{
+    struct session *s = w->s;
+    char err[256];
+    int rc;
+
+    access_auth_attempt(s->hub->access, s->client_ip, time(NULL));
+    rc = ssh_login(&w->c, &j->auth, err, sizeof(err));
+    proto_auth_wipe(&j->auth);
+    if (rc == 0 || rc == SSH_E_SFTP || rc == SSH_E_KEY)
+        access_auth_refund(s->hub->access, s->client_ip, time(NULL));
+    if (rc < 0) {
+        post_text(s, proto_error(j->req.id, err, ssh_err_code(rc)));
+        w->reason = ssh_err_code(rc);
+        log_info("session %s: login refused: %s", s->id, err);
+        return -1;
+    }
+    w->ops = sftp_ops_new(&w->c);
+    if (!w->ops) {
+        post_text(s, proto_error(j->req.id, "out of memory", "io"));
+        w->reason = "out of memory";
+        return -1;
+    }
+    post_text(s, proto_result_empty(j->req.id));
+    session_set_phase(s, PH_READY);
+    log_debug("session %s: authenticated", s->id);
+    return 0;
+}
+
+/* Run one request and post its answer. Returns -1 when the SSH connection
+ * is unusable and the session must end. */
+static int run_request(struct worker *w, struct job *j)
+{
+    struct op_reply r;
+    char *text;
+    int rc = 0;
+
+    if (j->req.method == M_AUTH) {
+        post_text(w->s, proto_error(j->req.id, "already authenticated", "bad_request"));
+        return 0;
+    }
+    sftp_ops_run(w->ops, &j->req, j->data, j->len, &r);
+    if (r.result) {
+        text = proto_result(j->req.id, r.result);
+        r.result = NULL;
+    } else {
+        text = proto_error(j->req.id, r.error, r.code);
+        log_debug("session %s: %s failed: %s", w->s->id, proto_method_name(j->req.method),
+                  r.error);
+    }
+    session_post(w->s, frame_from_text(text), r.data);
+    r.data = NULL;
+    if (r.write_pending && sftp_ops_flush(w->ops, &j->req, j->data, j->len) < 0)
+        rc = -1;
+    if (r.fatal)
+        rc = -1;
+    op_reply_clear(&r);
+    return rc;
+}
+
+/* Probe an idle connection so a dead server is noticed (and NAT state kept)
+ * even while the browser is quiet: the answer must come within
+ * keepalive_count intervals. */
+static int keepalive(struct worker *w)
+{
+    int budget = w->cfg->keepalive_secs * w->cfg->keepalive_count;
+    int rc;
+
+    libssh2_session_set_timeout(w->c.ssh, (long)budget * 1000);
+    rc = ssh_ping(&w->c);
+    libssh2_session_set_timeout(w->c.ssh, (long)w->cfg->op_timeout_secs * 1000);
+    return rc;
+}
+
+static void serve(struct worker *w)
+{
+    int idle_ms = w->cfg->keepalive_secs * 1000;
+
+    for (;;) {
+        int gone;
+        struct job *j = session_next_job(w->s, idle_ms, &gone);
+
+        if (gone) {
+            w->reason = "browser closed";
+            return;
+        }
+        if (!j) {
+            if (keepalive(w) < 0) {
+                w->server_dead = 1;
+                w->reason = "ssh keepalive failed";
+                log_info("session %s: SFTP server stopped answering", w->s->id);
+                return;
+            }
+            continue;
+        }
+        if (j->kind == JOB_REQUEST && run_request(w, j) < 0) {
+            session_job_done(w->s, j);
+            job_free(j);
+            w->server_dead = 1;
+            w->reason = "ssh connection lost";
+            log_info("session %s: connection to the SFTP server lost", w->s->id);
+            return;
+        }
+        session_job_done(w->s, j);
+        job_free(j);
+    }
+}
+
+void *worker_main(void *arg)
+{
+    struct worker w = {.s = arg, .cfg = ((struct session *)arg)->hub->cfg, .reason = "closed"};
+    struct job *j = NULL;
+
+    w.c.sock = -1;
+    if (pin_target(&w) < 0 || connect_target(&w) < 0)
+        goto out;
+    session_set_phase(w.s, PH_WAIT_HOSTKEY);
+    post_text(w.s, proto_host_key(w.c.fingerprint, w.c.key_type));
+    j = wait_for(&w, JOB_HOSTKEY_ACCEPTED);
+    if (!j)
+        goto out;
+    job_free(j);
+    j = wait_for(&w, JOB_AUTH);
+    if (!j || authenticate(&w, j) < 0)
+        goto out;
+    job_free(j);
+    j = NULL;
+    serve(&w);
+out:
+    job_free(j);
+    sftp_ops_free(w.ops, w.server_dead);
+    session_set_sock(w.s, -1);
+    ssh_close(&w.c);
+    session_worker_exit(w.s, w.reason);
+    return NULL;
+}

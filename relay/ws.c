@@ -1,0 +1,540 @@
+/* The WebSocket side of a session (service thread only): assembles frames,
+ * enforces the handshake order and the framing rules of PROTOCOL §2-§3,
+ * hands jobs to the worker, and writes the worker's frames out. Reading is
+ * paused while the worker has too much backlog, so neither a fast browser
+ * nor a slow server can grow our memory. */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "access.h"
+#include "config.h"
+#include "log.h"
+#include "netguard.h"
+#include "server.h"
+#include "worker.h"
+
+/* Stop reading from the browser beyond this much unwritten upload (or this
+ * many queued requests); resume below half of it. Well under the 200 MiB
+ * protocol cap, so a normal upload never meets that cap. */
+#define RX_PAUSE_BYTES (24u * 1024 * 1024)
+#define RX_PAUSE_JOBS 64
+/* Largest piece of a frame handed to lws at once. */
+#define TX_FRAGMENT_BYTES WC_READ_CHUNK_BYTES
+#define TICK_USECS LWS_USEC_PER_SEC
+
+_Static_assert(LWS_PRE <= FRAME_HEADROOM, "frame headroom must fit LWS_PRE");
+
+/* The request waiting for its binary frame: a job to fill, or an error to
+ * answer once the frame has been consumed. */
+struct pending_bin {
+    int active;
+    uint32_t id;
+    struct job *job;
+    const char *error;
+    const char *code;
+};
+
+struct ws_pss {
+    struct session *s;
+    char client_ip[64];
+    int slot_held;          /* counted in the per-IP session limit */
+    /* Receive state. */
+    char *text;
+    size_t text_len;
+    uint8_t *bin;
+    size_t bin_len, bin_cap;
+    struct pending_bin pend;
+    int rx_paused;
+    /* Timers and closing. */
+    time_t last_rx, last_ping;
+    int ping_due;
+    int closing;            /* close once queued frames are out */
+    const char *close_reason;
+};
+
+size_t ws_pss_size(void)
+{
+    return sizeof(struct ws_pss);
+}
+
+static void post_now(struct ws_pss *pss, char *text, int close_after)
+{
+    struct frame *f = frame_from_text(text);
+
+    if (f) {
+        f->close_after = close_after;
+        session_post_nowait(pss->s, f);
+    }
+}
+
+/* End the session once what is queued has been sent. */
+static void close_soon(struct lws *wsi, struct ws_pss *pss, const char *reason)
+{
+    if (!pss->closing) {
+        pss->closing = 1;
+        pss->close_reason = reason;
+        if (pss->s)
+            session_set_phase(pss->s, PH_CLOSING);
+    }
+    lws_callback_on_writable(wsi);
+}
+
+static void answer_error(struct lws *wsi, struct ws_pss *pss, uint32_t id, const char *msg,
+                         const char *code)
+{
+    post_now(pss, proto_error(id, msg, code), 0);
+    lws_callback_on_writable(wsi);
+}
+
+static void flow_check(struct lws *wsi, struct ws_pss *pss)
+{
+    size_t bytes;
+    int jobs;
+
+    session_backlog(pss->s, &bytes, &jobs);
+    if (!pss->rx_paused && (bytes >= RX_PAUSE_BYTES || jobs >= RX_PAUSE_JOBS)) {
+        pss->rx_paused = 1;
+        lws_rx_flow_control(wsi, 0);
+    } else if (pss->rx_paused && bytes < RX_PAUSE_BYTES / 2 && jobs < RX_PAUSE_JOBS / 2) {
+        pss->rx_paused = 0;
+        lws_rx_flow_control(wsi, 1 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
+    }
+}
+
+static struct job *job_new(enum job_kind kind)
+{
+    struct job *j = calloc(1, sizeof(*j));
+
+    if (j)
+        j->kind = kind;
+    return j;
+}
+
+static void push(struct lws *wsi, struct ws_pss *pss, struct job *j)
+{
+    session_push_job(pss->s, j);
+    flow_check(wsi, pss);
+}
+
+static void clear_pending(struct ws_pss *pss)
+{
+    job_free(pss->pend.job);
+    memset(&pss->pend, 0, sizeof(pss->pend));
+}
+
+/* --- text frames, by handshake phase --- */
+
+static void on_host_key_reply(struct lws *wsi, struct ws_pss *pss, const char *text, size_t len)
+{
+    struct job *j;
+
+    if (!proto_is_host_key_accepted(text, len)) {
+        close_soon(wsi, pss, "host key not accepted");
+        return;
+    }
+    j = job_new(JOB_HOSTKEY_ACCEPTED);
+    if (!j) {
+        close_soon(wsi, pss, "out of memory");
+        return;
+    }
+    session_set_phase(pss->s, PH_WAIT_AUTH);
+    push(wsi, pss, j);
+}
+
+static void on_auth(struct lws *wsi, struct ws_pss *pss, const char *text, size_t len)
+{
+    struct job *j = job_new(JOB_AUTH);
+    const char *err = NULL;
+
+    if (!j || proto_parse_request(text, len, &j->req) < 0) {
+        job_free(j);
+        close_soon(wsi, pss, "expected the auth request");
+        return;
+    }
+    if (j->req.method != M_AUTH)
+        err = "expected auth";
+    else if (proto_auth_take(&j->req, &j->auth, &err) == 0)
+        err = NULL;
+    if (err) {
+        post_now(pss, proto_error(j->req.id, err, "bad_request"), 0);
+        job_free(j);
+        close_soon(wsi, pss, "bad auth request");
+        return;
+    }
+    session_set_phase(pss->s, PH_READY);
+    push(wsi, pss, j);
+}
+
+static void on_request(struct lws *wsi, struct ws_pss *pss, const char *text, size_t len)
+{
+    struct job *j = job_new(JOB_REQUEST);
+
+    if (!j)
+        return;
+    if (proto_parse_request(text, len, &j->req) < 0) {
+        job_free(j);  /* not a request: ignored, as PROTOCOL §3 says */
+        return;
+    }
+    if (!proto_method_takes_binary(j->req.method)) {
+        push(wsi, pss, j);
+        return;
+    }
+    /* A second binary request before the first got its frame: the first
+     * can no longer be served, answer it rather than leave it hanging. */
+    if (pss->pend.active) {
+        answer_error(wsi, pss, pss->pend.id, "binary frame missing", "bad_request");
+        clear_pending(pss);
+    }
+    /* An invalid request still owns the next binary frame (PROTOCOL §3);
+     * its error strings live in the request, kept until answered. */
+    pss->pend.active = 1;
+    pss->pend.id = j->req.id;
+    pss->pend.error = j->req.error;
+    pss->pend.code = j->req.code;
+    pss->pend.job = j;
+}
+
+static void on_text(struct lws *wsi, struct ws_pss *pss, const char *text, size_t len)
+{
+    switch (session_phase(pss->s, NULL)) {
+    case PH_WAIT_HOSTKEY:
+        on_host_key_reply(wsi, pss, text, len);
+        break;
+    case PH_WAIT_AUTH:
+        on_auth(wsi, pss, text, len);
+        break;
+    case PH_READY:
+        on_request(wsi, pss, text, len);
+        break;
+    case PH_CONNECTING:
+        /* Nothing may come before the host key: above all no credentials. */
+        close_soon(wsi, pss, "frame before host key");
+        break;
+    case PH_CLOSING:
+        break;
+    }
+}
+
+/* --- binary frames --- */
+
+static void oversize(struct lws *wsi, struct ws_pss *pss)
+{
+    uint32_t id = pss->pend.active ? pss->pend.id : 0;
+
+    post_now(pss, proto_error(id, "payload too large", "limit"), 1);
+    clear_pending(pss);
+    close_soon(wsi, pss, "payload too large");
+}
+
+/* Keep the bytes only when a request waits for them; otherwise count and
+ * drop (a stray frame, or one for a request already known to be bad). */
+static int bin_append(struct ws_pss *pss, const void *in, size_t len, size_t remaining)
+{
+    if (!pss->pend.active || pss->pend.error) {
+        pss->bin_len += len;
+        return 0;
+    }
+    if (pss->bin_len + len > pss->bin_cap) {
+        size_t want = pss->bin_len + len + remaining, cap = pss->bin_cap ? pss->bin_cap : 65536;
+        uint8_t *grown;
+        while (cap < want)
+            cap *= 2;
+        if (cap > WC_MAX_FRAME_BYTES)
+            cap = WC_MAX_FRAME_BYTES;
+        grown = realloc(pss->bin, cap);
+        if (!grown)
+            return -1;
+        pss->bin = grown;
+        pss->bin_cap = cap;
+    }
+    memcpy(pss->bin + pss->bin_len, in, len);
+    pss->bin_len += len;
+    return 0;
+}
+
+static void bin_complete(struct lws *wsi, struct ws_pss *pss)
+{
+    struct server *srv = server_of(wsi);
+    struct job *j = pss->pend.job;
+    size_t backlog;
+    int jobs;
+
+    if (!pss->pend.active)
+        goto out;  /* nothing pending: dropped */
+    if (pss->pend.error) {
+        answer_error(wsi, pss, pss->pend.id, pss->pend.error, pss->pend.code);
+        goto out;
+    }
+    session_backlog(pss->s, &backlog, &jobs);
+    if (backlog + pss->bin_len > srv->cfg->upload_buffer_bytes) {
+        answer_error(wsi, pss, pss->pend.id, "stream buffer limit exceeded", "limit");
+        goto out;
+    }
+    j->data = pss->bin;
+    j->len = pss->bin_len;
+    pss->bin = NULL;
+    pss->bin_cap = 0;
+    pss->pend.job = NULL;
+    push(wsi, pss, j);
+out:
+    clear_pending(pss);
+    free(pss->bin);
+    pss->bin = NULL;
+    pss->bin_len = pss->bin_cap = 0;
+}
+
+static void on_receive(struct lws *wsi, struct ws_pss *pss, const void *in, size_t len)
+{
+    int first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi);
+
+    if (pss->closing)
+        return;
+    pss->last_rx = time(NULL);
+    if (lws_frame_is_binary(wsi)) {
+        if (session_phase(pss->s, NULL) != PH_READY) {
+            close_soon(wsi, pss, "binary frame before auth");
+            return;
+        }
+        if (first)
+            pss->bin_len = 0;
+        if (pss->bin_len + len > WC_MAX_FRAME_BYTES) {
+            oversize(wsi, pss);
+            return;
+        }
+        if (bin_append(pss, in, len, lws_remaining_packet_payload(wsi)) < 0) {
+            close_soon(wsi, pss, "out of memory");
+            return;
+        }
+        if (final)
+            bin_complete(wsi, pss);
+        return;
+    }
+    if (first)
+        pss->text_len = 0;
+    if (pss->text_len + len > PROTO_MAX_TEXT_BYTES) {
+        oversize(wsi, pss);
+        return;
+    }
+    if (!pss->text) {
+        pss->text = malloc(PROTO_MAX_TEXT_BYTES);
+        if (!pss->text) {
+            close_soon(wsi, pss, "out of memory");
+            return;
+        }
+    }
+    memcpy(pss->text + pss->text_len, in, len);
+    pss->text_len += len;
+    if (!final)
+        return;
+    on_text(wsi, pss, pss->text, pss->text_len);
+    /* The frame may have carried credentials. */
+    proto_wipe(pss->text, pss->text_len);
+    pss->text_len = 0;
+}
+
+/* --- sending --- */
+
+static int send_next(struct lws *wsi, struct ws_pss *pss)
+{
+    struct frame *f = session_peek_frame(pss->s);
+    size_t chunk;
+    int flags, close_after;
+
+    if (pss->ping_due && (!f || f->sent == 0)) {
+        unsigned char ping[LWS_PRE + 1];
+        pss->ping_due = 0;
+        if (lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+            return -1;
+        if (f)
+            lws_callback_on_writable(wsi);
+        return 0;
+    }
+    if (!f) {
+        if (pss->closing || session_worker_finished(pss->s))
+            goto close;
+        return 0;
+    }
+    chunk = f->len - f->sent;
+    if (chunk > TX_FRAGMENT_BYTES)
+        chunk = TX_FRAGMENT_BYTES;
+    flags = lws_write_ws_flags(f->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT, f->sent == 0,
+                               f->sent + chunk == f->len);
+    /* lws writes the frame header into the LWS_PRE bytes before the data:
+     * the headroom for the first piece, already-sent payload after that. */
+    if (lws_write(wsi, frame_data(f) + f->sent, chunk, (enum lws_write_protocol)flags) <
+        (int)chunk)
+        return -1;
+    f->sent += chunk;
+    if (f->sent < f->len) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    close_after = f->close_after;
+    session_pop_frame(pss->s);
+    if (close_after)
+        goto close;
+    lws_callback_on_writable(wsi);
+    return 0;
+close:
+    lws_close_reason(wsi, LWS_CLOSE_STATUS_NORMAL, NULL, 0);
+    return -1;
+}
+
+/* --- lifecycle --- */
+
+static void set_port(struct sockaddr_storage *ss, int port)
+{
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+}
+
+/* The gate accepted this upgrade; read the target again (lws still has the
+ * headers during ESTABLISHED) and start the session's worker. */
+static int established(struct lws *wsi, struct ws_pss *pss)
+{
+    struct server *srv = server_of(wsi);
+    char host[256], port[16];
+    const char *h = lws_get_urlarg_by_name(wsi, "host=", host, sizeof(host));
+    const char *p = lws_get_urlarg_by_name(wsi, "port=", port, sizeof(port));
+    struct session *s;
+
+    memset(pss, 0, sizeof(*pss));
+    if (!h || !p || server_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
+        return -1;
+    for (char *c = host; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
+    s = session_new(&srv->hub, pss->client_ip, h, atoi(p));
+    if (!s)
+        return -1;
+    pss->s = s;
+    s->wsi = wsi;
+    if (netguard_literal(h, &s->addr, &s->addrlen)) {
+        set_port(&s->addr, s->port);
+        s->pinned = 1;
+    }
+    access_session_open(srv->access, pss->client_ip);
+    pss->slot_held = 1;
+    pss->last_rx = pss->last_ping = time(NULL);
+    log_info("session %s start: client=%s target=%s:%d", s->id, s->client_ip, s->host,
+             s->port);
+    if (session_start(s, worker_main) < 0) {
+        log_error("session %s: cannot start a worker thread", s->id);
+        return -1;
+    }
+    lws_set_timer_usecs(wsi, TICK_USECS);
+    return 0;
+}
+
+static void closed(struct lws *wsi, struct ws_pss *pss)
+{
+    struct server *srv = server_of(wsi);
+
+    if (pss->slot_held)
+        access_session_close(srv->access, pss->client_ip);
+    pss->slot_held = 0;
+    clear_pending(pss);
+    free(pss->bin);
+    pss->bin = NULL;
+    if (pss->text) {
+        proto_wipe(pss->text, PROTO_MAX_TEXT_BYTES);
+        free(pss->text);
+        pss->text = NULL;
+    }
+    if (pss->s) {
+        session_ws_gone(pss->s, pss->close_reason ? pss->close_reason : "browser closed");
+        pss->s->wsi = NULL;
+        session_unref(pss->s);
+        pss->s = NULL;
+    }
+}
+
+static void tick(struct lws *wsi, struct ws_pss *pss)
+{
+    const struct config *cfg = server_of(wsi)->cfg;
+    time_t now = time(NULL), since;
+    enum session_phase ph = session_phase(pss->s, &since);
+
+    if ((ph == PH_WAIT_HOSTKEY || ph == PH_WAIT_AUTH) &&
+        now - since >= cfg->host_key_timeout_secs)
+        close_soon(wsi, pss, ph == PH_WAIT_HOSTKEY ? "host key not accepted in time"
+                                                   : "no auth request in time");
+    else if (ph == PH_READY && now - pss->last_rx >= cfg->idle_timeout_secs)
+        close_soon(wsi, pss, "idle timeout");
+    if (now - pss->last_ping >= cfg->ws_ping_interval_secs) {
+        pss->last_ping = now;
+        pss->ping_due = 1;
+        lws_callback_on_writable(wsi);
+    }
+    lws_set_timer_usecs(wsi, TICK_USECS);
+}
+
+/* Sessions with news from their worker: output to send, backlog drained,
+ * or the worker finished (join it; close the WebSocket when flushed). */
+static void notified(struct server *srv)
+{
+    struct session *s = hub_take_notified(&srv->hub), *next;
+
+    for (; s; s = next) {
+        struct lws *wsi = s->wsi;
+
+        next = s->notify_next;
+        if (session_worker_finished(s))
+            session_join(s);
+        if (wsi) {
+            struct ws_pss *pss = lws_wsi_user(wsi);
+            if (pss->rx_paused)
+                flow_check(wsi, pss);
+            lws_callback_on_writable(wsi);
+        }
+        session_unref(s);
+    }
+}
+
+static void drain_one(struct session *s, void *arg)
+{
+    int force = *(int *)arg;
+
+    if (force)
+        session_cut(s);
+    if (s->wsi && (force || session_idle(s))) {
+        struct ws_pss *pss = lws_wsi_user(s->wsi);
+        close_soon(s->wsi, pss, "server shutting down");
+    }
+}
+
+void ws_drain_tick(struct server *srv, int force)
+{
+    hub_for_each(&srv->hub, drain_one, &force);
+}
+
+int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    struct ws_pss *pss = user;
+
+    switch (reason) {
+    case LWS_CALLBACK_ESTABLISHED:
+        return established(wsi, pss);
+    case LWS_CALLBACK_RECEIVE:
+        if (pss->s)
+            on_receive(wsi, pss, in, len);
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return pss->s ? send_next(wsi, pss) : -1;
+    case LWS_CALLBACK_TIMER:
+        if (pss->s)
+            tick(wsi, pss);
+        return 0;
+    case LWS_CALLBACK_CLOSED:
+        closed(wsi, pss);
+        return 0;
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        notified(lws_context_user(lws_get_context(wsi)));
+        return 0;
+    default:
+        return 0;
+    }
+}
