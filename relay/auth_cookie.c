@@ -337,8 +337,8 @@ int auth_jwt_verify(const uint8_t *key, size_t keylen, const char *token,
         return -EBADMSG;  /* not exactly three parts */
     if (dot1 == token || dot2 == dot1 + 1)
         return -EBADMSG;  /* empty header or payload */
-    for (const char *p = dot2 + 1; *p; p++)
-        if (b64url_value(*p) < 0)
+    for (const char *p = token; *p; p++)
+        if (*p != '.' && b64url_value(*p) < 0)
             return -EBADMSG;
 
     if ((rc = check_header(token, (size_t)(dot1 - token))) != 0)

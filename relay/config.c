@@ -315,7 +315,7 @@ static const struct setting settings[] = {
      "relay cookie lifetime in seconds"},
     {"POW_DIFFICULTY_BITS", "18", p_int, FIELD(pow_difficulty_bits), 12, 32, 0,
      "proof-of-work difficulty in leading zero bits (>= 12)"},
-    {"AUTH_CHALLENGE_PER_MIN", "10", p_int, FIELD(auth_challenge_per_min), 1, 10000, 0,
+    {"AUTH_CHALLENGE_PER_MIN", "10", p_int, FIELD(auth_challenge_per_min), 1, 1000000, 0,
      "challenges per client IP per minute"},
     {"AUTH_MAX_BODY_BYTES", "16384", p_size, FIELD(auth_max_body_bytes), 64, 1 * MIB, 0,
      "largest POST /relay/auth body"},

@@ -293,8 +293,11 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, const void *in, size
         return;
     pss->last_rx = time(NULL);
     if (lws_frame_is_binary(wsi)) {
-        if (session_phase(pss->s, NULL) != PH_READY) {
-            close_soon(wsi, pss, "binary frame before auth");
+        enum session_phase ph = session_phase(pss->s, NULL);
+        /* Before the host key is accepted anything unexpected ends the
+         * session; after that a stray frame is just dropped (§3). */
+        if (ph == PH_CONNECTING || ph == PH_WAIT_HOSTKEY) {
+            close_soon(wsi, pss, "binary frame before host key");
             return;
         }
         if (first)
