@@ -232,7 +232,7 @@ static void oversize(struct lws *wsi, struct ws_pss *pss)
  * drop (a stray frame, or one for a request already known to be bad). */
 static int bin_append(struct ws_pss *pss, const void *in, size_t len, size_t remaining)
 {
-    if (!pss->pend.active || pss->pend.error) {
+    if (!pss->pend.active || pss->pend.error || len == 0) {
         pss->bin_len += len;
         return 0;
     }
