@@ -27,9 +27,15 @@ struct whandle {
     const char *failcode;
 };
 
+/* A read handle keeps at most one chunk read ahead: the app asks for the
+ * next chunk only after it received this one, so reading it meanwhile hides
+ * the SFTP round trip. A read-ahead failure is kept for the next ask. */
 struct rhandle {
     char id[HANDLE_CHARS];
     LIBSSH2_SFTP_HANDLE *h;
+    struct frame *ahead;
+    int ahead_rc;
+    unsigned long ahead_status;
 };
 
 struct sftp_ops {
@@ -85,10 +91,8 @@ static unsigned long last_status(struct sftp_ops *o, int rc)
 
 /* The one place libssh2 and SFTP failures become our messages. Anything but
  * an SFTP status reply means the connection itself failed: fatal. */
-static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
+static void reply_status(int rc, unsigned long st, struct op_reply *r)
 {
-    unsigned long st = last_status(o, rc);
-
     if (rc != LIBSSH2_ERROR_SFTP_PROTOCOL) {
         r->fatal = 1;
         if (rc == LIBSSH2_ERROR_TIMEOUT)
@@ -105,6 +109,11 @@ static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
     }
     snprintf(r->errbuf, sizeof(r->errbuf), "SFTP error %lu", st);
     reply_error(r, r->errbuf, "io");
+}
+
+static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
+{
+    reply_status(rc, last_status(o, rc), r);
 }
 
 static void reply_ok(struct op_reply *r, json_t *result)
@@ -581,37 +590,77 @@ static void op_read_open(struct sftp_ops *o, const struct proto_request *q, stru
     reply_ok(r, json_pack("{s:s}", "handle", o->reads[i].id));
 }
 
-static void close_read(struct rhandle *rh)
+static void close_read(struct rhandle *rh, int server_alive)
 {
-    libssh2_sftp_close_handle(rh->h);
+    if (server_alive)
+        libssh2_sftp_close_handle(rh->h);
+    frame_free(rh->ahead);
     memset(rh, 0, sizeof(*rh));
+}
+
+/* Read the next chunk of `rh` into a new frame; on failure NULL with the
+ * libssh2 code and SFTP status in *rc / *status. */
+static struct frame *read_chunk(struct sftp_ops *o, struct rhandle *rh, int *rc,
+                                unsigned long *status)
+{
+    struct frame *f = frame_new(1, WC_READ_CHUNK_BYTES);
+    ssize_t n;
+
+    if (!f) {
+        *rc = LIBSSH2_ERROR_ALLOC;
+        *status = 0;
+        return NULL;
+    }
+    n = read_full(rh->h, frame_data(f), WC_READ_CHUNK_BYTES);
+    if (n < 0) {
+        frame_free(f);
+        *rc = (int)n;
+        *status = last_status(o, *rc);
+        return NULL;
+    }
+    f->len = (size_t)n;
+    return f;
 }
 
 static void op_read_chunk(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
 {
     struct rhandle *rh = find_read(o, q->handle);
     struct frame *f;
-    ssize_t n;
+    unsigned long status = 0;
+    int rc = 0;
 
     if (!rh) {
         reply_error(r, "unknown read handle", "not_found");
         return;
     }
-    f = frame_new(1, WC_READ_CHUNK_BYTES);
+    if (rh->ahead || rh->ahead_rc) {
+        f = rh->ahead;
+        rc = rh->ahead_rc;
+        status = rh->ahead_status;
+        rh->ahead = NULL;
+        rh->ahead_rc = 0;
+    } else {
+        f = read_chunk(o, rh, &rc, &status);
+    }
     if (!f) {
-        reply_error(r, "out of memory", "io");
+        if (rc == LIBSSH2_ERROR_ALLOC)
+            reply_error(r, "out of memory", "io");
+        else
+            reply_status(rc, status, r);
+        close_read(rh, !r->fatal);
         return;
     }
-    n = read_full(rh->h, frame_data(f), WC_READ_CHUNK_BYTES);
-    if (n < 0) {
-        frame_free(f);
-        reply_sftp_error(o, (int)n, r);
-        close_read(rh);
-        return;
-    }
-    f->len = (size_t)n;
-    reply_ok(r, json_pack("{s:I}", "size", (json_int_t)n));
+    reply_ok(r, json_pack("{s:I}", "size", (json_int_t)f->len));
     r->data = f;
+    r->read_ahead = f->len == WC_READ_CHUNK_BYTES;
+}
+
+void sftp_ops_read_ahead(struct sftp_ops *o, const char *handle)
+{
+    struct rhandle *rh = find_read(o, handle);
+
+    if (rh && !rh->ahead && !rh->ahead_rc)
+        rh->ahead = read_chunk(o, rh, &rh->ahead_rc, &rh->ahead_status);
 }
 
 static void op_read_close(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
@@ -619,7 +668,7 @@ static void op_read_close(struct sftp_ops *o, const struct proto_request *q, str
     struct rhandle *rh = find_read(o, q->handle);
 
     if (rh)
-        close_read(rh);
+        close_read(rh, 1);
     reply_ok(r, NULL);
 }
 
@@ -686,7 +735,7 @@ void sftp_ops_free(struct sftp_ops *o, int server_dead)
         drop_write(&o->writes[i]);
     }
     for (int i = 0; i < WC_MAX_READ_HANDLES; i++)
-        if (o->reads[i].h && !server_dead)
-            close_read(&o->reads[i]);
+        if (o->reads[i].h)
+            close_read(&o->reads[i], !server_dead);
     free(o);
 }

@@ -33,6 +33,9 @@ struct op_reply {
      * not yet written"), so the browser can send the next chunk while this
      * one goes to the server. sftp_ops_flush() does the write. */
     int write_pending;
+    /* read_chunk served a full chunk: sftp_ops_read_ahead() may fetch the
+     * next one while the browser receives this one. */
+    int read_ahead;
 };
 
 /* Per-session state over `c` (borrowed; must outlive it). NULL when out of
@@ -51,6 +54,10 @@ void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req,
  * write_close. Returns 0, or -1 when the connection is unusable. */
 int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *req,
                    const uint8_t *data, size_t len);
+
+/* Read the next chunk of a read handle in advance (at most one per
+ * handle, so at most WC_MAX_READ_HANDLES chunks per session). */
+void sftp_ops_read_ahead(struct sftp_ops *o, const char *handle);
 
 void op_reply_clear(struct op_reply *r);
 

@@ -153,6 +153,8 @@ static int run_request(struct worker *w, struct job *j)
     r.data = NULL;
     if (r.write_pending && sftp_ops_flush(w->ops, &j->req, j->data, j->len) < 0)
         rc = -1;
+    if (r.read_ahead)
+        sftp_ops_read_ahead(w->ops, j->req.handle);
     if (r.fatal)
         rc = -1;
     op_reply_clear(&r);
