@@ -245,12 +245,21 @@ int proto_auth_take(struct proto_request *req, struct proto_auth *out,
     return 0;
 }
 
+/* The result is plain malloc memory whatever allocator jansson was given
+ * (json_set_alloc_funcs), so callers can always free() it. */
 static char *dump(json_t *obj)
 {
-    char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL, *out = NULL;
+    json_malloc_t jmalloc;
+    json_free_t jfree;
 
     json_decref(obj);
-    return s;
+    if (!s)
+        return NULL;
+    out = strdup(s);
+    json_get_alloc_funcs(&jmalloc, &jfree);
+    jfree(s);
+    return out;
 }
 
 char *proto_result(uint32_t id, json_t *result)

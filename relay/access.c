@@ -32,6 +32,7 @@ struct access *access_new(const struct config *cfg)
 {
     struct access *a;
     const char *domain;
+    size_t n;
 
     if (!cfg || cfg->signing_key_len < 32 ||
         cfg->signing_key_len > sizeof(cfg->signing_key))
@@ -42,9 +43,10 @@ struct access *access_new(const struct config *cfg)
     a->cfg = cfg;
     domain = cfg->byo_domain && *cfg->byo_domain ? cfg->byo_domain : "localhost";
     a->localhost = strcasecmp(domain, "localhost") == 0;
-    a->origin = malloc(strlen(domain) + sizeof("https://"));
+    n = strlen(domain) + sizeof("https://");
+    a->origin = malloc(n);
     if (a->origin)
-        sprintf(a->origin, "https://%s", domain);
+        snprintf(a->origin, n, "https://%s", domain);
     a->limits = limits_new(cfg);
     a->challenges = auth_challenges_new();
     a->jtis = auth_jtis_new();

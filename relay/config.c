@@ -277,7 +277,8 @@ static int p_key(struct config *c, const struct setting *s, const char *v, char 
         for (i = len; declen > 0 && i > 0 && v[i - 1] == '='; i--)
             declen--;
     }
-    if (declen >= 32) {
+    /* Base64 of 257 or 258 bytes decodes past the 256-byte key buffer. */
+    if (declen >= 32 && (size_t)declen <= sizeof(c->signing_key)) {
         memcpy(c->signing_key, dec, (size_t)declen);
         c->signing_key_len = (size_t)declen;
     } else if (len >= 32 && len <= sizeof(c->signing_key)) {
@@ -285,7 +286,7 @@ static int p_key(struct config *c, const struct setting *s, const char *v, char 
         c->signing_key_len = len;
     } else {
         OPENSSL_cleanse(dec, sizeof(dec));
-        return bad(err, n, s, "must be at least 32 bytes (raw) or base64 of at least 32 bytes");
+        return bad(err, n, s, "must be 32 to 256 bytes, raw or base64-encoded");
     }
     OPENSSL_cleanse(dec, sizeof(dec));
     for (i = 1; i < c->signing_key_len && c->signing_key[i] == c->signing_key[0]; i++)
@@ -391,7 +392,9 @@ int cfg_load(struct config *c, char *err, size_t errlen)
         const struct setting *s = &settings[i];
         const char *v = getenv(s->name);
 
-        if (!v)
+        /* An empty value (KEY= in an env file) means unset: the default
+         * applies, never a zeroed field (POW_DIFFICULTY_BITS= gave 0 bits). */
+        if (!v || !*v)
             v = s->def;
         if (!v || (!*v && s->parse != p_hosts && s->parse != p_cidrs))
             continue;
@@ -465,7 +468,7 @@ void cfg_log(const struct config *c)
             log_info("setting %s=%s", s->name,
                      c->signing_key_random ? "(random per process)" : "(set, hidden)");
         else
-            log_info("setting %s=%s", s->name, v ? v : (s->def ? s->def : "(unset)"));
+            log_info("setting %s=%s", s->name, v && *v ? v : (s->def ? s->def : "(unset)"));
     }
 }
 

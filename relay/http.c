@@ -10,6 +10,7 @@
 #include "config.h"
 #include "log.h"
 #include "server.h"
+#include "static_files.h"
 
 #define COOKIE_HEADER_MAX 8192
 #define BODY_JSON_MAX 512
@@ -146,7 +147,7 @@ static int http_request(struct lws *wsi, struct http_pss *pss, const char *uri)
     }
     if (uri_is(uri, "/relay/ws"))
         return reply_status(wsi, 400);  /* a WebSocket endpoint, not a page */
-    return reply_status(wsi, 404);
+    return static_serve(wsi, uri);  /* SPA_DIR files, else 404 */
 }
 
 static int body_chunk(struct lws *wsi, struct http_pss *pss, const void *in, size_t len)
@@ -174,7 +175,7 @@ static int body_chunk(struct lws *wsi, struct http_pss *pss, const void *in, siz
 static int confirm_upgrade(struct lws *wsi)
 {
     struct server *srv = server_of(wsi);
-    char uri[64], ip[64], origin[512], host[512], port[16], mode[16];
+    char uri[64], ip[64], origin[512], host[512], port[512], mode[512];
     char *cookie = NULL;
     struct upgrade_req req;
     struct upgrade_target target;
@@ -205,9 +206,14 @@ static int confirm_upgrade(struct lws *wsi)
     req.host = lws_get_urlarg_by_name(wsi, "host=", host, sizeof(host));
     req.port = lws_get_urlarg_by_name(wsi, "port=", port, sizeof(port));
     status = access_check_upgrade(srv->access, &req, time(NULL), &target);
-    if (status == 0 && !(lws_get_urlarg_by_name(wsi, "mode=", mode, sizeof(mode)) &&
-                         strcmp(mode, "sftp") == 0))
-        status = 400;
+    log_debug("gate: host=%s port=%s origin=%s cookie=%s -> %d", req.host ? req.host : "(none)",
+              req.port ? req.port : "(none)", req.origin ? req.origin : "(none)",
+              req.cookie_header ? "present" : "absent", status);
+    if (status == 0) {
+        const char *m = lws_get_urlarg_by_name(wsi, "mode=", mode, sizeof(mode));
+        if (!m || strcmp(m, "sftp") != 0)
+            status = 400;
+    }
     OPENSSL_cleanse(cookie, COOKIE_HEADER_MAX);
     free(cookie);
     if (status) {
@@ -216,6 +222,15 @@ static int confirm_upgrade(struct lws *wsi)
         return 1;
     }
     return 0;
+}
+
+int http_confirm_upgrade(struct lws *wsi, const char *upgrade)
+{
+    if (!upgrade || strcmp(upgrade, "websocket") != 0) {
+        lws_return_http_status(wsi, 400, NULL);
+        return 1;
+    }
+    return confirm_upgrade(wsi);
 }
 
 int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -231,11 +246,7 @@ int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return redeem(wsi, pss);
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
-        if (!in || strcmp(in, "websocket") != 0) {
-            lws_return_http_status(wsi, 400, NULL);
-            return 1;
-        }
-        return confirm_upgrade(wsi);
+        return http_confirm_upgrade(wsi, in);
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
     case LWS_CALLBACK_CLOSED_HTTP:
         if (pss) {

@@ -12,6 +12,7 @@
 #include "config.h"
 #include "log.h"
 #include "server.h"
+#include "wipe_alloc.h"
 
 static void usage(FILE *out)
 {
@@ -39,6 +40,9 @@ int main(int argc, char **argv)
     struct config cfg;
     char err[512];
     int check_only = 0, rc;
+
+    /* Before any JSON exists: auth frames are parsed by jansson. */
+    wipe_alloc_install_jansson();
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--env-file") == 0 && i + 1 < argc) {

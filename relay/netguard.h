@@ -31,7 +31,9 @@ int netguard_cidr_contains(const struct cidr *c, const struct sockaddr *sa);
 int netguard_is_blocked(const struct sockaddr *sa);
 
 /* The SSRF decision for one address: 0 allowed, -1 blocked. An address in
- * one of cfg->allow_private is allowed whatever its class. */
+ * one of cfg->allow_private is allowed whatever its class. The exemption
+ * matches the address itself (an IPv4-mapped one by its IPv4), never the
+ * IPv4 inside a 6to4 or NAT64 address: those stay blocked. */
 int netguard_check_addr(const struct config *cfg, const struct sockaddr *sa);
 
 /* 1 when `host` is an IP literal — a strict dotted quad, or an IPv6 address

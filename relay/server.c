@@ -9,10 +9,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "access.h"
 #include "client_ip.h"
 #include "config.h"
 #include "log.h"
+#include "static_files.h"
 
 /* WebSocket receive buffer per connection: also the most one RECEIVE
  * callback delivers. Larger is faster for uploads but costs every idle
@@ -118,6 +122,69 @@ static struct lws_context *create_context(struct server *srv,
     return lws_create_context(&info);
 }
 
+/* Load the certificate chain and key into a scratch context and check that
+ * they belong together. lws_tls_cert_updated() loads the chain first and the
+ * key second into the live context and reports nothing: a new chain with a
+ * key that does not match it (certificate renewed, key not yet copied)
+ * would leave the listener without a usable key and every handshake would
+ * fail. Checking first keeps the old certificate serving instead. On
+ * success `expiry` holds the leaf's notAfter. Returns 0 or -1 with `err`. */
+static int tls_pair_check(const char *cert, const char *key, char *expiry, size_t explen,
+                          char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    const char *what = NULL;
+    X509 *leaf;
+    BIO *b;
+
+    if (!ctx)
+        what = "out of memory";
+    else if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
+        what = "cannot read the certificate chain";
+    else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+        what = "cannot read the private key, or it does not match the certificate";
+    else if (SSL_CTX_check_private_key(ctx) != 1)
+        what = "the private key does not match the certificate";
+    if (what) {
+        unsigned long e = ERR_peek_last_error();
+        snprintf(err, errlen, "%s (%s)", what, e ? ERR_reason_error_string(e) : "no detail");
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    expiry[0] = '\0';
+    leaf = SSL_CTX_get0_certificate(ctx);
+    b = BIO_new(BIO_s_mem());
+    if (leaf && b && ASN1_TIME_print(b, X509_get0_notAfter(leaf)) == 1) {
+        int n = BIO_read(b, expiry, (int)explen - 1);
+        expiry[n > 0 ? n : 0] = '\0';
+    }
+    BIO_free(b);
+    SSL_CTX_free(ctx);
+    return 0;
+}
+
+/* SIGHUP: swap in the certificate files as they are now. Live connections
+ * keep the session they negotiated; new handshakes get the new chain. */
+static void tls_reload(struct server *srv)
+{
+    const struct config *cfg = srv->cfg;
+    char expiry[64], err[256];
+
+    if (!cfg->tls_cert) {
+        log_info("SIGHUP: TLS is off, nothing to reload");
+        return;
+    }
+    if (tls_pair_check(cfg->tls_cert, cfg->tls_key, expiry, sizeof(expiry), err,
+                       sizeof(err)) < 0) {
+        log_error("SIGHUP: TLS certificate not reloaded, keeping the old one: %s", err);
+        return;
+    }
+    lws_tls_cert_updated(srv->ctx, cfg->tls_cert, cfg->tls_key, NULL, 0, NULL, 0);
+    log_info("SIGHUP: TLS certificate reloaded from %s (expires %s)", cfg->tls_cert,
+             expiry[0] ? expiry : "?");
+}
+
 /* SIGTERM: refuse new sessions, let live ones finish what they are doing,
  * close them as they go idle, and cut whatever is left at the deadline. */
 static int drain_step(struct server *srv)
@@ -168,10 +235,22 @@ int server_run(const struct config *cfg)
         {NULL, NULL, 0, 0, 0, NULL, 0},
     };
     struct server srv;
+    char err[512], expiry[64];
     int rc = 1;
 
     memset(&srv, 0, sizeof(srv));
     srv.cfg = cfg;
+    /* Files named by settings are checked here, before anything listens,
+     * so a typo stops the start with status 2 naming the setting. */
+    if (cfg->tls_cert && tls_pair_check(cfg->tls_cert, cfg->tls_key, expiry,
+                                        sizeof(expiry), err, sizeof(err)) < 0) {
+        log_error("invalid TLS_CERT/TLS_KEY: %s", err);
+        return 2;
+    }
+    if (cfg->spa_dir && static_check_dir(cfg->spa_dir, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return 2;
+    }
     srv.access = access_new(cfg);
     if (!srv.access) {
         log_error("out of memory");
@@ -195,12 +274,7 @@ int server_run(const struct config *cfg)
         lws_service(srv.ctx, 1000);
         if (got_hup) {
             got_hup = 0;
-            if (cfg->tls_cert) {
-                log_info("SIGHUP: reloading TLS certificate");
-                if (lws_tls_cert_updated(srv.ctx, cfg->tls_cert, cfg->tls_key, NULL, 0,
-                                         NULL, 0) != 0)
-                    log_error("TLS certificate reload failed; keeping the old one");
-            }
+            tls_reload(&srv);
         }
         if (got_term && drain_step(&srv))
             break;

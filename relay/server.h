@@ -34,6 +34,9 @@ int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
             size_t len);
 int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len);
 size_t http_pss_size(void);
+/* The upgrade gate; lws asks whichever protocol the connection is bound to
+ * at that moment, so both callbacks route here. */
+int http_confirm_upgrade(struct lws *wsi, const char *upgrade);
 size_t ws_pss_size(void);
 
 /* Called once per second of the service loop while draining. */

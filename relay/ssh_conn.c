@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 
 #include "keyformat.h"
+#include "wipe_alloc.h"
 
 /* OpenSSH's own host key order, so the fingerprint we show is the one the
  * user sees with `ssh` and the one earlier relays pinned in the vault. */
@@ -219,7 +220,9 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
         goto out;
 
     rc = SSH_E_KEX;
-    c->ssh = libssh2_session_init_ex(NULL, NULL, NULL, c);
+    /* Wiping allocators: libssh2's packet buffers carry the password and
+     * the signature request; they must not linger in freed memory. */
+    c->ssh = libssh2_session_init_ex(wipe_ssh_alloc, wipe_ssh_free, wipe_ssh_realloc, c);
     if (!c->ssh) {
         snprintf(err, errlen, "out of memory");
         goto out;
@@ -263,7 +266,8 @@ static int has_method(const char *list, const char *name)
 }
 
 /* Many NAS only offer keyboard-interactive: answer every prompt with the
- * password. libssh2 frees the answers with the session's allocator. */
+ * password. libssh2 frees the answers with the session's allocator, so they
+ * must come from it too. */
 static void kbd_cb(const char *name, int name_len, const char *instruction,
                    int instruction_len, int num_prompts,
                    const LIBSSH2_USERAUTH_KBDINT_PROMPT *prompts,
@@ -273,7 +277,7 @@ static void kbd_cb(const char *name, int name_len, const char *instruction,
 
     (void)name, (void)name_len, (void)instruction, (void)instruction_len, (void)prompts;
     for (int i = 0; i < num_prompts; i++) {
-        responses[i].text = c->kbd_password ? strdup(c->kbd_password) : NULL;
+        responses[i].text = c->kbd_password ? wipe_strdup(c->kbd_password) : NULL;
         responses[i].length = responses[i].text ? (unsigned)strlen(responses[i].text) : 0;
     }
 }

@@ -5,7 +5,9 @@
 #include "static_files.h"
 
 #include <errno.h>
-#include <limits.h>
+/* PATH_MAX: <limits.h> would be shadowed by relay/limits.h through gcc's
+ * syslimits.h (#include_next also searches -iquote directories). */
+#include <linux/limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,26 +116,28 @@ static int refuse(struct lws *wsi, int status)
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-/* Refuse ".." anywhere as a path segment (lws normalises most forms before
- * we see them; this is the backstop), and dot files: .git, .env and the
- * like have no business being public. /.well-known/ stays reachable. */
-static int path_acceptable(const char *uri)
+/* 400 for ".." as a path segment (lws resolves dot segments, %2e forms
+ * included, before the callback sees the path: this is the backstop), 404
+ * for dot files: .git, .env and the like have no business being public.
+ * /.well-known/ stays reachable. Returns 0 when the path may be served. */
+static int path_refusal(const char *uri)
 {
     const char *seg;
 
     if (uri[0] != '/' || strchr(uri, '\\'))
-        return 0;
+        return 400;
     for (seg = uri; seg; seg = strchr(seg + 1, '/')) {
         const char *s = seg + 1;
         if (s[0] != '.')
             continue;
         if (s[1] == '.' && (s[2] == '/' || s[2] == '\0'))
-            return 0;
+            return 400;
         if (strncmp(s, ".well-known", 11) == 0 && (s[11] == '/' || s[11] == '\0'))
             continue;
-        return 0;
+        if (s[1] != '/' && s[1] != '\0')
+            return 404;
     }
-    return 1;
+    return 0;
 }
 
 /* `path` resolved; 0 when it is a regular file inside `root`, with the
@@ -151,6 +155,13 @@ static int resolve_inside(const char *root, const char *path, char *out, struct 
     if (stat(out, st) < 0)
         return -1;
     return 0;
+}
+
+static int is_index_html(const char *path)
+{
+    size_t n = strlen(path);
+
+    return n >= 11 && strcmp(path + n - 11, "/index.html") == 0;
 }
 
 static int send_file(struct lws *wsi, const char *path, int is_index)
@@ -182,8 +193,8 @@ int static_serve(struct lws *wsi, const char *uri)
     if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0 &&
         lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) <= 0)
         return refuse(wsi, 405);
-    if (!path_acceptable(uri))
-        return refuse(wsi, 400);
+    if ((rc = path_refusal(uri)) != 0)
+        return refuse(wsi, rc);
     /* The relay's own namespace is never the app: an unknown /relay/...
      * is a mistake worth a 404, not an HTML page. */
     if (strncmp(uri, "/relay/", 7) == 0 || strcmp(uri, "/relay") == 0)
@@ -206,7 +217,7 @@ int static_serve(struct lws *wsi, const char *uri)
             return refuse(wsi, 404);
     }
     if (rc == 0 && S_ISREG(st.st_mode))
-        return send_file(wsi, real, strcmp(real + strlen(real) - 11, "/index.html") == 0);
+        return send_file(wsi, real, is_index_html(real));
     if (rc == 0 || (errno != ENOENT && errno != ENOTDIR))
         return refuse(wsi, 404);  /* a device, a socket, unreadable... */
 

@@ -105,7 +105,13 @@ static int authenticate(struct worker *w, struct job *j)
     char err[256];
     int rc;
 
-    access_auth_attempt(s->hub->access, s->client_ip, time(NULL));
+    if (access_auth_attempt(s->hub->access, s->client_ip, time(NULL)) != 0) {
+        proto_auth_wipe(&j->auth);
+        post_text(s, proto_error(j->req.id, "authentication failed", "blocked"));
+        w->reason = "auth blocked";
+        log_info("session %s: client %s is blocked after failed logins", s->id, s->client_ip);
+        return -1;
+    }
     rc = ssh_login(&w->c, &j->auth, err, sizeof(err));
     proto_auth_wipe(&j->auth);
     if (rc == 0 || rc == SSH_E_SFTP || rc == SSH_E_KEY)

@@ -285,7 +285,7 @@ out:
     pss->bin_len = pss->bin_cap = 0;
 }
 
-static void on_receive(struct lws *wsi, struct ws_pss *pss, const void *in, size_t len)
+static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len)
 {
     int first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi);
 
@@ -329,6 +329,8 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, const void *in, size
     }
     memcpy(pss->text + pss->text_len, in, len);
     pss->text_len += len;
+    /* lws's receive buffer holds the unmasked frame, credentials included. */
+    proto_wipe(in, len);
     if (!final)
         return;
     on_text(wsi, pss, pss->text, pss->text_len);
@@ -419,7 +421,10 @@ static int established(struct lws *wsi, struct ws_pss *pss)
         set_port(&s->addr, s->port);
         s->pinned = 1;
     }
-    access_session_open(srv->access, pss->client_ip);
+    /* The gate checked the per-IP limit; this takes the slot (and refuses
+     * should another upgrade have taken the last one meanwhile). */
+    if (access_session_open(srv->access, pss->client_ip) != 0)
+        return -1;
     pss->slot_held = 1;
     pss->last_rx = pss->last_ping = time(NULL);
     log_info("session %s start: client=%s target=%s:%d", s->id, s->client_ip, s->host,
@@ -519,6 +524,8 @@ int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
     struct ws_pss *pss = user;
 
     switch (reason) {
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return http_confirm_upgrade(wsi, in);
     case LWS_CALLBACK_ESTABLISHED:
         return established(wsi, pss);
     case LWS_CALLBACK_RECEIVE:

@@ -1,0 +1,723 @@
+#!/usr/bin/python3
+"""Relay performance benchmark (GitHub issue "Performance").
+
+Starts its own OpenSSH sshd on 127.0.0.1 (tests/integration/sshd.py, with
+the cipher pinned and the connection limits raised) and the release build
+of the relay, then measures, interleaving the variants of each comparison
+and quoting medians:
+
+  1. download: relay (read_open + one read_chunk at a time) vs `sftp -b` get
+     vs bare libssh2
+  2. upload: relay (write_open + 8 MiB write_chunks + write_close) vs
+     `sftp -b` put vs bare libssh2
+  3. small operations (mkdir, stat, rename, list, delete) vs one `sftp -b`
+     batch of the same
+  4. N concurrent sessions, each downloading then uploading: aggregate
+     throughput, relay CPU per GiB, peak relay RSS (and N `sftp -b` as a
+     reference)
+  5. memory: relay RSS with M idle authenticated sessions, and peak RSS
+     during a 1 GiB upload
+
+The data path client is bench/wsbench (C); this script only orchestrates.
+Run it through bench/run.sh, which builds the binaries first. Must run as
+root: it creates the local user `wctest` and starts sshd.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+
+import sshd as sshd_mod  # noqa: E402
+from relay import Relay  # noqa: E402
+
+DEFAULT_OUT = os.path.join(HERE, "RESULTS.md")
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+MODES = {
+    # size of the single-session file, per-session size for the concurrent
+    # test, small-op iterations, repetitions, concurrent repetitions
+    "quick": dict(size=256 * MiB, mix_size=16 * MiB, smallops=300, reps=5, conc_reps=3),
+    "full": dict(size=1 * GiB, mix_size=32 * MiB, smallops=1000, reps=5, conc_reps=3),
+}
+
+TARGETS = {
+    "download": 0.85,
+    "upload": 0.85,
+    "stretch": 1.0,
+    "cpu": 1.3,
+    "smallops": 0.7,
+    "idle_kib": 256,
+    "upload_peak_mib": 64,
+}
+
+
+def log(msg):
+    print("bench: " + msg, flush=True)
+
+
+def parse_kv(line):
+    """key=value pairs of a wsbench / bare_libssh2 result line."""
+    out = {}
+    for m in re.finditer(r'(\w+)=("([^"]*)"|\S+)', line):
+        val = m.group(3) if m.group(3) is not None else m.group(2)
+        try:
+            out[m.group(1)] = int(val)
+        except ValueError:
+            try:
+                out[m.group(1)] = float(val)
+            except ValueError:
+                out[m.group(1)] = val
+    return out
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def rotate(items, k):
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+# --------------------------------------------------------------------------
+# The servers.
+
+class BenchSshd(sshd_mod.Sshd):
+    """The test suite's sshd with the cipher pinned (so relay, sftp and bare
+    libssh2 are compared on the same one) and the limits raised for a few
+    hundred simultaneous connections."""
+
+    OVERRIDE = ("maxsessions", "maxstartups", "loglevel", "ciphers")
+
+    def __init__(self, directory, authorized_keys_file, cipher):
+        super().__init__(directory, "default", authorized_keys_file)
+        self.cipher = cipher
+
+    def _config(self):
+        # sshd takes the first value of a keyword: drop the suite's own.
+        lines = [l for l in super()._config().splitlines()
+                 if l.split(" ", 1)[0].lower() not in self.OVERRIDE]
+        lines += ["MaxSessions 1000", "MaxStartups 2000:30:4000", "LogLevel INFO",
+                  "Ciphers %s" % self.cipher]
+        return "\n".join(lines) + "\n"
+
+
+class PubKey:
+    """The one client key pair, in the shape write_authorized_keys wants."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, "id_ed25519")
+        sshd_mod.run([sshd_mod.SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "wcbench",
+                      "-f", self.path])
+
+    def public_keys(self):
+        with open(self.path + ".pub") as f:
+            return [f.read().strip()]
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.mode = MODES["full" if args.full else "quick"].copy()
+        for k in ("size", "mix_size"):
+            if getattr(args, k + "_mib"):
+                self.mode[k] = getattr(args, k + "_mib") * MiB
+        for k in ("smallops", "reps", "conc_reps"):
+            if getattr(args, k):
+                self.mode[k] = getattr(args, k)
+        self.wsbench_bin = os.path.join(args.build_dir, "bench", "wsbench")
+        self.bare_bin = os.path.join(args.build_dir, "bench", "bare_libssh2")
+        self.relay_bin = os.path.join(args.build_dir, "wattcloud-relay")
+        for b in (self.wsbench_bin, self.bare_bin, self.relay_bin):
+            if not os.access(b, os.X_OK):
+                sys.exit("bench: %s is missing: run bench/run.sh, which builds it" % b)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.work = args.work_dir or tempfile.mkdtemp(prefix="wcbench-%s-" % stamp)
+        os.makedirs(self.work, exist_ok=True)
+        os.chmod(self.work, 0o755)  # sshd reads authorized_keys as wctest
+        self.pw = sshd_mod.ensure_test_user()
+        base = args.data_dir or "/dev/shm"
+        self.data = os.path.join(base, "wcbench-%d" % os.getpid())
+        os.makedirs(self.data)
+        os.chown(self.data, self.pw.pw_uid, self.pw.pw_gid)
+        os.chmod(self.data, 0o755)
+        self.key = PubKey(self.work)
+        ak = sshd_mod.write_authorized_keys(self.work, self.key)
+        self.sshd = BenchSshd(os.path.join(self.work, "sshd"), ak, args.cipher)
+        self.relays = []
+        self.results = {}
+        self.raw = {}
+        self.notes = []
+
+    # -- helpers -----------------------------------------------------------
+
+    def start_relay(self, name):
+        env = {
+            "SFTP_ALLOW_PRIVATE_CIDRS": "127.0.0.0/8",
+            "POW_DIFFICULTY_BITS": "12",
+            "SFTP_ALLOWED_PORTS": str(self.sshd.port),
+            # Every benchmark session needs a fresh single-use cookie.
+            "AUTH_CHALLENGE_PER_MIN": "1000000",
+            "SFTP_MAX_CONCURRENT_PER_IP": "1000",
+            "MAX_SESSIONS": "1000",
+            "LOG_LEVEL": "info",
+            "SHUTDOWN_GRACE_SECS": "3",
+        }
+        r = Relay(self.relay_bin, env, os.path.join(self.work, "relay-%s.log" % name)).start()
+        self.relays.append(r)
+        return r
+
+    def stop_relay(self, r):
+        rc = r.stop()
+        if rc != 0:
+            self.notes.append("relay (%s) exited with status %s on SIGTERM" % (r.log_path, rc))
+        if r in self.relays:
+            self.relays.remove(r)
+
+    def path(self, name):
+        return os.path.join(self.data, name)
+
+    def mkdir(self, name):
+        p = self.path(name)
+        os.mkdir(p)
+        os.chown(p, self.pw.pw_uid, self.pw.pw_gid)
+        return p
+
+    def remove(self, name):
+        p = self.path(name)
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.exists(p):
+            os.unlink(p)
+
+    def make_file(self, name, size):
+        p = self.path(name)
+        with open(p, "wb") as f:
+            left = size
+            block = 8 * MiB
+            while left:
+                n = min(block, left)
+                f.write(os.urandom(n))
+                left -= n
+        os.chown(p, self.pw.pw_uid, self.pw.pw_gid)
+        return p
+
+    def wsbench(self, relay, args, sessions=1, timeout=600, check=True):
+        argv = [self.wsbench_bin, "--relay", "127.0.0.1:%d" % relay.port, "--host", "127.0.0.1",
+                "--port", str(self.sshd.port), "--user", sshd_mod.TEST_USER, "--key",
+                self.key.path, "--relay-pid", str(relay.proc.pid),
+                "--sessions", str(sessions)] + args
+        res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             timeout=timeout)
+        out = res.stdout.decode(errors="replace").strip().splitlines()
+        kv = parse_kv(out[-1]) if out else {}
+        if check and (res.returncode != 0 or kv.get("errors", 1) != 0):
+            raise RuntimeError("wsbench %s failed (%d): %s %s\nrelay log: %s"
+                               % (" ".join(args), res.returncode, out[-1] if out else "",
+                                  res.stderr.decode(errors="replace"), relay.log_path))
+        return kv
+
+    def bare_run(self, args):
+        argv = [self.bare_bin, "--port", str(self.sshd.port), "--user", sshd_mod.TEST_USER,
+                "--key", self.key.path] + args
+        res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+        if res.returncode != 0:
+            raise RuntimeError("bare_libssh2 %s failed: %s"
+                               % (" ".join(args), res.stderr.decode(errors="replace")))
+        return parse_kv(res.stdout.decode().strip().splitlines()[-1])
+
+    def sftp_argv(self, batch_path):
+        return ["sftp", "-q", "-b", batch_path, "-i", self.key.path, "-P", str(self.sshd.port),
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+                "-o", "Ciphers=%s" % self.args.cipher, "%s@127.0.0.1" % sshd_mod.TEST_USER]
+
+    def write_batch(self, name, lines):
+        path = os.path.join(self.work, name)
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return path
+
+    def sftp_timed(self, commands, name):
+        """Run `commands` in one `sftp -b` batch between two local timestamps
+        (`!date`), so the SSH connection set-up is not counted. Seconds."""
+        batch = self.write_batch(name, ["!date +%s.%N"] + commands + ["!date +%s.%N"])
+        res = subprocess.run(self.sftp_argv(batch), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, timeout=600)
+        stamps = [float(l) for l in res.stdout.decode().split() if re.fullmatch(r"\d+\.\d+", l)]
+        if res.returncode != 0 or len(stamps) != 2:
+            raise RuntimeError("sftp batch %s failed (%d): %s" % (
+                name, res.returncode, res.stderr.decode(errors="replace")[-2000:]))
+        return stamps[1] - stamps[0]
+
+    # -- 0. correctness ----------------------------------------------------
+
+    def check_data_path(self, relay):
+        """One untimed round trip with checksums: a fast benchmark of a
+        broken data path would be worthless."""
+        import hashlib
+        want = hashlib.sha256()
+        with open(self.src, "rb") as f:
+            for block in iter(lambda: f.read(8 * MiB), b""):
+                want.update(block)
+        kv = self.wsbench(relay, ["--sha256", "download", self.src])
+        if kv.get("sha256") != want.hexdigest() or kv.get("bytes") != self.mode["size"]:
+            raise RuntimeError("download through the relay returned other bytes: %r" % kv)
+        dst = self.path("check-up.bin")
+        self.wsbench(relay, ["--src", self.src, "upload", dst, str(self.mode["size"])])
+        got = hashlib.sha256()
+        with open(dst, "rb") as f:
+            for block in iter(lambda: f.read(8 * MiB), b""):
+                got.update(block)
+        os.unlink(dst)
+        if got.hexdigest() != want.hexdigest():
+            raise RuntimeError("upload through the relay stored other bytes")
+        log("data path checked: download and upload are byte-exact (SHA-256)")
+
+    # -- 1./2. single-session transfers -----------------------------------
+
+    def transfers(self, relay):
+        size = self.mode["size"]
+        gib = size / GiB
+        for kind in ("download", "upload"):
+            runs = {"relay": [], "sftp": [], "bare": []}
+            relay_cpu, bare_cpu = [], []
+            dst = self.path("up.bin")
+            for rep in range(self.mode["reps"]):
+                for variant in rotate(["relay", "sftp", "bare"], rep):
+                    if kind == "upload":
+                        self.remove("up.bin")
+                    if variant == "relay":
+                        args = (["download", self.src] if kind == "download" else
+                                ["--src", self.src, "upload", dst, str(size)])
+                        kv = self.wsbench(relay, args)
+                        secs = kv["max_session_secs"]
+                        relay_cpu.append(kv["relay_cpu_s"] / gib)
+                    elif variant == "sftp":
+                        cmd = ("get %s /dev/null" % self.src if kind == "download" else
+                               "put %s %s" % (self.src, dst))
+                        secs = self.sftp_timed([cmd], "batch-%s.txt" % kind)
+                    else:
+                        kv = self.bare_run(["read", self.src] if kind == "download" else
+                                           ["--src", self.src, "write", dst, str(size)])
+                        secs = kv["secs"]
+                        bare_cpu.append(kv["cpu_s_per_gib"])
+                        self.cipher_seen = (kv["cipher_cs"], kv["cipher_sc"])
+                        self.libssh2_version = kv["libssh2"]
+                    runs[variant].append(size / secs / 1e6)
+                    if kind == "upload" and os.path.getsize(dst) != size:
+                        raise RuntimeError("%s upload stored %d bytes, not %d"
+                                           % (variant, os.path.getsize(dst), size))
+                log("%s rep %d: relay %.0f, sftp %.0f, bare %.0f MB/s" % (
+                    kind, rep + 1, runs["relay"][-1], runs["sftp"][-1], runs["bare"][-1]))
+            self.remove("up.bin")
+            self.raw[kind] = dict(runs, relay_cpu_s_per_gib=relay_cpu,
+                                  bare_cpu_s_per_gib=bare_cpu)
+            self.results[kind] = {k: median(v) for k, v in runs.items()}
+            self.results[kind]["relay_cpu"] = median(relay_cpu)
+            self.results[kind]["bare_cpu"] = median(bare_cpu)
+
+    # -- 3. small operations ----------------------------------------------
+
+    def smallops(self, relay):
+        n = self.mode["smallops"]
+        rel, direct, lat = [], [], []
+        for rep in range(self.mode["reps"]):
+            for variant in rotate(["relay", "sftp"], rep):
+                d = self.mkdir("ops-%s-%d" % (variant, rep))
+                if variant == "relay":
+                    kv = self.wsbench(relay, ["smallops", d, str(n)])
+                    rel.append(kv["ops"] / kv["max_session_secs"])
+                    lat.append({k[3:]: kv[k] for k in kv if k.startswith("us_")})
+                else:
+                    cmds = []
+                    for i in range(n):
+                        a, b = "%s/d%d" % (d, i), "%s/e%d" % (d, i)
+                        # sftp has no plain stat command: df (statvfs@openssh.com
+                        # on the path) is its one-round-trip path query.
+                        cmds += ["mkdir " + a, "df " + a, "rename %s %s" % (a, b),
+                                 "ls -l " + b, "rmdir " + b]
+                    direct.append(5 * n / self.sftp_timed(cmds, "batch-ops.txt"))
+                self.remove(os.path.basename(d))
+            log("smallops rep %d: relay %.0f, sftp %.0f ops/s" % (rep + 1, rel[-1], direct[-1]))
+        self.raw["smallops"] = dict(relay=rel, sftp=direct, relay_latency_us=lat)
+        self.results["smallops"] = dict(
+            relay=median(rel), sftp=median(direct),
+            latency_us={k: median([l[k] for l in lat]) for k in lat[0]})
+
+    # -- 4. concurrent sessions -------------------------------------------
+
+    def sftp_concurrent(self, n, mix_src, size):
+        """n `sftp -b` processes doing the same get + put, started together:
+        each batch says it is connected, then waits for a GO file."""
+        sync = os.path.join(self.work, "sync")
+        shutil.rmtree(sync, ignore_errors=True)
+        os.makedirs(sync)
+        go = os.path.join(sync, "GO")
+        procs = []
+        for i in range(n):
+            batch = self.write_batch("batch-conc-%d.txt" % i, [
+                "!sh -c 'touch %s/ready-%d; while [ ! -e %s ]; do sleep 0.01; done'"
+                % (sync, i, go),
+                "get %s /dev/null" % mix_src,
+                "put %s %s" % (mix_src, self.path("conc/up-sftp-%d" % i)),
+                "!date +%s.%N",
+            ])
+            procs.append(subprocess.Popen(self.sftp_argv(batch), stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE))
+        deadline = time.monotonic() + 120
+        while (len([f for f in os.listdir(sync) if f.startswith("ready-")]) < n
+               and time.monotonic() < deadline and all(p.poll() is None for p in procs)):
+            time.sleep(0.02)
+        t0 = time.time()
+        open(go, "w").close()
+        ends, errors = [], 0
+        for p in procs:
+            out, err = p.communicate(timeout=600)
+            stamps = [float(l) for l in out.decode().split() if re.fullmatch(r"\d+\.\d+", l)]
+            if p.returncode != 0 or not stamps:
+                errors += 1
+            else:
+                ends.append(stamps[-1])
+        wall = max(ends) - t0 if ends else float("nan")
+        return dict(mbps=(n - errors) * 2 * size / wall / 1e6, errors=errors, wall=wall)
+
+    def concurrent(self, relay):
+        n, size = self.args.sessions, self.mode["mix_size"]
+        mix_src = self.make_file("mix.bin", size)
+        rel, ref = [], []
+        for rep in range(self.mode["conc_reps"]):
+            for variant in rotate(["relay", "sftp"], rep):
+                self.remove("conc")
+                self.mkdir("conc")
+                if variant == "relay":
+                    kv = self.wsbench(relay, ["mix", mix_src, self.path("conc/up-%d"), str(size)],
+                                      sessions=n, check=False)
+                    kv["cpu_s_per_gib"] = (kv["relay_cpu_s"] / (kv["bytes"] / GiB)
+                                           if kv.get("bytes") else None)
+                    rel.append(kv)
+                    log("concurrent rep %d relay: %d/%d ok, %.0f MB/s, relay CPU %.2f s/GiB, "
+                        "peak RSS %.1f MiB%s" % (
+                            rep + 1, kv["ok"], n, kv["mbps"], kv["cpu_s_per_gib"] or 0,
+                            kv["relay_hwm_kb"] / 1024,
+                            (" first error: " + kv["error"]) if kv.get("error") else ""))
+                else:
+                    r = self.sftp_concurrent(n, mix_src, size)
+                    ref.append(r)
+                    log("concurrent rep %d sftp: %d errors, %.0f MB/s"
+                        % (rep + 1, r["errors"], r["mbps"]))
+        self.remove("conc")
+        self.raw["concurrent"] = dict(relay=rel, sftp=ref)
+        self.results["concurrent"] = dict(
+            sessions=n, size=size,
+            relay_mbps=median([k["mbps"] for k in rel]),
+            sftp_mbps=median([r["mbps"] for r in ref]),
+            errors=sum(k["errors"] for k in rel),
+            sftp_errors=sum(r["errors"] for r in ref),
+            cpu=median([k["cpu_s_per_gib"] for k in rel]),
+            hwm_mib=max(k["relay_hwm_kb"] for k in rel) / 1024,
+            first_error=next((k["error"] for k in rel if k.get("error")), None))
+
+    # -- 5. memory ---------------------------------------------------------
+
+    def memory(self):
+        n = self.args.idle_sessions
+        relay = self.start_relay("idle")
+        try:
+            # One session first, so one-time allocations (TLS/crypto
+            # tables, first thread arena) are in the baseline.
+            self.wsbench(relay, ["smallops", self.mkdir("warm"), "1"])
+            time.sleep(1)
+            kv = self.wsbench(relay, ["idle", "3"], sessions=n, timeout=300, check=False)
+        finally:
+            self.stop_relay(relay)
+        per = (kv["relay_rss_ready_kb"] - kv["relay_rss_before_kb"]) / n
+        log("idle: %d/%d sessions ready; relay RSS %.1f -> %.1f MiB: %.0f KiB per session" % (
+            kv.get("ready", 0), n, kv["relay_rss_before_kb"] / 1024,
+            kv["relay_rss_ready_kb"] / 1024, per))
+        self.raw["idle"] = kv
+        self.results["idle"] = dict(sessions=n, ready=kv.get("ready", 0),
+                                    rss0_mib=kv["relay_rss_before_kb"] / 1024,
+                                    rssn_mib=kv["relay_rss_ready_kb"] / 1024, per_kib=per,
+                                    error=kv.get("error"))
+
+        # Peak RSS during a 1 GiB upload (generated data: no 1 GiB source
+        # file needed in quick mode), in a fresh relay.
+        size = self.args.peak_upload_mib * MiB
+        relay = self.start_relay("upload-peak")
+        try:
+            self.wsbench(relay, ["smallops", self.mkdir("warm2"), "1"])
+            kv = self.wsbench(relay, ["upload", self.path("peak.bin"), str(size)], timeout=900)
+        finally:
+            self.stop_relay(relay)
+            self.remove("peak.bin")
+        log("upload of %d MiB: peak relay RSS %.1f MiB (%.0f MB/s)"
+            % (size // MiB, kv["relay_hwm_kb"] / 1024, kv["mbps"]))
+        self.raw["upload_peak"] = kv
+        self.results["upload_peak"] = dict(size=size, hwm_mib=kv["relay_hwm_kb"] / 1024,
+                                           rss_start_mib=kv["relay_rss_ready_kb"] / 1024)
+
+    # -- the run -----------------------------------------------------------
+
+    def run(self):
+        t_start = time.monotonic()
+        log("work dir %s, data dir %s" % (self.work, self.data))
+        self.sshd.start()
+        log("sshd on port %d (Ciphers %s)" % (self.sshd.port, self.args.cipher))
+        try:
+            self.src = self.make_file("src.bin", self.mode["size"])
+            relay = self.start_relay("main")
+            log("relay pid %d on port %d" % (relay.proc.pid, relay.port))
+            self.check_data_path(relay)
+            if not self.args.only or "transfer" in self.args.only:
+                self.transfers(relay)
+            if not self.args.only or "smallops" in self.args.only:
+                self.smallops(relay)
+            if not self.args.only or "concurrent" in self.args.only:
+                self.concurrent(relay)
+            if self.args.profile:
+                self.profile(relay)
+            self.stop_relay(relay)
+            if not self.args.only or "memory" in self.args.only:
+                self.memory()
+        finally:
+            for r in list(self.relays):
+                self.stop_relay(r)
+            self.sshd.stop()
+            shutil.rmtree(self.data, ignore_errors=True)
+        self.elapsed = time.monotonic() - t_start
+        with open(os.path.join(self.work, "raw.json"), "w") as f:
+            json.dump(dict(results=self.results, raw=self.raw), f, indent=1, default=str)
+        report = self.report()
+        print()
+        print(report)
+        self.write_results(report)
+        log("logs, batches and raw.json in %s" % self.work)
+
+    # -- profiling (optional) ---------------------------------------------
+
+    def profile(self, relay):
+        """perf record the relay during one download and one upload."""
+        if not shutil.which("perf"):
+            self.notes.append("--profile: perf not found")
+            return
+        for kind in ("download", "upload"):
+            data = os.path.join(self.work, "perf-%s.data" % kind)
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", data, "-p",
+                                     str(relay.proc.pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            if kind == "download":
+                self.wsbench(relay, ["download", self.src])
+            else:
+                self.wsbench(relay, ["--src", self.src, "upload", self.path("up.bin"),
+                                     str(self.mode["size"])])
+                self.remove("up.bin")
+            perf.send_signal(2)
+            perf.wait()
+            report = os.path.join(self.work, "perf-%s.txt" % kind)
+            with open(report, "w") as f:
+                subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
+                                "--percent-limit", "1", "--sort", "dso,symbol", "-g", "none"],
+                               stdout=f, stderr=subprocess.DEVNULL)
+            log("profile of a relay %s: %s" % (kind, report))
+
+    # -- output ------------------------------------------------------------
+
+    def machine(self):
+        def cmd(argv):
+            try:
+                r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                return r.stdout.decode(errors="replace").strip()
+            except OSError:
+                return "?"
+        cpu = "?"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        mem = "?"
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    mem = "%.1f GiB" % (int(line.split()[1]) / 1024 / 1024)
+        commit = cmd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+        dirty = cmd(["git", "-C", ROOT, "status", "--porcelain", "--", "relay", "proto"])
+        return [
+            ("nproc", str(os.cpu_count())),
+            ("CPU", cpu),
+            ("memory", mem),
+            ("kernel", platform.release()),
+            ("libssh2", getattr(self, "libssh2_version", "?")),
+            ("OpenSSH", cmd(["ssh", "-V"])),
+            ("libwebsockets", cmd(["pkg-config", "--modversion", "libwebsockets"])),
+            ("negotiated cipher", "%s (both directions; sshd pinned to Ciphers %s)"
+             % (getattr(self, "cipher_seen", ("?", "?"))[0], self.args.cipher)),
+            ("relay build", "%s (CMAKE_BUILD_TYPE=Release), commit %s%s"
+             % (self.relay_bin, commit, " + uncommitted changes in relay/ or proto/"
+                if dirty else "")),
+            ("data", "files on %s (%s)" % (os.path.dirname(self.data),
+                                            cmd(["stat", "-f", "-c", "%T",
+                                                 os.path.dirname(self.data)]))),
+        ]
+
+    def report(self):
+        R = self.results
+        rows = []
+
+        def row(metric, relay, direct, ratio, target, ok):
+            rows.append((metric, relay, direct, ratio, target, ok))
+
+        def f(v, fmt="%.0f"):
+            return "-" if v is None else fmt % v
+
+        def verdict(ok):
+            return "-" if ok is None else ("ok" if ok else "MISS")
+
+        size_txt = "%d MiB" % (self.mode["size"] // MiB)
+        for kind in ("download", "upload"):
+            if kind not in R:
+                continue
+            r = R[kind]
+            ratio = r["relay"] / r["sftp"]
+            row("%s MB/s, 1 session, %s (vs sftp)" % (kind, size_txt), f(r["relay"]),
+                f(r["sftp"]), "%.2f" % ratio, ">= %.2f (stretch 1.0)" % TARGETS[kind],
+                verdict(ratio >= TARGETS[kind]))
+            row("%s MB/s (vs bare libssh2)" % kind, f(r["relay"]), f(r["bare"]),
+                "%.2f" % (r["relay"] / r["bare"]), "", "-")
+            cr = r["relay_cpu"] / r["bare_cpu"]
+            row("%s relay CPU s/GiB (vs bare libssh2)" % kind, f(r["relay_cpu"], "%.2f"),
+                f(r["bare_cpu"], "%.2f"), "%.2f" % cr, "<= %.1f" % TARGETS["cpu"],
+                verdict(cr <= TARGETS["cpu"]))
+        if "smallops" in R:
+            r = R["smallops"]
+            ratio = r["relay"] / r["sftp"]
+            row("small ops/s (vs one sftp -b batch)", f(r["relay"]), f(r["sftp"]),
+                "%.2f" % ratio, ">= %.2f" % TARGETS["smallops"],
+                verdict(ratio >= TARGETS["smallops"]))
+        if "concurrent" in R:
+            r = R["concurrent"]
+            row("%d sessions, each %d MiB down + up: aggregate MB/s (vs %d x sftp -b)"
+                % (r["sessions"], r["size"] // MiB, r["sessions"]),
+                f(r["relay_mbps"]), f(r["sftp_mbps"]), "%.2f" % (r["relay_mbps"] / r["sftp_mbps"]),
+                "", "-")
+            row("%d sessions: failed sessions (all reps)" % r["sessions"], str(r["errors"]),
+                str(r["sftp_errors"]), "", "0", verdict(r["errors"] == 0))
+            row("%d sessions: relay CPU s/GiB moved" % r["sessions"], f(r["cpu"], "%.2f"), "",
+                "", "", "-")
+            row("%d sessions: peak relay RSS MiB" % r["sessions"], f(r["hwm_mib"], "%.1f"), "",
+                "", "", "-")
+        if "idle" in R:
+            r = R["idle"]
+            row("idle: KiB per authenticated session (%d sessions, %.1f -> %.1f MiB)"
+                % (r["sessions"], r["rss0_mib"], r["rssn_mib"]), f(r["per_kib"]), "", "",
+                "<= %d" % TARGETS["idle_kib"],
+                verdict(r["per_kib"] <= TARGETS["idle_kib"] and r["ready"] == r["sessions"]))
+        if "upload_peak" in R:
+            r = R["upload_peak"]
+            row("peak relay RSS MiB during a %d MiB upload" % (r["size"] // MiB),
+                f(r["hwm_mib"], "%.1f"), "", "", "<= %d" % TARGETS["upload_peak_mib"],
+                verdict(r["hwm_mib"] <= TARGETS["upload_peak_mib"]))
+
+        head = ("metric", "relay", "direct", "ratio", "target", "")
+        widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(6)]
+        lines = ["| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(head)) + " |",
+                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        for r in rows:
+            lines.append("| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(r))
+                         + " |")
+        out = ["### Results (%s mode, medians of %d runs; concurrent: %d runs)"
+               % ("full" if self.args.full else "quick", self.mode["reps"],
+                  self.mode["conc_reps"]), ""]
+        out += lines
+        if "smallops" in R:
+            lat = R["smallops"]["latency_us"]
+            out += ["", "Relay small-op latency, median µs per verb: " +
+                    ", ".join("%s %.0f" % (k, v) for k, v in lat.items())]
+        if R.get("concurrent", {}).get("first_error"):
+            out += ["", "First concurrent-session error: " + R["concurrent"]["first_error"]]
+        if R.get("idle", {}).get("error"):
+            out += ["", "First idle-session error: " + R["idle"]["error"]]
+        out += ["", "### Machine", ""]
+        out += ["- %s: %s" % kv for kv in self.machine()]
+        out += ["- run: %s, %.0f s" % (datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                                      self.elapsed)]
+        if self.notes:
+            out += ["", "### Notes", ""] + ["- " + n for n in self.notes]
+        return "\n".join(out)
+
+    def write_results(self, report):
+        """Replace this mode's section of RESULTS.md, keeping the other's."""
+        path = self.args.out
+        if self.args.only and path == DEFAULT_OUT:
+            # A partial run must not replace the results of a whole one.
+            path = os.path.join(self.work, "RESULTS.md")
+        section = "## %s run" % ("Full" if self.args.full else "Quick")
+        header = ("# Relay benchmark results\n\n"
+                  "Written by `bench/run.sh` (see bench/README.md for what each row "
+                  "measures). Ratios are relay / direct: above 1 is better for "
+                  "throughput, below 1 is better for CPU.\n")
+        sections = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                text = f.read()
+            for m in re.finditer(r"^(## (?:Quick|Full) run)\n(.*?)(?=^## |\Z)", text, re.M | re.S):
+                sections[m.group(1)] = m.group(2).strip()
+        sections[section] = report
+        with open(path, "w") as f:
+            f.write(header)
+            for name in ("## Quick run", "## Full run"):
+                if name in sections:
+                    f.write("\n%s\n\n%s\n" % (name, sections[name]))
+        log("wrote %s" % path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--full", action="store_true",
+                   help="1 GiB files, 1000 small-op iterations (default: quick, 256 MiB)")
+    p.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"))
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--work-dir", help="logs, keys, sshd config (default: a new /tmp dir)")
+    p.add_argument("--data-dir", help="where test files live (default /dev/shm, a tmpfs, "
+                   "so the disk does not blur the comparison)")
+    p.add_argument("--cipher", default="chacha20-poly1305@openssh.com",
+                   help="the one cipher sshd offers (default: libssh2's and OpenSSH's first)")
+    p.add_argument("--sessions", type=int, default=50, help="concurrent sessions (50)")
+    p.add_argument("--idle-sessions", type=int, default=200, help="idle sessions (200)")
+    p.add_argument("--peak-upload-mib", type=int, default=1024,
+                   help="upload size for the peak RSS measurement (1024)")
+    p.add_argument("--size-mib", type=int, help="single-session file size")
+    p.add_argument("--mix-size-mib", type=int, help="per-session size, concurrent test")
+    p.add_argument("--smallops", type=int, help="small-op iterations (5 ops each)")
+    p.add_argument("--reps", type=int, help="repetitions of tests 1-3")
+    p.add_argument("--conc-reps", type=int, help="repetitions of test 4")
+    p.add_argument("--only", action="append",
+                   choices=["transfer", "smallops", "concurrent", "memory"],
+                   help="run only these parts (repeatable)")
+    p.add_argument("--profile", action="store_true",
+                   help="also perf-record the relay during a download and an upload")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: must run as root (creates the user wctest, starts sshd)")
+    Bench(args).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The relay benchmark in one command: builds the release binaries (relay,
+# bench/wsbench, bench/bare_libssh2) into build-bench/, then runs
+# bench/bench.py, which starts its own sshd and relays, measures, prints a
+# table and writes bench/RESULTS.md.
+#
+# Usage: bench/run.sh [--full] [--profile] [any other bench.py option]
+#   (default)  quick mode: 256 MiB files, about 4 minutes
+#   --full     1 GiB files, 1000 small-op iterations
+#   --profile  also perf-record the relay during a download and an upload
+#   --help     all options
+# Must run as root: it creates the local user wctest and starts sshd.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${WC_BENCH_BUILD_DIR:-$root/build-bench}"
+
+for arg in "$@"; do
+  case "$arg" in -h|--help) exec /usr/bin/python3 "$root/bench/bench.py" --help ;; esac
+done
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench/run.sh: must run as root (creates the user wctest, starts sshd)" >&2
+  exit 2
+fi
+
+# Build tools, libssh2 >= 1.11, and sshd/sftp/python3 (what the tests need).
+bash "$root/scripts/deps.sh" --test
+
+# Release, as deployed. No -Werror here: warnings that only -O3 inlining
+# finds must not stop a benchmark (scripts/build.sh is the strict build).
+cmake_args=(-S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DWERROR=OFF -DSANITIZE=OFF)
+if [ -n "${LIBSSH2_PRIVATE_PREFIX:-}" ]; then
+  cmake_args+=(-DLIBSSH2_PRIVATE_PREFIX="$LIBSSH2_PRIVATE_PREFIX")
+fi
+cmake "${cmake_args[@]}" >/dev/null
+cmake --build "$build" -j"$(nproc)" --target wattcloud-relay wsbench bare_libssh2 >/dev/null
+
+# Debian's python3; the harness in tests/integration needs only the stdlib.
+exec /usr/bin/python3 "$root/bench/bench.py" --build-dir "$build" "$@"

@@ -1,0 +1,25 @@
+/* Allocators that zero memory before giving it back. jansson and libssh2
+ * take allocator hooks; routing them through these means the copies those
+ * libraries make of passwords and private keys (parsed JSON strings, SSH
+ * packet buffers) do not linger in freed heap memory. */
+#ifndef WC_WIPE_ALLOC_H
+#define WC_WIPE_ALLOC_H
+
+#include <stddef.h>
+
+/* Plain malloc/free/realloc semantics; memory from wipe_malloc must be
+ * released with wipe_free. Each block carries a small size header. */
+void *wipe_malloc(size_t n);
+void *wipe_realloc(void *p, size_t n);
+void wipe_free(void *p);
+char *wipe_strdup(const char *s);
+
+/* Install the hooks into jansson. Call once, before any JSON is parsed. */
+void wipe_alloc_install_jansson(void);
+
+/* Hook signatures libssh2_session_init_ex() expects. */
+void *wipe_ssh_alloc(size_t n, void **abstract);
+void *wipe_ssh_realloc(void *p, size_t n, void **abstract);
+void wipe_ssh_free(void *p, void **abstract);
+
+#endif

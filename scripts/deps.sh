@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# Installs what wattcloud-relay needs to build (and, with --test, to run its
+# tests) on Debian 12 or 13, and makes sure a libssh2 >= 1.11 is available:
+# the system one where Debian ships it, else a private static build.
+#
+# Usage: scripts/deps.sh [--test]
+# Safe to re-run: every step checks first, so a second run only reads state.
+# Env: LIBSSH2_PRIVATE_PREFIX (default /opt/wattcloud-deps/libssh2), which
+#      must match the CMake cache variable of the same name.
+set -euo pipefail
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+
+want_test=0
+case "${1:-}" in
+  "") ;;
+  --test) want_test=1 ;;
+  -h|--help) usage; exit 0 ;;
+  *) usage >&2; exit 2 ;;
+esac
+
+readonly PREFIX="${LIBSSH2_PRIVATE_PREFIX:-/opt/wattcloud-deps/libssh2}"
+case "$PREFIX" in /*) ;; *) echo "deps: LIBSSH2_PRIVATE_PREFIX must be absolute" >&2; exit 2 ;; esac
+readonly MIN_LIBSSH2=1.11
+# Our own file, so the trixie entry can be found, checked and removed as one.
+readonly TRIXIE_SOURCES=/etc/apt/sources.list.d/wattcloud-trixie-src.sources
+
+BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
+            libssl-dev zlib1g-dev)
+# clang is not used by the tests yet; it is here for sanitizer/fuzz work.
+# caddy and nginx are the reverse proxies of deploy/ (test_deploy.py runs the
+# relay behind each); systemd brings systemd-analyze to check the unit file;
+# openssl makes the test certificates.
+TEST_PKGS=(openssh-server openssh-client python3 python3-pytest
+           python3-websocket valgrind clang caddy nginx systemd openssl)
+
+log() { printf 'deps: %s\n' "$*" >&2; }
+die() { printf 'deps: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Root is needed for apt and /opt; sudo only when we are not root already.
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || die "not root and sudo is not installed"
+  SUDO=(sudo)
+fi
+as_root() { "${SUDO[@]}" "$@"; }
+apt_get() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -q "$@"
+}
+
+# Everything temporary is undone on any exit, including Ctrl-C and errors.
+tmpdir=""
+our_policy_rc=0
+cleanup() {
+  if [ "$our_policy_rc" -eq 1 ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
+  if [ -n "$tmpdir" ]; then as_root rm -rf "$tmpdir"; fi
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- apt helpers
+
+# A fresh container has no package lists at all, and lists go stale on a
+# long-lived machine, but refreshing costs time and network: refresh at most
+# once per run, and only when something we need cannot be had without it.
+apt_updated=0
+apt_update_once() {
+  if [ "$apt_updated" -eq 0 ]; then
+    log "apt-get update"
+    apt_get update
+    apt_updated=1
+  fi
+}
+
+is_installed() {
+  dpkg-query -W -f='${db:Status-Status}\n' "$1" 2>/dev/null | grep -qx installed
+}
+
+# Prints the candidate version, or nothing when apt knows of none.
+candidate() {
+  LC_ALL=C apt-cache policy "$1" 2>/dev/null |
+    awk '$1 == "Candidate:" && $2 != "(none)" { print $2 }'
+}
+
+# Keeps service starts (the system sshd, mainly) out of package installs:
+# the tests run their own sshd and the system one must stay as it was. An
+# existing policy-rc.d (Docker images have one) is left alone.
+block_service_starts() {
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# temporary, from wattcloud scripts/deps.sh\nexit 101\n' |
+      as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod 0755 /usr/sbin/policy-rc.d
+    our_policy_rc=1
+  fi
+}
+unblock_service_starts() {
+  if [ "$our_policy_rc" -eq 1 ]; then
+    as_root rm -f /usr/sbin/policy-rc.d
+    our_policy_rc=0
+  fi
+}
+
+# Installs whichever of the named packages are missing.
+install_pkgs() {
+  local missing=() p
+  for p in "$@"; do
+    is_installed "$p" || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+
+  for p in "${missing[@]}"; do
+    [ -n "$(candidate "$p")" ] || { apt_update_once; break; }
+  done
+  log "installing: ${missing[*]}"
+  block_service_starts
+  # Lists that were good enough to name a candidate may still point at .debs
+  # the mirror has since replaced: one refresh and retry covers that.
+  if ! apt_get install -y --no-install-recommends "${missing[@]}"; then
+    [ "$apt_updated" -eq 0 ] || die "apt-get install failed"
+    apt_update_once
+    apt_get install -y --no-install-recommends "${missing[@]}"
+  fi
+  unblock_service_starts
+}
+
+# ---------------------------------------------------------------- libssh2
+
+# Version string from an installed libssh2.h, or nothing.
+header_version() {
+  [ -r "$1" ] || return 0
+  sed -n 's/^#define LIBSSH2_VERSION  *"\([^"]*\)".*/\1/p' "$1" | head -n1
+}
+
+version_ok() {
+  [ -n "$1" ] && dpkg --compare-versions "$1" ge "$MIN_LIBSSH2"
+}
+
+private_build_ok() {
+  [ -f "$PREFIX/lib/libssh2.a" ] &&
+    version_ok "$(header_version "$PREFIX/include/libssh2.h")"
+}
+
+# Sets TRIXIE_KEYRING for the trixie entry. debian-archive-keyring has had
+# trixie's keys since 2023.3+deb12u2 (Debian 12.11); an older one gets the
+# package upgraded. If that is impossible the same file still works while
+# trixie's Release stays signed with bookworm's key too (it is, as of 2026);
+# apt-get update fails loudly on its own if it does not.
+find_trixie_keyring() {
+  TRIXIE_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+  local uid='Archive Automatic Signing Key (13/trixie)'
+  grep -aqF "$uid" "$TRIXIE_KEYRING" 2>/dev/null && return 0
+  log "$TRIXIE_KEYRING lacks trixie's key; upgrading debian-archive-keyring"
+  apt_update_once
+  apt_get install -y --no-install-recommends debian-archive-keyring
+  grep -aqF "$uid" "$TRIXIE_KEYRING" 2>/dev/null && return 0
+  log "warning: still no trixie key in $TRIXIE_KEYRING; relying on" \
+      "trixie's Release being signed with bookworm's key as well"
+}
+
+# Source only: a `deb` line would let apt offer Debian 13 binaries (and a new
+# libc) to this Debian 12 system on the next upgrade.
+write_trixie_sources() {
+  local content
+  find_trixie_keyring
+  content="# Written by wattcloud scripts/deps.sh: Debian 13 SOURCE packages only,
+# to build libssh2 >= 1.11 privately. Never add \`deb\` to Types here.
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: $TRIXIE_KEYRING
+"
+  if [ "$(cat "$TRIXIE_SOURCES" 2>/dev/null)" != "${content%$'\n'}" ]; then
+    log "writing $TRIXIE_SOURCES"
+    printf '%s' "$content" | as_root tee "$TRIXIE_SOURCES" >/dev/null
+    as_root chmod 0644 "$TRIXIE_SOURCES"
+  fi
+}
+
+# Refreshes only the trixie source index: the system's own lists are left as
+# they are, so this does not count as the run's general apt-get update.
+update_trixie_sources() {
+  log "apt-get update (trixie deb-src only)"
+  apt_get update -o Dir::Etc::SourceList="$TRIXIE_SOURCES" \
+                 -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0
+}
+
+build_private_libssh2() {
+  local started=$SECONDS
+  install_pkgs dpkg-dev cmake build-essential libssl-dev pkg-config
+  write_trixie_sources
+  update_trixie_sources
+
+  tmpdir="$(mktemp -d "${TMPDIR:-/tmp}/wattcloud-libssh2.XXXXXX")"
+  # apt downloads as the unprivileged _apt user when it can write the target.
+  if [ "$(id -u)" -eq 0 ] && getent passwd _apt >/dev/null; then
+    chown _apt "$tmpdir"
+  fi
+  log "downloading libssh2/trixie source into $tmpdir"
+  (cd "$tmpdir" && apt-get -q source --download-only libssh2/trixie)
+
+  local dsc src
+  dsc="$(ls "$tmpdir"/libssh2_*.dsc)"
+  src="$tmpdir/src"
+  # The extract applies Debian's patches too, which carry security fixes.
+  log "(dpkg-source cannot check the uploader's signature without the" \
+      "debian-keyring package; apt has already checked every file against" \
+      "trixie's signed Release, so its warning about that is expected)"
+  dpkg-source -x "$dsc" "$src"
+
+  # Built the way Debian builds its own package (build type None plus
+  # dpkg-buildflags: -O2 -g and hardening), the -g also gives sanitizer
+  # reports readable frames inside libssh2. Zlib stays off: a static
+  # libssh2 with it would need -lz, which our CMakeLists does not link,
+  # and the relay carries already-encrypted data that does not compress.
+  local cflags
+  cflags="$(dpkg-buildflags --get CFLAGS) $(dpkg-buildflags --get CPPFLAGS)"
+  log "building libssh2 from $(basename "$dsc")"
+  cmake -S "$src" -B "$tmpdir/build" \
+    -DCMAKE_BUILD_TYPE=None \
+    -DCMAKE_C_FLAGS="$cflags" \
+    -DBUILD_SHARED_LIBS=OFF \
+    -DBUILD_STATIC_LIBS=ON \
+    -DCRYPTO_BACKEND=OpenSSL \
+    -DENABLE_ZLIB_COMPRESSION=OFF \
+    -DBUILD_EXAMPLES=OFF \
+    -DBUILD_TESTING=OFF \
+    -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
+    -DCMAKE_INSTALL_PREFIX="$PREFIX" \
+    -DCMAKE_INSTALL_LIBDIR=lib
+  cmake --build "$tmpdir/build" -j2
+
+  # Install beside the prefix and swap it in, so an interrupted run never
+  # leaves a half-installed prefix that the skip check would accept.
+  local parent stage
+  parent="$(dirname "$PREFIX")"
+  as_root mkdir -p "$parent"
+  stage="$parent/.$(basename "$PREFIX").new"
+  as_root rm -rf "$stage"
+  as_root env DESTDIR="$stage" cmake --install "$tmpdir/build"
+  as_root rm -rf "$PREFIX"
+  as_root mv "$stage$PREFIX" "$PREFIX"
+  as_root rm -rf "$stage"
+
+  private_build_ok || die "libssh2 install in $PREFIX failed its own check"
+  log "built libssh2 $(header_version "$PREFIX/include/libssh2.h") in" \
+      "$((SECONDS - started)) s"
+}
+
+# The deb-src entry must never bring Debian 13 binaries into view. Both what
+# the sources configure and what the fetched Release files say are checked,
+# since a `deb ... stable` line means trixie too nowadays. The slower
+# `apt-get -s upgrade` proof runs only right after a build.
+check_no_trixie_binaries() {
+  # shellcheck disable=SC2016  # apt expands $(...) in its format, not bash
+  if apt-get indextargets --no-release-info --format '$(TARGET_OF) $(RELEASE)' |
+      grep -qE '^deb trixie(-|$)' ||
+     LC_ALL=C apt-cache policy | grep -q 'n=trixie[-,].*b='; then
+    die "apt knows Debian 13 (trixie) binary packages on this system;" \
+        "remove the 'deb' trixie entry before going on"
+  fi
+  if [ "${1:-}" = --upgrade ] && LC_ALL=C apt-get -s upgrade 2>/dev/null |
+      grep -E '^Inst ' | grep -qE 'trixie|Debian(-Security)?:13'; then
+    die "apt-get upgrade would pull packages from Debian 13 (trixie)"
+  fi
+}
+
+# Sets LIBSSH2_USED to a description of the libssh2 the build will take,
+# choosing the same way our CMakeLists does: system first, then private.
+ensure_libssh2() {
+  local v cand
+  v="$(pkg-config --modversion libssh2 2>/dev/null || true)"
+  if version_ok "$v"; then
+    LIBSSH2_USED="system libssh2 $v (pkg-config)"
+    return 0
+  fi
+
+  # Debian 13 and later ship a new enough one; prefer it to building.
+  cand="$(candidate libssh2-1-dev)"
+  if [ -z "$cand" ] && [ "$apt_updated" -eq 0 ]; then
+    apt_update_once
+    cand="$(candidate libssh2-1-dev)"
+  fi
+  if version_ok "$cand"; then
+    install_pkgs libssh2-1-dev
+    v="$(pkg-config --modversion libssh2)"
+    version_ok "$v" || die "libssh2-1-dev $cand installed but pkg-config says '$v'"
+    LIBSSH2_USED="system libssh2 $v (libssh2-1-dev)"
+    return 0
+  fi
+
+  if private_build_ok; then
+    log "private libssh2 in $PREFIX is current; not rebuilding"
+    check_no_trixie_binaries
+  else
+    build_private_libssh2
+    check_no_trixie_binaries --upgrade
+  fi
+  LIBSSH2_USED="private static libssh2 $(header_version "$PREFIX/include/libssh2.h")"
+  LIBSSH2_USED+=" in $PREFIX (system candidate ${cand:-none} is too old)"
+}
+
+# ---------------------------------------------------------------- main
+
+install_pkgs "${BUILD_PKGS[@]}"
+if [ "$want_test" -eq 1 ]; then
+  install_pkgs "${TEST_PKGS[@]}"
+  # sshd refuses to start without its privilege-separation directory, and
+  # /run is a tmpfs, so this is needed after every boot.
+  as_root install -d -m 0755 /run/sshd
+fi
+ensure_libssh2
+echo "deps: OK; libssh2 for the build: $LIBSSH2_USED"

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The one command that runs every test: installs what the tests need, builds
+# the relay twice (plain and ASan/UBSan) and runs the unit tests (ctest) and
+# the integration tests (pytest) against each build.
+#
+# Usage: scripts/test.sh
+# Env: WC_TEST_QUICK=1 skips the sanitizer pass.
+# Exit status is non-zero when any step failed; both passes always run.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+# Debian's python3-pytest and python3-websocket belong to the system python;
+# a pyenv or venv python earlier in PATH would not see them.
+readonly PY=/usr/bin/python3
+
+# Without packages nothing below can work, so this one failure stops the run.
+bash scripts/deps.sh --test
+
+summary=()
+failed=0
+record() {  # record NAME STATUS
+  summary+=("$(printf '%-31s %s' "$1" "$2")")
+  if [ "$2" = FAIL ]; then failed=1; fi
+}
+
+# Runs one pass: build into $1 (with build.sh flag $2, may be empty), then
+# ctest and pytest against that build. Failures are recorded, not fatal,
+# so the other pass still runs.
+run_pass() {
+  local dir="$1" flag="$2" name rc
+  name="$(basename "$dir")"
+
+  echo "===== $name: build"
+  if ! WC_SKIP_DEPS=1 bash scripts/build.sh ${flag:+"$flag"} "$dir"; then
+    record "$name: build" FAIL
+    record "$name: unit tests" "SKIP (no build)"
+    record "$name: integration tests" "SKIP (no build)"
+    return 0
+  fi
+  record "$name: build" PASS
+
+  echo "===== $name: unit tests (ctest)"
+  if ctest --test-dir "$dir" --output-on-failure; then
+    record "$name: unit tests" PASS
+  else
+    record "$name: unit tests" FAIL
+  fi
+
+  echo "===== $name: integration tests (pytest)"
+  rc=0
+  RELAY_BIN="$dir/wattcloud-relay" "$PY" -m pytest -q tests/integration || rc=$?
+  case "$rc" in
+    0) record "$name: integration tests" PASS ;;
+    # pytest's "no tests collected": the suite is still being written.
+    5) record "$name: integration tests" "SKIP (no tests collected)" ;;
+    *) record "$name: integration tests" FAIL ;;
+  esac
+}
+
+run_pass "$root/build" ""
+
+if [ "${WC_TEST_QUICK:-0}" = 1 ]; then
+  record "build-asan" "SKIP (WC_TEST_QUICK=1)"
+else
+  # Exported for the whole pass: the unit tests are sanitized binaries too.
+  # abort_on_error/halt_on_error turn any report into a failed test instead
+  # of a line in a log that nobody reads.
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  run_pass "$root/build-asan" --asan
+  unset ASAN_OPTIONS UBSAN_OPTIONS
+fi
+
+echo
+echo "===== summary"
+printf '%s\n' "${summary[@]}"
+if [ "$failed" -ne 0 ]; then
+  echo "RESULT: FAIL"
+  exit 1
+fi
+echo "RESULT: PASS"

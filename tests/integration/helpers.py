@@ -1,0 +1,82 @@
+"""Shared helpers of the scenarios: logging in, files on disk, waiting."""
+
+import hashlib
+import os
+import pwd
+import time
+
+from sshd import TEST_PASSWORD, TEST_USER
+from wsclient import open_session
+
+LOCAL = "127.0.0.1"
+
+
+def login(relay, sshd, keys=None, key=None, password=TEST_PASSWORD, timeout=15):
+    """An authenticated session on `sshd`: by password, or by the client key
+    named `key` (then `keys` is the ClientKeys)."""
+    s = open_session(relay, LOCAL, sshd.port, timeout=timeout)
+    try:
+        s.expect_host_key()
+        s.accept_host_key()
+        if key is None:
+            resp = s.auth_password(TEST_USER, password)
+        else:
+            resp = s.auth_key(TEST_USER, keys.pem(key), keys.passphrase(key))
+        assert resp == {"id": 1, "result": {}}, "auth failed: %r" % resp
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def user_ids():
+    pw = pwd.getpwnam(TEST_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+def make_file(path, data):
+    """Create a file on disk owned by the test user."""
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chown(path, *user_ids())
+    return path
+
+
+def make_dir(path):
+    os.mkdir(path)
+    os.chown(path, *user_ids())
+    return path
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def wait_until(predicate, timeout, interval=0.1):
+    """Poll `predicate` until it is true; returns its final value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def pattern(n, seed=0):
+    """n deterministic but non-repeating-looking bytes (fast for large n)."""
+    block = hashlib.sha256(b"wattcloud-%d" % seed).digest() * 2048  # 64 KiB
+    reps, rest = divmod(n, len(block))
+    out = bytearray(block * reps + block[:rest])
+    # Make every 64 KiB block distinct so misplaced chunks are detected.
+    for i in range(0, n, len(block)):
+        out[i:i + 8] = (i // len(block)).to_bytes(8, "little")[: max(0, min(8, n - i))]
+    return bytes(out)
