@@ -1,44 +1,30 @@
-/* Size-tracking allocators that wipe on free (see wipe_alloc.h). The header
- * keeps the 16-byte alignment malloc promises. */
+/* Allocators that wipe on free (see wipe_alloc.h). Blocks are plain malloc
+ * blocks, sized with malloc_usable_size(): libssh2 1.11.1 itself frees some
+ * of its LIBSSH2_ALLOC blocks with free() (gen_publickey_from_ec_evp), so a
+ * private header would corrupt the heap. */
 #include "wipe_alloc.h"
 
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
 
-#define HEADER 16
-
-static size_t *header_of(void *p)
-{
-    return (size_t *)((char *)p - HEADER);
-}
-
 void *wipe_malloc(size_t n)
 {
-    char *b;
-
-    if (n > (size_t)-1 - HEADER)
-        return NULL;
-    b = malloc(n + HEADER);
-    if (!b)
-        return NULL;
-    *(size_t *)b = n;
-    return b + HEADER;
+    return malloc(n ? n : 1);
 }
 
 void wipe_free(void *p)
 {
-    size_t *h;
-
     if (!p)
         return;
-    h = header_of(p);
-    explicit_bzero(p, *h);
-    free(h);
+    explicit_bzero(p, malloc_usable_size(p));
+    free(p);
 }
 
-/* realloc would leave the old block unwiped: allocate, copy, wipe. */
+/* realloc could move the block and leave the old one unwiped: allocate,
+ * copy, wipe. */
 void *wipe_realloc(void *p, size_t n)
 {
     void *q;
@@ -49,7 +35,7 @@ void *wipe_realloc(void *p, size_t n)
     q = wipe_malloc(n);
     if (!q)
         return NULL;
-    old = *header_of(p);
+    old = malloc_usable_size(p);
     memcpy(q, p, old < n ? old : n);
     wipe_free(p);
     return q;

@@ -7,8 +7,8 @@
 
 #include <stddef.h>
 
-/* Plain malloc/free/realloc semantics; memory from wipe_malloc must be
- * released with wipe_free. Each block carries a small size header. */
+/* Plain malloc/free/realloc semantics; blocks are ordinary malloc blocks,
+ * so free() on them is safe too (it just does not wipe). */
 void *wipe_malloc(size_t n);
 void *wipe_realloc(void *p, size_t n);
 void wipe_free(void *p);
