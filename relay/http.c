@@ -155,7 +155,7 @@ static int body_chunk(struct lws *wsi, struct http_pss *pss, const void *in, siz
     size_t cap = server_of(wsi)->cfg->auth_max_body_bytes;
     char *grown;
 
-    if (!pss->is_auth || pss->too_big)
+    if (!pss->is_auth || pss->too_big || len == 0)
         return 0;
     if (pss->len + len > cap) {
         pss->too_big = 1;

@@ -62,6 +62,7 @@ int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t 
 /* A round trip to the server that proves it is still there. 0 or -1. */
 int ssh_ping(struct ssh_conn *c);
 
-void ssh_close(struct ssh_conn *c);
+/* Release everything; `dead` when the server stopped answering. */
+void ssh_close(struct ssh_conn *c, int dead);
 
 #endif

@@ -239,7 +239,7 @@ out:
     job_free(j);
     sftp_ops_free(w.ops, w.server_dead);
     session_set_sock(w.s, -1);
-    ssh_close(&w.c);
+    ssh_close(&w.c, w.server_dead);
     session_worker_exit(w.s, w.reason);
     return NULL;
 }

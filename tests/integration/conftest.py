@@ -68,18 +68,23 @@ def pytest_terminal_summary(terminalreporter):
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "artifacts")
 KEEP_RUNS = 5
+PRUNE_AFTER_SECS = 3 * 3600
 
 
 @pytest.fixture(scope="session")
 def run_dir():
     """tests/artifacts/run-<time>-<rand>/ (git-ignored): keys, sshd and relay
-    logs of this run. The last KEEP_RUNS runs are kept."""
+    logs of this run. The last KEEP_RUNS runs, and any from the last
+    PRUNE_AFTER_SECS, are kept."""
     base = os.path.abspath(os.environ.get("WC_ARTIFACTS_DIR") or ARTIFACTS)
     os.makedirs(base, exist_ok=True)
     os.chmod(base, 0o755)
+    # Prune old runs, never one that may still be going (runs can overlap).
     old = sorted(d for d in os.listdir(base) if d.startswith("run-"))
     for d in old[:max(0, len(old) - KEEP_RUNS + 1)]:
-        shutil.rmtree(os.path.join(base, d), ignore_errors=True)
+        path = os.path.join(base, d)
+        if time.time() - os.path.getmtime(path) > PRUNE_AFTER_SECS:
+            shutil.rmtree(path, ignore_errors=True)
     path = tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=base)
     os.chmod(path, 0o755)  # sshd reads authorized_keys as the test user
     _RUN_DIR.append(path)
