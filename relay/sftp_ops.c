@@ -22,6 +22,9 @@ struct whandle {
     char id[HANDLE_CHARS];
     char *path;
     LIBSSH2_SFTP_HANDLE *h;
+    /* Opened with "resume": the browser means to continue this upload if
+     * the connection drops, so a session end keeps the partial file. */
+    int resumable;
     int failed;
     char failmsg[200];
     const char *failcode;
@@ -481,6 +484,7 @@ static void op_write_open(struct sftp_ops *o, const struct proto_request *q, str
         libssh2_sftp_seek64(w->h, a.filesize);
     }
     w->path = strdup(q->path);
+    w->resumable = q->resume;
     new_handle_id(w->id, "wh-");
     if (q->resume)
         reply_ok(r, json_pack("{s:s,s:I}", "handle", w->id, "offset", (json_int_t)a.filesize));
@@ -730,7 +734,8 @@ void sftp_ops_free(struct sftp_ops *o, int server_dead)
             continue;
         if (!server_dead) {
             libssh2_sftp_close_handle(o->writes[i].h);
-            remove_file(o, o->writes[i].path);
+            if (!o->writes[i].resumable)
+                remove_file(o, o->writes[i].path);
         }
         drop_write(&o->writes[i]);
     }

@@ -293,3 +293,30 @@ def test_64_mib_round_trip(sftp, workdir):
     assert len(got) == len(data)
     assert hashlib.sha256(got).hexdigest() == digest
     print("64 MiB upload %.2f s, download %.2f s" % (t_up, t_down))
+
+
+def test_resumable_upload_survives_a_dropped_connection(relay, sshd, workdir):
+    """PROTOCOL §5 resume: an upload opened with resume keeps its partial
+    file when the connection drops, and a new session continues it."""
+    path = os.path.join(workdir, "resumable")
+    data = pattern(5 * MiB + 123, 41)
+    first = 2 * MiB
+    s = login(relay, sshd)
+    opened = s.ok("write_open", path=path, resume=True)
+    assert opened["offset"] == 0
+    assert s.write_chunk(opened["handle"], data[:first])["result"] == {}
+    # The chunk is answered before it is written: a stat proves it landed.
+    assert wait_until(lambda: os.path.exists(path) and os.path.getsize(path) == first, 5)
+    s.ws.sock.close()  # connection lost, no close handshake
+    time.sleep(1)
+    assert os.path.exists(path), "the partial file of a resumable upload was removed"
+
+    s2 = login(relay, sshd)
+    try:
+        again = s2.ok("write_open", path=path, resume=True)
+        assert again["offset"] == first
+        assert s2.write_chunk(again["handle"], data[again["offset"]:])["result"] == {}
+        assert s2.ok("write_close", handle=again["handle"]) == {}
+    finally:
+        s2.close()
+    assert read_file(path) == data
