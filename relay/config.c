@@ -53,15 +53,24 @@ static int parse_long(const char *v, long *out)
     return (errno || *end) ? -1 : 0;
 }
 
+/* A number within the setting's range, or an error naming the range. */
+static int parse_range(const struct setting *s, const char *v, const char *what, long *x,
+                       char *err, size_t n)
+{
+    char why[96];
+
+    if (parse_long(v, x) == 0 && *x >= s->min && *x <= s->max)
+        return 0;
+    snprintf(why, sizeof(why), "expected %s from %ld to %ld", what, s->min, s->max);
+    return bad(err, n, s, why);
+}
+
 static int p_int(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
     long x;
-    char why[96];
 
-    if (parse_long(v, &x) < 0 || x < s->min || x > s->max) {
-        snprintf(why, sizeof(why), "expected an integer from %ld to %ld", s->min, s->max);
-        return bad(err, n, s, why);
-    }
+    if (parse_range(s, v, "an integer", &x, err, n) < 0)
+        return -1;
     *AT(c, s, int) = (int)x;
     return 0;
 }
@@ -69,12 +78,9 @@ static int p_int(struct config *c, const struct setting *s, const char *v, char 
 static int p_size(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
     long x;
-    char why[96];
 
-    if (parse_long(v, &x) < 0 || x < s->min || x > s->max) {
-        snprintf(why, sizeof(why), "expected a byte count from %ld to %ld", s->min, s->max);
-        return bad(err, n, s, why);
-    }
+    if (parse_range(s, v, "a byte count", &x, err, n) < 0)
+        return -1;
     *AT(c, s, size_t) = (size_t)x;
     return 0;
 }
