@@ -109,6 +109,11 @@ static struct lws_context *create_context(struct server *srv,
     info.fd_limit_per_thread = (unsigned)cfg->max_sessions * 2 + 64;
     info.timeout_secs = 20;
     info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+    /* lws 4.1 binds an IPv4 iface on an IPv6 socket as "::", i.e. on every
+     * interface: an IPv4 BIND_ADDR must disable IPv6 to stay where it was
+     * put (127.0.0.1 must not become 0.0.0.0). */
+    if (!strchr(cfg->bind_host, ':'))
+        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     if (cfg->tls_cert) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.ssl_cert_filepath = cfg->tls_cert;
@@ -217,7 +222,7 @@ static void reap_workers(struct session_hub *h)
         struct session *s = hub_take_notified(h), *next;
 
         for (; s; s = next) {
-            next = s->notify_next;
+            next = hub_notified_next(h, s);
             if (session_worker_finished(s))
                 session_join(s);
             session_unref(s);

@@ -64,17 +64,33 @@ int hub_count(struct session_hub *h)
     return n;
 }
 
+/* The sessions of the taken list keep notified = 1 until the caller
+ * reaches each one (hub_notified_next): a worker that notifies again
+ * meanwhile must not relink notify_next of a session still on the taken
+ * list. Clearing all the flags here let a re-notify splice the hub's new
+ * list into the one being walked, so sessions were processed (and their
+ * list reference dropped) twice: a double free, found by tests/soak. */
 struct session *hub_take_notified(struct session_hub *h)
 {
-    struct session *list, *s;
+    struct session *list;
 
     pthread_mutex_lock(&h->mu);
     list = h->notify;
     h->notify = NULL;
-    for (s = list; s; s = s->notify_next)
-        s->notified = 0;
     pthread_mutex_unlock(&h->mu);
     return list;
+}
+
+struct session *hub_notified_next(struct session_hub *h, struct session *s)
+{
+    struct session *next;
+
+    pthread_mutex_lock(&h->mu);
+    next = s->notify_next;
+    s->notify_next = NULL;
+    s->notified = 0;
+    pthread_mutex_unlock(&h->mu);
+    return next;
 }
 
 void hub_for_each(struct session_hub *h, void (*fn)(struct session *, void *), void *arg)

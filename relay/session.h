@@ -101,9 +101,12 @@ void hub_destroy(struct session_hub *h);
 int hub_count(struct session_hub *h);
 void hub_set_wake(struct session_hub *h, void (*wake)(void *), void *arg);
 
-/* Pop the notified sessions as a list linked by notify_next. Each carries a
+/* Pop the notified sessions as a list. Walk it with hub_notified_next(),
+ * called for each session before looking at it (never read notify_next
+ * directly: it re-arms the session's notification). Each carries a
  * reference the caller drops with session_unref() when done with it. */
 struct session *hub_take_notified(struct session_hub *h);
+struct session *hub_notified_next(struct session_hub *h, struct session *s);
 
 /* Call `fn` for each live session under the hub lock (fn must not lock the
  * hub). Used for shutdown. */

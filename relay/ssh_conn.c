@@ -243,7 +243,7 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
     }
     libssh2_session_set_timeout(c->ssh, (long)t->op_secs * 1000);
     libssh2_session_set_read_timeout(c->ssh, t->op_secs);
-    libssh2_keepalive_config(c->ssh, 1, (unsigned)t->keepalive_secs);
+    c->keepalive_secs = t->keepalive_secs;
     rc = 0;
 out:
     if (rc < 0)
@@ -349,6 +349,9 @@ int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t 
 
     if (rc < 0)
         return rc;
+    /* Only now: OpenSSH treats a keepalive (a global request) before the
+     * user is authenticated as a protocol error. */
+    libssh2_keepalive_config(c->ssh, 1, (unsigned)c->keepalive_secs);
     c->sftp = libssh2_sftp_init(c->ssh);
     if (!c->sftp) {
         last_error(c->ssh, "SFTP subsystem unavailable", err, errlen);

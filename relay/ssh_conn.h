@@ -40,6 +40,7 @@ struct ssh_conn {
     char fingerprint[64];      /* "SHA256:" + 43 base64 chars */
     const char *key_type;      /* "ssh-ed25519", ... (static) */
     const char *kbd_password;  /* only during keyboard-interactive auth */
+    int keepalive_secs;        /* armed once authenticated */
 };
 
 /* Short code for the setup error frame, e.g. "connect_refused". */

@@ -73,3 +73,58 @@ void wipe_ssh_free(void *p, void **abstract)
     (void)abstract;
     wipe_free(p);
 }
+
+/* Zero the vector registers. xmm/ymm0-15 are clobbers the compiler knows
+ * of; zmm16-31 exist only with AVX-512, which glibc's EVEX string functions
+ * use and which this file is not compiled for, so nothing of ours lives
+ * there. CPUID decides, so this runs on any x86-64 (and under valgrind,
+ * whose virtual CPU has no AVX-512). Other architectures: no-op. */
+static void wipe_vector_regs(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f"))
+        __asm__ volatile(
+            "vpxord %%zmm16, %%zmm16, %%zmm16\n\tvpxord %%zmm17, %%zmm17, %%zmm17\n\t"
+            "vpxord %%zmm18, %%zmm18, %%zmm18\n\tvpxord %%zmm19, %%zmm19, %%zmm19\n\t"
+            "vpxord %%zmm20, %%zmm20, %%zmm20\n\tvpxord %%zmm21, %%zmm21, %%zmm21\n\t"
+            "vpxord %%zmm22, %%zmm22, %%zmm22\n\tvpxord %%zmm23, %%zmm23, %%zmm23\n\t"
+            "vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t"
+            "vpxord %%zmm26, %%zmm26, %%zmm26\n\tvpxord %%zmm27, %%zmm27, %%zmm27\n\t"
+            "vpxord %%zmm28, %%zmm28, %%zmm28\n\tvpxord %%zmm29, %%zmm29, %%zmm29\n\t"
+            "vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31"
+            ::: "memory");
+    if (__builtin_cpu_supports("avx"))
+        /* Also clears the upper halves of zmm0-15. */
+        __asm__ volatile("vzeroall" ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5",
+                         "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+                         "xmm13", "xmm14", "xmm15", "memory");
+    else
+        __asm__ volatile(
+            "pxor %%xmm0, %%xmm0\n\tpxor %%xmm1, %%xmm1\n\tpxor %%xmm2, %%xmm2\n\t"
+            "pxor %%xmm3, %%xmm3\n\tpxor %%xmm4, %%xmm4\n\tpxor %%xmm5, %%xmm5\n\t"
+            "pxor %%xmm6, %%xmm6\n\tpxor %%xmm7, %%xmm7\n\tpxor %%xmm8, %%xmm8\n\t"
+            "pxor %%xmm9, %%xmm9\n\tpxor %%xmm10, %%xmm10\n\tpxor %%xmm11, %%xmm11\n\t"
+            "pxor %%xmm12, %%xmm12\n\tpxor %%xmm13, %%xmm13\n\tpxor %%xmm14, %%xmm14\n\t"
+            "pxor %%xmm15, %%xmm15"
+            ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+            "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory");
+#endif
+}
+
+/* noinline: the buffer must be a frame of its own, below the caller's. The
+ * empty asm makes the zeroed buffer "used", so the store is not elided. */
+__attribute__((noinline)) static void wipe_dead_stack(void)
+{
+    unsigned char buf[WIPE_STACK_BYTES];
+
+    explicit_bzero(buf, sizeof(buf));
+    __asm__ volatile("" : : "r"(buf) : "memory");
+}
+
+/* Registers first: a lazy binding inside the stack wipe would otherwise
+ * spill them again, below the wiped part. */
+__attribute__((noinline)) void wipe_thread_residue(void)
+{
+    wipe_vector_regs();
+    wipe_dead_stack();
+}

@@ -16,6 +16,7 @@
 #include "session.h"
 #include "sftp_ops.h"
 #include "ssh_conn.h"
+#include "wipe_alloc.h"
 
 struct worker {
     struct session *s;
@@ -114,6 +115,9 @@ static int authenticate(struct worker *w, struct job *j)
     }
     rc = ssh_login(&w->c, &j->auth, err, sizeof(err));
     proto_auth_wipe(&j->auth);
+    /* libssh2 and OpenSSL leave key material in dead stack and in vector
+     * registers (wipe_alloc.h). */
+    wipe_thread_residue();
     if (rc == 0 || rc == SSH_E_SFTP || rc == SSH_E_KEY)
         access_auth_refund(s->hub->access, s->client_ip, time(NULL));
     if (rc < 0) {
@@ -181,6 +185,25 @@ static int keepalive(struct worker *w)
     return rc;
 }
 
+/* The SSH connection is gone: answer the requests still queued, so the
+ * browser learns why they fail instead of only seeing the WebSocket close
+ * (a write_chunk acknowledged before its bytes were written then gets its
+ * failure reported on the next chunk or write_close). Found by
+ * tests/integration/test_faults.py, where a killed sshd left the pending
+ * write_chunk unanswered. */
+static void fail_queued(struct worker *w)
+{
+    struct job *j;
+    int gone;
+
+    while ((j = session_next_job(w->s, 0, &gone)) != NULL) {
+        if (j->kind == JOB_REQUEST)
+            post_text(w->s, proto_error(j->req.id, "connection to the SFTP server lost", "io"));
+        session_job_done(w->s, j);
+        job_free(j);
+    }
+}
+
 static void serve(struct worker *w)
 {
     int idle_ms = w->cfg->keepalive_secs * 1000;
@@ -198,6 +221,7 @@ static void serve(struct worker *w)
                 w->server_dead = 1;
                 w->reason = "ssh keepalive failed";
                 log_info("session %s: SFTP server stopped answering", w->s->id);
+                fail_queued(w);
                 return;
             }
             continue;
@@ -208,6 +232,7 @@ static void serve(struct worker *w)
             w->server_dead = 1;
             w->reason = "ssh connection lost";
             log_info("session %s: connection to the SFTP server lost", w->s->id);
+            fail_queued(w);
             return;
         }
         session_job_done(w->s, j);

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "netguard.h"
 #include "server.h"
+#include "wipe_alloc.h"
 #include "worker.h"
 
 /* Stop reading from the browser beyond this much unwritten upload (or this
@@ -337,6 +338,10 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
     /* The frame may have carried credentials. */
     proto_wipe(pss->text, pss->text_len);
     pss->text_len = 0;
+    /* So may the dead stack below us: parsing it left key text there
+     * (wipe_alloc.h says how). Any text frame may be an auth frame, and
+     * 64 KiB of zeroing is cheap next to a JSON parse. */
+    wipe_thread_residue();
 }
 
 /* --- sending --- */
@@ -453,7 +458,11 @@ static void closed(struct lws *wsi, struct ws_pss *pss)
         pss->text = NULL;
     }
     if (pss->s) {
-        session_ws_gone(pss->s, pss->close_reason ? pss->close_reason : "browser closed");
+        const char *reason = pss->close_reason;
+        if (!reason)
+            reason = session_phase(pss->s, NULL) == PH_WAIT_HOSTKEY
+                         ? "browser closed: host key not accepted" : "browser closed";
+        session_ws_gone(pss->s, reason);
         pss->s->wsi = NULL;
         session_unref(pss->s);
         pss->s = NULL;
@@ -489,7 +498,7 @@ static void notified(struct server *srv)
     for (; s; s = next) {
         struct lws *wsi = s->wsi;
 
-        next = s->notify_next;
+        next = hub_notified_next(&srv->hub, s);
         if (session_worker_finished(s))
             session_join(s);
         if (wsi) {

@@ -1,6 +1,7 @@
 """PROTOCOL §6 and §1: start-up validation, /ready while draining, clean exit."""
 
 import signal
+import subprocess
 import time
 
 import pytest
@@ -59,3 +60,17 @@ def test_ready_is_503_while_draining(relay_factory, sshd):
         assert status == 503
     finally:
         s.close()
+
+
+def _listening_addresses(pid):
+    """Local addresses of the process's listening TCP sockets (from ss)."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if "pid=%d," % pid in line]
+
+
+def test_ipv4_bind_addr_listens_only_there(relay_factory):
+    """BIND_ADDR=127.0.0.1:P must not become every interface (lws 4.1 puts an
+    IPv4 iface on an IPv6 socket bound to '::' unless IPv6 is disabled)."""
+    relay = relay_factory()
+    addrs = _listening_addresses(relay.proc.pid)
+    assert addrs == ["127.0.0.1:%d" % relay.port], addrs
