@@ -1,6 +1,7 @@
 /* wattcloud-relay: entry point. Reads the settings, hardens the process
  * (no core dumps: a dump would hold users' SSH credentials), and runs the
  * server until it is told to stop. */
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,10 @@ int main(int argc, char **argv)
 
     /* Before any JSON exists: auth frames are parsed by jansson. */
     wipe_alloc_install_jansson();
+    /* Upload frames (up to 16 MiB) come and go per chunk; glibc's adaptive
+     * threshold would soon keep them in the heap for good. A fixed threshold
+     * hands them back to the kernel when freed. */
+    mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--env-file") == 0 && i + 1 < argc) {

@@ -4,6 +4,8 @@
  * paused while the worker has too much backlog, so neither a fast browser
  * nor a slow server can grow our memory. */
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
@@ -469,12 +471,28 @@ static void closed(struct lws *wsi, struct ws_pss *pss)
     }
 }
 
-static void tick(struct lws *wsi, struct ws_pss *pss)
+/* While reading is paused lws cannot notice the browser leaving, and a
+ * worker waiting to send to it would wait for ever: ask the kernel. */
+static int peer_gone(struct lws *wsi)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+
+    if (getsockopt(lws_get_socket_fd(wsi), IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+        return 1;
+    return ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE;
+}
+
+static int tick(struct lws *wsi, struct ws_pss *pss)
 {
     const struct config *cfg = server_of(wsi)->cfg;
     time_t now = time(NULL), since;
     enum session_phase ph = session_phase(pss->s, &since);
 
+    if (pss->rx_paused && peer_gone(wsi)) {
+        pss->close_reason = "browser gone while reading was paused";
+        return -1;
+    }
     if ((ph == PH_WAIT_HOSTKEY || ph == PH_WAIT_AUTH) &&
         now - since >= cfg->host_key_timeout_secs)
         close_soon(wsi, pss, ph == PH_WAIT_HOSTKEY ? "host key not accepted in time"
@@ -487,6 +505,7 @@ static void tick(struct lws *wsi, struct ws_pss *pss)
         lws_callback_on_writable(wsi);
     }
     lws_set_timer_usecs(wsi, TICK_USECS);
+    return 0;
 }
 
 /* Sessions with news from their worker: output to send, backlog drained,
@@ -544,9 +563,7 @@ int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return pss->s ? send_next(wsi, pss) : -1;
     case LWS_CALLBACK_TIMER:
-        if (pss->s)
-            tick(wsi, pss);
-        return 0;
+        return pss->s ? tick(wsi, pss) : 0;
     case LWS_CALLBACK_CLOSED:
         closed(wsi, pss);
         return 0;
