@@ -161,7 +161,7 @@ int main(int argc, char **argv)
         perror("bare_libssh2: connect");
         return 1;
     }
-    /* The relay sets it too. */
+    /* The relay sets it too (without it, reads stall on delayed ACKs). */
     setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
     libssh2_init(0);

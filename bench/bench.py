@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -89,6 +90,22 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def read_cpu_times():
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cpus(secs=1.0):
+    """How many CPUs were busy during the next `secs` (0 .. nproc)."""
+    b0, t0 = read_cpu_times()
+    time.sleep(secs)
+    b1, t1 = read_cpu_times()
+    return (b1 - b0) / max(1, t1 - t0) * os.cpu_count()
+
+
 def rotate(items, k):
     k %= len(items)
     return items[k:] + items[:k]
@@ -115,6 +132,43 @@ class BenchSshd(sshd_mod.Sshd):
         lines += ["MaxSessions 1000", "MaxStartups 2000:30:4000", "LogLevel INFO",
                   "Ciphers %s" % self.cipher]
         return "\n".join(lines) + "\n"
+
+
+class CpuCgroup:
+    """A cgroup-v1 cpuacct group: CPU time of a process and everything it
+    forks, exited processes included. sshd's privilege-separated children
+    do not reach the listener's cutime, so this is how sshd is measured.
+    None of it when the hierarchy is missing or read-only."""
+
+    ROOT = "/sys/fs/cgroup/cpuacct"
+
+    def __init__(self, name):
+        self.path = os.path.join(self.ROOT, "%s-%d" % (name, os.getpid()))
+        try:
+            os.mkdir(self.path)
+        except OSError:
+            self.path = None
+
+    def add(self, pid):
+        if not self.path:
+            return False
+        try:
+            with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+            return True
+        except OSError:
+            return False
+
+    def seconds(self):
+        with open(os.path.join(self.path, "cpuacct.usage")) as f:
+            return int(f.read()) / 1e9
+
+    def remove(self):
+        if self.path:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass
 
 
 class PubKey:
@@ -178,6 +232,9 @@ class Bench:
             "LOG_LEVEL": "info",
             "SHUTDOWN_GRACE_SECS": "3",
         }
+        for item in self.args.relay_env or []:
+            k, _, v = item.partition("=")
+            env[k] = v
         r = Relay(self.relay_bin, env, os.path.join(self.work, "relay-%s.log" % name)).start()
         self.relays.append(r)
         return r
@@ -191,6 +248,32 @@ class Bench:
 
     def path(self, name):
         return os.path.join(self.data, name)
+
+    def sshd_cpu(self):
+        """CPU seconds of sshd and all its connection processes so far, or
+        None when they cannot be measured."""
+        return self.sshd_cg.seconds() if self.sshd_measured else None
+
+    def sshd_settle(self, timeout=5.0):
+        """Wait until sshd has no connection processes left, so that the
+        previous run's teardown is not counted in the next one."""
+        deadline = time.monotonic() + timeout
+        while self.sshd.descendant_pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def measured(self, fn):
+        """Run fn() and return (its value, client CPU s, sshd CPU s): the
+        client is every process we started and reaped in fn (wsbench and
+        its children, sftp + ssh, bare_libssh2)."""
+        self.sshd_settle()
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        s0 = self.sshd_cpu()
+        value = fn()
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.sshd_settle()
+        s1 = self.sshd_cpu()
+        client = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+        return value, client, (s1 - s0) if s0 is not None else None
 
     def mkdir(self, name):
         p = self.path(name)
@@ -291,12 +374,33 @@ class Bench:
 
     # -- 1./2. single-session transfers -----------------------------------
 
+    def setup_costs(self, relay):
+        """Client and sshd CPU of a session that moves nothing (connect,
+        authenticate, close), per variant: subtracted from the transfer
+        runs so that their CPU per GiB is the transfer's alone."""
+        empty = self.path("empty.bin")
+        open(empty, "wb").close()
+        runs = {
+            "relay": lambda: self.wsbench(relay, ["idle", "0"]),
+            "sftp": lambda: self.sftp_timed([], "batch-empty.txt"),
+            "bare": lambda: self.bare_run(["read", empty]),
+        }
+        cost = {}
+        for variant, fn in runs.items():
+            samples = [self.measured(fn)[1:] for _ in range(3)]
+            cost[variant] = (median([c for c, _ in samples]),
+                             median([x for _, x in samples]) or 0.0)
+        os.unlink(empty)
+        self.raw["setup_cpu_s"] = cost
+        return cost
+
     def transfers(self, relay):
         size = self.mode["size"]
         gib = size / GiB
+        setup = self.setup_costs(relay)
         for kind in ("download", "upload"):
             runs = {"relay": [], "sftp": [], "bare": []}
-            relay_cpu, bare_cpu = [], []
+            cpu = {v: {"client": [], "relay": [], "sshd": []} for v in runs}
             dst = self.path("up.bin")
             for rep in range(self.mode["reps"]):
                 for variant in rotate(["relay", "sftp", "bare"], rep):
@@ -305,20 +409,27 @@ class Bench:
                     if variant == "relay":
                         args = (["download", self.src] if kind == "download" else
                                 ["--src", self.src, "upload", dst, str(size)])
-                        kv = self.wsbench(relay, args)
+                        kv, client, sshd = self.measured(lambda: self.wsbench(relay, args))
                         secs = kv["max_session_secs"]
-                        relay_cpu.append(kv["relay_cpu_s"] / gib)
+                        cpu[variant]["relay"].append(kv["relay_cpu_s"] / gib)
                     elif variant == "sftp":
                         cmd = ("get %s /dev/null" % self.src if kind == "download" else
                                "put %s %s" % (self.src, dst))
-                        secs = self.sftp_timed([cmd], "batch-%s.txt" % kind)
+                        secs, client, sshd = self.measured(
+                            lambda: self.sftp_timed([cmd], "batch-%s.txt" % kind))
                     else:
-                        kv = self.bare_run(["read", self.src] if kind == "download" else
-                                           ["--src", self.src, "write", dst, str(size)])
+                        kv, client, sshd = self.measured(lambda: self.bare_run(
+                            ["read", self.src] if kind == "download" else
+                            ["--src", self.src, "write", dst, str(size)]))
                         secs = kv["secs"]
-                        bare_cpu.append(kv["cpu_s_per_gib"])
+                        # bare_libssh2 is the relay's SSH half on its own: its
+                        # own transfer-phase CPU is the floor for the relay's.
+                        cpu[variant]["relay"].append(kv["cpu_s_per_gib"])
                         self.cipher_seen = (kv["cipher_cs"], kv["cipher_sc"])
                         self.libssh2_version = kv["libssh2"]
+                    cpu[variant]["client"].append(max(0.0, client - setup[variant][0]) / gib)
+                    cpu[variant]["sshd"].append(
+                        None if sshd is None else max(0.0, sshd - setup[variant][1]) / gib)
                     runs[variant].append(size / secs / 1e6)
                     if kind == "upload" and os.path.getsize(dst) != size:
                         raise RuntimeError("%s upload stored %d bytes, not %d"
@@ -326,11 +437,12 @@ class Bench:
                 log("%s rep %d: relay %.0f, sftp %.0f, bare %.0f MB/s" % (
                     kind, rep + 1, runs["relay"][-1], runs["sftp"][-1], runs["bare"][-1]))
             self.remove("up.bin")
-            self.raw[kind] = dict(runs, relay_cpu_s_per_gib=relay_cpu,
-                                  bare_cpu_s_per_gib=bare_cpu)
+            self.raw[kind] = dict(mbps=runs, cpu_s_per_gib=cpu)
             self.results[kind] = {k: median(v) for k, v in runs.items()}
-            self.results[kind]["relay_cpu"] = median(relay_cpu)
-            self.results[kind]["bare_cpu"] = median(bare_cpu)
+            self.results[kind]["relay_cpu"] = median(cpu["relay"]["relay"])
+            self.results[kind]["bare_cpu"] = median(cpu["bare"]["relay"])
+            self.results[kind]["cpu"] = {v: {p: median(x) for p, x in d.items()}
+                                         for v, d in cpu.items()}
 
     # -- 3. small operations ----------------------------------------------
 
@@ -476,8 +588,17 @@ class Bench:
 
     def run(self):
         t_start = time.monotonic()
+        self.busy_start = busy_cpus()
+        if self.busy_start > 0.3:
+            log("WARNING: the machine is busy before the start (%.1f CPUs in use by other "
+                "processes): results will be noisy" % self.busy_start)
         log("work dir %s, data dir %s" % (self.work, self.data))
         self.sshd.start()
+        self.sshd_cg = CpuCgroup("wcbench-sshd")
+        self.sshd_measured = self.sshd_cg.add(self.sshd.proc.pid)
+        if not self.sshd_measured:
+            self.notes.append("sshd CPU not measured: no writable cgroup-v1 cpuacct "
+                              "hierarchy at %s" % CpuCgroup.ROOT)
         log("sshd on port %d (Ciphers %s)" % (self.sshd.port, self.args.cipher))
         try:
             self.src = self.make_file("src.bin", self.mode["size"])
@@ -499,6 +620,8 @@ class Bench:
             for r in list(self.relays):
                 self.stop_relay(r)
             self.sshd.stop()
+            if hasattr(self, "sshd_cg"):
+                self.sshd_cg.remove()
             shutil.rmtree(self.data, ignore_errors=True)
         self.elapsed = time.monotonic() - t_start
         with open(os.path.join(self.work, "raw.json"), "w") as f:
@@ -518,8 +641,8 @@ class Bench:
             return
         for kind in ("download", "upload"):
             data = os.path.join(self.work, "perf-%s.data" % kind)
-            perf = subprocess.Popen(["perf", "record", "-g", "-o", data, "-p",
-                                     str(relay.proc.pid)],
+            perf = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph",
+                                     "dwarf,16384", "-o", data, "-p", str(relay.proc.pid)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
             if kind == "download":
@@ -532,9 +655,14 @@ class Bench:
             perf.wait()
             report = os.path.join(self.work, "perf-%s.txt" % kind)
             with open(report, "w") as f:
-                subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
-                                "--percent-limit", "1", "--sort", "dso,symbol", "-g", "none"],
-                               stdout=f, stderr=subprocess.DEVNULL)
+                # Self time per function, then inclusive time (callers
+                # included) to see which part of the relay spends it.
+                for mode in ("--no-children", "--children"):
+                    f.write("==== perf report %s\n" % mode)
+                    f.flush()
+                    subprocess.run(["perf", "report", "-i", data, mode, "--stdio",
+                                    "--percent-limit", "1.5", "--sort", "dso,symbol",
+                                    "-g", "none"], stdout=f, stderr=subprocess.DEVNULL)
             log("profile of a relay %s: %s" % (kind, report))
 
     # -- output ------------------------------------------------------------
@@ -572,6 +700,7 @@ class Bench:
             ("relay build", "%s (CMAKE_BUILD_TYPE=Release), commit %s%s"
              % (self.relay_bin, commit, " + uncommitted changes in relay/ or proto/"
                 if dirty else "")),
+            ("extra relay environment", " ".join(self.args.relay_env or []) or "none"),
             ("data", "files on %s (%s)" % (os.path.dirname(self.data),
                                             cmd(["stat", "-f", "-c", "%T",
                                                  os.path.dirname(self.data)]))),
@@ -646,6 +775,26 @@ class Bench:
                % ("full" if self.args.full else "quick", self.mode["reps"],
                   self.mode["conc_reps"]), ""]
         out += lines
+        if "download" in R or "upload" in R:
+            out += ["", "CPU seconds per GiB moved, by process (medians; the CPU of a "
+                    "session that moves nothing is subtracted; relay = the relay process, "
+                    "or bare_libssh2's own transfer-phase CPU):", "",
+                    "| transfer | path | client | relay | sshd | total |",
+                    "|---|---|---|---|---|---|"]
+            names = {"relay": ("wsbench", "relay"), "sftp": ("sftp + ssh", "-"),
+                     "bare": ("bare_libssh2", "-")}
+            for kind in ("download", "upload"):
+                for v in ("relay", "sftp", "bare"):
+                    if kind not in R:
+                        continue
+                    c = R[kind]["cpu"][v]
+                    relay_cpu = c["relay"] if v == "relay" else None
+                    client = c["client"]
+                    total = client + (c["sshd"] or 0) + (relay_cpu or 0)
+                    out.append("| %s | %s | %.2f | %s | %s | %.2f |" % (
+                        kind, names[v][0], client,
+                        "%.2f" % relay_cpu if relay_cpu is not None else "-",
+                        "%.2f" % c["sshd"] if c["sshd"] is not None else "?", total))
         if "smallops" in R:
             lat = R["smallops"]["latency_us"]
             out += ["", "Relay small-op latency, median µs per verb: " +
@@ -656,14 +805,18 @@ class Bench:
             out += ["", "First idle-session error: " + R["idle"]["error"]]
         out += ["", "### Machine", ""]
         out += ["- %s: %s" % kv for kv in self.machine()]
-        out += ["- run: %s, %.0f s" % (datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-                                      self.elapsed)]
+        out += ["- run: %s, %.0f s; other processes were using %.2f CPUs just before "
+                "the start; load average at the end: %s; benchmark niceness %d"
+                % (datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), self.elapsed,
+                   self.busy_start, " ".join(open("/proc/loadavg").read().split()[:3]),
+                   os.nice(0))]
         if self.notes:
             out += ["", "### Notes", ""] + ["- " + n for n in self.notes]
         return "\n".join(out)
 
     def write_results(self, report):
-        """Replace this mode's section of RESULTS.md, keeping the other's."""
+        """Replace this mode's section of RESULTS.md. The other mode's
+        section and any hand-written section (## Analysis, ...) stay."""
         path = self.args.out
         if self.args.only and path == DEFAULT_OUT:
             # A partial run must not replace the results of a whole one.
@@ -672,19 +825,24 @@ class Bench:
         header = ("# Relay benchmark results\n\n"
                   "Written by `bench/run.sh` (see bench/README.md for what each row "
                   "measures). Ratios are relay / direct: above 1 is better for "
-                  "throughput, below 1 is better for CPU.\n")
-        sections = {}
+                  "throughput, below 1 is better for CPU. Sections other than the two "
+                  "runs are kept as they are.\n")
+        sections = []
         if os.path.exists(path):
             with open(path) as f:
                 text = f.read()
-            for m in re.finditer(r"^(## (?:Quick|Full) run)\n(.*?)(?=^## |\Z)", text, re.M | re.S):
-                sections[m.group(1)] = m.group(2).strip()
-        sections[section] = report
+            for m in re.finditer(r"^(## .*?)\n(.*?)(?=^## |\Z)", text, re.M | re.S):
+                sections.append((m.group(1), m.group(2).strip()))
+        runs = dict(s for s in sections if s[0] in ("## Quick run", "## Full run"))
+        runs[section] = report
         with open(path, "w") as f:
             f.write(header)
             for name in ("## Quick run", "## Full run"):
-                if name in sections:
-                    f.write("\n%s\n\n%s\n" % (name, sections[name]))
+                if name in runs:
+                    f.write("\n%s\n\n%s\n" % (name, runs[name]))
+            for name, body in sections:
+                if name not in ("## Quick run", "## Full run"):
+                    f.write("\n%s\n\n%s\n" % (name, body))
         log("wrote %s" % path)
 
 
@@ -711,6 +869,9 @@ def main():
     p.add_argument("--only", action="append",
                    choices=["transfer", "smallops", "concurrent", "memory"],
                    help="run only these parts (repeatable)")
+    p.add_argument("--relay-env", action="append", metavar="NAME=VALUE",
+                   help="extra environment for the relays, e.g. "
+                   "GLIBC_TUNABLES=glibc.malloc.arena_max=2 (repeatable)")
     p.add_argument("--profile", action="store_true",
                    help="also perf-record the relay during a download and an upload")
     args = p.parse_args()

@@ -55,6 +55,7 @@ struct opts {
     int relay_pid;
     int sha256;                  /* hash downloaded bytes (correctness runs) */
     int timeout_secs;
+    int setup_parallel;          /* sessions logging in at the same time */
     const char *mode;
     char **args;
     int nargs;
@@ -573,8 +574,11 @@ static int ws_send_text(struct ws *w, const char *text)
 
 /* Receive the next data message into w->msg (opcode in *op), answering
  * pings on the way. Fragmented messages are joined. A close from the
- * relay is answered and reported as an error. */
-static int ws_recv(struct ws *w, int *op)
+ * relay is answered and reported as an error. With `control_returns`, a
+ * control frame handled at the start of a message returns 1 at once (the
+ * caller is only servicing the connection while it waits for something
+ * else); otherwise the result is 0 or -1. */
+static int ws_recv_ex(struct ws *w, int *op, int control_returns)
 {
     int msg_op = -1;
 
@@ -615,6 +619,8 @@ static int ws_recv(struct ws *w, int *op)
                 ws_send_copy(w, OP_CLOSE, ctl, len >= 2 ? 2 : 0);
                 return fail("the relay closed the WebSocket (code %u)", code);
             }
+            if (control_returns && msg_op < 0)
+                return 1;
             continue;
         }
         if (opcode == OP_CONT) {
@@ -649,14 +655,20 @@ static int ws_recv(struct ws *w, int *op)
     }
 }
 
-/* Answer pings (and notice a close) without expecting data: used while a
- * session waits for the other sessions or for the parent's signal. */
+static int ws_recv(struct ws *w, int *op)
+{
+    return ws_recv_ex(w, op, 0);
+}
+
+/* Handle one incoming frame without expecting data: answers a ping,
+ * notices a close. Used while a session waits for the other sessions or
+ * for the parent's signal. */
 static int ws_service_control(struct ws *w)
 {
-    int op;
+    int op, rc = ws_recv_ex(w, &op, 1);
 
-    if (ws_recv(w, &op) < 0)
-        return -1;
+    if (rc != 0)
+        return rc < 0 ? -1 : 0;
     return fail("unexpected %s frame while idle", op == OP_TEXT ? "text" : "binary");
 }
 
@@ -1163,17 +1175,26 @@ static int wait_pipe_eof(struct session *s, int fd)
     }
 }
 
-static void child(const struct opts *o, int index, int ready_w, int go_r, int quit_r,
-                  int result_w)
+static void child(const struct opts *o, int index, const int tokens[2], int ready_w, int go_r,
+                  int quit_r, int result_w)
 {
     struct session s;
     struct result r;
     char line[RESULT_MAX], c;
-    int ok = -1, n;
+    int ok = -1, n, opened;
     double t0;
 
     memset(&r, 0, sizeof(r));
-    if (session_open(o, &s) < 0) {
+    /* A login token: the relay refuses a login from an IP that already
+     * has LIMITS_AUTH_MAX_FAILURES (5) attempts pending (PROTOCOL §4 counts
+     * an attempt before it is made), so at most setup_parallel (< 5)
+     * sessions of ours may be logging in at once. */
+    if (read(tokens[0], &c, 1) != 1)
+        _exit(3);
+    opened = session_open(o, &s);
+    if (write(tokens[1], "t", 1) != 1)
+        _exit(3);
+    if (opened < 0) {
         if (write(ready_w, "E", 1) != 1)
             _exit(3);
         goto report;
@@ -1198,8 +1219,11 @@ report:
         n = snprintf(line, sizeof(line), "session=%d ok=0 bytes=0 ops=0 secs=0 error=\"%s\"\n",
                      index, errbuf);
     }
-    if (n >= (int)sizeof(line))
-        n = (int)sizeof(line) - 1, line[n - 1] = '\n';
+    if (n >= (int)sizeof(line)) {
+        /* Truncated: keep it one line. */
+        n = (int)sizeof(line) - 1;
+        line[n - 1] = '\n';
+    }
     if (write(result_w, line, (size_t)n) != n)
         _exit(3);
     /* Stay until "quit" even after a failure: a child that exits early is
@@ -1233,8 +1257,8 @@ static size_t read_until(int fd, char *buf, size_t n, double deadline)
 
 static int run(const struct opts *o)
 {
-    int ready[2], go[2], quit[2], res[2], n = o->sessions, ok = 0, errors = 0, nready = 0;
-    pid_t *pids = xmalloc(sizeof(pid_t) * (size_t)n);
+    int ready[2], go[2], quit[2], res[2], tokens[2], n = o->sessions, ok = 0, errors = 0;
+    int nready = 0;
     char *rbuf = xmalloc((size_t)n * RESULT_MAX + 1), *line, *save = NULL, first_err[600] = "";
     char extra1[1024] = "";
     size_t rlen = 0;
@@ -1242,25 +1266,29 @@ static int run(const struct opts *o)
     long rss_before = -1, rss_ready = -1, rss_end = -1, hwm = -1;
     unsigned long long bytes = 0, ops = 0;
 
-    if (pipe(ready) < 0 || pipe(go) < 0 || pipe(quit) < 0 || pipe(res) < 0) {
+    if (pipe(ready) < 0 || pipe(go) < 0 || pipe(quit) < 0 || pipe(res) < 0 ||
+        pipe(tokens) < 0) {
         perror("pipe");
         return 2;
     }
+    for (int i = 0; i < o->setup_parallel; i++)
+        if (write(tokens[1], "t", 1) != 1)
+            return 2;
     if (o->relay_pid > 0)
         rss_before = proc_status_kb(o->relay_pid, "VmRSS");
     fflush(stdout);
     for (int i = 0; i < n; i++) {
-        pids[i] = fork();
-        if (pids[i] < 0) {
+        pid_t pid = fork();
+        if (pid < 0) {
             perror("fork");
             return 2;
         }
-        if (pids[i] == 0) {
+        if (pid == 0) {
             close(ready[0]);
             close(go[1]);
             close(quit[1]);
             close(res[0]);
-            child(o, i, ready[1], go[0], quit[0], res[1]);
+            child(o, i, tokens, ready[1], go[0], quit[0], res[1]);
         }
     }
     close(ready[1]);
@@ -1269,7 +1297,7 @@ static int run(const struct opts *o)
     close(res[1]);
 
     /* Everyone connected and authenticated (or failed). */
-    deadline = now_secs() + o->timeout_secs + 0.05 * n;
+    deadline = now_secs() + o->timeout_secs + 0.5 * n;
     {
         char *marks = xmalloc((size_t)n);
         size_t got = read_until(ready[0], marks, (size_t)n, deadline);
@@ -1355,7 +1383,6 @@ static int run(const struct opts *o)
                cpu1 - cpu0, rss_before, rss_ready, rss_end, hwm);
     printf("%s%s\n", extra1, first_err);
     fflush(stdout);
-    free(pids);
     free(rbuf);
     return errors ? 1 : 0;
 }
@@ -1375,6 +1402,8 @@ static void usage(void)
             "  --src FILE          upload data read from FILE (default: generated)\n"
             "  --sha256            print the SHA-256 of downloaded data\n"
             "  --timeout SECS      per socket operation and for setup (60)\n"
+            "  --setup-parallel K  sessions logging in at once (4: the relay refuses a\n"
+            "                      login while 5 from the same IP are pending)\n"
             "modes (%%d in a path becomes the session index):\n"
             "  download PATH          read_open, read_chunk until EOF, read_close\n"
             "  upload PATH SIZE       write_open, 8 MiB write_chunks, write_close\n"
@@ -1389,7 +1418,7 @@ int main(int argc, char **argv)
 {
     struct opts o = {.relay_host = "127.0.0.1", .relay_port = 8443, .host = "127.0.0.1",
                      .port = 22, .user = NULL, .origin = "http://localhost", .sessions = 1,
-                     .timeout_secs = 60};
+                     .timeout_secs = 60, .setup_parallel = 4};
     static char relay_host[64];
     const char *key_path = NULL;
     int i, need;
@@ -1429,11 +1458,14 @@ int main(int argc, char **argv)
             o.src = v;
         } else if (strcmp(a, "--timeout") == 0) {
             o.timeout_secs = atoi(v);
+        } else if (strcmp(a, "--setup-parallel") == 0) {
+            o.setup_parallel = atoi(v);
         } else {
             usage();
         }
     }
-    if (i >= argc || !o.user || !key_path || o.sessions < 1 || o.timeout_secs < 1)
+    if (i >= argc || !o.user || !key_path || o.sessions < 1 || o.timeout_secs < 1 ||
+        o.setup_parallel < 1)
         usage();
     o.mode = argv[i];
     o.args = argv + i + 1;
