@@ -93,7 +93,7 @@ install_file() {
     return 0
   fi
   run install -D -m "$mode" "$src" "$dst"
-  log "installed: $dst"
+  [ "$dry_run" -eq 1 ] || log "installed: $dst"
   changed=1
 }
 
@@ -121,10 +121,12 @@ else
   chmod 0600 "$tmp"
   # The key is base64: no character of it is special to sed's replacement
   # except "/", so "|" delimits.
-  sed -e "s|^#RELAY_SIGNING_KEY=\$|RELAY_SIGNING_KEY=$key|" \
-      -e 's|^#TRUSTED_PROXY_IPS=$|TRUSTED_PROXY_IPS=127.0.0.1|' \
-      ${domain:+-e "s|^#BYO_DOMAIN=.*\$|BYO_DOMAIN=$domain|"} \
-      "$repo/wattcloud.env.example" >"$tmp"
+  edits=(-e "s|^#RELAY_SIGNING_KEY=\$|RELAY_SIGNING_KEY=$key|"
+         -e 's|^#TRUSTED_PROXY_IPS=$|TRUSTED_PROXY_IPS=127.0.0.1|')
+  if [ -n "$domain" ]; then
+    edits+=(-e "s|^#BYO_DOMAIN=.*\$|BYO_DOMAIN=$domain|")
+  fi
+  sed "${edits[@]}" "$repo/wattcloud.env.example" >"$tmp"
   grep -q "^RELAY_SIGNING_KEY=$key\$" "$tmp" || die "could not write the key into $tmp"
   unset key
   # Check the result with the relay itself before it goes into place. The

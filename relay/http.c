@@ -44,6 +44,22 @@ static const char *status_text(int status)
     }
 }
 
+/* A request body no route reads: lws 4.1 must not keep such a connection
+ * alive (the next request would be parsed out of step, and lws_service()
+ * can spin on it). */
+static int unread_body(struct lws *wsi)
+{
+    struct http_pss *pss = lws_wsi_user(wsi);
+    char v[32];
+
+    if (pss && pss->is_auth)
+        return 0;
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+        return 1;
+    return lws_hdr_copy(wsi, v, sizeof(v), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
+           strtoull(v, NULL, 10) > 0;
+}
+
 /* Send a complete response. Returns what the callback should return. */
 static int reply(struct lws *wsi, int status, const char *type, const char *body,
                  const char *set_cookie)
@@ -52,6 +68,7 @@ static int reply(struct lws *wsi, int status, const char *type, const char *body
     unsigned char hdr[LWS_PRE + 2048], *start = hdr + LWS_PRE, *p = start;
     unsigned char *end = hdr + sizeof(hdr) - 1;
     unsigned char out[LWS_PRE + BODY_JSON_MAX];
+    int close_after = unread_body(wsi);
 
     if (blen > BODY_JSON_MAX)
         return -1;
@@ -66,6 +83,10 @@ static int reply(struct lws *wsi, int status, const char *type, const char *body
                                     (const unsigned char *)set_cookie,
                                     (int)strlen(set_cookie), &p, end))
         return -1;
+    if (close_after &&
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
+                                    (const unsigned char *)"close", 5, &p, end))
+        return -1;
     if (lws_finalize_write_http_header(wsi, start, &p, end))
         return -1;
     if (blen) {
@@ -73,6 +94,8 @@ static int reply(struct lws *wsi, int status, const char *type, const char *body
         if (lws_write(wsi, out + LWS_PRE, blen, LWS_WRITE_HTTP_FINAL) != (int)blen)
             return -1;
     }
+    if (close_after)
+        return -1;
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 

@@ -108,7 +108,10 @@ static struct lws_context *create_context(struct server *srv,
     info.pt_serv_buf_size = WS_RX_BUFFER;
     info.fd_limit_per_thread = (unsigned)cfg->max_sessions * 2 + 64;
     info.timeout_secs = 20;
-    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+    /* Without FAIL_UPON_UNABLE_TO_BIND, lws 4.1 answers an address that is
+     * not on this host by running without a listener and retrying later:
+     * the relay would claim to listen and serve nothing. */
+    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
     /* lws 4.1 binds an IPv4 iface on an IPv6 socket as "::", i.e. on every
      * interface: an IPv4 BIND_ADDR must disable IPv6 to stay where it was
      * put (127.0.0.1 must not become 0.0.0.0). */

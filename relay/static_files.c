@@ -93,6 +93,21 @@ static int tls_on(struct lws *wsi)
     return server_of(wsi)->cfg->tls_cert != NULL;
 }
 
+/* Whether the request announced a body. No route here reads one, and
+ * lws 4.1 must not be left with unread body bytes on a keep-alive
+ * connection: the next requests then parse out of step and the service
+ * loop can spin in lws_service_do_ripe_rxflow(). Such requests are
+ * answered, then the connection is closed. */
+static int has_body(struct lws *wsi)
+{
+    char v[32];
+
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+        return 1;
+    return lws_hdr_copy(wsi, v, sizeof(v), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
+           strtoull(v, NULL, 10) > 0;
+}
+
 /* A short text answer for the refusals. */
 static int refuse(struct lws *wsi, int status)
 {
@@ -102,17 +117,21 @@ static int refuse(struct lws *wsi, int status)
     const char *text = status == 404 ? "not found\n" :
                        status == 405 ? "method not allowed\n" : "bad request\n";
     size_t len = strlen(text);
+    int hang_up = has_body(wsi);
 
     if (lws_add_http_common_headers(wsi, (unsigned)status, "text/plain", len, &p, end) ||
         add_security_headers(wsi, tls_on(wsi), &p, end) ||
         add_header(wsi, "cache-control:", "no-store", &p, end) ||
         (status == 405 && add_header(wsi, "allow:", "GET, HEAD", &p, end)) ||
+        (hang_up && add_header(wsi, "connection:", "close", &p, end)) ||
         lws_finalize_write_http_header(wsi, start, &p, end))
         return -1;
     /* lws leaves out the body of a HEAD answer itself. */
     memcpy(body + LWS_PRE, text, len);
     if (lws_write(wsi, body + LWS_PRE, len, LWS_WRITE_HTTP_FINAL) != (int)len)
         return -1;
+    if (hang_up)
+        return -1;  /* the body stays unread: this connection cannot go on */
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
@@ -193,6 +212,8 @@ int static_serve(struct lws *wsi, const char *uri)
     if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0 &&
         lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) <= 0)
         return refuse(wsi, 405);
+    if (has_body(wsi))
+        return refuse(wsi, 400);  /* a GET with a body: nothing here reads it */
     if ((rc = path_refusal(uri)) != 0)
         return refuse(wsi, rc);
     /* The relay's own namespace is never the app: an unknown /relay/...

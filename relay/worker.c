@@ -80,6 +80,15 @@ static int connect_target(struct worker *w)
     return 0;
 }
 
+/* A job is done: it no longer counts as work in progress (a drain waits
+ * for that), and its memory goes. */
+static void finish_job(struct session *s, struct job *j)
+{
+    if (j)
+        session_job_done(s, j);
+    job_free(j);
+}
+
 /* Wait for a job of `kind`; the WebSocket side enforces the time limit and
  * closes the session on anything unexpected, which ends the wait. */
 static struct job *wait_for(struct worker *w, enum job_kind kind)
@@ -94,7 +103,7 @@ static struct job *wait_for(struct worker *w, enum job_kind kind)
         }
         if (j && j->kind == kind)
             return j;
-        job_free(j);
+        finish_job(w->s, j);
     }
 }
 
@@ -199,8 +208,7 @@ static void fail_queued(struct worker *w)
     while ((j = session_next_job(w->s, 0, &gone)) != NULL) {
         if (j->kind == JOB_REQUEST)
             post_text(w->s, proto_error(j->req.id, "connection to the SFTP server lost", "io"));
-        session_job_done(w->s, j);
-        job_free(j);
+        finish_job(w->s, j);
     }
 }
 
@@ -227,16 +235,14 @@ static void serve(struct worker *w)
             continue;
         }
         if (j->kind == JOB_REQUEST && run_request(w, j) < 0) {
-            session_job_done(w->s, j);
-            job_free(j);
+            finish_job(w->s, j);
             w->server_dead = 1;
             w->reason = "ssh connection lost";
             log_info("session %s: connection to the SFTP server lost", w->s->id);
             fail_queued(w);
             return;
         }
-        session_job_done(w->s, j);
-        job_free(j);
+        finish_job(w->s, j);
     }
 }
 
@@ -253,15 +259,15 @@ void *worker_main(void *arg)
     j = wait_for(&w, JOB_HOSTKEY_ACCEPTED);
     if (!j)
         goto out;
-    job_free(j);
+    finish_job(w.s, j);
     j = wait_for(&w, JOB_AUTH);
     if (!j || authenticate(&w, j) < 0)
         goto out;
-    job_free(j);
+    finish_job(w.s, j);
     j = NULL;
     serve(&w);
 out:
-    job_free(j);
+    finish_job(w.s, j);
     sftp_ops_free(w.ops, w.server_dead);
     session_set_sock(w.s, -1);
     ssh_close(&w.c, w.server_dead);

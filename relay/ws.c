@@ -536,9 +536,12 @@ static void drain_one(struct session *s, void *arg)
 
     if (force)
         session_cut(s);
-    if (s->wsi && (force || session_idle(s))) {
+    if (s->wsi) {
         struct ws_pss *pss = lws_wsi_user(s->wsi);
-        close_soon(s->wsi, pss, "server shutting down");
+        /* A binary frame still arriving is an operation in progress too. */
+        int receiving = pss->pend.active || pss->bin_len > 0;
+        if (force || (session_idle(s) && !receiving))
+            close_soon(s->wsi, pss, "server shutting down");
     }
 }
 

@@ -27,15 +27,18 @@ readonly TRIXIE_SOURCES=/etc/apt/sources.list.d/wattcloud-trixie-src.sources
 
 BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
             libssl-dev zlib1g-dev)
-# clang is not used by the tests yet; it is here for sanitizer/fuzz work.
+# clang with libclang-rt-dev (libFuzzer and the sanitizer runtimes; the
+# metapackage follows clang's default version: 14 on Debian 12) builds the
+# fuzz targets of tests/fuzz/; llvm brings llvm-symbolizer for readable
+# sanitizer stack traces.
 # caddy and nginx are the reverse proxies of deploy/ (test_deploy.py runs the
 # relay behind each); systemd brings systemd-analyze to check the unit file;
 # openssl makes the test certificates. chromium runs the browser end-to-end
 # test (test_browser.py, headless, driven over its DevTools protocol); its
 # fontconfig dependency brings a font, so the screenshots show text.
 TEST_PKGS=(openssh-server openssh-client python3 python3-pytest
-           python3-websocket valgrind clang caddy nginx systemd openssl
-           chromium iproute2)
+           python3-websocket valgrind clang libclang-rt-dev llvm caddy nginx
+           systemd openssl chromium iproute2)
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 die() { printf 'deps: ERROR: %s\n' "$*" >&2; exit 1; }

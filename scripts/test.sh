@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The one command that runs every test: installs what the tests need, builds
 # the relay twice (plain and ASan/UBSan) and runs the unit tests (ctest) and
-# the integration tests (pytest) against each build.
+# the integration tests (pytest) against each build, then a short fuzzing
+# pass (tests/fuzz/run.sh 10). The soak test (tests/soak/) is not part of it.
 #
 # Usage: scripts/test.sh
-# Env: WC_TEST_QUICK=1 skips the sanitizer pass.
+# Env: WC_TEST_QUICK=1 skips the sanitizer pass and the fuzzing pass.
 # Exit status is non-zero when any step failed; both passes always run.
 set -euo pipefail
 
@@ -71,6 +72,19 @@ else
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   run_pass "$root/build-asan" --asan
   unset ASAN_OPTIONS UBSAN_OPTIONS
+fi
+
+# A short fuzzing pass: each libFuzzer target of tests/fuzz/ for 10 s,
+# built with ASan+UBSan. Long runs: tests/fuzz/run.sh 600.
+if [ "${WC_TEST_QUICK:-0}" = 1 ]; then
+  record "fuzz" "SKIP (WC_TEST_QUICK=1)"
+else
+  echo "===== fuzz (10 s per target)"
+  if FUZZ_BUILD_DIR="$root/build-fuzz" bash tests/fuzz/run.sh 10; then
+    record "fuzz (10 s per target)" PASS
+  else
+    record "fuzz (10 s per target)" FAIL
+  fi
 fi
 
 echo

@@ -1,5 +1,6 @@
 """PROTOCOL §6 and §1: start-up validation, /ready while draining, clean exit."""
 
+import os
 import signal
 import subprocess
 import time
@@ -49,11 +50,15 @@ def test_sigterm_with_live_session_exits_0(relay_factory, sshd):
     s.close()
 
 
-def test_ready_is_503_while_draining(relay_factory, sshd):
+def test_ready_is_503_while_draining(relay_factory, sshd, workdir):
     relay = relay_factory(SHUTDOWN_GRACE_SECS=5)
     s = login(relay, sshd)
     try:
         assert relay.http("GET", "/ready")[0] == 200
+        # An upload whose chunk has not arrived yet is an operation in
+        # progress: it keeps the relay draining (an idle one would not).
+        handle = s.write_open(os.path.join(workdir, "draining"))
+        s.send_request("write_chunk", {"handle": handle})
         relay.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         status, _, _ = relay.http("GET", "/ready")

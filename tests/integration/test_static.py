@@ -5,6 +5,7 @@ content types, security headers, and no way out of SPA_DIR."""
 import http.client
 import os
 import socket
+import time
 
 import pytest
 
@@ -256,3 +257,53 @@ def test_hsts_when_tls_is_on(relay_factory, spa, run_dir):
     h = headers_of(headers)
     assert status == 200 and body == INDEX
     assert h["strict-transport-security"].startswith("max-age=")
+
+
+def body_requests(port, path):
+    """Requests with small bodies that no route reads, on one keep-alive
+    connection, the way http.client sends them (head and body together)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        for method in ("GET", "POST", "PUT", "DELETE", "POST", "PUT", "DELETE"):
+            req = "%s %s HTTP/1.1\r\nHost: localhost\r\n" % (method, path)
+            req += "\r\n" if method == "GET" else "Content-Length: 1\r\n\r\nx"
+            try:
+                s.sendall(req.encode())
+                if not s.recv(65536):
+                    return
+            except OSError:
+                return
+
+
+def still_serving(relay):
+    try:
+        return relay.http("GET", "/health", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def check_no_wedge(relay, path):
+    for _ in range(10):
+        body_requests(relay.port, path)
+        if not still_serving(relay):
+            break
+    ok = still_serving(relay)
+    if not ok:
+        with open("/proc/%d/stat" % relay.proc.pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        relay.kill()  # it ignores SIGTERM in that state
+        relay.returncode = 0
+        raise AssertionError("relay stopped answering after requests with unread bodies "
+                             "to %s (process state %s)" % (path, state))
+
+
+@pytest.mark.parametrize("path", ["/index.html", "/some/route", "/relay/nothing"])
+def test_unread_bodies_do_not_wedge_static_routes(spa_relay, path):
+    check_no_wedge(spa_relay, path)
+
+
+@pytest.mark.parametrize("path", ["/health", "/relay/auth/challenge"])
+def test_unread_bodies_do_not_wedge_relay_routes(relay_factory, path):
+    relay = relay_factory()
+    t0 = time.monotonic()
+    check_no_wedge(relay, path)
+    assert time.monotonic() - t0 < 30

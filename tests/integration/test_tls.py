@@ -259,3 +259,17 @@ def test_plaintext_on_non_loopback_needs_allow_plaintext(bind, pki):
 def test_plaintext_on_loopback_is_fine(bind):
     assert check_config({"BIND_ADDR": bind}).returncode == 0
 
+
+
+def test_address_not_on_this_host_stops_the_start(relay_factory):
+    """lws 4.1 would otherwise run without a listener, retry in the
+    background and still log 'listening' (server.c sets
+    LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND). Only a bind attempt: no
+    packet leaves the host."""
+    relay = relay_factory(start=False, ALLOW_PLAINTEXT=1, BIND_ADDR="198.51.100.7:8443")
+    relay.spawn()
+    rc = relay.proc.wait(timeout=10)
+    assert rc not in (0, None), relay.log_text()
+    assert "cannot listen on 198.51.100.7" in relay.log_text()
+    relay.proc = None
+    relay.returncode = 0
