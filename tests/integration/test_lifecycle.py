@@ -59,6 +59,8 @@ def test_ready_is_503_while_draining(relay_factory, sshd, workdir):
         # progress: it keeps the relay draining (an idle one would not).
         handle = s.write_open(os.path.join(workdir, "draining"))
         s.send_request("write_chunk", {"handle": handle})
+        # Answered only after the relay read the write_chunk before it.
+        assert "result" in s.call("stat", path=workdir)
         relay.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         status, _, _ = relay.http("GET", "/ready")
