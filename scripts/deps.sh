@@ -19,6 +19,7 @@ case "${1:-}" in
   *) usage >&2; exit 2 ;;
 esac
 
+readonly ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly PREFIX="${LIBSSH2_PRIVATE_PREFIX:-/opt/wattcloud-deps/libssh2}"
 case "$PREFIX" in /*) ;; *) echo "deps: LIBSSH2_PRIVATE_PREFIX must be absolute" >&2; exit 2 ;; esac
 readonly MIN_LIBSSH2=1.11
@@ -140,9 +141,19 @@ version_ok() {
   [ -n "$1" ] && dpkg --compare-versions "$1" ge "$MIN_LIBSSH2"
 }
 
+# Our own patches to libssh2 (scripts/libssh2-patches/*.patch): their
+# digest is stamped into the prefix, so a changed patch set rebuilds.
+PATCH_DIR="$ROOT/scripts/libssh2-patches"
+PATCH_STAMP="$PREFIX/share/wattcloud-patches.sha256"
+
+patches_digest() {
+  cat "$PATCH_DIR"/*.patch 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+
 private_build_ok() {
   [ -f "$PREFIX/lib/libssh2.a" ] &&
-    version_ok "$(header_version "$PREFIX/include/libssh2.h")"
+    version_ok "$(header_version "$PREFIX/include/libssh2.h")" &&
+    [ "$(cat "$PATCH_STAMP" 2>/dev/null)" = "$(patches_digest)" ]
 }
 
 # Sets TRIXIE_KEYRING for the trixie entry. debian-archive-keyring has had
@@ -192,7 +203,7 @@ update_trixie_sources() {
 
 build_private_libssh2() {
   local started=$SECONDS
-  install_pkgs dpkg-dev cmake build-essential libssl-dev pkg-config
+  install_pkgs dpkg-dev cmake build-essential libssl-dev pkg-config patch
   write_trixie_sources
   update_trixie_sources
 
@@ -212,6 +223,12 @@ build_private_libssh2() {
       "debian-keyring package; apt has already checked every file against" \
       "trixie's signed Release, so its warning about that is expected)"
   dpkg-source -x "$dsc" "$src"
+  local p
+  for p in "$PATCH_DIR"/*.patch; do
+    [ -e "$p" ] || continue
+    log "applying $(basename "$p")"
+    patch -d "$src" -p1 --quiet < "$p"
+  done
 
   # Built the way Debian builds its own package (build type None plus
   # dpkg-buildflags: -O2 -g and hardening), the -g also gives sanitizer
@@ -246,6 +263,8 @@ build_private_libssh2() {
   as_root rm -rf "$PREFIX"
   as_root mv "$stage$PREFIX" "$PREFIX"
   as_root rm -rf "$stage"
+  as_root mkdir -p "$(dirname "$PATCH_STAMP")"
+  patches_digest | as_root tee "$PATCH_STAMP" >/dev/null
 
   private_build_ok || die "libssh2 install in $PREFIX failed its own check"
   log "built libssh2 $(header_version "$PREFIX/include/libssh2.h") in" \
