@@ -5,6 +5,7 @@
 #include "session.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,6 +148,7 @@ void session_ref(struct session *s)
 static void session_free(struct session *s)
 {
     struct session_hub *h = s->hub;
+    int idle;
 
     log_info("session %s end: client=%s target=%s:%d up=%llu down=%llu duration=%lds "
              "reason=\"%s\"", s->id, s->client_ip, s->host, s->port,
@@ -161,6 +163,7 @@ static void session_free(struct session *s)
     if (s->hub_next)
         s->hub_next->hub_prev = s->hub_prev;
     h->n_live--;
+    idle = h->n_live == 0;
     pthread_mutex_unlock(&h->mu);
 
     while (s->jobs) {
@@ -176,6 +179,13 @@ static void session_free(struct session *s)
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
+    /* The last session is gone: hand the memory glibc keeps free in its
+     * per-thread arenas back to the kernel. Without this the RSS after a
+     * burst of 100 sessions stayed at 2.4x its level before the burst, all
+     * of it free memory (tests/soak/soak.py, malloc_trim via gdb). Cheap
+     * next to a session's SSH handshake, and only when idle. */
+    if (idle)
+        malloc_trim(0);
 }
 
 void session_unref(struct session *s)

@@ -1,0 +1,175 @@
+"""The relay under valgrind: a full session of every kind of operation, the
+ways a session can end early, then SIGTERM. The process must exit 0: no
+invalid read or write, no use of uninitialised memory, no definite or
+indirect leak (--error-exitcode turns any of those into status 99).
+
+Needs a plain build: valgrind cannot run AddressSanitizer binaries, so with
+an ASan RELAY_BIN (scripts/test.sh's second pass) this module is skipped;
+the ASan pass checks leaks with LeakSanitizer instead.
+
+Suppressions, each with the reason it is not our leak, are in
+valgrind.supp next to this file.
+"""
+
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+import procinfo
+from helpers import LOCAL, login, make_file, pattern, read_file, wait_until
+from relay import relay_binary
+from sshd import TEST_USER
+from wsclient import KiB, MiB, open_session
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SUPPRESSIONS = os.path.join(HERE, "valgrind.supp")
+VALGRIND = shutil.which("valgrind")
+
+pytestmark = [
+    pytest.mark.skipif(VALGRIND is None, reason="valgrind is not installed"),
+    pytest.mark.skipif(os.path.exists(relay_binary()) and procinfo.is_asan_binary(relay_binary()),
+                       reason="RELAY_BIN is an AddressSanitizer build; valgrind needs a plain "
+                              "one (LeakSanitizer covers leaks in the ASan pass)"),
+]
+
+# Everything is 20-50 times slower under valgrind.
+SLOW = 120
+
+
+@pytest.fixture
+def vg_relay(relay_factory, run_dir, tmp_path):
+    """A relay running under valgrind; yields (relay, valgrind log path)."""
+    log = os.path.join(run_dir, "valgrind-%d.log" % os.getpid())
+    wrapper = tmp_path / "under-valgrind"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "exec %s --leak-check=full --show-leak-kinds=definite,indirect "
+        "--errors-for-leak-kinds=definite,indirect --error-exitcode=99 "
+        "--num-callers=30 --suppressions=%s --log-file=%s %s \"$@\"\n"
+        % (VALGRIND, SUPPRESSIONS, log, relay_binary()))
+    wrapper.chmod(0o755)
+    relay = relay_factory(start=False, SHUTDOWN_GRACE_SECS=5)
+    relay.binary = str(wrapper)
+    relay.start(timeout=60)
+    yield relay, log
+
+
+def valgrind_report(log):
+    try:
+        with open(log, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return "(no valgrind log at %s)" % log
+
+
+def full_session(relay, sshd, workdir, keys):
+    s = login(relay, sshd, timeout=SLOW)
+    try:
+        ws = s.ws
+        ws.settimeout(SLOW)
+        # Directory operations.
+        sub = os.path.join(workdir, "sub")
+        assert s.ok("mkdir", path=sub) == {}
+        assert "already exists" in s.call("mkdir", path=sub)["error"]
+        assert s.ok("stat", path=sub)["isDir"] is True
+        assert "error" in s.call("stat", path=os.path.join(workdir, "missing"))
+        # Streamed upload, three chunks.
+        data = pattern(3 * MiB + 123, 1)
+        up = os.path.join(sub, "up.bin")
+        s.upload(up, data, chunk=1 * MiB, timeout=SLOW)
+        assert read_file(up) == data
+        # Streamed download, with read-ahead.
+        assert s.download(up, timeout=SLOW) == data
+        # A download closed half way.
+        h = s.read_open(up)
+        resp, chunk = s.call_then_binary("read_chunk", handle=h, timeout=SLOW)
+        assert len(chunk) == 256 * KiB
+        assert s.ok("read_close", handle=h) == {}
+        # Legacy whole-file verbs.
+        small = pattern(100 * KiB, 2)
+        legacy = os.path.join(sub, "legacy.bin")
+        assert s.request_with_binary("write", {"path": legacy, "size": len(small)}, small,
+                                     timeout=SLOW)["result"] == {}
+        resp, got = s.call_then_binary("read", path=legacy, timeout=SLOW)
+        assert got == small
+        # Listing, info, rename over an existing file, delete.
+        names = sorted(e["name"] for e in s.ok("list", path=sub)["entries"])
+        assert names == ["legacy.bin", "up.bin"]
+        assert s.ok("fs_info", path=workdir)["supported"] is True
+        assert s.ok("rename", **{"from": legacy, "to": up}) == {}
+        assert s.ok("delete", path=up) == {}
+        # Abort mid-upload: the partial file goes.
+        aborted = os.path.join(sub, "aborted.bin")
+        h = s.write_open(aborted)
+        assert s.write_chunk(h, pattern(512 * KiB, 3), timeout=SLOW)["result"] == {}
+        assert s.ok("write_abort", handle=h) == {}
+        assert not os.path.exists(aborted)
+        # Errors of every layer: unknown method, bad handle, missing path.
+        assert s.call("frobnicate")["error"] == "unknown method"
+        assert "error" in s.write_chunk("wh-" + "0" * 32, b"x")
+        assert s.call("stat")["error"] == "missing path"
+        assert s.ok("delete", path=sub) == {}
+    finally:
+        s.close()
+    # Public key login.
+    s = login(relay, sshd, keys=keys, key="ed25519_pass", timeout=SLOW)
+    s.ws.settimeout(SLOW)
+    assert s.ok("stat", path=workdir)["isDir"] is True
+    s.close()
+
+
+def test_full_session_no_errors_no_leaks(vg_relay, sshd, workdir, client_keys):
+    relay, log = vg_relay
+    full_session(relay, sshd, workdir, client_keys)
+
+    # A refused login.
+    s = open_session(relay, LOCAL, sshd.port, timeout=SLOW)
+    s.expect_host_key()
+    s.accept_host_key()
+    assert s.auth_password(TEST_USER, "not-the-password")["error"] == "authentication failed"
+    s.close()
+
+    # The browser vanishes mid-upload and mid-download (no close handshake).
+    gone_up = os.path.join(workdir, "gone-up.bin")
+    s = login(relay, sshd, timeout=SLOW)
+    s.ws.settimeout(SLOW)
+    h = s.write_open(gone_up)
+    assert s.write_chunk(h, pattern(1 * MiB, 4), timeout=SLOW)["result"] == {}
+    s.ws.sock.close()
+    assert wait_until(lambda: not os.path.exists(gone_up), 30), "partial upload left"
+
+    big = make_file(os.path.join(workdir, "big.bin"), pattern(4 * MiB, 5))
+    s = login(relay, sshd, timeout=SLOW)
+    s.ws.settimeout(SLOW)
+    h = s.read_open(big)
+    s.send_request("read_chunk", {"handle": h})
+    s.ws.sock.close()
+
+    # A session closed before the host key was accepted, one before auth.
+    s = open_session(relay, LOCAL, sshd.port, timeout=SLOW)
+    s.close()
+    s = open_session(relay, LOCAL, sshd.port, timeout=SLOW)
+    s.expect_host_key()
+    s.close()
+
+    # A live session when SIGTERM comes: it is closed by the drain.
+    live = login(relay, sshd, timeout=SLOW)
+    time.sleep(1)
+    relay.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = relay.proc.wait(timeout=SLOW)
+    except Exception:
+        relay.kill()
+        raise AssertionError("relay under valgrind did not exit after SIGTERM:\n"
+                             + valgrind_report(log)[-4000:])
+    finally:
+        live.close()
+    relay.returncode = rc
+    relay.proc = None
+    relay._close_log()
+    report = valgrind_report(log)
+    assert rc == 0, "exit status %d under valgrind (99: errors or leaks):\n%s" \
+        % (rc, report[-12000:])
