@@ -117,9 +117,19 @@ static void reply_status(int rc, unsigned long st, struct op_reply *r)
     reply_error(r, r->errbuf, "io");
 }
 
+/* The connection failed (timeout, reset): the session ends after this
+ * answer. Cutting the socket now makes the handle closes that follow fail
+ * at once instead of each waiting out another operation timeout. */
+static void cut_if_fatal(struct sftp_ops *o, const struct op_reply *r)
+{
+    if (r->fatal && o->c->sock >= 0)
+        shutdown(o->c->sock, SHUT_RDWR);
+}
+
 static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
 {
     reply_status(rc, last_status(o, rc), r);
+    cut_if_fatal(o, r);
 }
 
 static void reply_ok(struct op_reply *r, json_t *result)
@@ -235,6 +245,7 @@ static void op_fs_info(struct sftp_ops *o, const struct proto_request *q, struct
         if (rc != LIBSSH2_ERROR_SFTP_PROTOCOL && rc != LIBSSH2_ERROR_METHOD_NOT_SUPPORTED)
             r->fatal = rc == LIBSSH2_ERROR_TIMEOUT || rc == LIBSSH2_ERROR_SOCKET_RECV ||
                        rc == LIBSSH2_ERROR_SOCKET_SEND || rc == LIBSSH2_ERROR_SOCKET_DISCONNECT;
+        cut_if_fatal(o, r);
         reply_ok(r, json_pack("{s:b}", "supported", 0));
         return;
     }
@@ -663,10 +674,8 @@ static void op_read_chunk(struct sftp_ops *o, const struct proto_request *q, str
             reply_error(r, "out of memory", "io");
         else
             reply_status(rc, status, r);
-        /* A fatal error ends the session: sftp_ops_free() closes the
-         * handle then, without waiting a whole timeout on a dead server. */
-        if (!r->fatal)
-            close_read(rh);
+        cut_if_fatal(o, r);
+        close_read(rh);
         return;
     }
     reply_ok(r, json_pack("{s:I}", "size", (json_int_t)f->len));
