@@ -198,6 +198,10 @@ struct limits *limits_new(const struct config *cfg)
     if (!l)
         return NULL;
     l->entries = calloc(LIMITS_CAPACITY, sizeof(*l->entries));
+    /* Touched at start, so the table's memory does not creep into the RSS
+     * as it fills (see auth_cookie.c table_new). */
+    if (l->entries)
+        explicit_bzero(l->entries, LIMITS_CAPACITY * sizeof(*l->entries));
     if (!l->entries || RAND_bytes(l->salt, sizeof(l->salt)) != 1 ||
         pthread_mutex_init(&l->lock, NULL) != 0) {
         free(l->entries);
