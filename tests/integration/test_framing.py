@@ -176,3 +176,15 @@ def test_upload_under_buffer_limit_streams(relay_factory, sshd, workdir):
     finally:
         s.close()
 
+
+
+def test_oversized_text_frame_answers_id_0_and_closes(relay, sshd):
+    """A text frame over PROTO_MAX_TEXT_BYTES (64 KiB) cannot be a request."""
+    s = login(relay, sshd)
+    try:
+        s.send_text('{"id":5,"method":"stat","params":{"path":"' + "a" * (64 * 1024) + '"}}')
+        frames = s.expect_closed(timeout=15)
+        assert frames == [("text", {"id": 0, "error": "payload too large", "code": "limit"})], \
+            frames
+    finally:
+        s.close()

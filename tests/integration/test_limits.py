@@ -6,7 +6,7 @@ import time
 
 import websocket
 
-from helpers import LOCAL, login
+from helpers import LOCAL, login, wait_until
 from sshd import TEST_USER
 from wsclient import open_session, upgrade_status
 
@@ -179,4 +179,17 @@ def test_hung_sftp_operation_times_out(relay_factory, sshd):
                 assert kind == "close", (kind, frame)
             assert 1.5 <= elapsed <= 8, "answered after %.1f s, SFTP_OP_TIMEOUT_SECS=2" % elapsed
         finally:
+            s.close()
+
+
+def test_max_sessions_for_the_whole_process(relay_factory, sshd):
+    """MAX_SESSIONS counts every live session; the next upgrade gets 503."""
+    relay = relay_factory(MAX_SESSIONS=2, SFTP_MAX_CONCURRENT_PER_IP=10)
+    sessions = [login(relay, sshd) for _ in range(2)]
+    try:
+        assert upgrade_status(relay, LOCAL, sshd.port) == 503
+        sessions.pop().close()
+        assert wait_until(lambda: upgrade_status(relay, LOCAL, sshd.port) == 101, 5)
+    finally:
+        for s in sessions:
             s.close()

@@ -320,3 +320,12 @@ def test_resumable_upload_survives_a_dropped_connection(relay, sshd, workdir):
     finally:
         s2.close()
     assert read_file(path) == data
+
+
+def test_write_handle_limit(sftp, workdir):
+    """SFTP_MAX_WRITE_HANDLES (16) open uploads per session, then an error."""
+    handles = [sftp.write_open(os.path.join(workdir, "w%d" % i)) for i in range(16)]
+    resp = sftp.call("write_open", path=os.path.join(workdir, "w16"))
+    assert resp.get("error") == "too many open write sessions", resp
+    assert sftp.ok("write_abort", handle=handles[0]) == {}
+    assert WRITE_HANDLE_RE.match(sftp.write_open(os.path.join(workdir, "w17")))
