@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include <openssl/rand.h>
 
@@ -122,8 +121,8 @@ static void reply_status(int rc, unsigned long st, struct op_reply *r)
  * at once instead of each waiting out another operation timeout. */
 static void cut_if_fatal(struct sftp_ops *o, const struct op_reply *r)
 {
-    if (r->fatal && o->c->sock >= 0)
-        shutdown(o->c->sock, SHUT_RDWR);
+    if (r->fatal)
+        ssh_cut(o->c);
 }
 
 static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
@@ -749,22 +748,18 @@ struct sftp_ops *sftp_ops_new(struct ssh_conn *c)
     return o;
 }
 
-void sftp_ops_free(struct sftp_ops *o, int server_dead)
+/* Handles are closed even on a dead connection: only that frees them in
+ * libssh2. A dead connection has been cut (ssh_cut), so each close and
+ * unlink fails at once. */
+void sftp_ops_free(struct sftp_ops *o)
 {
     if (!o)
         return;
-    /* Handles are closed even when the server is dead, since only that
-     * frees them in libssh2. Shutting the socket down first makes every
-     * close fail at once instead of timing out half way (a timed-out close
-     * frees nothing), also when the server is black-holed rather than
-     * gone. */
-    if (server_dead && o->c->sock >= 0)
-        shutdown(o->c->sock, SHUT_RDWR);
     for (int i = 0; i < SFTP_MAX_WRITE_HANDLES; i++) {
         if (!o->writes[i].h)
             continue;
         libssh2_sftp_close_handle(o->writes[i].h);
-        if (!server_dead && !o->writes[i].resumable)
+        if (!o->writes[i].resumable)
             remove_file(o, o->writes[i].path);
         drop_write(&o->writes[i]);
     }

@@ -41,11 +41,9 @@ struct op_reply {
 /* Per-session state over `c` (borrowed; must outlive it). NULL when out of
  * memory. Free with sftp_ops_free(), which closes every handle and removes
  * the files of uploads still open (they were never completed; uploads
- * opened with "resume" keep theirs for the next session to continue) --
- * unless `server_dead`, when talking to the server would only wait for
- * timeouts. */
+ * opened with "resume" keep theirs for the next session to continue). */
 struct sftp_ops *sftp_ops_new(struct ssh_conn *c);
-void sftp_ops_free(struct sftp_ops *o, int server_dead);
+void sftp_ops_free(struct sftp_ops *o);
 
 /* Run one request; `data`/`len` is the binary payload of write verbs. */
 void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req,

@@ -246,8 +246,10 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
     c->keepalive_secs = t->keepalive_secs;
     rc = 0;
 out:
-    if (rc < 0)
-        ssh_close(c, 1);
+    if (rc < 0) {
+        ssh_cut(c);
+        ssh_close(c);
+    }
     return rc;
 }
 
@@ -367,13 +369,14 @@ int ssh_ping(struct ssh_conn *c)
     return libssh2_sftp_realpath(c->sftp, ".", path, sizeof(path)) < 0 ? -1 : 0;
 }
 
-void ssh_close(struct ssh_conn *c, int dead)
+void ssh_cut(struct ssh_conn *c)
 {
-    /* A dead peer would make every clean-up call wait out its timeout, and
-     * libssh2_session_free() gives up (and leaks) on a timeout: cut the
-     * socket so each call fails at once and everything is freed. */
-    if (dead && c->sock >= 0)
+    if (c->sock >= 0)
         shutdown(c->sock, SHUT_RDWR);
+}
+
+void ssh_close(struct ssh_conn *c)
+{
     if (c->ssh)
         /* A healthy server answers the close at once; a dead one must not
          * hold the worker for a whole operation timeout. */

@@ -63,7 +63,13 @@ int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t 
 /* A round trip to the server that proves it is still there. 0 or -1. */
 int ssh_ping(struct ssh_conn *c);
 
-/* Release everything; `dead` when the server stopped answering. */
-void ssh_close(struct ssh_conn *c, int dead);
+/* The server stopped answering: cut the socket, so every libssh2 call that
+ * follows (handle closes, disconnect, free) fails at once instead of
+ * waiting out its timeout -- a timed-out libssh2_session_free() frees
+ * nothing. Idempotent. */
+void ssh_cut(struct ssh_conn *c);
+
+/* Release everything. */
+void ssh_close(struct ssh_conn *c);
 
 #endif

@@ -24,7 +24,6 @@ struct worker {
     struct ssh_conn c;
     struct sftp_ops *ops;
     const char *reason;     /* why the session ended, for the log */
-    int server_dead;        /* the SSH connection failed: skip clean-up I/O */
 };
 
 static void post_text(struct session *s, char *text)
@@ -226,7 +225,7 @@ static void serve(struct worker *w)
         }
         if (!j) {
             if (keepalive(w) < 0) {
-                w->server_dead = 1;
+                ssh_cut(&w->c);
                 w->reason = "ssh keepalive failed";
                 log_info("session %s: SFTP server stopped answering", w->s->id);
                 fail_queued(w);
@@ -235,8 +234,7 @@ static void serve(struct worker *w)
             continue;
         }
         if (j->kind == JOB_REQUEST && run_request(w, j) < 0) {
-            finish_job(w->s, j);
-            w->server_dead = 1;
+            finish_job(w->s, j);  /* sftp_ops cut the connection */
             w->reason = "ssh connection lost";
             log_info("session %s: connection to the SFTP server lost", w->s->id);
             fail_queued(w);
@@ -268,9 +266,9 @@ void *worker_main(void *arg)
     serve(&w);
 out:
     finish_job(w.s, j);
-    sftp_ops_free(w.ops, w.server_dead);
+    sftp_ops_free(w.ops);
     session_set_sock(w.s, -1);
-    ssh_close(&w.c, w.server_dead);
+    ssh_close(&w.c);
     session_worker_exit(w.s, w.reason);
     return NULL;
 }
