@@ -350,14 +350,35 @@ static int host_allowed(const struct config *cfg, const char *host)
     return 0;
 }
 
+int access_target(const char *host, const char *port, struct upgrade_target *t)
+{
+    size_t i;
+
+    memset(t, 0, sizeof(*t));
+    t->port = parse_port(port);
+    if (!host_ok(host) || t->port < 0) {
+        memset(t, 0, sizeof(*t));
+        return -1;
+    }
+    for (i = 0; host[i] && i + 1 < sizeof(t->host); i++)
+        t->host[i] = (host[i] >= 'A' && host[i] <= 'Z') ? (char)(host[i] - 'A' + 'a') : host[i];
+    t->host[i] = '\0';
+    if (netguard_literal(host, &t->addr, &t->addrlen)) {
+        if (t->addr.ss_family == AF_INET)
+            ((struct sockaddr_in *)&t->addr)->sin_port = htons((uint16_t)t->port);
+        else
+            ((struct sockaddr_in6 *)&t->addr)->sin6_port = htons((uint16_t)t->port);
+        t->pinned = 1;
+    }
+    return 0;
+}
+
 int access_check_upgrade(struct access *a, const struct upgrade_req *r,
                          time_t now, struct upgrade_target *t)
 {
     char token[AUTH_JWT_MAX + 1], purpose[AUTH_PURPOSE_BUF];
     char key[CLIENT_IP_MAX];
     struct jwt_claims claims;
-    struct sockaddr_storage ss;
-    socklen_t sslen;
     int port, rc, status;
 
     if (!a || !r || !t || !r->client_ip)
@@ -381,19 +402,15 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
         return 401;
 
     /* 3. host and port well-formed. */
-    port = parse_port(r->port);
-    if (!host_ok(r->host) || port < 0)
+    if (access_target(r->host, r->port, t) < 0)
         return 400;
+    port = t->port;
 
     /* 4. Port allowed. */
     if (!port_allowed(a->cfg, port))
         return 403;
 
     /* 5. Host allowed. */
-    for (size_t i = 0; r->host[i]; i++) {
-        char c = r->host[i];
-        t->host[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-    }
     if (!host_allowed(a->cfg, t->host)) {
         status = 403;
         goto fail;
@@ -435,20 +452,10 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
     }
 
     /* 10. An IP literal is judged now; a name by the worker, after DNS. */
-    if (netguard_literal(r->host, &ss, &sslen)) {
-        if (netguard_check_addr(a->cfg, (struct sockaddr *)&ss) != 0) {
-            status = 403;
-            goto fail;
-        }
-        if (ss.ss_family == AF_INET)
-            ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
-        else
-            ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
-        t->addr = ss;
-        t->addrlen = sslen;
-        t->pinned = 1;
+    if (t->pinned && netguard_check_addr(a->cfg, (struct sockaddr *)&t->addr) != 0) {
+        status = 403;
+        goto fail;
     }
-    t->port = port;
     return 0;
 
 fail:

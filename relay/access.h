@@ -81,6 +81,12 @@ struct upgrade_target {
     socklen_t addrlen;
 };
 
+/* The target named by an upgrade's `host` and `port` query arguments:
+ * well-formed (check 3), lowercased, and pinned when the host is an IP
+ * literal. Pure parsing, no checks against settings. Returns 0, or -1 with
+ * `t` zeroed. The gate and the WebSocket side both read the target here. */
+int access_target(const char *host, const char *port, struct upgrade_target *t);
+
 /* The upgrade gate, PROTOCOL §1.2 checks 1-10 in order; the first failure
  * answers. Returns 0 (upgrade, `t` filled) or the HTTP status:
  *   1  Origin                                    403

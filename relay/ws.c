@@ -6,14 +6,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "access.h"
 #include "config.h"
 #include "log.h"
-#include "netguard.h"
 #include "server.h"
 #include "wipe_alloc.h"
 #include "worker.h"
@@ -396,36 +394,29 @@ close:
 
 /* --- lifecycle --- */
 
-static void set_port(struct sockaddr_storage *ss, int port)
-{
-    if (ss->ss_family == AF_INET)
-        ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
-    else
-        ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
-}
-
 /* The gate accepted this upgrade; read the target again (lws still has the
  * headers during ESTABLISHED) and start the session's worker. */
 static int established(struct lws *wsi, struct ws_pss *pss)
 {
     struct server *srv = server_of(wsi);
-    char host[256], port[16];
+    char host[512], port[512];
     const char *h = lws_get_urlarg_by_name(wsi, "host=", host, sizeof(host));
     const char *p = lws_get_urlarg_by_name(wsi, "port=", port, sizeof(port));
+    struct upgrade_target t;
     struct session *s;
 
     memset(pss, 0, sizeof(*pss));
-    if (!h || !p || server_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
+    if (!h || !p || access_target(h, p, &t) < 0 ||
+        server_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
         return -1;
-    for (char *c = host; *c; c++)
-        *c = (char)tolower((unsigned char)*c);
-    s = session_new(&srv->hub, pss->client_ip, h, atoi(p));
+    s = session_new(&srv->hub, pss->client_ip, t.host, t.port);
     if (!s)
         return -1;
     pss->s = s;
     s->wsi = wsi;
-    if (netguard_literal(h, &s->addr, &s->addrlen)) {
-        set_port(&s->addr, s->port);
+    if (t.pinned) {
+        s->addr = t.addr;
+        s->addrlen = t.addrlen;
         s->pinned = 1;
     }
     /* The gate checked the per-IP limit; this takes the slot (and refuses
