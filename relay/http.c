@@ -44,20 +44,22 @@ static const char *status_text(int status)
     }
 }
 
-/* A request body no route reads: lws 4.1 must not keep such a connection
- * alive (the next request would be parsed out of step, and lws_service()
- * can spin on it). */
-static int unread_body(struct lws *wsi)
+int http_has_body(struct lws *wsi)
 {
-    struct http_pss *pss = lws_wsi_user(wsi);
     char v[32];
 
-    if (pss && pss->is_auth)
-        return 0;
     if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
         return 1;
     return lws_hdr_copy(wsi, v, sizeof(v), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
            strtoull(v, NULL, 10) > 0;
+}
+
+/* A body nobody reads: only POST /relay/auth reads its own. */
+static int unread_body(struct lws *wsi)
+{
+    struct http_pss *pss = lws_wsi_user(wsi);
+
+    return !(pss && pss->is_auth) && http_has_body(wsi);
 }
 
 /* Send a complete response. Returns what the callback should return. */

@@ -34,6 +34,11 @@ int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
             size_t len);
 int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len);
 size_t http_pss_size(void);
+/* Whether the request announced a body. lws 4.1 must not be left with
+ * unread body bytes on a keep-alive connection (the next requests parse
+ * out of step and the service loop can spin): a route that does not read
+ * the body answers, then closes the connection. */
+int http_has_body(struct lws *wsi);
 /* The upgrade gate; lws asks whichever protocol the connection is bound to
  * at that moment, so both callbacks route here. */
 int http_confirm_upgrade(struct lws *wsi, const char *upgrade);

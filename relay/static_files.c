@@ -93,21 +93,6 @@ static int tls_on(struct lws *wsi)
     return server_of(wsi)->cfg->tls_cert != NULL;
 }
 
-/* Whether the request announced a body. No route here reads one, and
- * lws 4.1 must not be left with unread body bytes on a keep-alive
- * connection: the next requests then parse out of step and the service
- * loop can spin in lws_service_do_ripe_rxflow(). Such requests are
- * answered, then the connection is closed. */
-static int has_body(struct lws *wsi)
-{
-    char v[32];
-
-    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
-        return 1;
-    return lws_hdr_copy(wsi, v, sizeof(v), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
-           strtoull(v, NULL, 10) > 0;
-}
-
 /* A short text answer for the refusals. */
 static int refuse(struct lws *wsi, int status)
 {
@@ -117,7 +102,7 @@ static int refuse(struct lws *wsi, int status)
     const char *text = status == 404 ? "not found\n" :
                        status == 405 ? "method not allowed\n" : "bad request\n";
     size_t len = strlen(text);
-    int hang_up = has_body(wsi);
+    int hang_up = http_has_body(wsi);
 
     if (lws_add_http_common_headers(wsi, (unsigned)status, "text/plain", len, &p, end) ||
         add_security_headers(wsi, tls_on(wsi), &p, end) ||
@@ -212,7 +197,7 @@ int static_serve(struct lws *wsi, const char *uri)
     if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0 &&
         lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) <= 0)
         return refuse(wsi, 405);
-    if (has_body(wsi))
+    if (http_has_body(wsi))
         return refuse(wsi, 400);  /* a GET with a body: nothing here reads it */
     if ((rc = path_refusal(uri)) != 0)
         return refuse(wsi, rc);
