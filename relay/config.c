@@ -357,6 +357,9 @@ static const struct setting settings[] = {
      "unanswered keepalives before the SSH connection is declared dead"},
     {"SFTP_OP_TIMEOUT_SECS", "60", p_int, FIELD(op_timeout_secs), 1, 3600, 0,
      "longest time one SFTP operation may take"},
+    {"RELAY_MEMORY_BUDGET_MIB", "0", p_int, FIELD(memory_budget_mib), 0, 1048576, 0,
+     "bytes held for browsers, all sessions together, before reading pauses (MiB); "
+     "0 = a quarter of RAM or of the cgroup's MemoryMax, at least 64"},
     {"SHUTDOWN_GRACE_SECS", "30", p_int, FIELD(shutdown_grace_secs), 0, 3600, 0,
      "on SIGTERM, time live sessions get to finish their current operation"},
 };

@@ -65,6 +65,7 @@ struct config {
     int keepalive_count;           /* SSH_KEEPALIVE_COUNT (4) */
     int op_timeout_secs;           /* SFTP_OP_TIMEOUT_SECS (60) */
     int shutdown_grace_secs;       /* SHUTDOWN_GRACE_SECS (30) */
+    int memory_budget_mib;         /* RELAY_MEMORY_BUDGET_MIB, 0 = derived */
 
     enum log_level log_level;      /* LOG_LEVEL */
 };

@@ -280,6 +280,7 @@ int server_run(const struct config *cfg)
 
     for (;;) {
         lws_service(srv.ctx, 1000);
+        session_hub_tick(&srv.hub);
         if (got_hup) {
             got_hup = 0;
             tls_reload(&srv);

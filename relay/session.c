@@ -5,6 +5,8 @@
 #include "session.h"
 
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,11 +16,20 @@
 
 #include <openssl/rand.h>
 
+#include "access.h"
+#include "config.h"
 #include "log.h"
 
-/* Output queued for the browser beyond which the worker waits. A frame
- * larger than this (a legacy `read`) still goes when the queue is empty. */
-#define OUT_HIGH_WATER (1u * 1024 * 1024)
+/* A frame larger than SESSION_OUT_HIGH_WATER (a legacy `read`) still goes
+ * when the queue is empty. */
+#define OUT_HIGH_WATER SESSION_OUT_HIGH_WATER
+
+/* The derived memory budget: this share of the machine's (or the
+ * cgroup's) memory, at least BUDGET_MIN_BYTES. The rest is for what the
+ * budget does not count: one message being assembled per session, worker
+ * stacks, libssh2 and TLS state, and the page cache. */
+#define BUDGET_SHARE_DIV 4
+#define BUDGET_MIN_BYTES (64ull * 1024 * 1024)
 
 /* Worker thread stack: libssh2 and OpenSSL need little; many sessions
  * should not reserve 8 MiB of address space each. */
@@ -34,12 +45,103 @@ void job_free(struct job *j)
     free(j);
 }
 
+int64_t session_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* One number from a file such as /proc/meminfo's line or cgroup's
+ * memory.max; 0 when absent, unreadable or "max". */
+static uint64_t read_limit(const char *path, const char *key, uint64_t unit)
+{
+    char line[256];
+    uint64_t v = 0;
+    FILE *f = fopen(path, "r");
+    size_t klen = key ? strlen(key) : 0;
+
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long x;
+        if (key && strncmp(line, key, klen) != 0)
+            continue;
+        if (sscanf(line + klen, " %llu", &x) == 1 && x <= UINT64_MAX / unit)
+            v = (uint64_t)x * unit;
+        break;
+    }
+    fclose(f);
+    return v;
+}
+
+/* Our cgroup (v2) memory limit: the memory.max of the group named in
+ * /proc/self/cgroup ("0::/system.slice/wattcloud-relay.service"). */
+static uint64_t cgroup_limit(void)
+{
+    char line[512], path[640];
+    uint64_t v = 0;
+    FILE *f = fopen("/proc/self/cgroup", "r");
+
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "0::", 3) != 0)
+            continue;
+        line[strcspn(line, "\n")] = '\0';
+        snprintf(path, sizeof(path), "/sys/fs/cgroup%s/memory.max", line + 3);
+        v = read_limit(path, NULL, 1);
+        break;
+    }
+    fclose(f);
+    return v;
+}
+
+static size_t derive_budget(void)
+{
+    uint64_t mem = read_limit("/proc/meminfo", "MemTotal:", 1024), cg = cgroup_limit();
+    uint64_t b;
+
+    if (cg && (!mem || cg < mem))
+        mem = cg;
+    b = mem / BUDGET_SHARE_DIV;
+    if (b < BUDGET_MIN_BYTES)
+        b = BUDGET_MIN_BYTES;
+    if (b > SIZE_MAX / 2)
+        b = SIZE_MAX / 2;
+    return (size_t)b;
+}
+
 void hub_init(struct session_hub *h, const struct config *cfg, struct access *access)
 {
     memset(h, 0, sizeof(*h));
     pthread_mutex_init(&h->mu, NULL);
     h->cfg = cfg;
     h->access = access;
+    if (cfg && cfg->memory_budget_mib > 0)
+        h->budget = (size_t)cfg->memory_budget_mib * 1024 * 1024;
+    else
+        h->budget = derive_budget();
+    atomic_init(&h->buffered, 0);
+    if (access)  /* not in unit tests */
+        log_info("memory budget for buffered bytes: %zu MiB%s", h->budget >> 20,
+                 cfg && cfg->memory_budget_mib > 0 ? "" : " (derived from the machine)");
+}
+
+int session_hub_over_budget(struct session_hub *h)
+{
+    return atomic_load(&h->buffered) >= h->budget;
+}
+
+static void budget_add(struct session *s, size_t n)
+{
+    atomic_fetch_add(&s->hub->buffered, n);
+}
+
+static void budget_sub(struct session *s, size_t n)
+{
+    atomic_fetch_sub(&s->hub->buffered, n);
 }
 
 void hub_destroy(struct session_hub *h)
@@ -106,6 +208,7 @@ struct session *session_new(struct session_hub *h, const char *client_ip,
                             const char *host, int port)
 {
     struct session *s = calloc(1, sizeof(*s));
+    pthread_condattr_t ca;
     unsigned char rnd[8];
 
     if (!s)
@@ -118,11 +221,16 @@ struct session *session_new(struct session_hub *h, const char *client_ip,
     snprintf(s->host, sizeof(s->host), "%s", host);
     s->port = port;
     s->hub = h;
-    s->started = time(NULL);
+    s->started_ms = session_now_ms();
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
+    /* Timed waits measure intervals: a wall-clock step must not stretch or
+     * cut them. */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
     s->phase = PH_CONNECTING;
-    s->phase_since = s->started;
+    s->phase_since_ms = s->started_ms;
     s->jobs_tail = &s->jobs;
     s->out_tail = &s->out;
     s->refs = 1;
@@ -153,7 +261,10 @@ static void session_free(struct session *s)
     log_info("session %s end: client=%s target=%s:%d up=%llu down=%llu duration=%lds "
              "reason=\"%s\"", s->id, s->client_ip, s->host, s->port,
              (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
-             (long)(time(NULL) - s->started), s->close_reason[0] ? s->close_reason : "closed");
+             (long)((session_now_ms() - s->started_ms) / 1000),
+             s->close_reason[0] ? s->close_reason : "closed");
+    if (s->ip_counted && h->access)
+        access_session_close(h->access, s->client_ip);
 
     pthread_mutex_lock(&h->mu);
     if (s->hub_prev)
@@ -166,6 +277,7 @@ static void session_free(struct session *s)
     idle = h->n_live == 0;
     pthread_mutex_unlock(&h->mu);
 
+    budget_sub(s, s->in_bytes + s->out_bytes);
     while (s->jobs) {
         struct job *j = s->jobs;
         s->jobs = j->next;
@@ -199,6 +311,11 @@ void session_unref(struct session *s)
     pthread_mutex_unlock(&s->mu);
     if (left == 0)
         session_free(s);
+}
+
+void session_hold_ip_slot(struct session *s)
+{
+    s->ip_counted = 1;
 }
 
 int session_start(struct session *s, void *(*fn)(void *))
@@ -258,16 +375,20 @@ void session_push_job(struct session *s, struct job *j)
     s->jobs_tail = &j->next;
     s->n_jobs++;
     s->in_bytes += j->len;
+    budget_add(s, j->len);
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
 
-void session_backlog(struct session *s, size_t *bytes, int *jobs)
+void session_backlog(struct session *s, struct session_backlog *b)
 {
     pthread_mutex_lock(&s->mu);
-    *bytes = s->in_bytes;
-    *jobs = s->n_jobs;
+    b->in_bytes = s->in_bytes;
+    b->jobs = s->n_jobs;
+    b->out_bytes = s->out_bytes;
     pthread_mutex_unlock(&s->mu);
+    b->out_full = b->out_bytes >= OUT_HIGH_WATER;
+    b->over_budget = session_hub_over_budget(s->hub);
 }
 
 struct frame *session_peek_frame(struct session *s)
@@ -291,6 +412,7 @@ void session_pop_frame(struct session *s)
         if (!s->out)
             s->out_tail = &s->out;
         s->out_bytes -= f->len;
+        budget_sub(s, f->len);
         s->bytes_down += f->len;
         pthread_cond_broadcast(&s->cv);
     }
@@ -303,6 +425,7 @@ void session_ws_gone(struct session *s, const char *reason)
     pthread_mutex_lock(&s->mu);
     if (!s->ws_gone) {
         s->ws_gone = 1;
+        s->gone_ms = session_now_ms();
         if (!s->close_reason[0] && reason)
             snprintf(s->close_reason, sizeof(s->close_reason), "%s", reason);
     }
@@ -311,14 +434,14 @@ void session_ws_gone(struct session *s, const char *reason)
     pthread_mutex_unlock(&s->mu);
 }
 
-enum session_phase session_phase(struct session *s, time_t *since)
+enum session_phase session_phase(struct session *s, int64_t *since_ms)
 {
     enum session_phase p;
 
     pthread_mutex_lock(&s->mu);
     p = s->phase;
-    if (since)
-        *since = s->phase_since;
+    if (since_ms)
+        *since_ms = s->phase_since_ms;
     pthread_mutex_unlock(&s->mu);
     return p;
 }
@@ -328,7 +451,7 @@ void session_set_phase(struct session *s, enum session_phase p)
     pthread_mutex_lock(&s->mu);
     if (s->phase != PH_CLOSING) {
         s->phase = p;
-        s->phase_since = time(NULL);
+        s->phase_since_ms = session_now_ms();
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -363,7 +486,7 @@ void session_cut(struct session *s)
 
 static void add_ms(struct timespec *ts, int ms)
 {
-    clock_gettime(CLOCK_REALTIME, ts);
+    clock_gettime(CLOCK_MONOTONIC, ts);  /* the cv's clock */
     ts->tv_sec += ms / 1000;
     ts->tv_nsec += (long)(ms % 1000) * 1000000L;
     if (ts->tv_nsec >= 1000000000L) {
@@ -400,6 +523,7 @@ void session_job_done(struct session *s, struct job *j)
 {
     pthread_mutex_lock(&s->mu);
     s->in_bytes -= j->len;
+    budget_sub(s, j->len);
     s->bytes_up += j->len;
     s->busy = 0;
     pthread_mutex_unlock(&s->mu);
@@ -415,6 +539,7 @@ static void append_frame(struct session *s, struct frame *f)
     *s->out_tail = f;
     s->out_tail = &f->next;
     s->out_bytes += f->len;
+    budget_add(s, f->len);
 }
 
 void session_post_nowait(struct session *s, struct frame *f)
@@ -471,4 +596,36 @@ void session_worker_exit(struct session *s, const char *reason)
         snprintf(s->close_reason, sizeof(s->close_reason), "%s", reason);
     pthread_mutex_unlock(&s->mu);
     session_notify(s);
+}
+
+/* The release deadline of one session (hub lock held). */
+static void release_check(struct session *s, int64_t now)
+{
+    int cut = 0;
+
+    pthread_mutex_lock(&s->mu);
+    if (s->ws_gone && !s->worker_done && now - s->gone_ms >= SESSION_RELEASE_MS &&
+        s->sock >= 0) {
+        shutdown(s->sock, SHUT_RDWR);
+        cut = 1;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (cut && !s->release_logged) {
+        s->release_logged = 1;
+        log_info("session %s: clean-up after the browser left took over %d s; "
+                 "cutting the SSH connection", s->id, SESSION_RELEASE_MS / 1000);
+    }
+}
+
+void session_hub_tick(struct session_hub *h)
+{
+    int64_t now = session_now_ms();
+
+    if (now - h->last_tick_ms < 1000)
+        return;
+    h->last_tick_ms = now;
+    pthread_mutex_lock(&h->mu);
+    for (struct session *s = h->live; s; s = s->hub_next)
+        release_check(s, now);
+    pthread_mutex_unlock(&h->mu);
 }

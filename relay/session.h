@@ -43,58 +43,87 @@ void job_free(struct job *j);
 
 struct session_hub;
 
+/* Who may touch what. Each field says which lock guards it:
+ *   mu        the session's own mutex, s->mu;
+ *   hub       the hub's mutex, h->mu;
+ *   service   the lws service thread only, no lock;
+ *   fixed     written before session_start() (or by the worker before it
+ *             publishes the session's phase past PH_CONNECTING), read-only
+ *             after that.
+ * Lock order: hub mutex before session mutex (session_notify takes a
+ * reference under the hub lock). Never take the hub mutex while holding a
+ * session's. */
 struct session {
-    /* Fixed at creation. */
-    char id[17];
-    char client_ip[64];
-    char host[256];
-    int port;
-    struct sockaddr_storage addr;   /* pinned target when `pinned` */
-    socklen_t addrlen;
-    int pinned;
-    struct session_hub *hub;
-    time_t started;
+    char id[17];                    /* fixed */
+    char client_ip[64];             /* fixed */
+    char host[256];                 /* fixed */
+    int port;                       /* fixed */
+    /* The pinned target: set by the service thread at the upgrade when the
+     * host was an IP literal, else by the worker after resolving, before
+     * it connects; only the worker reads it. */
+    struct sockaddr_storage addr;   /* fixed (see above) */
+    socklen_t addrlen;              /* fixed (see above) */
+    int pinned;                     /* fixed (see above) */
+    struct session_hub *hub;        /* fixed */
+    int64_t started_ms;             /* fixed; CLOCK_MONOTONIC */
+    int ip_counted;                 /* fixed: holds a per-IP slot until freed */
 
     pthread_mutex_t mu;
-    pthread_cond_t cv;              /* worker waits here: jobs, out space */
-    enum session_phase phase;
-    time_t phase_since;
-    struct job *jobs, **jobs_tail;
-    int n_jobs;
-    size_t in_bytes;                /* payload accepted, not yet written */
-    struct frame *out, **out_tail;
-    size_t out_bytes;
-    int ws_gone;                    /* the browser side is closed */
-    int worker_done;                /* the worker thread has finished */
-    int refs;
-    int notified;                   /* on the hub's notify list */
-    struct session *notify_next;
-    struct session *hub_next, *hub_prev;
-    int busy;                       /* the worker is running a job */
-    int sock;                       /* worker's TCP socket, -1 when none */
-    pthread_t thread;
-    int thread_started;
+    pthread_cond_t cv;              /* mu; CLOCK_MONOTONIC; worker waits: jobs, out space */
+    enum session_phase phase;       /* mu */
+    int64_t phase_since_ms;         /* mu */
+    struct job *jobs, **jobs_tail;  /* mu */
+    int n_jobs;                     /* mu */
+    size_t in_bytes;                /* mu: payload accepted, not yet written */
+    struct frame *out, **out_tail;  /* mu */
+    size_t out_bytes;               /* mu */
+    int ws_gone;                    /* mu: the browser side is closed */
+    int64_t gone_ms;                /* mu: when ws_gone was set */
+    int worker_done;                /* mu: the worker thread has finished */
+    int refs;                       /* mu */
+    int busy;                       /* mu: the worker is running a job */
+    int sock;                       /* mu: worker's TCP socket, -1 when none */
+    uint64_t bytes_up, bytes_down;  /* mu */
+    char close_reason[48];          /* mu */
 
-    void *wsi;                      /* service thread only; NULL once closed */
+    int notified;                   /* hub: on the hub's notify list */
+    struct session *notify_next;    /* hub */
+    struct session *hub_next, *hub_prev;  /* hub */
 
-    /* Statistics, updated by the side that moves the bytes. */
-    uint64_t bytes_up, bytes_down;
-    char close_reason[48];
+    pthread_t thread;               /* service */
+    int thread_started;             /* service */
+    int release_logged;             /* service: the release cut was logged */
+    void *wsi;                      /* service; NULL once the WebSocket closed */
 };
+
+/* A session whose browser has gone is released (its SSH connection cut,
+ * so the worker's clean-up fails fast and the thread ends) when clean-up
+ * takes longer than this. Until then it keeps its MAX_SESSIONS slot and
+ * its per-IP slot. */
+#define SESSION_RELEASE_MS (10 * 1000)
 
 /* Every live session, and the list of those with news for the service
  * thread. `wake` is called (from any thread) after a session is put on the
- * notify list; the lws side sets it to lws_cancel_service. */
+ * notify list; the lws side sets it to lws_cancel_service. `buffered` is
+ * the process-wide count of bytes held for browsers (upload accepted, not
+ * yet written, plus output queued), which `budget` bounds: past it the
+ * service thread pauses reading from browsers. */
 struct session_hub {
     pthread_mutex_t mu;
-    struct session *live;
-    struct session *notify;
-    int n_live;
-    const struct config *cfg;
-    struct access *access;
-    void (*wake)(void *arg);
-    void *wake_arg;
+    struct session *live;           /* hub */
+    struct session *notify;         /* hub */
+    int n_live;                     /* hub */
+    const struct config *cfg;       /* fixed */
+    struct access *access;          /* fixed; NULL in unit tests */
+    void (*wake)(void *arg);        /* hub */
+    void *wake_arg;                 /* hub */
+    size_t budget;                  /* fixed: RELAY_MEMORY_BUDGET_MIB, or derived */
+    _Atomic size_t buffered;        /* atomic */
+    int64_t last_tick_ms;           /* service */
 };
+
+/* Monotonic milliseconds, the clock of every timer in the relay. */
+int64_t session_now_ms(void);
 
 void hub_init(struct session_hub *h, const struct config *cfg, struct access *access);
 void hub_destroy(struct session_hub *h);
@@ -112,6 +141,15 @@ struct session *hub_notified_next(struct session_hub *h, struct session *s);
  * hub). Used for shutdown. */
 void hub_for_each(struct session_hub *h, void (*fn)(struct session *, void *), void *arg);
 
+/* Once a second from the service loop (it rate-limits itself, so calling
+ * it more often is harmless): cut the SSH connection of every session
+ * whose browser left more than SESSION_RELEASE_MS ago and whose worker is
+ * still cleaning up. Service thread only. */
+void session_hub_tick(struct session_hub *h);
+
+/* The process-wide budget is used up (reading from browsers should pause). */
+int session_hub_over_budget(struct session_hub *h);
+
 /* A new session with one reference (the WebSocket side's), registered in
  * the hub. NULL when out of memory. */
 struct session *session_new(struct session_hub *h, const char *client_ip,
@@ -119,6 +157,12 @@ struct session *session_new(struct session_hub *h, const char *client_ip,
 void session_ref(struct session *s);
 /* Drop a reference; the last one frees the session and anything queued. */
 void session_unref(struct session *s);
+
+/* The session holds a per-IP slot (access_session_open succeeded); it is
+ * given back with access_session_close() when the session is freed, not
+ * when its WebSocket closes, so a session still cleaning up counts against
+ * its IP. Service thread, before session_start(). */
+void session_hold_ip_slot(struct session *s);
 
 /* Start the worker thread running `fn(s)`; it holds a reference that the
  * service thread drops after session_join(). Returns 0 or -1. */
@@ -134,10 +178,25 @@ void session_notify(struct session *s);
 
 /* Queue a job for the worker; takes ownership. */
 void session_push_job(struct session *s, struct job *j);
-/* Payload bytes accepted and not yet written, and queued jobs. */
-void session_backlog(struct session *s, size_t *bytes, int *jobs);
-/* Queue one frame from the service thread, which must never block: it
- * bypasses the output limit and is only used for small error frames. */
+
+/* What a session holds for its browser, and whether reading from that
+ * browser should pause: over its own limits or over the process budget. */
+struct session_backlog {
+    size_t in_bytes;     /* payload accepted and not yet written */
+    int jobs;            /* queued jobs */
+    size_t out_bytes;    /* output queued for the browser */
+    int out_full;        /* out_bytes at or over SESSION_OUT_HIGH_WATER */
+    int over_budget;     /* the process-wide budget is used up */
+};
+void session_backlog(struct session *s, struct session_backlog *b);
+
+/* Output queued for one browser beyond which the worker waits in
+ * session_post() and the service thread pauses reading from the browser. */
+#define SESSION_OUT_HIGH_WATER (1u * 1024 * 1024)
+
+/* Queue one frame from the service thread, which must never block: it is
+ * counted like any output, and the caller pauses reading (flow_check in
+ * ws.c) once the output is over SESSION_OUT_HIGH_WATER. */
 void session_post_nowait(struct session *s, struct frame *f);
 /* The frame to send next, or NULL. It stays queued until popped. */
 struct frame *session_peek_frame(struct session *s);
@@ -146,7 +205,8 @@ void session_pop_frame(struct session *s);
 /* The browser is gone: tell the worker to wind down. */
 void session_ws_gone(struct session *s, const char *reason);
 
-enum session_phase session_phase(struct session *s, time_t *since);
+/* The phase, and since when (monotonic ms) when `since_ms` is not NULL. */
+enum session_phase session_phase(struct session *s, int64_t *since_ms);
 /* Nothing queued, running or waiting to be sent: safe to close in a drain. */
 int session_idle(struct session *s);
 int session_worker_finished(struct session *s);

@@ -1,8 +1,10 @@
-/* The WebSocket side of a session (service thread only): assembles frames,
- * enforces the handshake order and the framing rules of PROTOCOL §2-§3,
- * hands jobs to the worker, and writes the worker's frames out. Reading is
- * paused while the worker has too much backlog, so neither a fast browser
- * nor a slow server can grow our memory. */
+/* The WebSocket side of a session (service thread only): feeds fragments to
+ * the message assembler (wsframe.c), enforces the handshake order and the
+ * framing rules of PROTOCOL §2-§3, hands jobs to the worker, and writes the
+ * worker's frames out. Reading is paused while the worker has too much
+ * backlog, the browser has too much unread output, or the process is over
+ * its memory budget, so neither a fast browser nor a slow server can grow
+ * our memory. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -15,6 +17,7 @@
 #include "server.h"
 #include "wipe_alloc.h"
 #include "worker.h"
+#include "wsframe.h"
 
 /* Stop reading from the browser beyond this much unwritten upload (or this
  * many queued requests); resume below half of it. Well under the 200 MiB
@@ -24,6 +27,7 @@
 /* Largest piece of a frame handed to lws at once. */
 #define TX_FRAGMENT_BYTES WC_READ_CHUNK_BYTES
 #define TICK_USECS LWS_USEC_PER_SEC
+#define MS_PER_SEC 1000
 
 _Static_assert(LWS_PRE <= FRAME_HEADROOM, "frame headroom must fit LWS_PRE");
 
@@ -40,16 +44,12 @@ struct pending_bin {
 struct ws_pss {
     struct session *s;
     char client_ip[64];
-    int slot_held;          /* counted in the per-IP session limit */
     /* Receive state. */
-    char *text;
-    size_t text_len;
-    uint8_t *bin;
-    size_t bin_len, bin_cap;
+    struct wsframe rx;
     struct pending_bin pend;
     int rx_paused;
-    /* Timers and closing. */
-    time_t last_rx, last_ping;
+    /* Timers (monotonic ms) and closing. */
+    int64_t last_rx_ms, last_ping_ms;
     int ping_due;
     int closing;            /* close once queued frames are out */
     const char *close_reason;
@@ -82,26 +82,36 @@ static void close_soon(struct lws *wsi, struct ws_pss *pss, const char *reason)
     lws_callback_on_writable(wsi);
 }
 
+/* Reading pauses on any of: the worker's backlog (upload bytes or queued
+ * requests), output the browser has not read yet (error answers are
+ * queued here without a worker, and must not grow without bound either),
+ * or the process-wide budget. It resumes below half of the session's own
+ * limits and under the budget. The budget pause is only taken between
+ * messages: a message half-read can only be finished by reading on, and
+ * pausing every session mid-message could hold the budget for ever. */
+static void flow_check(struct lws *wsi, struct ws_pss *pss)
+{
+    struct session_backlog b;
+    int between = !wsframe_receiving(&pss->rx);
+
+    session_backlog(pss->s, &b);
+    if (!pss->rx_paused && (b.in_bytes >= RX_PAUSE_BYTES || b.jobs >= RX_PAUSE_JOBS ||
+                            b.out_full || (b.over_budget && between))) {
+        pss->rx_paused = 1;
+        lws_rx_flow_control(wsi, 0);
+    } else if (pss->rx_paused && b.in_bytes < RX_PAUSE_BYTES / 2 && b.jobs < RX_PAUSE_JOBS / 2 &&
+               b.out_bytes < SESSION_OUT_HIGH_WATER / 2 && !b.over_budget) {
+        pss->rx_paused = 0;
+        lws_rx_flow_control(wsi, 1 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
+    }
+}
+
 static void answer_error(struct lws *wsi, struct ws_pss *pss, uint32_t id, const char *msg,
                          const char *code)
 {
     post_now(pss, proto_error(id, msg, code), 0);
     lws_callback_on_writable(wsi);
-}
-
-static void flow_check(struct lws *wsi, struct ws_pss *pss)
-{
-    size_t bytes;
-    int jobs;
-
-    session_backlog(pss->s, &bytes, &jobs);
-    if (!pss->rx_paused && (bytes >= RX_PAUSE_BYTES || jobs >= RX_PAUSE_JOBS)) {
-        pss->rx_paused = 1;
-        lws_rx_flow_control(wsi, 0);
-    } else if (pss->rx_paused && bytes < RX_PAUSE_BYTES / 2 && jobs < RX_PAUSE_JOBS / 2) {
-        pss->rx_paused = 0;
-        lws_rx_flow_control(wsi, 1 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
-    }
+    flow_check(wsi, pss);
 }
 
 static struct job *job_new(enum job_kind kind)
@@ -229,38 +239,15 @@ static void oversize(struct lws *wsi, struct ws_pss *pss)
     close_soon(wsi, pss, "payload too large");
 }
 
-/* Keep the bytes only when a request waits for them; otherwise count and
- * drop (a stray frame, or one for a request already known to be bad). */
-static int bin_append(struct ws_pss *pss, const void *in, size_t len, size_t remaining)
-{
-    if (!pss->pend.active || pss->pend.error || len == 0) {
-        pss->bin_len += len;
-        return 0;
-    }
-    if (pss->bin_len + len > pss->bin_cap) {
-        size_t want = pss->bin_len + len + remaining, cap = pss->bin_cap ? pss->bin_cap : 65536;
-        uint8_t *grown;
-        while (cap < want)
-            cap *= 2;
-        if (cap > WC_MAX_FRAME_BYTES)
-            cap = WC_MAX_FRAME_BYTES;
-        grown = realloc(pss->bin, cap);
-        if (!grown)
-            return -1;
-        pss->bin = grown;
-        pss->bin_cap = cap;
-    }
-    memcpy(pss->bin + pss->bin_len, in, len);
-    pss->bin_len += len;
-    return 0;
-}
-
+/* A whole binary message arrived: hand it to the request waiting for it,
+ * answer that request's error, or drop it when nothing waits. */
 static void bin_complete(struct lws *wsi, struct ws_pss *pss)
 {
     struct server *srv = server_of(wsi);
     struct job *j = pss->pend.job;
-    size_t backlog;
-    int jobs;
+    struct session_backlog b;
+    size_t len;
+    uint8_t *data = wsframe_take_binary(&pss->rx, &len);
 
     if (!pss->pend.active)
         goto out;  /* nothing pending: dropped */
@@ -268,80 +255,71 @@ static void bin_complete(struct lws *wsi, struct ws_pss *pss)
         answer_error(wsi, pss, pss->pend.id, pss->pend.error, pss->pend.code);
         goto out;
     }
-    session_backlog(pss->s, &backlog, &jobs);
-    if (backlog + pss->bin_len > srv->cfg->upload_buffer_bytes) {
+    session_backlog(pss->s, &b);
+    if (b.in_bytes + len > srv->cfg->upload_buffer_bytes) {
         answer_error(wsi, pss, pss->pend.id, "stream buffer limit exceeded", "limit");
         goto out;
     }
-    j->data = pss->bin;
-    j->len = pss->bin_len;
-    pss->bin = NULL;
-    pss->bin_cap = 0;
+    j->data = data;
+    j->len = len;
+    data = NULL;
     pss->pend.job = NULL;
     push(wsi, pss, j);
 out:
     clear_pending(pss);
-    free(pss->bin);
-    pss->bin = NULL;
-    pss->bin_len = pss->bin_cap = 0;
+    free(data);
 }
 
+/* One fragment as lws delivers it. Before the host key is accepted a
+ * binary frame ends the session; after that a stray one is dropped (§3).
+ * Its bytes are kept only when a valid request waits for them. */
 static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len)
 {
-    int first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi);
+    int binary = lws_frame_is_binary(wsi);
+    int keep = pss->pend.active && !pss->pend.error;
+    int rc;
 
     if (pss->closing)
         return;
-    pss->last_rx = time(NULL);
-    if (lws_frame_is_binary(wsi)) {
+    pss->last_rx_ms = session_now_ms();
+    if (binary) {
         enum session_phase ph = session_phase(pss->s, NULL);
-        /* Before the host key is accepted anything unexpected ends the
-         * session; after that a stray frame is just dropped (§3). */
         if (ph == PH_CONNECTING || ph == PH_WAIT_HOSTKEY) {
             close_soon(wsi, pss, "binary frame before host key");
             return;
         }
-        if (first)
-            pss->bin_len = 0;
-        if (pss->bin_len + len > WC_MAX_FRAME_BYTES) {
-            oversize(wsi, pss);
-            return;
-        }
-        if (bin_append(pss, in, len, lws_remaining_packet_payload(wsi)) < 0) {
-            close_soon(wsi, pss, "out of memory");
-            return;
-        }
-        if (final)
-            bin_complete(wsi, pss);
-        return;
     }
-    if (first)
-        pss->text_len = 0;
-    if (pss->text_len + len > PROTO_MAX_TEXT_BYTES) {
+    rc = wsframe_feed(&pss->rx, in, len, lws_is_first_fragment(wsi),
+                      lws_is_final_fragment(wsi), binary, lws_remaining_packet_payload(wsi),
+                      keep);
+    /* lws's receive buffer holds the unmasked frame, credentials included. */
+    if (!binary)
+        proto_wipe(in, len);
+    switch (rc) {
+    case WSF_MORE:
+        return;
+    case WSF_BINARY:
+        bin_complete(wsi, pss);
+        return;
+    case WSF_TEXT:
+        on_text(wsi, pss, pss->rx.text, pss->rx.len);
+        /* The frame may have carried credentials. */
+        wsframe_text_done(&pss->rx);
+        /* So may the dead stack below us: parsing it left key text there
+         * (wipe_alloc.h says how). Any text frame may be an auth frame, and
+         * 64 KiB of zeroing is cheap next to a JSON parse. */
+        wipe_thread_residue();
+        return;
+    case WSF_E_TOO_LARGE:
         oversize(wsi, pss);
         return;
-    }
-    if (!pss->text) {
-        pss->text = malloc(PROTO_MAX_TEXT_BYTES);
-        if (!pss->text) {
-            close_soon(wsi, pss, "out of memory");
-            return;
-        }
-    }
-    memcpy(pss->text + pss->text_len, in, len);
-    pss->text_len += len;
-    /* lws's receive buffer holds the unmasked frame, credentials included. */
-    proto_wipe(in, len);
-    if (!final)
+    case WSF_E_PROTOCOL:
+        close_soon(wsi, pss, "message inside an unfinished message");
         return;
-    on_text(wsi, pss, pss->text, pss->text_len);
-    /* The frame may have carried credentials. */
-    proto_wipe(pss->text, pss->text_len);
-    pss->text_len = 0;
-    /* So may the dead stack below us: parsing it left key text there
-     * (wipe_alloc.h says how). Any text frame may be an auth frame, and
-     * 64 KiB of zeroing is cheap next to a JSON parse. */
-    wipe_thread_residue();
+    default:
+        close_soon(wsi, pss, "out of memory");
+        return;
+    }
 }
 
 /* --- sending --- */
@@ -406,6 +384,7 @@ static int established(struct lws *wsi, struct ws_pss *pss)
     struct session *s;
 
     memset(pss, 0, sizeof(*pss));
+    wsframe_init(&pss->rx, PROTO_MAX_TEXT_BYTES, WC_MAX_FRAME_BYTES);
     if (!h || !p || access_target(h, p, &t) < 0 ||
         server_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
         return -1;
@@ -423,8 +402,8 @@ static int established(struct lws *wsi, struct ws_pss *pss)
      * should another upgrade have taken the last one meanwhile). */
     if (access_session_open(srv->access, pss->client_ip) != 0)
         return -1;
-    pss->slot_held = 1;
-    pss->last_rx = pss->last_ping = time(NULL);
+    session_hold_ip_slot(s);
+    pss->last_rx_ms = pss->last_ping_ms = session_now_ms();
     log_info("session %s start: client=%s target=%s:%d", s->id, s->client_ip, s->host,
              s->port);
     if (session_start(s, worker_main) < 0) {
@@ -435,21 +414,13 @@ static int established(struct lws *wsi, struct ws_pss *pss)
     return 0;
 }
 
+/* The per-IP slot is not given back here: the session keeps it until it
+ * is freed (session.c), however long its worker takes to clean up. */
 static void closed(struct lws *wsi, struct ws_pss *pss)
 {
-    struct server *srv = server_of(wsi);
-
-    if (pss->slot_held)
-        access_session_close(srv->access, pss->client_ip);
-    pss->slot_held = 0;
+    (void)wsi;
     clear_pending(pss);
-    free(pss->bin);
-    pss->bin = NULL;
-    if (pss->text) {
-        proto_wipe(pss->text, PROTO_MAX_TEXT_BYTES);
-        free(pss->text);
-        pss->text = NULL;
-    }
+    wsframe_free(&pss->rx);
     if (pss->s) {
         const char *reason = pss->close_reason;
         if (!reason)
@@ -477,7 +448,7 @@ static int peer_gone(struct lws *wsi)
 static int tick(struct lws *wsi, struct ws_pss *pss)
 {
     const struct config *cfg = server_of(wsi)->cfg;
-    time_t now = time(NULL), since;
+    int64_t now = session_now_ms(), since;
     enum session_phase ph = session_phase(pss->s, &since);
 
     if (pss->rx_paused && peer_gone(wsi)) {
@@ -485,16 +456,20 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
         return -1;
     }
     if ((ph == PH_WAIT_HOSTKEY || ph == PH_WAIT_AUTH) &&
-        now - since >= cfg->host_key_timeout_secs)
+        now - since >= (int64_t)cfg->host_key_timeout_secs * MS_PER_SEC)
         close_soon(wsi, pss, ph == PH_WAIT_HOSTKEY ? "host key not accepted in time"
                                                    : "no auth request in time");
-    else if (ph == PH_READY && now - pss->last_rx >= cfg->idle_timeout_secs)
+    else if (ph == PH_READY && now - pss->last_rx_ms >= (int64_t)cfg->idle_timeout_secs * MS_PER_SEC)
         close_soon(wsi, pss, "idle timeout");
-    if (now - pss->last_ping >= cfg->ws_ping_interval_secs) {
-        pss->last_ping = now;
+    if (now - pss->last_ping_ms >= (int64_t)cfg->ws_ping_interval_secs * MS_PER_SEC) {
+        pss->last_ping_ms = now;
         pss->ping_due = 1;
         lws_callback_on_writable(wsi);
     }
+    /* A session paused for the process budget resumes when other sessions
+     * free it; nothing of its own notifies it then. */
+    if (pss->rx_paused)
+        flow_check(wsi, pss);
     lws_set_timer_usecs(wsi, TICK_USECS);
     return 0;
 }
@@ -530,7 +505,7 @@ static void drain_one(struct session *s, void *arg)
     if (s->wsi) {
         struct ws_pss *pss = lws_wsi_user(s->wsi);
         /* A binary frame still arriving is an operation in progress too. */
-        int receiving = pss->pend.active || pss->bin_len > 0;
+        int receiving = pss->pend.active || wsframe_receiving(&pss->rx);
         if (force || (session_idle(s) && !receiving))
             close_soon(s->wsi, pss, "server shutting down");
     }
@@ -555,7 +530,12 @@ int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
             on_receive(wsi, pss, in, len);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
-        return pss->s ? send_next(wsi, pss) : -1;
+        if (!pss->s || send_next(wsi, pss) < 0)
+            return -1;
+        /* Output went out: reading paused for it may resume. */
+        if (pss->rx_paused)
+            flow_check(wsi, pss);
+        return 0;
     case LWS_CALLBACK_TIMER:
         return pss->s ? tick(wsi, pss) : 0;
     case LWS_CALLBACK_CLOSED:
