@@ -4,7 +4,7 @@
 #
 # Usage: tests/fuzz/run.sh [SECONDS] [TARGET...]
 #   SECONDS  per target, default 30 (scripts/test.sh uses 10)
-#   TARGET   fuzz_proto, fuzz_access, fuzz_keyformat, fuzz_netguard (all
+#   TARGET   fuzz_proto, fuzz_access, fuzz_keyformat, fuzz_netguard, fuzz_wsframe (all
 #            when none is named)
 # Env: FUZZ_BUILD_DIR (default build-fuzz in the repository), FUZZ_JOBS
 #      (parallel runs of one target, default 1), CC (default clang).
@@ -23,7 +23,7 @@ secs="${1:-30}"
 shift || true
 case "$secs" in ''|*[!0-9]*) echo "run.sh: SECONDS must be a number" >&2; exit 2 ;; esac
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(fuzz_proto fuzz_access fuzz_keyformat fuzz_netguard)
+[ "${#targets[@]}" -gt 0 ] || targets=(fuzz_proto fuzz_access fuzz_keyformat fuzz_netguard fuzz_wsframe)
 out="${FUZZ_BUILD_DIR:-$root/build-fuzz}"
 cc="${CC:-clang}"
 command -v "$cc" >/dev/null || { echo "run.sh: $cc not found (scripts/deps.sh --test installs clang)" >&2; exit 1; }
@@ -36,6 +36,7 @@ sources_for() {
     fuzz_access) echo "relay/access.c relay/auth_cookie.c relay/limits.c relay/client_ip.c relay/netguard.c" ;;
     fuzz_keyformat) echo "relay/keyformat.c" ;;
     fuzz_netguard) echo "relay/netguard.c" ;;
+    fuzz_wsframe) echo "relay/wsframe.c proto/proto.c relay/wipe_alloc.c" ;;
     *) echo "run.sh: unknown target $1" >&2; return 1 ;;
   esac
 }
