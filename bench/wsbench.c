@@ -946,6 +946,7 @@ static int do_upload(const struct opts *o, struct session *s, const char *path, 
     unsigned char *pattern = NULL;
     uint64_t off = 0;
     int fd = -1, rc = -1;
+    double worst = 0;
 
     if (!resp || !(res = result_of(resp, "write_open")))
         goto out;
@@ -966,6 +967,7 @@ static int do_upload(const struct opts *o, struct session *s, const char *path, 
     while (off < size) {
         size_t n = size - off < UPLOAD_CHUNK ? (size_t)(size - off) : UPLOAD_CHUNK;
         uint32_t id = ++s->next_id;
+        double t0 = now_secs();
         json_t *req = json_pack("{s:I,s:s,s:{s:s}}", "id", (json_int_t)id, "method",
                                 "write_chunk", "params", "handle", handle);
         unsigned char *dst;
@@ -1006,7 +1008,12 @@ static int do_upload(const struct opts *o, struct session *s, const char *path, 
         resp = NULL;
         off += n;
         r->ops++;
+        if (now_secs() - t0 > worst)
+            worst = now_secs() - t0;
     }
+    /* A stall hides in an average: report the slowest chunk too. */
+    snprintf(r->extra + strlen(r->extra), sizeof(r->extra) - strlen(r->extra),
+             " worst_chunk_secs=%.3f", worst);
     if (call_ok(s, "write_close", json_pack("{s:s}", "handle", handle)) < 0)
         goto out;
     r->ops++;
