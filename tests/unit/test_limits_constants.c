@@ -170,11 +170,14 @@ static void test_cookie_store_size(void)
     struct config c;
     char err[512] = "";
 
+    /* cfg_free() also after a refusal: cfg_load() may have filled some. */
     setenv("RELAY_COOKIE_STORE_SIZE", "0", 1);
     CHECK(cfg_load(&c, err, sizeof(err)) != 0);
     CHECK(strstr(err, "RELAY_COOKIE_STORE_SIZE") != NULL);
+    cfg_free(&c);
     setenv("RELAY_COOKIE_STORE_SIZE", "1048577", 1);
     CHECK(cfg_load(&c, err, sizeof(err)) != 0);
+    cfg_free(&c);
     setenv("RELAY_COOKIE_STORE_SIZE", "1048576", 1);
     CHECK(cfg_load(&c, err, sizeof(err)) == 0);
     CHECK(c.cookie_store_size == 1048576);
