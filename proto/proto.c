@@ -234,6 +234,14 @@ int proto_auth_take(struct proto_request *req, struct proto_auth *out,
         *errmsg = "invalid auth request: missing password";
     else if (out->type == AUTH_PUBLICKEY && (!out->private_key || !*out->private_key))
         *errmsg = "invalid auth request: missing privateKey";
+    else if (strlen(out->username) > PROTO_MAX_USERNAME_BYTES)
+        *errmsg = "invalid auth request: username too long";
+    else if (out->password && strlen(out->password) > PROTO_MAX_PASSWORD_BYTES)
+        *errmsg = "invalid auth request: password too long";
+    else if (out->private_key && strlen(out->private_key) > PROTO_MAX_PRIVATE_KEY_BYTES)
+        *errmsg = "invalid auth request: privateKey too long";
+    else if (out->passphrase && strlen(out->passphrase) > PROTO_MAX_PASSPHRASE_BYTES)
+        *errmsg = "invalid auth request: passphrase too long";
     if (*errmsg) {
         proto_auth_wipe(out);
         return -1;

@@ -12,6 +12,18 @@
  * (an 8192-bit RSA key in PEM is ~6.5 KiB); nothing legitimate is larger. */
 #define PROTO_MAX_TEXT_BYTES (64u * 1024)
 
+/* Longest credentials accepted in an auth request, in bytes. They are
+ * checked before any authentication attempt: an oversized one answers
+ * bad_request on the auth id and is never counted as an auth failure
+ * (a 60 KB password would otherwise fail inside libssh2 as an I/O error,
+ * after the attempt was counted). Far above real use: OpenSSH user names
+ * are short, passwords of password managers stay under 100 characters, and
+ * an 8192-bit RSA key in PEM is ~6.5 KiB. */
+#define PROTO_MAX_USERNAME_BYTES   1024u
+#define PROTO_MAX_PASSWORD_BYTES   (4u * 1024)
+#define PROTO_MAX_PASSPHRASE_BYTES (4u * 1024)
+#define PROTO_MAX_PRIVATE_KEY_BYTES (16u * 1024)
+
 /* Sent as relay_version in the host_key frame: 3 = streaming reads. */
 #define PROTO_RELAY_VERSION 3
 
@@ -79,7 +91,9 @@ const char *proto_method_name(enum proto_method m);
 int proto_is_host_key_accepted(const char *text, size_t len);
 
 /* Copy and validate the credentials of an auth request. Returns 0, or -1
- * with *errmsg set to the answer for the browser. Wipes the credential
+ * with *errmsg set to the answer for the browser (code bad_request): a
+ * missing field, an unknown type, or a field over its PROTO_MAX_*_BYTES
+ * ("invalid auth request: password too long", ...). Wipes the credential
  * strings inside req->root. */
 int proto_auth_take(struct proto_request *req, struct proto_auth *out,
                     const char **errmsg);

@@ -49,7 +49,8 @@ struct access *access_new(const struct config *cfg)
         snprintf(a->origin, n, "https://%s", domain);
     a->limits = limits_new(cfg);
     a->challenges = auth_challenges_new();
-    a->jtis = auth_jtis_new();
+    a->jtis = auth_jtis_new(cfg->cookie_store_size > 0 ? (size_t)cfg->cookie_store_size
+                                                       : AUTH_JTI_CAPACITY);
     if (!a->origin || !a->limits || !a->challenges || !a->jtis) {
         access_free(a);
         return NULL;
@@ -78,11 +79,29 @@ static void key_of(const char *client_ip, char key[CLIENT_IP_MAX])
     client_ip_key(client_ip, key, CLIENT_IP_MAX);
 }
 
+struct access_time access_time_now(void)
+{
+    struct access_time t;
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    t.wall = time(NULL);
+    t.mono_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return t;
+}
+
+/* The limits table counts whole seconds of the monotonic clock: its
+ * windows are a minute and longer. */
+static time_t mono_secs(struct access_time now)
+{
+    return (time_t)(now.mono_ms / 1000);
+}
+
 /* ---- GET /relay/auth/challenge ----------------------------------------- */
 
 int access_http_challenge(struct access *a, const char *purpose_query,
-                          const char *client_ip, time_t now, char *body,
-                          size_t bodylen)
+                          const char *client_ip, struct access_time now,
+                          char *body, size_t bodylen)
 {
     char key[CLIENT_IP_MAX], nonce[2 * AUTH_NONCE_BYTES + 1];
     struct auth_challenge c;
@@ -91,12 +110,12 @@ int access_http_challenge(struct access *a, const char *purpose_query,
     if (!a || !client_ip || !body || bodylen == 0)
         return 500;
     key_of(client_ip, key);
-    over = limits_challenge(a->limits, key, now);  /* every request counts */
+    over = limits_challenge(a->limits, key, mono_secs(now));  /* every request counts */
     if (!auth_purpose_valid(purpose_query))
         return 400;
     if (over)
         return 429;
-    if (auth_challenge_issue(a->challenges, purpose_query, client_ip, now, &c) != 0)
+    if (auth_challenge_issue(a->challenges, purpose_query, client_ip, now.mono_ms, &c) != 0)
         return 500;
     for (int i = 0; i < AUTH_NONCE_BYTES; i++)
         snprintf(nonce + 2 * i, 3, "%02x", c.nonce[i]);
@@ -113,24 +132,124 @@ int access_http_challenge(struct access *a, const char *purpose_query,
 
 /* ---- POST /relay/auth --------------------------------------------------- */
 
-/* Parse {"nonce_id": string, "answer": non-negative integer}; other members
- * are ignored. 0 or -1. */
+/* A JSON body already validated by jansson is walked here once more, to
+ * read the raw text of its "answer": jansson stores integers as signed 64
+ * bits, and the answer is an unsigned 64-bit integer (PROTOCOL §1.1). The
+ * helpers below take a position in [b, b+len) and return the position
+ * after what they skipped; they trust the text to be valid JSON. */
+static size_t skip_ws(const char *b, size_t len, size_t i)
+{
+    while (i < len && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n'))
+        i++;
+    return i;
+}
+
+static size_t skip_string(const char *b, size_t len, size_t i)
+{
+    for (i++; i < len && b[i] != '"'; i++)
+        if (b[i] == '\\')
+            i++;
+    return i < len ? i + 1 : len;
+}
+
+static size_t skip_value(const char *b, size_t len, size_t i)
+{
+    int depth = 0;
+
+    if (i < len && b[i] == '"')
+        return skip_string(b, len, i);
+    if (i < len && (b[i] == '{' || b[i] == '[')) {
+        do {
+            if (b[i] == '"') {
+                i = skip_string(b, len, i);
+                continue;
+            }
+            if (b[i] == '{' || b[i] == '[')
+                depth++;
+            else if (b[i] == '}' || b[i] == ']')
+                depth--;
+            i++;
+        } while (i < len && depth > 0);
+        return i;
+    }
+    while (i < len && !strchr(",}] \t\r\n", b[i]))
+        i++;
+    return i;
+}
+
+/* The raw value text of the top-level member named exactly "answer" (no
+ * escapes in the name; the browser sends none). 0 or -1. */
+static int answer_token(const char *b, size_t len, const char **tok, size_t *toklen)
+{
+    size_t i = skip_ws(b, len, 0);
+
+    if (i >= len || b[i] != '{')
+        return -1;
+    for (i++;;) {
+        size_t ks, ke, vs;
+        i = skip_ws(b, len, i);
+        if (i >= len || b[i] != '"')
+            return -1;
+        ks = i + 1;
+        i = skip_string(b, len, i);
+        ke = i - 1;
+        i = skip_ws(b, len, i);
+        if (i >= len || b[i] != ':')
+            return -1;
+        vs = i = skip_ws(b, len, i + 1);
+        i = skip_value(b, len, i);
+        if (ke >= ks && ke - ks == 6 && memcmp(b + ks, "answer", 6) == 0) {
+            *tok = b + vs;
+            *toklen = i - vs;
+            return 0;
+        }
+        i = skip_ws(b, len, i);
+        if (i >= len || b[i] != ',')
+            return -1;
+        i++;
+    }
+}
+
+/* A JSON integer 0..2^64-1: digits only (no sign, fraction or exponent),
+ * no leading zero, no overflow. 0 or -1. */
+static int parse_u64(const char *s, size_t n, uint64_t *out)
+{
+    uint64_t v = 0;
+
+    if (n == 0 || (n > 1 && s[0] == '0'))
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d = (unsigned)(s[i] - '0');
+        if (s[i] < '0' || s[i] > '9' || v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Parse {"nonce_id": string, "answer": integer 0..2^64-1}; other members
+ * are ignored. jansson validates the whole body (integers read as reals,
+ * so a large answer is not a parse error); the answer's own text is then
+ * read exactly. 0 or -1. */
 static int parse_answer(const char *body, size_t len, char *nonce_id,
                         size_t idlen, uint64_t *answer)
 {
-    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
-    json_t *id, *ans;
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL,
+                           NULL);
+    json_t *id;
+    const char *tok;
+    size_t toklen;
     int rc = -1;
 
     if (!j)
         return -1;
     id = json_object_get(j, "nonce_id");
-    ans = json_object_get(j, "answer");
-    /* json_is_integer() is false for 1.0, 1e3, "1": only a JSON integer. */
-    if (json_is_object(j) && json_is_string(id) && json_is_integer(ans) &&
-        json_integer_value(ans) >= 0 && json_string_length(id) < idlen) {
+    if (json_is_object(j) && json_is_string(id) && json_string_length(id) < idlen &&
+        json_is_number(json_object_get(j, "answer")) &&
+        answer_token(body, len, &tok, &toklen) == 0 &&
+        parse_u64(tok, toklen, answer) == 0) {
         memcpy(nonce_id, json_string_value(id), json_string_length(id) + 1);
-        *answer = (uint64_t)json_integer_value(ans);
         rc = 0;
     }
     json_decref(j);
@@ -138,13 +257,13 @@ static int parse_answer(const char *body, size_t len, char *nonce_id,
 }
 
 int access_http_redeem(struct access *a, const char *body, size_t len,
-                       const char *client_ip, time_t now, char *set_cookie,
-                       size_t n)
+                       const char *client_ip, struct access_time now,
+                       char *set_cookie, size_t n)
 {
-    char nonce_id[AUTH_UUID_LEN + 2], jwt[AUTH_JWT_MAX];
+    char nonce_id[AUTH_UUID_LEN + 2], jwt[AUTH_JWT_MAX], jti[AUTH_UUID_LEN + 1];
     struct auth_challenge c;
     uint64_t answer;
-    int status, w;
+    int rc, status, w;
 
     if (!a || !client_ip || !set_cookie || n == 0)
         return 500;
@@ -153,7 +272,7 @@ int access_http_redeem(struct access *a, const char *body, size_t len,
         return 413;
     if (!body || parse_answer(body, len, nonce_id, sizeof(nonce_id), &answer) != 0)
         return 400;
-    if (auth_challenge_take(a->challenges, nonce_id, now, &c) != 0)
+    if (auth_challenge_take(a->challenges, nonce_id, now.mono_ms, &c) != 0)
         return 400;  /* unknown, used, forgotten or expired */
 
     /* The challenge is used up from here on, whatever the answer. */
@@ -162,8 +281,22 @@ int access_http_redeem(struct access *a, const char *body, size_t len,
         status = 403;
         goto out;
     }
-    if (auth_jwt_sign(a->cfg->signing_key, a->cfg->signing_key_len, c.purpose,
-                      now, a->cfg->cookie_ttl_secs, jwt, sizeof(jwt)) != 0) {
+    /* The cookie's id takes its slot in the store now, so that its one
+     * use can never be refused; a full store refuses to issue instead. */
+    do {
+        if (auth_uuid_new(jti) != 0) {
+            status = 500;
+            goto out;
+        }
+        rc = auth_jti_reserve(a->jtis, jti, now.wall + a->cfg->cookie_ttl_secs, now.wall);
+    } while (rc == -EEXIST);
+    if (rc != 0) {
+        status = rc == -ENOSPC ? 503 : 500;
+        goto out;
+    }
+    if (auth_jwt_sign(a->cfg->signing_key, a->cfg->signing_key_len, jti, c.purpose,
+                      now.wall, a->cfg->cookie_ttl_secs, jwt, sizeof(jwt)) != 0) {
+        auth_jti_unreserve(a->jtis, jti);
         status = 500;
         goto out;
     }
@@ -172,6 +305,7 @@ int access_http_redeem(struct access *a, const char *body, size_t len,
                  "Path=/relay; Max-Age=%d", jwt, a->cfg->cookie_ttl_secs);
     OPENSSL_cleanse(jwt, sizeof(jwt));
     if (w < 0 || (size_t)w >= n) {
+        auth_jti_unreserve(a->jtis, jti);
         OPENSSL_cleanse(set_cookie, n);
         set_cookie[0] = '\0';
         status = 500;
@@ -374,7 +508,7 @@ int access_target(const char *host, const char *port, struct upgrade_target *t)
 }
 
 int access_check_upgrade(struct access *a, const struct upgrade_req *r,
-                         time_t now, struct upgrade_target *t)
+                         struct access_time now, struct upgrade_target *t)
 {
     char token[AUTH_JWT_MAX + 1], purpose[AUTH_PURPOSE_BUF];
     char key[CLIENT_IP_MAX];
@@ -396,7 +530,7 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
     if (r->cookie_header &&
         cookie_value(r->cookie_header, ACCESS_COOKIE_NAME, token, sizeof(token)) == 0)
         rc = auth_jwt_verify(a->cfg->signing_key, a->cfg->signing_key_len,
-                             token, now, &claims);
+                             token, now.wall, &claims);
     OPENSSL_cleanse(token, sizeof(token));
     if (rc != 0)
         return 401;
@@ -427,14 +561,14 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
     }
 
     /* 7. Single use: recorded as used now, whatever follows. */
-    rc = auth_jti_use(a->jtis, claims.jti, (time_t)claims.exp, now);
+    rc = auth_jti_use(a->jtis, claims.jti, (time_t)claims.exp, now.wall);
     if (rc != 0) {
         status = rc == -ENOSPC ? 503 : 403;
         goto fail;
     }
 
     /* 8. Not blocked for auth failures or spray. */
-    if (limits_blocked(a->limits, key, now)) {
+    if (limits_blocked(a->limits, key, mono_secs(now))) {
         status = 429;
         goto fail;
     }
@@ -446,7 +580,7 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
     }
 
     /* Spray: every target that got this far counts, allowed or not. */
-    if (limits_record_target(a->limits, key, t->host, now)) {
+    if (limits_record_target(a->limits, key, t->host, mono_secs(now))) {
         status = 429;
         goto fail;
     }
@@ -483,22 +617,24 @@ void access_session_close(struct access *a, const char *client_ip)
     limits_session_close(a->limits, key);
 }
 
-int access_auth_attempt(struct access *a, const char *client_ip, time_t now)
+int access_auth_attempt(struct access *a, const char *client_ip,
+                        struct access_time now)
 {
     char key[CLIENT_IP_MAX];
 
     if (!a || !client_ip)
         return -1;
     key_of(client_ip, key);
-    return limits_auth_attempt(a->limits, key, now) == 0 ? 0 : -1;
+    return limits_auth_attempt(a->limits, key, mono_secs(now)) == 0 ? 0 : -1;
 }
 
-void access_auth_refund(struct access *a, const char *client_ip, time_t now)
+void access_auth_refund(struct access *a, const char *client_ip,
+                        struct access_time now)
 {
     char key[CLIENT_IP_MAX];
 
     if (!a || !client_ip)
         return;
     key_of(client_ip, key);
-    limits_auth_refund(a->limits, key, now);
+    limits_auth_refund(a->limits, key, mono_secs(now));
 }

@@ -5,6 +5,7 @@
 #define WC_ACCESS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -17,6 +18,22 @@
  * value. */
 #define ACCESS_CHALLENGE_BODY_MAX 160
 #define ACCESS_SET_COOKIE_MAX     1200
+/* The text POST /relay/auth answers with its 503 when the cookie store is
+ * full (see AUTH_JTI_CAPACITY). */
+#define ACCESS_STORE_FULL_TEXT    "too many cookies issued; try again in a few minutes"
+
+/* The two clocks access decisions read. `wall` is time(NULL), for the
+ * cookie's iat and exp only (the browser and other instances read them);
+ * `mono_ms` is CLOCK_MONOTONIC in milliseconds, for everything the relay
+ * times by itself (challenge expiry, rate windows, blocks), so that no
+ * wall-clock step shortens or stretches them. Tests pass their own. */
+struct access_time {
+    time_t wall;
+    int64_t mono_ms;
+};
+
+/* Both clocks, now. */
+struct access_time access_time_now(void);
 
 /*
  * Threads: everything here runs on the lws service thread, except
@@ -46,21 +63,23 @@ void access_free(struct access *a);
  * (ACCESS_CHALLENGE_BODY_MAX bytes suffice), 400 (purpose invalid), 429
  * (over the rate), 500 (no random bytes, `body` too small). */
 int access_http_challenge(struct access *a, const char *purpose_query,
-                          const char *client_ip, time_t now, char *body,
-                          size_t bodylen);
+                          const char *client_ip, struct access_time now,
+                          char *body, size_t bodylen);
 
 /* POST /relay/auth with the body `body` of `len` bytes (not necessarily
  * NUL-terminated; the lws layer should stop reading past
  * cfg->auth_max_body_bytes and pass what it has: any len above answers
  * 413). Returns the HTTP status: 204 with `set_cookie` set to the full
  * Set-Cookie header value (ACCESS_SET_COOKIE_MAX bytes suffice), 400
- * (malformed body, unknown or expired nonce_id), 403 (another client IP
- * than the challenged one, or not enough work: the challenge is used up
- * either way), 413, 500 (signing failed, `set_cookie` too small). Neither
- * the cookie nor the body is logged here. */
+ * (malformed body — "answer" must be a JSON integer 0..2^64-1 —, unknown
+ * or expired nonce_id), 403 (another client IP than the challenged one, or
+ * not enough work: the challenge is used up either way), 413, 503 (the
+ * cookie store is full: answer ACCESS_STORE_FULL_TEXT), 500 (signing
+ * failed, `set_cookie` too small). Neither the cookie nor the body is
+ * logged here. */
 int access_http_redeem(struct access *a, const char *body, size_t len,
-                       const char *client_ip, time_t now, char *set_cookie,
-                       size_t n);
+                       const char *client_ip, struct access_time now,
+                       char *set_cookie, size_t n);
 
 /* The upgrade request, as raw header values and URL-decoded query values;
  * NULL when absent. */
@@ -99,8 +118,9 @@ int access_target(const char *host, const char *port, struct upgrade_target *t);
  *   5  host in SFTP_HOST_ALLOWLIST                 403
  *   6  cookie purpose matches host and port        403
  *   7  cookie id not used before; it is recorded
- *      as used here                                403 (503 when the
- *      store is full of unexpired ids: see auth_jti_use())
+ *      as used here                                403 (503 only for a
+ *      cookie another instance issued, when the store is full of
+ *      unexpired ids: see auth_jti_use())
  *   8  client not blocked (auth failures, spray)   429
  *   9  client under SFTP_MAX_CONCURRENT_PER_IP     429
  *      spray: the target host is recorded for the client here, once
@@ -114,7 +134,7 @@ int access_target(const char *host, const char *port, struct upgrade_target *t);
  * logged or kept. The live-session slot is taken only by
  * access_session_open() once the WebSocket is established. */
 int access_check_upgrade(struct access *a, const struct upgrade_req *r,
-                         time_t now, struct upgrade_target *t);
+                         struct access_time now, struct upgrade_target *t);
 
 /* Live sessions. open: 0, or -1 when the client already has its maximum
  * (another upgrade won the slot since the gate) or the limits table is
@@ -126,8 +146,10 @@ void access_session_close(struct access *a, const char *client_ip);
 /* SSH authentication budget (worker threads): call attempt before
  * authenticating — 0 go ahead, -1 the client is blocked (do not try,
  * answer "authentication failed") — and refund after a success. */
-int access_auth_attempt(struct access *a, const char *client_ip, time_t now);
-void access_auth_refund(struct access *a, const char *client_ip, time_t now);
+int access_auth_attempt(struct access *a, const char *client_ip,
+                        struct access_time now);
+void access_auth_refund(struct access *a, const char *client_ip,
+                        struct access_time now);
 
 /* The limits table (owned by `a`), for metrics and tests. */
 struct limits *access_limits(struct access *a);

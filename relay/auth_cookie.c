@@ -171,8 +171,7 @@ static long b64url_decode(const char *s, size_t n, uint8_t *out, size_t outlen)
     return (long)o;
 }
 
-/* A random (version 4) UUID in lowercase. 0 or -EIO. */
-static int uuid4(char out[AUTH_UUID_LEN + 1])
+int auth_uuid_new(char out[AUTH_UUID_LEN + 1])
 {
     uint8_t b[16];
     size_t o = 0;
@@ -221,18 +220,17 @@ static int hmac256(const uint8_t *key, size_t keylen, const char *data,
     return 0;
 }
 
-int auth_jwt_sign(const uint8_t *key, size_t keylen, const char *purpose,
-                  time_t now, int ttl, char *out, size_t outlen)
+int auth_jwt_sign(const uint8_t *key, size_t keylen, const char *jti,
+                  const char *purpose, time_t now, int ttl, char *out,
+                  size_t outlen)
 {
-    char jti[AUTH_UUID_LEN + 1], payload[256], b64[400];
+    char payload[256], b64[400];
     uint8_t mac[32];
     size_t n;
-    int rc;
 
-    if (!key || keylen == 0 || !auth_purpose_valid(purpose) || ttl <= 0 || !out)
+    if (!key || keylen == 0 || !jti || !uuid_shape(jti) ||
+        !auth_purpose_valid(purpose) || ttl <= 0 || !out)
         return -EINVAL;
-    if ((rc = uuid4(jti)) != 0)
-        return rc;
     snprintf(payload, sizeof(payload),
              "{\"jti\":\"%s\",\"purpose\":\"%s\",\"iat\":%" PRId64
              ",\"exp\":%" PRId64 "}",
@@ -488,7 +486,7 @@ void auth_challenges_free(struct auth_challenges *s)
 }
 
 int auth_challenge_issue(struct auth_challenges *s, const char *purpose,
-                         const char *client_ip, time_t now,
+                         const char *client_ip, int64_t now_ms,
                          struct auth_challenge *out)
 {
     struct auth_challenge c;
@@ -500,14 +498,14 @@ int auth_challenge_issue(struct auth_challenges *s, const char *purpose,
         return -EINVAL;
     memset(&c, 0, sizeof(c));
     do {
-        if ((rc = uuid4(c.nonce_id)) != 0)
+        if ((rc = auth_uuid_new(c.nonce_id)) != 0)
             return rc;
     } while (ix_find(&s->ix, c.nonce_id) != NONE);
     if (RAND_bytes(c.nonce, sizeof(c.nonce)) != 1)
         return -EIO;
     memcpy(c.purpose, purpose, AUTH_PURPOSE_LEN + 1);
     memcpy(c.client_ip, client_ip, strlen(client_ip) + 1);
-    c.expires = now + AUTH_CHALLENGE_TTL_SECS;
+    c.expires_ms = now_ms + AUTH_CHALLENGE_TTL_MS;
 
     /* The slot at the head is the oldest one issued: reuse it. */
     i = s->head;
@@ -522,7 +520,7 @@ int auth_challenge_issue(struct auth_challenges *s, const char *purpose,
 }
 
 int auth_challenge_take(struct auth_challenges *s, const char *nonce_id,
-                        time_t now, struct auth_challenge *out)
+                        int64_t now_ms, struct auth_challenge *out)
 {
     struct auth_challenge c;
     int32_t i;
@@ -537,34 +535,44 @@ int auth_challenge_take(struct auth_challenges *s, const char *nonce_id,
     OPENSSL_cleanse(&s->slot[i], sizeof(s->slot[i]));
     if (out)
         *out = c;
-    return now > c.expires ? -ETIMEDOUT : 0;
+    /* The TTL is how long it lives: at exactly TTL it is gone. */
+    return now_ms >= c.expires_ms ? -ETIMEDOUT : 0;
 }
 
-/* ---- Used cookie ids ---------------------------------------------------- */
+/* ---- Cookie ids --------------------------------------------------------- */
+
+enum { JTI_RESERVED = 1, JTI_USED = 2 };
 
 struct auth_jtis {
     struct uuid_index ix;
+    int32_t capacity;
     time_t *exp;          /* per slot */
+    uint8_t *state;       /* per slot: JTI_RESERVED or JTI_USED when in use */
     int32_t *free_next;   /* free list through unused slots */
     int32_t free_head;
     size_t used;
     time_t min_exp;       /* no id expires before this: skip useless sweeps */
 };
 
-struct auth_jtis *auth_jtis_new(void)
+struct auth_jtis *auth_jtis_new(size_t capacity)
 {
-    struct auth_jtis *s = calloc(1, sizeof(*s));
+    struct auth_jtis *s;
 
+    if (capacity < AUTH_JTI_CAPACITY_MIN || capacity > AUTH_JTI_CAPACITY_MAX)
+        return NULL;
+    s = calloc(1, sizeof(*s));
     if (!s)
         return NULL;
-    s->exp = table_new(AUTH_JTI_CAPACITY, sizeof(*s->exp));
-    s->free_next = calloc(AUTH_JTI_CAPACITY, sizeof(*s->free_next));
-    if (!s->exp || !s->free_next || ix_init(&s->ix, AUTH_JTI_CAPACITY) != 0) {
+    s->capacity = (int32_t)capacity;
+    s->exp = table_new(capacity, sizeof(*s->exp));
+    s->state = table_new(capacity, sizeof(*s->state));
+    s->free_next = table_new(capacity, sizeof(*s->free_next));
+    if (!s->exp || !s->state || !s->free_next || ix_init(&s->ix, capacity) != 0) {
         auth_jtis_free(s);
         return NULL;
     }
-    for (int32_t i = 0; i < AUTH_JTI_CAPACITY; i++)
-        s->free_next[i] = i + 1 < AUTH_JTI_CAPACITY ? i + 1 : NONE;
+    for (int32_t i = 0; i < s->capacity; i++)
+        s->free_next[i] = i + 1 < s->capacity ? i + 1 : NONE;
     s->free_head = 0;
     return s;
 }
@@ -574,9 +582,19 @@ void auth_jtis_free(struct auth_jtis *s)
     if (!s)
         return;
     free(s->exp);
+    free(s->state);
     free(s->free_next);
     ix_free(&s->ix);
     free(s);
+}
+
+static void jtis_release(struct auth_jtis *s, int32_t i)
+{
+    ix_del(&s->ix, i);
+    s->state[i] = 0;
+    s->free_next[i] = s->free_head;
+    s->free_head = i;
+    s->used--;
 }
 
 /* Forget every id whose cookie has expired (now >= exp). */
@@ -585,14 +603,11 @@ static void jtis_sweep(struct auth_jtis *s, time_t now)
     time_t min = 0;
     int any = 0;
 
-    for (int32_t i = 0; i < AUTH_JTI_CAPACITY; i++) {
+    for (int32_t i = 0; i < s->capacity; i++) {
         if (!ix_used(&s->ix, i))
             continue;
         if (now >= s->exp[i]) {
-            ix_del(&s->ix, i);
-            s->free_next[i] = s->free_head;
-            s->free_head = i;
-            s->used--;
+            jtis_release(s, i);
         } else if (!any || s->exp[i] < min) {
             min = s->exp[i];
             any = 1;
@@ -601,14 +616,13 @@ static void jtis_sweep(struct auth_jtis *s, time_t now)
     s->min_exp = min;
 }
 
-int auth_jti_use(struct auth_jtis *s, const char *jti, time_t exp, time_t now)
+/* Take a free slot for `jti`, sweeping expired ids when there is none.
+ * 0 or -ENOSPC. */
+static int jtis_add(struct auth_jtis *s, const char *jti, time_t exp,
+                    time_t now, int state)
 {
     int32_t i;
 
-    if (!s || !jti || !uuid_shape(jti))
-        return -EINVAL;
-    if (ix_find(&s->ix, jti) != NONE)
-        return -EEXIST;
     if (s->free_head == NONE && now >= s->min_exp)
         jtis_sweep(s, now);
     if (s->free_head == NONE)
@@ -616,11 +630,49 @@ int auth_jti_use(struct auth_jtis *s, const char *jti, time_t exp, time_t now)
     i = s->free_head;
     s->free_head = s->free_next[i];
     s->exp[i] = exp;
+    s->state[i] = (uint8_t)state;
     ix_add(&s->ix, i, jti);
     if (s->used == 0 || exp < s->min_exp)
         s->min_exp = exp;
     s->used++;
     return 0;
+}
+
+int auth_jti_reserve(struct auth_jtis *s, const char *jti, time_t exp, time_t now)
+{
+    if (!s || !jti || !uuid_shape(jti))
+        return -EINVAL;
+    if (ix_find(&s->ix, jti) != NONE)
+        return -EEXIST;
+    return jtis_add(s, jti, exp, now, JTI_RESERVED);
+}
+
+void auth_jti_unreserve(struct auth_jtis *s, const char *jti)
+{
+    int32_t i;
+
+    if (!s || !jti)
+        return;
+    i = ix_find(&s->ix, jti);
+    if (i != NONE && s->state[i] == JTI_RESERVED)
+        jtis_release(s, i);
+}
+
+int auth_jti_use(struct auth_jtis *s, const char *jti, time_t exp, time_t now)
+{
+    int32_t i;
+
+    if (!s || !jti || !uuid_shape(jti))
+        return -EINVAL;
+    i = ix_find(&s->ix, jti);
+    if (i != NONE) {
+        if (s->state[i] != JTI_RESERVED)
+            return -EEXIST;
+        /* Issued here: its slot has waited for this use since. */
+        s->state[i] = JTI_USED;
+        return 0;
+    }
+    return jtis_add(s, jti, exp, now, JTI_USED);
 }
 
 size_t auth_jtis_count(const struct auth_jtis *s)

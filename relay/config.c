@@ -326,6 +326,8 @@ static const struct setting settings[] = {
      "challenges per client IP per minute"},
     {"AUTH_MAX_BODY_BYTES", "16384", p_size, FIELD(auth_max_body_bytes), 64, 1 * MIB, 0,
      "largest POST /relay/auth body"},
+    {"RELAY_COOKIE_STORE_SIZE", "65536", p_int, FIELD(cookie_store_size), 1, 1048576, 0,
+     "cookies issued and not yet expired, at most (POST /relay/auth answers 503 when full)"},
     {"SFTP_ALLOWED_PORTS", "22,2022,2222", p_ports, 0, 0, 0, 0,
      "target SSH ports, comma-separated"},
     {"SFTP_HOST_ALLOWLIST", "", p_hosts, 0, 0, 0, 0,

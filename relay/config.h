@@ -41,6 +41,7 @@ struct config {
     int pow_difficulty_bits;       /* POW_DIFFICULTY_BITS, >= 12 */
     int auth_challenge_per_min;    /* AUTH_CHALLENGE_PER_MIN */
     size_t auth_max_body_bytes;    /* AUTH_MAX_BODY_BYTES */
+    int cookie_store_size;         /* RELAY_COOKIE_STORE_SIZE (AUTH_JTI_CAPACITY) */
 
     /* Targets (PROTOCOL §1.2). */
     int allowed_ports[WC_MAX_PORTS];   /* SFTP_ALLOWED_PORTS */

@@ -123,7 +123,7 @@ static int challenge(struct lws *wsi)
 
     if (server_client_ip(wsi, ip, sizeof(ip)) < 0)
         return reply_status(wsi, 400);
-    status = access_http_challenge(srv->access, p, ip, time(NULL), body, sizeof(body));
+    status = access_http_challenge(srv->access, p, ip, access_time_now(), body, sizeof(body));
     if (status != 200)
         return reply_status(wsi, status);
     return reply(wsi, 200, "application/json", body, NULL);
@@ -140,9 +140,11 @@ static int redeem(struct lws *wsi, struct http_pss *pss)
     if (server_client_ip(wsi, ip, sizeof(ip)) < 0)
         return reply_status(wsi, 400);
     status = access_http_redeem(srv->access, pss->body ? pss->body : "", pss->len, ip,
-                                time(NULL), cookie, sizeof(cookie));
+                                access_time_now(), cookie, sizeof(cookie));
     if (status == 204)
         return reply(wsi, 204, "text/plain", NULL, cookie);
+    if (status == 503)
+        return reply(wsi, 503, "text/plain", ACCESS_STORE_FULL_TEXT "\n", NULL);
     return reply_status(wsi, status);
 }
 
@@ -230,7 +232,7 @@ static int confirm_upgrade(struct lws *wsi)
         req.cookie_header = cookie;
     req.host = lws_get_urlarg_by_name(wsi, "host=", host, sizeof(host));
     req.port = lws_get_urlarg_by_name(wsi, "port=", port, sizeof(port));
-    status = access_check_upgrade(srv->access, &req, time(NULL), &target);
+    status = access_check_upgrade(srv->access, &req, access_time_now(), &target);
     log_debug("gate: host=%s port=%s origin=%s cookie=%s -> %d", req.host ? req.host : "(none)",
               req.port ? req.port : "(none)", req.origin ? req.origin : "(none)",
               req.cookie_header ? "present" : "absent", status);

@@ -30,8 +30,9 @@
 
 /*
  * Keys are client_ip_key() strings. Time is whatever the caller passes as
- * `now` (seconds; tests drive it); functions without `now` use the latest
- * `now` the table was given.
+ * `now`: whole seconds of CLOCK_MONOTONIC (access.c; tests drive it), so a
+ * wall-clock step neither lifts a block nor resets a window; functions
+ * without `now` use the latest `now` the table was given.
  *
  * Memory is bounded: when a new key finds the table full, entries that hold
  * nothing any more (stale) are freed; if none is stale, the entry idle the

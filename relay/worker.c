@@ -114,7 +114,7 @@ static int authenticate(struct worker *w, struct job *j)
     char err[256];
     int rc;
 
-    if (access_auth_attempt(s->hub->access, s->client_ip, time(NULL)) != 0) {
+    if (access_auth_attempt(s->hub->access, s->client_ip, access_time_now()) != 0) {
         proto_auth_wipe(&j->auth);
         post_text(s, proto_error(j->req.id, "authentication failed", "blocked"));
         w->reason = "auth blocked";
@@ -127,7 +127,7 @@ static int authenticate(struct worker *w, struct job *j)
      * registers (wipe_alloc.h). */
     wipe_thread_residue();
     if (rc == 0 || rc == SSH_E_SFTP || rc == SSH_E_KEY)
-        access_auth_refund(s->hub->access, s->client_ip, time(NULL));
+        access_auth_refund(s->hub->access, s->client_ip, access_time_now());
     if (rc < 0) {
         post_text(s, proto_error(j->req.id, err, ssh_err_code(rc)));
         w->reason = ssh_err_code(rc);

@@ -37,7 +37,7 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
 # openssl makes the test certificates. chromium runs the browser end-to-end
 # test (test_browser.py, headless, driven over its DevTools protocol); its
 # fontconfig dependency brings a font, so the screenshots show text.
-TEST_PKGS=(openssh-server openssh-client python3 python3-pytest
+TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-timeout
            python3-websocket valgrind clang libclang-rt-dev llvm caddy nginx
            systemd openssl chromium iproute2)
 

@@ -71,15 +71,22 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* Both clocks of access.c at wall-clock second `t`. */
+static struct access_time at(time_t t)
+{
+    struct access_time a = { t, (int64_t)t * 1000 };
+    return a;
+}
+
 /* "relay_auth_sftp=<jwt>" for host:port, or NULL when they are invalid. */
 static char *signed_cookie(const char *host, const char *port, time_t now)
 {
     static char hdr[AUTH_JWT_MAX + 32];
-    char purpose[AUTH_PURPOSE_BUF], jwt[AUTH_JWT_MAX];
+    char purpose[AUTH_PURPOSE_BUF], jwt[AUTH_JWT_MAX], jti[AUTH_UUID_LEN + 1];
     int p = port ? atoi(port) : 0;
 
-    if (!host || auth_purpose_for(host, p, purpose) != 0 ||
-        auth_jwt_sign(cfg.signing_key, cfg.signing_key_len, purpose, now, 600, jwt,
+    if (!host || auth_purpose_for(host, p, purpose) != 0 || auth_uuid_new(jti) != 0 ||
+        auth_jwt_sign(cfg.signing_key, cfg.signing_key_len, jti, purpose, now, 600, jwt,
                       sizeof(jwt)) != 0)
         return NULL;
     snprintf(hdr, sizeof(hdr), "relay_auth_sftp=%s", jwt);
@@ -139,7 +146,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cookie = signed_cookie(f[2], f[3], now);
     {
         struct upgrade_req r = {f[0], cookie, f[2], f[3], ip};
-        st = access_check_upgrade(acc, &r, now + 1, &t);
+        st = access_check_upgrade(acc, &r, at(now + 1), &t);
         if (st == 0) {
             if (t.port < 1 || t.port > 65535 || !memchr(t.host, 0, sizeof(t.host)))
                 __builtin_trap();
@@ -159,12 +166,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* Challenge then redeem. */
     (void)auth_purpose_valid(f[7] ? f[7] : "");
-    st = access_http_challenge(acc, f[7], ip, now, body, sizeof(body));
+    st = access_http_challenge(acc, f[7], ip, at(now), body, sizeof(body));
     if (st == 400) {
         char purpose[AUTH_PURPOSE_BUF];
         if (auth_purpose_for("example.com", 22, purpose) != 0)
             __builtin_trap();
-        st = access_http_challenge(acc, purpose, ip, now, body, sizeof(body));
+        st = access_http_challenge(acc, purpose, ip, at(now), body, sizeof(body));
     }
     if (st == 200) {
         const char *p = strstr(body, "\"nonce_id\":\"");
@@ -181,17 +188,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char ok_body[128];
         snprintf(ok_body, sizeof(ok_body), "{\"nonce_id\":\"%s\",\"answer\":%zu}", nonce_id,
                  size);
-        st = access_http_redeem(acc, ok_body, strlen(ok_body), ip, now + 1, set_cookie,
+        st = access_http_redeem(acc, ok_body, strlen(ok_body), ip, at(now + 1), set_cookie,
                                 sizeof(set_cookie));
-        if (st != 204 && st != 403 && st != 429)
+        if (st != 204 && st != 403 && st != 429 && st != 503)
             __builtin_trap();
         nonce_id[0] = '\0';
     }
     redeem = with_nonce(f[6], nonce_id[0] ? nonce_id : NULL, &rlen);
-    st = access_http_redeem(acc, redeem, rlen, ip, now + 1, set_cookie, sizeof(set_cookie));
+    st = access_http_redeem(acc, redeem, rlen, ip, at(now + 1), set_cookie, sizeof(set_cookie));
     if (st == 204 && !strstr(set_cookie, ACCESS_COOKIE_NAME "="))
         __builtin_trap();
-    if (st != 204 && st != 400 && st != 403 && st != 413)
+    if (st != 204 && st != 400 && st != 403 && st != 413 && st != 503)
         __builtin_trap();
     free(redeem);
     fuzz_fields_free(f, NFIELDS);

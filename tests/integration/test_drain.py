@@ -15,6 +15,7 @@ import pytest
 import websocket
 
 from helpers import LOCAL, login, pattern
+from waits import wait_for_log, wait_relay_read_all
 from wsclient import MiB, upgrade_status
 
 GRACE = 6
@@ -92,11 +93,11 @@ def test_sigterm_drains_idle_and_busy_sessions(relay_factory, sshd, workdir):
             server.freeze()
             rid = busy.send_request("write_chunk", {"handle": handle})
             busy.send_binary(pattern(4 * MiB, seed=6))
-            time.sleep(0.3)
+            wait_relay_read_all(relay, busy.ws.sock)
             t0 = time.monotonic()
             relay.proc.send_signal(signal.SIGTERM)
 
-            time.sleep(0.3)
+            wait_for_log(relay, r"draining: ")
             assert ready_status(relay) == 503
             assert upgrade_status(relay, LOCAL, sshd.port) == 503
             # The idle session is closed at once, with nothing but the close.
@@ -137,7 +138,7 @@ def test_session_busy_past_the_grace_is_cut(relay_factory, sshd, workdir):
             server.freeze()
             s.send_request("write_chunk", {"handle": handle})
             s.send_binary(pattern(4 * MiB, seed=7))
-            time.sleep(0.3)
+            wait_relay_read_all(relay, s.ws.sock)
             t0 = time.monotonic()
             relay.proc.send_signal(signal.SIGTERM)
             assert relay.proc.wait(timeout=grace + SLACK + 3) == 0, relay.log_tail(40)
@@ -175,7 +176,7 @@ def test_pending_binary_frame_is_an_operation_in_progress(relay_factory, sshd, w
         raw = websocket.ABNF.create_frame(pattern(MiB, seed=8),
                                           websocket.ABNF.OPCODE_BINARY).format()
         s.ws.sock.sendall(raw[:len(raw) // 2])
-        time.sleep(0.3)
+        wait_relay_read_all(relay, s.ws.sock)
         relay.proc.send_signal(signal.SIGTERM)
         time.sleep(2.5)  # more than one drain tick
         s.ws.sock.sendall(raw[len(raw) // 2:])

@@ -5,6 +5,7 @@ import time
 import websocket
 
 from helpers import LOCAL, login
+from waits import session_ids_since, wait_session_end
 from sshd import TEST_PASSWORD, TEST_USER
 from wsclient import open_session
 
@@ -67,9 +68,11 @@ def test_other_json_instead_of_acceptance_closes_without_auth(relay, sshd):
 
 def test_auth_request_without_acceptance_is_not_tried(relay, sshd):
     before = sshd_auth_lines(sshd)
+    offset = relay.log_size()
     s = open_session(relay, LOCAL, sshd.port)
     try:
         s.expect_host_key()
+        (sid,) = session_ids_since(relay, offset)
         s.send_json({"id": 1, "method": "auth",
                      "params": {"type": "password", "username": TEST_USER,
                                 "password": TEST_PASSWORD}})
@@ -77,7 +80,10 @@ def test_auth_request_without_acceptance_is_not_tried(relay, sshd):
         assert not any(kind == "text" and "result" in data for kind, data in frames), frames
     finally:
         s.close()
-    time.sleep(0.5)
+    # The session's end line comes after its worker let go of the SSH
+    # connection: any attempt it made with the credentials is over, and
+    # sshd logs an attempt before it answers it.
+    wait_session_end(relay, sid)
     assert sshd_auth_lines(sshd) == before, "the relay tried the credentials"
 
 

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from helpers import login
+from waits import wait_for_log
 
 BAD_SETTINGS = [
     ("POW_DIFFICULTY_BITS", "11"),
@@ -62,7 +63,8 @@ def test_ready_is_503_while_draining(relay_factory, sshd, workdir):
         # Answered only after the relay read the write_chunk before it.
         assert "result" in s.call("stat", path=workdir)
         relay.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # The relay logs the drain once it has begun refusing.
+        wait_for_log(relay, r"draining: ")
         status, _, _ = relay.http("GET", "/ready")
         assert status == 503
     finally:

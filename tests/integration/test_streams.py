@@ -6,6 +6,7 @@ import os
 import time
 
 from helpers import login, make_file, pattern, read_file, sha256_file, wait_until
+from waits import session_ids_since, wait_session_end
 from wsclient import KiB, MiB, READ_CHUNK, WRITE_HANDLE_RE
 
 UNKNOWN_WRITE_HANDLE = "wh-" + "0" * 32
@@ -301,14 +302,18 @@ def test_resumable_upload_survives_a_dropped_connection(relay, sshd, workdir):
     path = os.path.join(workdir, "resumable")
     data = pattern(5 * MiB + 123, 41)
     first = 2 * MiB
+    offset = relay.log_size()
     s = login(relay, sshd)
+    (sid,) = session_ids_since(relay, offset)
     opened = s.ok("write_open", path=path, resume=True)
     assert opened["offset"] == 0
     assert s.write_chunk(opened["handle"], data[:first])["result"] == {}
     # The chunk is answered before it is written: a stat proves it landed.
     assert wait_until(lambda: os.path.exists(path) and os.path.getsize(path) == first, 5)
     s.ws.sock.close()  # connection lost, no close handshake
-    time.sleep(1)
+    # Once the session has ended, its clean-up is done: had it removed the
+    # partial file, it would be gone by now.
+    wait_session_end(relay, sid)
     assert os.path.exists(path), "the partial file of a resumable upload was removed"
 
     s2 = login(relay, sshd)

@@ -22,6 +22,14 @@ static char domain[64];
 static char *allowlist[4];
 static struct cidr allow_private[2];
 
+/* Both clocks of access.c at wall-clock second `t`, the monotonic one
+ * running in step (tests of a clock step pass their own pair). */
+static struct access_time at(time_t t)
+{
+    struct access_time a = { t, (int64_t)t * 1000 };
+    return a;
+}
+
 static void base_config(const char *byo)
 {
     memset(&cfg, 0, sizeof(cfg));
@@ -44,10 +52,10 @@ static void base_config(const char *byo)
 static const char *cookie_ttl(const char *host, int port, time_t now, int ttl)
 {
     static char hdr[AUTH_JWT_MAX + 64];
-    char purpose[AUTH_PURPOSE_BUF], jwt[AUTH_JWT_MAX];
+    char purpose[AUTH_PURPOSE_BUF], jwt[AUTH_JWT_MAX], jti[AUTH_UUID_LEN + 1];
 
-    if (auth_purpose_for(host, port, purpose) != 0 ||
-        auth_jwt_sign(cfg.signing_key, cfg.signing_key_len, purpose, now, ttl,
+    if (auth_purpose_for(host, port, purpose) != 0 || auth_uuid_new(jti) != 0 ||
+        auth_jwt_sign(cfg.signing_key, cfg.signing_key_len, jti, purpose, now, ttl,
                       jwt, sizeof(jwt)) != 0)
         return "broken";
     snprintf(hdr, sizeof(hdr), "relay_auth_sftp=%s", jwt);
@@ -66,7 +74,7 @@ static int gate(struct access *a, const char *origin, const char *cookie_hdr,
     struct upgrade_req r = { origin, cookie_hdr, host, port, ip };
     struct upgrade_target scratch;
 
-    return access_check_upgrade(a, &r, now, t ? t : &scratch);
+    return access_check_upgrade(a, &r, at(now), t ? t : &scratch);
 }
 
 /* The usual request: no Origin (localhost mode), fresh cookie. */
@@ -125,7 +133,7 @@ static int challenge(struct access *a, const char *host, int port, const char *i
     int d = 0, st;
 
     auth_purpose_for(host, port, purpose);
-    st = access_http_challenge(a, purpose, ip, now, body, sizeof(body));
+    st = access_http_challenge(a, purpose, ip, at(now), body, sizeof(body));
     if (st != 200)
         return st;
     CHECK(parse_challenge(body, nonce_id, nonce, &d));
@@ -141,7 +149,7 @@ static int redeem(struct access *a, const char *nonce_id, uint64_t answer,
 
     snprintf(body, sizeof(body), "{\"nonce_id\":\"%s\",\"answer\":%llu}",
              nonce_id, (unsigned long long)answer);
-    return access_http_redeem(a, body, strlen(body), ip, now, set_cookie, n);
+    return access_http_redeem(a, body, strlen(body), ip, at(now), set_cookie, n);
 }
 
 /* Copy `tmpl` into `out` with every '@' replaced by `id`. */
@@ -172,7 +180,7 @@ static void test_challenge_endpoint(void)
     a = access_new(&cfg);
     CHECK(a != NULL);
 
-    CHECK(access_http_challenge(a, p, "203.0.113.5", T0, body, sizeof(body)) == 200);
+    CHECK(access_http_challenge(a, p, "203.0.113.5", at(T0), body, sizeof(body)) == 200);
     CHECK(parse_challenge(body, id, nonce, &d));
     CHECK(d == 12);
     CHECK(id[14] == '4');
@@ -184,32 +192,32 @@ static void test_challenge_endpoint(void)
         "sftp:993574ec685453dca70ab7dd8c8cebce ",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        CHECK(access_http_challenge(a, bad[i], "203.0.113.5", T0, body,
+        CHECK(access_http_challenge(a, bad[i], "203.0.113.5", at(T0), body,
                                     sizeof(body)) == 400);
     /* 1 + 7 so far; two more are fine, the eleventh is 429. */
-    CHECK(access_http_challenge(a, p, "203.0.113.5", T0 + 1, body, sizeof(body)) == 200);
-    CHECK(access_http_challenge(a, p, "203.0.113.5", T0 + 2, body, sizeof(body)) == 200);
-    CHECK(access_http_challenge(a, p, "203.0.113.5", T0 + 3, body, sizeof(body)) == 429);
+    CHECK(access_http_challenge(a, p, "203.0.113.5", at(T0 + 1), body, sizeof(body)) == 200);
+    CHECK(access_http_challenge(a, p, "203.0.113.5", at(T0 + 2), body, sizeof(body)) == 200);
+    CHECK(access_http_challenge(a, p, "203.0.113.5", at(T0 + 3), body, sizeof(body)) == 429);
     /* A bad purpose is still a 400 (checked first), and counts. */
-    CHECK(access_http_challenge(a, "x", "203.0.113.5", T0 + 3, body, sizeof(body)) == 400);
+    CHECK(access_http_challenge(a, "x", "203.0.113.5", at(T0 + 3), body, sizeof(body)) == 400);
     /* Others are not affected. */
-    CHECK(access_http_challenge(a, p, "203.0.113.6", T0 + 3, body, sizeof(body)) == 200);
+    CHECK(access_http_challenge(a, p, "203.0.113.6", at(T0 + 3), body, sizeof(body)) == 200);
     /* A minute after the burst: welcome again (the refusals at T0+3 remain). */
-    CHECK(access_http_challenge(a, p, "203.0.113.5", T0 + 59, body, sizeof(body)) == 429);
-    CHECK(access_http_challenge(a, p, "203.0.113.5", T0 + 63, body, sizeof(body)) == 200);
+    CHECK(access_http_challenge(a, p, "203.0.113.5", at(T0 + 59), body, sizeof(body)) == 429);
+    CHECK(access_http_challenge(a, p, "203.0.113.5", at(T0 + 63), body, sizeof(body)) == 200);
 
     /* IPv6 clients share their /64. */
     for (int i = 0; i < 10; i++) {
         char ip[64];
         snprintf(ip, sizeof(ip), "2001:db8:1:2::%x", i + 1);
-        CHECK(access_http_challenge(a, p, ip, T0, body, sizeof(body)) == 200);
+        CHECK(access_http_challenge(a, p, ip, at(T0), body, sizeof(body)) == 200);
     }
-    CHECK(access_http_challenge(a, p, "2001:db8:1:2:ffff::1", T0, body, sizeof(body)) == 429);
-    CHECK(access_http_challenge(a, p, "2001:db8:1:3::1", T0, body, sizeof(body)) == 200);
+    CHECK(access_http_challenge(a, p, "2001:db8:1:2:ffff::1", at(T0), body, sizeof(body)) == 429);
+    CHECK(access_http_challenge(a, p, "2001:db8:1:3::1", at(T0), body, sizeof(body)) == 200);
 
     /* Internal trouble. */
-    CHECK(access_http_challenge(a, p, "203.0.113.9", T0, body, 20) == 500);
-    CHECK(access_http_challenge(a, p, NULL, T0, body, sizeof(body)) == 500);
+    CHECK(access_http_challenge(a, p, "203.0.113.9", at(T0), body, 20) == 500);
+    CHECK(access_http_challenge(a, p, NULL, at(T0), body, sizeof(body)) == 500);
     access_free(a);
     access_free(NULL);
 }
@@ -263,12 +271,14 @@ static void test_redeem(void)
     CHECK(redeem(a, id, ans, ip, T0 + 1, sc, sizeof(sc)) == 403);
     CHECK(redeem(a, id, ans, ip, T0 + 1, sc, sizeof(sc)) == 400);
 
-    /* Expiry: answered at +60 is fine, at +61 it is gone. */
+    /* Expiry: answered at +59 is fine, at exactly +60 it is gone. */
     CHECK(challenge(a, "example.com", 22, ip, T0, id, &ans, 1) == 200);
-    CHECK(redeem(a, id, ans, ip, T0 + 60, sc, sizeof(sc)) == 204);
+    CHECK(redeem(a, id, ans, ip, T0 + 59, sc, sizeof(sc)) == 204);
+    CHECK(challenge(a, "example.com", 22, ip, T0, id, &ans, 1) == 200);
+    CHECK(redeem(a, id, ans, ip, T0 + 60, sc, sizeof(sc)) == 400);
+    CHECK(redeem(a, id, ans, ip, T0 + 1, sc, sizeof(sc)) == 400);
     CHECK(challenge(a, "example.com", 22, ip, T0, id, &ans, 1) == 200);
     CHECK(redeem(a, id, ans, ip, T0 + 61, sc, sizeof(sc)) == 400);
-    CHECK(redeem(a, id, ans, ip, T0 + 1, sc, sizeof(sc)) == 400);
 
     /* Unknown ids. */
     CHECK(redeem(a, "6f1c1f0e-2b7a-4c61-9d2e-1a2b3c4d5e6f", 1, ip, T0, sc, sizeof(sc)) == 400);
@@ -278,15 +288,15 @@ static void test_redeem(void)
     char *big = malloc(cfg.auth_max_body_bytes + 2);
     memset(big, ' ', cfg.auth_max_body_bytes + 1);
     big[cfg.auth_max_body_bytes + 1] = '\0';
-    CHECK(access_http_redeem(a, big, cfg.auth_max_body_bytes, ip, T0, sc, sizeof(sc)) == 400);
-    CHECK(access_http_redeem(a, big, cfg.auth_max_body_bytes + 1, ip, T0, sc, sizeof(sc)) == 413);
+    CHECK(access_http_redeem(a, big, cfg.auth_max_body_bytes, ip, at(T0), sc, sizeof(sc)) == 400);
+    CHECK(access_http_redeem(a, big, cfg.auth_max_body_bytes + 1, ip, at(T0), sc, sizeof(sc)) == 413);
     /* A good answer with padding inside the cap is accepted. */
     CHECK(challenge(a, "example.com", 22, ip, T0, id, &ans, 1) == 200);
     int n = snprintf(big, cfg.auth_max_body_bytes + 1,
                      "{\"nonce_id\":\"%s\",\"answer\":%llu}", id,
                      (unsigned long long)ans);
     memset(big + n, ' ', cfg.auth_max_body_bytes - (size_t)n);
-    CHECK(access_http_redeem(a, big, cfg.auth_max_body_bytes, ip, T0, sc, sizeof(sc)) == 204);
+    CHECK(access_http_redeem(a, big, cfg.auth_max_body_bytes, ip, at(T0), sc, sizeof(sc)) == 204);
     free(big);
 
     /* Malformed bodies: 400. A live challenge is left for the last ones. */
@@ -315,7 +325,7 @@ static void test_redeem(void)
     };
     for (size_t i = 0; i < sizeof(tmpl) / sizeof(tmpl[0]); i++) {
         subst(body, sizeof(body), tmpl[i], id);
-        int st = access_http_redeem(a, body, strlen(body), ip, T0 + 1, sc, sizeof(sc));
+        int st = access_http_redeem(a, body, strlen(body), ip, at(T0 + 1), sc, sizeof(sc));
         if (st != 400)
             fprintf(stderr, "body \"%s\": %d\n", body, st);
         CHECK(st == 400);
@@ -323,12 +333,12 @@ static void test_redeem(void)
     /* An embedded NUL, and no body at all. */
     snprintf(body, sizeof(body), "{\"nonce_id\":\"%s\",\"answer\":5}", id);
     body[5] = '\0';
-    CHECK(access_http_redeem(a, body, strlen(body + 6) + 6, ip, T0 + 1, sc, sizeof(sc)) == 400);
-    CHECK(access_http_redeem(a, NULL, 0, ip, T0 + 1, sc, sizeof(sc)) == 400);
+    CHECK(access_http_redeem(a, body, strlen(body + 6) + 6, ip, at(T0 + 1), sc, sizeof(sc)) == 400);
+    CHECK(access_http_redeem(a, NULL, 0, ip, at(T0 + 1), sc, sizeof(sc)) == 400);
     /* None of those used the challenge up. Other members are ignored. */
     snprintf(body, sizeof(body), "{\"answer\":%llu,\"nonce_id\":\"%s\",\"x\":[1]}",
              (unsigned long long)ans, id);
-    CHECK(access_http_redeem(a, body, strlen(body), ip, T0 + 1, sc, sizeof(sc)) == 204);
+    CHECK(access_http_redeem(a, body, strlen(body), ip, at(T0 + 1), sc, sizeof(sc)) == 204);
 
     /* Answers up to 2^53 (JavaScript's integers) are taken as numbers. */
     CHECK(challenge(a, "example.com", 22, ip, T0, id, &ans, 1) == 200);
@@ -659,13 +669,13 @@ static void test_limits_checks(void)
     /* Check 8: auth failures (counted by the worker through access). */
     const char *v = "198.51.100.50";
     for (int i = 0; i < 4; i++)
-        CHECK(access_auth_attempt(a, v, T0) == 0);
+        CHECK(access_auth_attempt(a, v, at(T0)) == 0);
     CHECK(simple(a, "example.com", 22, v) == 0);
-    CHECK(access_auth_attempt(a, v, T0) == 0);
-    access_auth_refund(a, v, T0);  /* the fifth was right */
+    CHECK(access_auth_attempt(a, v, at(T0)) == 0);
+    access_auth_refund(a, v, at(T0));  /* the fifth was right */
     CHECK(simple(a, "example.com", 22, v) == 0);
-    CHECK(access_auth_attempt(a, v, T0) == 0);  /* the fifth failure */
-    CHECK(access_auth_attempt(a, v, T0) == -1);
+    CHECK(access_auth_attempt(a, v, at(T0)) == 0);  /* the fifth failure */
+    CHECK(access_auth_attempt(a, v, at(T0)) == -1);
     CHECK(simple(a, "example.com", 22, v) == 429);
     /* The block lasts an hour; cookies are fresh each time. */
     CHECK(gate(a, NULL, cookie_ttl("example.com", 22, T0 + 3599, 600), "example.com",
@@ -676,7 +686,7 @@ static void test_limits_checks(void)
     /* A blocked client's cookie is used up all the same (check 7 first). */
     const char *w = "198.51.100.51";
     for (int i = 0; i < 5; i++)
-        access_auth_attempt(a, w, T0);
+        access_auth_attempt(a, w, at(T0));
     strcpy(hdr, cookie_ttl("example.com", 22, T0, 100000));
     CHECK(gate(a, NULL, hdr, "example.com", "22", w, T0, NULL) == 429);
     CHECK(gate(a, NULL, hdr, "example.com", "22", w, T0 + 3600, NULL) == 403);
@@ -815,7 +825,7 @@ static void test_order(void)
     CHECK(gate(a, o, hdr, "example.com", "22", ip, T0, NULL) == 0);
     /* 7 before 8. */
     for (int i = 0; i < 5; i++)
-        access_auth_attempt(a, ip, T0);
+        access_auth_attempt(a, ip, at(T0));
     CHECK(gate(a, o, hdr, "example.com", "22", ip, T0, NULL) == 403);
     CHECK(gate(a, o, cookie("example.com", 22), "example.com", "22", ip, T0, NULL) == 429);
     access_free(a);
@@ -824,7 +834,7 @@ static void test_order(void)
     base_config("localhost");
     a = access_new(&cfg);
     for (int i = 0; i < 5; i++)
-        access_auth_attempt(a, ip, T0);
+        access_auth_attempt(a, ip, at(T0));
     CHECK(simple(a, "10.0.0.1", 22, ip) == 429);
     const char *ip2 = "203.0.113.6";
     for (int i = 0; i < 3; i++)
@@ -867,6 +877,198 @@ static void test_jti_store_full(void)
     access_free(a);
 }
 
+/* Ask a challenge for example.com:22 at `now`; fill its id, nonce and
+ * purpose. Returns the HTTP status. */
+static int challenge_raw(struct access *a, const char *ip, struct access_time now,
+                         char nonce_id[40], uint8_t nonce[16],
+                         char purpose[AUTH_PURPOSE_BUF])
+{
+    char body[ACCESS_CHALLENGE_BODY_MAX];
+    int d = 0, st;
+
+    auth_purpose_for("example.com", 22, purpose);
+    st = access_http_challenge(a, purpose, ip, now, body, sizeof(body));
+    if (st == 200)
+        CHECK(parse_challenge(body, nonce_id, nonce, &d));
+    return st;
+}
+
+static int redeem_at(struct access *a, const char *nonce_id, const char *answer_text,
+                     const char *ip, struct access_time now, char *sc, size_t n)
+{
+    char body[200];
+
+    snprintf(body, sizeof(body), "{\"nonce_id\":\"%s\",\"answer\":%s}", nonce_id,
+             answer_text);
+    return access_http_redeem(a, body, strlen(body), ip, now, sc, n);
+}
+
+/* The answer is an unsigned 64-bit integer: the whole range is read
+ * exactly, not through jansson's signed integers. */
+static void test_answer_u64(void)
+{
+    struct access *a;
+    char id[40], sc[ACCESS_SET_COOKIE_MAX], purpose[AUTH_PURPOSE_BUF], num[32];
+    uint8_t nonce[16];
+    const char *ip = "203.0.113.5";
+    uint64_t ans;
+
+    base_config("localhost");
+    cfg.auth_challenge_per_min = 1000;
+    a = access_new(&cfg);
+
+    /* A good answer at or above 2^63. */
+    CHECK(challenge_raw(a, ip, at(T0), id, nonce, purpose) == 200);
+    for (ans = 1ull << 63; !auth_pow_ok(nonce, purpose, ans, cfg.pow_difficulty_bits); ans++)
+        ;
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)ans);
+    CHECK(redeem_at(a, id, num, ip, at(T0 + 1), sc, sizeof(sc)) == 204);
+
+    /* A good answer near 2^64 - 1. */
+    CHECK(challenge_raw(a, ip, at(T0), id, nonce, purpose) == 200);
+    for (ans = UINT64_MAX; !auth_pow_ok(nonce, purpose, ans, cfg.pow_difficulty_bits); ans--)
+        ;
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)ans);
+    CHECK(redeem_at(a, id, num, ip, at(T0 + 1), sc, sizeof(sc)) == 204);
+
+    /* 2^64 - 1 itself is a number: judged by the work (403), not 400. */
+    CHECK(challenge_raw(a, ip, at(T0), id, nonce, purpose) == 200);
+    int st = redeem_at(a, id, "18446744073709551615", ip, at(T0 + 1), sc, sizeof(sc));
+    CHECK(st == (auth_pow_ok(nonce, purpose, UINT64_MAX, cfg.pow_difficulty_bits) ? 204 : 403));
+
+    /* Outside the range, negative, fractions, exponents, leading zeros,
+     * strings: 400, and the challenge stays usable. */
+    CHECK(challenge_raw(a, ip, at(T0), id, nonce, purpose) == 200);
+    static const char *const bad[] = {
+        "18446744073709551616", "36893488147419103232", "-1", "-0",
+        "-9223372036854775808", "1.5", "0.0", "1e3", "1E3", "01", "\"5\"",
+        "9223372036854775808.0", "1e19",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        st = redeem_at(a, id, bad[i], ip, at(T0 + 1), sc, sizeof(sc));
+        if (st != 400)
+            fprintf(stderr, "answer %s: %d\n", bad[i], st);
+        CHECK(st == 400);
+    }
+    /* Members before and after, blanks, nesting, escaped strings: the
+     * answer is still found. */
+    for (ans = 0; !auth_pow_ok(nonce, purpose, ans, cfg.pow_difficulty_bits); ans++)
+        ;
+    char body[400];
+    snprintf(body, sizeof(body),
+             " { \"x\" : {\"answer\": 1, \"y\": [\"}\", \"\\\"answer\\\"\"]},"
+             " \"nonce_id\" : \"%s\" ,\n\t\"answer\" :\r %llu } ",
+             id, (unsigned long long)ans);
+    CHECK(access_http_redeem(a, body, strlen(body), ip, at(T0 + 1), sc, sizeof(sc)) == 204);
+    access_free(a);
+}
+
+/* Challenges expire by the monotonic clock, at exactly 60 s; a wall-clock
+ * step changes nothing. The cookie's iat/exp stay wall-clock. */
+static void test_challenge_clock(void)
+{
+    struct access *a;
+    char id[40], sc[ACCESS_SET_COOKIE_MAX], purpose[AUTH_PURPOSE_BUF], num[32];
+    uint8_t nonce[16];
+    const char *ip = "203.0.113.5";
+    struct access_time t0 = { T0, 5000000 }, later;
+    uint64_t ans;
+
+    base_config("localhost");
+    cfg.auth_challenge_per_min = 1000;
+    a = access_new(&cfg);
+
+    /* Wall clock stepped an hour ahead, 59.999 s later: still valid. */
+    CHECK(challenge_raw(a, ip, t0, id, nonce, purpose) == 200);
+    for (ans = 0; !auth_pow_ok(nonce, purpose, ans, cfg.pow_difficulty_bits); ans++)
+        ;
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)ans);
+    later = (struct access_time){ T0 + 3600, t0.mono_ms + 59999 };
+    CHECK(redeem_at(a, id, num, ip, later, sc, sizeof(sc)) == 204);
+    /* The cookie is dated by the wall clock. */
+    char jwt[AUTH_JWT_MAX];
+    struct jwt_claims c;
+    snprintf(jwt, sizeof(jwt), "%.*s", (int)(strchr(sc, ';') - sc - 16), sc + 16);
+    CHECK(auth_jwt_verify(cfg.signing_key, 32, jwt, T0 + 3600, &c) == 0);
+    CHECK(c.iat == T0 + 3600 && c.exp == T0 + 3600 + 600);
+
+    /* Wall clock stepped back an hour, 60.000 s later: expired. */
+    CHECK(challenge_raw(a, ip, t0, id, nonce, purpose) == 200);
+    for (ans = 0; !auth_pow_ok(nonce, purpose, ans, cfg.pow_difficulty_bits); ans++)
+        ;
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)ans);
+    later = (struct access_time){ T0 - 3600, t0.mono_ms + 60000 };
+    CHECK(redeem_at(a, id, num, ip, later, sc, sizeof(sc)) == 400);
+
+    /* Challenge rate: a wall-clock step does not open a new minute. */
+    base_config("localhost");
+    access_free(a);
+    a = access_new(&cfg);
+    for (int i = 0; i < cfg.auth_challenge_per_min; i++)
+        CHECK(challenge_raw(a, ip, t0, id, nonce, purpose) == 200);
+    later = (struct access_time){ T0 + 86400, t0.mono_ms + 1000 };
+    CHECK(challenge_raw(a, ip, later, id, nonce, purpose) == 429);
+    later = (struct access_time){ T0 - 86400, t0.mono_ms + 61000 };
+    CHECK(challenge_raw(a, ip, later, id, nonce, purpose) == 200);
+    access_free(a);
+}
+
+/* Issue one cookie for example.com:22 at `now` into `hdr` (a Cookie
+ * header). Returns the status of POST /relay/auth. */
+static int issue(struct access *a, const char *ip, time_t now, char *hdr, size_t n)
+{
+    char id[40], sc[ACCESS_SET_COOKIE_MAX];
+    uint64_t ans;
+    int st;
+
+    hdr[0] = '\0';
+    CHECK(challenge(a, "example.com", 22, ip, now, id, &ans, 1) == 200);
+    st = redeem(a, id, ans, ip, now, sc, sizeof(sc));
+    if (st == 204)
+        snprintf(hdr, n, "%.*s", (int)(strchr(sc, ';') - sc), sc);
+    return st;
+}
+
+/* A full cookie store refuses to issue, never to accept a cookie it
+ * issued: each is used exactly once; expired ones make room again. */
+static void test_cookie_store_full(void)
+{
+    enum { CAP = 5 };
+    struct access *a;
+    char hdr[CAP][AUTH_JWT_MAX + 32], extra[AUTH_JWT_MAX + 32];
+    const char *ip = "203.0.113.5";
+
+    base_config("localhost");
+    cfg.auth_challenge_per_min = 1000;
+    cfg.max_concurrent_per_ip = 100;
+    cfg.cookie_store_size = CAP;
+    a = access_new(&cfg);
+    CHECK(a != NULL);
+
+    for (int i = 0; i < CAP; i++)
+        CHECK(issue(a, ip, T0, hdr[i], sizeof(hdr[i])) == 204);
+    /* Full: the next cookie is refused at issue, with 503. */
+    CHECK(issue(a, ip, T0 + 1, extra, sizeof(extra)) == 503);
+    CHECK(extra[0] == '\0');
+    CHECK(issue(a, "198.51.100.7", T0 + 599, extra, sizeof(extra)) == 503);
+    /* Every cookie issued works once, then is a replay. */
+    for (int i = 0; i < CAP; i++) {
+        CHECK(gate(a, NULL, hdr[i], "example.com", "22", ip, T0 + 2, NULL) == 0);
+        CHECK(gate(a, NULL, hdr[i], "example.com", "22", ip, T0 + 3, NULL) == 403);
+    }
+    /* Still full of live ids until they expire, then issuing resumes. */
+    CHECK(issue(a, ip, T0 + 4, extra, sizeof(extra)) == 503);
+    CHECK(issue(a, ip, T0 + 600, extra, sizeof(extra)) == 204);
+    CHECK(gate(a, NULL, extra, "example.com", "22", ip, T0 + 601, NULL) == 0);
+    access_free(a);
+}
+
+/* The default store size is the documented one. */
+static void test_cookie_store_default(void)
+{
+    CHECK(AUTH_JTI_CAPACITY == 65536);
+}
+
 static void test_new(void)
 {
     base_config("localhost");
@@ -896,5 +1098,9 @@ int main(void)
     test_ssrf();
     test_order();
     test_jti_store_full();
+    test_answer_u64();
+    test_challenge_clock();
+    test_cookie_store_full();
+    test_cookie_store_default();
     CHECK_DONE();
 }

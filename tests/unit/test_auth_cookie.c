@@ -14,6 +14,15 @@
 static const uint8_t key[32] = "0123456789abcdef0123456789abcdef";
 static const uint8_t other_key[32] = "fedcba9876543210fedcba9876543210";
 
+/* A fresh cookie id, as access.c makes one before it signs. */
+static const char *fresh_jti(void)
+{
+    static char jti[AUTH_UUID_LEN + 1];
+
+    CHECK(auth_uuid_new(jti) == 0);
+    return jti;
+}
+
 /* ---- helpers: an independent base64url and JWT maker ------------------- */
 
 static void b64url(const void *in, size_t n, char *out)
@@ -173,7 +182,7 @@ static void test_jwt_roundtrip(void)
     struct jwt_claims c;
     time_t now = 1700000000;
 
-    CHECK(auth_jwt_sign(key, sizeof(key), purpose, now, 600, tok, sizeof(tok)) == 0);
+    CHECK(auth_jwt_sign(key, sizeof(key), fresh_jti(), purpose, now, 600, tok, sizeof(tok)) == 0);
     CHECK(strncmp(tok, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.", 37) == 0);
     CHECK(strchr(tok, '=') == NULL);
     CHECK(auth_jwt_verify(key, sizeof(key), tok, now, &c) == 0);
@@ -188,19 +197,27 @@ static void test_jwt_roundtrip(void)
     CHECK(auth_jwt_verify(other_key, sizeof(other_key), tok, now, &c) == -EPERM);
     CHECK(auth_jwt_verify(key, 31, tok, now, &c) == -EPERM);
 
-    /* Each cookie has its own id. */
-    CHECK(auth_jwt_sign(key, sizeof(key), purpose, now, 600, tok2, sizeof(tok2)) == 0);
+    /* Each cookie carries the id it was given, and fresh ids differ. */
+    char jti[AUTH_UUID_LEN + 1];
+    CHECK(auth_uuid_new(jti) == 0);
+    CHECK(auth_jwt_sign(key, sizeof(key), jti, purpose, now, 600, tok2, sizeof(tok2)) == 0);
     struct jwt_claims c2;
     CHECK(auth_jwt_verify(key, sizeof(key), tok2, now, &c2) == 0);
+    CHECK_STR(c2.jti, jti);
     CHECK(strcmp(c.jti, c2.jti) != 0);
+    CHECK(auth_jwt_sign(key, sizeof(key), NULL, purpose, now, 600, tok, sizeof(tok)) == -EINVAL);
+    CHECK(auth_jwt_sign(key, sizeof(key), "not-a-uuid", purpose, now, 600, tok,
+                        sizeof(tok)) == -EINVAL);
+    CHECK(auth_jwt_sign(key, sizeof(key), "6F1C1F0E-2B7A-4C61-9D2E-1A2B3C4D5E6F", purpose, now,
+                        600, tok, sizeof(tok)) == -EINVAL);
 
     /* Sign: arguments and buffer size. */
-    CHECK(auth_jwt_sign(key, 0, purpose, now, 600, tok, sizeof(tok)) == -EINVAL);
-    CHECK(auth_jwt_sign(key, sizeof(key), "sftp:nope", now, 600, tok, sizeof(tok)) == -EINVAL);
-    CHECK(auth_jwt_sign(key, sizeof(key), purpose, now, 0, tok, sizeof(tok)) == -EINVAL);
-    CHECK(auth_jwt_sign(key, sizeof(key), purpose, now, 600, tok, 100) == -ENOSPC);
-    CHECK(auth_jwt_sign(key, sizeof(key), purpose, now, 600, tok, strlen(tok2)) == -ENOSPC);
-    CHECK(auth_jwt_sign(key, sizeof(key), purpose, now, 600, tok, strlen(tok2) + 1) == 0);
+    CHECK(auth_jwt_sign(key, 0, fresh_jti(), purpose, now, 600, tok, sizeof(tok)) == -EINVAL);
+    CHECK(auth_jwt_sign(key, sizeof(key), fresh_jti(), "sftp:nope", now, 600, tok, sizeof(tok)) == -EINVAL);
+    CHECK(auth_jwt_sign(key, sizeof(key), fresh_jti(), purpose, now, 0, tok, sizeof(tok)) == -EINVAL);
+    CHECK(auth_jwt_sign(key, sizeof(key), fresh_jti(), purpose, now, 600, tok, 100) == -ENOSPC);
+    CHECK(auth_jwt_sign(key, sizeof(key), fresh_jti(), purpose, now, 600, tok, strlen(tok2)) == -ENOSPC);
+    CHECK(auth_jwt_sign(key, sizeof(key), fresh_jti(), purpose, now, 600, tok, strlen(tok2) + 1) == 0);
 }
 
 static void test_jwt_tamper(void)
@@ -210,7 +227,7 @@ static void test_jwt_tamper(void)
     struct jwt_claims c;
     time_t now = 1700000000;
 
-    CHECK(auth_jwt_sign(key, sizeof(key), purpose, now, 600, tok, sizeof(tok)) == 0);
+    CHECK(auth_jwt_sign(key, sizeof(key), fresh_jti(), purpose, now, 600, tok, sizeof(tok)) == 0);
     char *dot1 = strchr(tok, '.'), *dot2 = strrchr(tok, '.');
 
     /* Tampered payload: a later exp under the old signature. */
@@ -376,7 +393,7 @@ static void test_jwt_malformed(void)
     struct jwt_claims c;
     time_t now = 1700000000;
 
-    CHECK(auth_jwt_sign(key, sizeof(key), purpose, now, 600, tok, sizeof(tok)) == 0);
+    CHECK(auth_jwt_sign(key, sizeof(key), fresh_jti(), purpose, now, 600, tok, sizeof(tok)) == 0);
     char *dot1 = strchr(tok, '.'), *dot2 = strrchr(tok, '.');
     int hl = (int)(dot1 - tok), pl = (int)(dot2 - dot1 - 1);
     const char *h = tok, *p = dot1 + 1, *s = dot2 + 1;
@@ -436,7 +453,7 @@ static void test_challenges(void)
     struct auth_challenges *s = auth_challenges_new();
     struct auth_challenge a, b, got;
     const char *purpose = "sftp:993574ec685453dca70ab7dd8c8cebce";
-    time_t now = 1000;
+    int64_t now = 1000000;  /* CLOCK_MONOTONIC milliseconds */
 
     CHECK(s != NULL);
     CHECK(auth_challenge_issue(s, purpose, "203.0.113.5", now, &a) == 0);
@@ -444,7 +461,8 @@ static void test_challenges(void)
     CHECK(strlen(a.nonce_id) == 36 && a.nonce_id[14] == '4');
     CHECK(strcmp(a.nonce_id, b.nonce_id) != 0);
     CHECK(memcmp(a.nonce, b.nonce, 16) != 0);
-    CHECK(a.expires == now + AUTH_CHALLENGE_TTL_SECS);
+    CHECK(AUTH_CHALLENGE_TTL_MS == 60000);  /* PROTOCOL §1.1: 60 s */
+    CHECK(a.expires_ms == now + AUTH_CHALLENGE_TTL_MS);
     CHECK_STR(a.client_ip, "203.0.113.5");
     CHECK_STR(a.purpose, purpose);
 
@@ -452,11 +470,13 @@ static void test_challenges(void)
     CHECK(auth_challenge_take(s, a.nonce_id, now + 1, &got) == 0);
     CHECK(memcmp(&got, &a, sizeof(a)) == 0);
     CHECK(auth_challenge_take(s, a.nonce_id, now + 1, &got) == -ENOENT);
-    /* Still valid 60 s on, gone at 61. */
-    CHECK(auth_challenge_take(s, b.nonce_id, now + 60, &got) == 0);
+    /* Valid until 1 ms before 60 s, gone at exactly 60 s and after. */
+    CHECK(auth_challenge_take(s, b.nonce_id, now + AUTH_CHALLENGE_TTL_MS - 1, &got) == 0);
     CHECK(auth_challenge_issue(s, purpose, "203.0.113.5", now, &a) == 0);
-    CHECK(auth_challenge_take(s, a.nonce_id, now + 61, &got) == -ETIMEDOUT);
+    CHECK(auth_challenge_take(s, a.nonce_id, now + AUTH_CHALLENGE_TTL_MS, &got) == -ETIMEDOUT);
     CHECK(auth_challenge_take(s, a.nonce_id, now + 1, &got) == -ENOENT);
+    CHECK(auth_challenge_issue(s, purpose, "203.0.113.5", now, &a) == 0);
+    CHECK(auth_challenge_take(s, a.nonce_id, now + 61000, &got) == -ETIMEDOUT);
 
     CHECK(auth_challenge_take(s, "6f1c1f0e-2b7a-4c61-9d2e-1a2b3c4d5e6f", now, &got) == -ENOENT);
     CHECK(auth_challenge_take(s, "", now, &got) == -ENOENT);
@@ -504,7 +524,7 @@ static const char *jti_n(unsigned n)
 
 static void test_jtis(void)
 {
-    struct auth_jtis *s = auth_jtis_new();
+    struct auth_jtis *s = auth_jtis_new(AUTH_JTI_CAPACITY);
     time_t now = 5000;
 
     CHECK(s != NULL);
@@ -515,12 +535,14 @@ static void test_jtis(void)
     CHECK(auth_jti_use(s, "not-a-uuid", now + 600, now) == -EINVAL);
     CHECK(auth_jti_use(s, NULL, now + 600, now) == -EINVAL);
 
-    /* Fill it: a full store refuses rather than forgets. */
+    /* Fill it with ids issued elsewhere (another instance): a full store
+     * refuses an unknown one rather than forget a live one. */
     for (unsigned i = 1; i < AUTH_JTI_CAPACITY; i++)
         CHECK(auth_jti_use(s, jti_n(i), now + 600 + (i % 7), now) == 0);
     CHECK(auth_jtis_count(s) == AUTH_JTI_CAPACITY);
     CHECK(auth_jti_use(s, jti_n(AUTH_JTI_CAPACITY), now + 600, now) == -ENOSPC);
     CHECK(auth_jti_use(s, jti_n(AUTH_JTI_CAPACITY), now + 600, now + 599) == -ENOSPC);
+    CHECK(auth_jti_reserve(s, jti_n(AUTH_JTI_CAPACITY), now + 600, now) == -ENOSPC);
     /* Replays are still seen as replays. */
     CHECK(auth_jti_use(s, jti_n(5), now + 600, now) == -EEXIST);
     /* Once some cookies have expired, their ids make room. */
@@ -532,6 +554,63 @@ static void test_jtis(void)
     CHECK(auth_jti_use(s, "6f1c1f0e-2b7a-4c61-9d2e-1a2b3c4d5e6f", now + 1200, now + 601) == 0);
     auth_jtis_free(s);
     auth_jtis_free(NULL);
+
+    /* The capacity is a setting, within its range. */
+    CHECK(auth_jtis_new(0) == NULL);
+    CHECK(auth_jtis_new(AUTH_JTI_CAPACITY_MAX + 1) == NULL);
+    s = auth_jtis_new(AUTH_JTI_CAPACITY_MIN);
+    CHECK(s != NULL);
+    auth_jtis_free(s);
+}
+
+/* Ids reserved when their cookie is issued: a full store refuses to issue
+ * more, and never refuses the one use of a cookie it issued. */
+static void test_jtis_reserved(void)
+{
+    enum { CAP = 16 };
+    struct auth_jtis *s = auth_jtis_new(CAP);
+    time_t now = 5000;
+
+    CHECK(s != NULL);
+    for (unsigned i = 0; i < CAP; i++)
+        CHECK(auth_jti_reserve(s, jti_n(i), now + 600 + i, now) == 0);
+    CHECK(auth_jtis_count(s) == CAP);
+    CHECK(auth_jti_reserve(s, jti_n(0), now + 600, now) == -EEXIST);
+    CHECK(auth_jti_reserve(s, "not-a-uuid", now + 600, now) == -EINVAL);
+    /* Full: issuing is refused, also just before the first id expires. */
+    CHECK(auth_jti_reserve(s, jti_n(100), now + 600, now) == -ENOSPC);
+    CHECK(auth_jti_reserve(s, jti_n(100), now + 600, now + 599) == -ENOSPC);
+    /* Each issued cookie is used once, full store or not; then it is a
+     * replay. A cookie never issued here finds no room. */
+    for (unsigned i = 0; i < CAP; i++) {
+        CHECK(auth_jti_use(s, jti_n(i), now + 600 + i, now + 10) == 0);
+        CHECK(auth_jti_use(s, jti_n(i), now + 600 + i, now + 10) == -EEXIST);
+    }
+    CHECK(auth_jtis_count(s) == CAP);
+    CHECK(auth_jti_use(s, jti_n(101), now + 600, now + 10) == -ENOSPC);
+    CHECK(auth_jti_reserve(s, jti_n(100), now + 600, now + 10) == -ENOSPC);
+    /* Expired ids (exp now+600 and now+601) free their slots: two more
+     * cookies can be issued, not three. */
+    CHECK(auth_jti_reserve(s, jti_n(100), now + 1200, now + 601) == 0);
+    CHECK(auth_jti_reserve(s, jti_n(102), now + 1200, now + 601) == 0);
+    CHECK(auth_jti_reserve(s, jti_n(103), now + 1200, now + 601) == -ENOSPC);
+    CHECK(auth_jti_use(s, jti_n(100), now + 1200, now + 601) == 0);
+    CHECK(auth_jti_use(s, jti_n(2), now + 602, now + 601) == -EEXIST);  /* still live */
+
+    /* A reservation given back (the cookie was never sent) frees its slot;
+     * a used id is never given back. */
+    auth_jti_unreserve(s, jti_n(102));
+    auth_jti_unreserve(s, jti_n(100));
+    auth_jti_unreserve(s, NULL);
+    CHECK(auth_jti_use(s, jti_n(100), now + 1200, now + 601) == -EEXIST);
+    CHECK(auth_jti_reserve(s, jti_n(103), now + 1200, now + 601) == 0);
+    CHECK(auth_jtis_count(s) == CAP);
+
+    /* Everything expired: the store empties as it is asked again. */
+    for (unsigned i = 200; i < 200 + CAP; i++)
+        CHECK(auth_jti_reserve(s, jti_n(i), now + 5000, now + 2000) == 0);
+    CHECK(auth_jtis_count(s) == CAP);
+    auth_jtis_free(s);
 }
 
 int main(void)
@@ -545,5 +624,6 @@ int main(void)
     test_jwt_malformed();
     test_challenges();
     test_jtis();
+    test_jtis_reserved();
     CHECK_DONE();
 }

@@ -109,6 +109,8 @@ static void test_defaults(void)
     CHECK(c.auth_challenge_per_min == 10);
     CHECK(c.auth_max_body_bytes == 16384);
     CHECK(c.auth_max_body_bytes == 16 * KIB);
+    /* The cookie store: 65,536 cookies by default (AUTH_JTI_CAPACITY). */
+    CHECK(c.cookie_store_size == 65536);
     /* §1.2 targets: ports 22, 2022, 2222; every host; no private ranges. */
     CHECK(c.n_allowed_ports == 3);
     CHECK(c.allowed_ports[0] == 22);
@@ -162,9 +164,35 @@ static void test_defaults(void)
     }
 }
 
+/* RELAY_COOKIE_STORE_SIZE stays within what the store accepts. */
+static void test_cookie_store_size(void)
+{
+    struct config c;
+    char err[512] = "";
+
+    /* cfg_free() also after a refusal: cfg_load() may have filled some. */
+    setenv("RELAY_COOKIE_STORE_SIZE", "0", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "RELAY_COOKIE_STORE_SIZE") != NULL);
+    cfg_free(&c);
+    setenv("RELAY_COOKIE_STORE_SIZE", "1048577", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) != 0);
+    cfg_free(&c);
+    setenv("RELAY_COOKIE_STORE_SIZE", "1048576", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == 0);
+    CHECK(c.cookie_store_size == 1048576);
+    cfg_free(&c);
+    setenv("RELAY_COOKIE_STORE_SIZE", "3", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == 0);
+    CHECK(c.cookie_store_size == 3);
+    cfg_free(&c);
+    unsetenv("RELAY_COOKIE_STORE_SIZE");
+}
+
 int main(void)
 {
     test_wire_limits();
     test_defaults();
+    test_cookie_store_size();
     CHECK_DONE();
 }

@@ -603,6 +603,100 @@ static void test_auth_take(void)
     proto_wipe(buf, 0);
 }
 
+/* A string of `n` copies of `c` (malloc'd, NUL-terminated). */
+static char *filled(size_t n, char c)
+{
+    char *s = malloc(n + 1);
+
+    if (!s)
+        abort();
+    memset(s, c, n);
+    s[n] = '\0';
+    return s;
+}
+
+/* Credentials over their caps are a bad request, answered before any
+ * authentication is tried; at the cap they are taken. */
+static void test_auth_caps(void)
+{
+    static const struct {
+        const char *type, *field;
+        size_t cap;
+        const char *err;
+    } f[] = {
+        {"password", "username", PROTO_MAX_USERNAME_BYTES, "invalid auth request: username too long"},
+        {"password", "password", PROTO_MAX_PASSWORD_BYTES, "invalid auth request: password too long"},
+        {"publickey", "privateKey", PROTO_MAX_PRIVATE_KEY_BYTES,
+         "invalid auth request: privateKey too long"},
+        {"publickey", "passphrase", PROTO_MAX_PASSPHRASE_BYTES,
+         "invalid auth request: passphrase too long"},
+    };
+    struct proto_request req;
+    struct proto_auth a;
+    const char *err;
+
+    /* The caps leave room for real credentials, under the frame cap. */
+    CHECK(PROTO_MAX_PASSWORD_BYTES >= 1024 && PROTO_MAX_PASSWORD_BYTES <= 8192);
+    CHECK(PROTO_MAX_PRIVATE_KEY_BYTES >= 8192);
+    CHECK(PROTO_MAX_PRIVATE_KEY_BYTES + PROTO_MAX_PASSPHRASE_BYTES +
+          PROTO_MAX_USERNAME_BYTES < PROTO_MAX_TEXT_BYTES);
+
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+        for (size_t extra = 0; extra <= 1; extra++) {
+            char *v = filled(f[i].cap + extra, 'k'), *text;
+            /* The other fields get short valid values; `v` needs no escaping. */
+            int pw = strcmp(f[i].type, "password") == 0;
+            size_t n = strlen(v) + 200;
+            text = malloc(n);
+            if (!text)
+                abort();
+            snprintf(text, n,
+                     "{\"id\":12,\"method\":\"auth\",\"params\":{\"type\":\"%s\","
+                     "\"username\":\"%s\",\"%s\":\"%s\"%s}}",
+                     f[i].type, strcmp(f[i].field, "username") == 0 ? v : "u",
+                     strcmp(f[i].field, "username") == 0 ? "password" : f[i].field,
+                     strcmp(f[i].field, "username") == 0 ? "pw" : v,
+                     pw || strcmp(f[i].field, "privateKey") == 0 ? ""
+                                                                   : ",\"privateKey\":\"KEY\"");
+            CHECK(text && proto_parse_request(text, strlen(text), &req) == 0);
+            CHECK(req.error == NULL);
+            memset(&a, 0x5a, sizeof(a));
+            int rc = proto_auth_take(&req, &a, &err);
+            if (extra) {
+                CHECK(rc == -1);
+                CHECK_STR(err, f[i].err);
+                check_empty_auth(&a);
+                CHECK(wiped(&req, f[i].field, v));
+            } else {
+                CHECK(rc == 0);
+                CHECK(err == NULL);
+                proto_auth_wipe(&a);
+            }
+            proto_request_free(&req);
+            free(text);
+            free(v);
+        }
+    }
+
+    /* The case that was reported: a 60 KB password in a frame under
+     * PROTO_MAX_TEXT_BYTES. */
+    char *pw = filled(60000, 'p'), *text = malloc(60100);
+    if (!text)
+        abort();
+    snprintf(text, 60100,
+             "{\"id\":13,\"method\":\"auth\",\"params\":{\"username\":\"u\","
+             "\"password\":\"%s\"}}", pw);
+    CHECK(text && strlen(text) < PROTO_MAX_TEXT_BYTES);
+    CHECK(text && proto_parse_request(text, strlen(text), &req) == 0);
+    CHECK(req.id == 13 && req.error == NULL);
+    CHECK(proto_auth_take(&req, &a, &err) == -1);
+    CHECK_STR(err, "invalid auth request: password too long");
+    check_empty_auth(&a);
+    proto_request_free(&req);
+    free(text);
+    free(pw);
+}
+
 static void test_builders(void)
 {
     CHECK_FRAME(proto_result_empty(7), "{\"id\":7,\"result\":{}}");
@@ -675,6 +769,7 @@ int main(void)
     test_size_limit();
     test_host_key_accepted();
     test_auth_take();
+    test_auth_caps();
     test_builders();
     test_constants();
     CHECK_DONE();
