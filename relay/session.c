@@ -125,6 +125,7 @@ struct session *session_new(struct session_hub *h, const char *client_ip,
     s->phase_since = s->started;
     s->jobs_tail = &s->jobs;
     s->out_tail = &s->out;
+    s->held_tail = &s->held;
     s->refs = 1;
     s->sock = -1;
 
@@ -174,6 +175,11 @@ static void session_free(struct session *s)
     while (s->out) {
         struct frame *f = s->out;
         s->out = f->next;
+        frame_free(f);
+    }
+    while (s->held) {
+        struct frame *f = s->held;
+        s->held = f->next;
         frame_free(f);
     }
     pthread_cond_destroy(&s->cv);
@@ -417,10 +423,34 @@ static void append_frame(struct session *s, struct frame *f)
     s->out_bytes += f->len;
 }
 
+/* A worker frame may open or close a fragmented message; once it is
+ * closed, the frames held back meanwhile follow it. */
+static void append_worker_frame(struct session *s, struct frame *f)
+{
+    if (!f)
+        return;
+    append_frame(s, f);
+    s->out_open = f->more;
+    if (!s->out_open) {
+        while (s->held) {
+            struct frame *h = s->held;
+            s->held = h->next;
+            append_frame(s, h);
+        }
+        s->held_tail = &s->held;
+    }
+}
+
 void session_post_nowait(struct session *s, struct frame *f)
 {
     pthread_mutex_lock(&s->mu);
-    append_frame(s, f);
+    if (s->out_open && f) {
+        f->next = NULL;
+        *s->held_tail = f;
+        s->held_tail = &f->next;
+    } else {
+        append_frame(s, f);
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -433,8 +463,8 @@ int session_post(struct session *s, struct frame *a, struct frame *b)
         pthread_cond_wait(&s->cv, &s->mu);
     gone = s->ws_gone;
     if (!gone) {
-        append_frame(s, a);
-        append_frame(s, b);
+        append_worker_frame(s, a);
+        append_worker_frame(s, b);
     }
     pthread_mutex_unlock(&s->mu);
     if (gone) {

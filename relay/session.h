@@ -64,6 +64,11 @@ struct session {
     size_t in_bytes;                /* payload accepted, not yet written */
     struct frame *out, **out_tail;
     size_t out_bytes;
+    /* The worker has queued the start of a fragmented message but not its
+     * end yet (frame.h): frames posted by the service thread wait in `held`
+     * until it has, since only control frames may come between fragments. */
+    int out_open;
+    struct frame *held, **held_tail;
     int ws_gone;                    /* the browser side is closed */
     int worker_done;                /* the worker thread has finished */
     int refs;
