@@ -369,6 +369,7 @@ static int send_next(struct lws *wsi, struct ws_pss *pss)
     if (f->abort) {
         /* A message cut short: closing is the only way not to pass it off
          * as complete (a Close is a control frame, legal mid-message). */
+        pss->close_reason = "answer cut short";
         lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, NULL, 0);
         return -1;
     }
