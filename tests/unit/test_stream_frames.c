@@ -72,6 +72,11 @@ static void test_service_frames_wait_behind_a_fragmented_message(void)
     /* Frames still held when the session goes are freed with it (ASan). */
     session_post(s, tagged(1, '1', 1, 0), NULL);
     session_post_nowait(s, tagged(0, 'x', 0, 0));
+    /* Posting notified the hub, which holds a reference until taken. */
+    for (struct session *n = hub_take_notified(&hub), *next; n; n = next) {
+        next = hub_notified_next(&hub, n);
+        session_unref(n);
+    }
     session_unref(s);
     hub_destroy(&hub);
 }
