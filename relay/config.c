@@ -364,6 +364,8 @@ static const struct setting settings[] = {
      "0 = a quarter of RAM or of the cgroup's MemoryMax, at least 64"},
     {"SHUTDOWN_GRACE_SECS", "30", p_int, FIELD(shutdown_grace_secs), 0, 3600, 0,
      "on SIGTERM, time live sessions get to finish their current operation"},
+    {"SFTP_LIST_MAX_ENTRIES", "10000000", p_int, FIELD(list_max_entries), 1, 1000000000,
+     0, "entries of one `list` before it fails as `directory too large`"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))

@@ -11,9 +11,7 @@
 #define WC_MAX_FRAME_BYTES       (16u * 1024 * 1024)  /* one binary frame */
 #define WC_READ_CHUNK_BYTES      (256u * 1024)        /* one read_chunk */
 #define WC_MAX_READ_HANDLES      8                    /* per session */
-#define WC_LEGACY_READ_MAX_BYTES (16u * 1024 * 1024)  /* legacy `read` */
 #define WC_MAX_PORTS             64
-#define WC_MAX_LIST_ENTRIES      64
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -65,6 +63,7 @@ struct config {
     int keepalive_secs;            /* SSH_KEEPALIVE_SECS (15) */
     int keepalive_count;           /* SSH_KEEPALIVE_COUNT (4) */
     int op_timeout_secs;           /* SFTP_OP_TIMEOUT_SECS (60) */
+    int list_max_entries;          /* SFTP_LIST_MAX_ENTRIES (10,000,000) */
     int shutdown_grace_secs;       /* SHUTDOWN_GRACE_SECS (30) */
     int memory_budget_mib;         /* RELAY_MEMORY_BUDGET_MIB, 0 = derived */
 

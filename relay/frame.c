@@ -13,6 +13,9 @@ struct frame *frame_new(int binary, size_t len)
     f->next = NULL;
     f->binary = binary;
     f->close_after = 0;
+    f->more = 0;
+    f->cont = 0;
+    f->abort = 0;
     f->len = len;
     f->sent = 0;
     return f;

@@ -9,10 +9,21 @@
 
 #define FRAME_HEADROOM 32
 
+/* A message too large to hold goes out as several frames of the queue, the
+ * fragments of one WebSocket message (RFC 6455 §5.4): the first has `more`
+ * set, the following ones `cont`, the last one clears `more`. Nothing but
+ * control frames may be sent between them, so the session keeps frames from
+ * other producers behind an unfinished message. */
 struct frame {
     struct frame *next;
     int binary;
     int close_after;      /* close the WebSocket once this frame is out */
+    int more;             /* the message goes on in a later frame */
+    int cont;             /* continues a message started by an earlier frame */
+    /* No payload: the message it continues was cut short (the file shrank,
+     * the server failed mid-way). A short message must never pass for a
+     * whole one, so the WebSocket is closed instead of finishing it. */
+    int abort;
     size_t len;           /* payload bytes */
     size_t sent;          /* payload bytes already handed to lws */
     unsigned char buf[];  /* FRAME_HEADROOM + len */

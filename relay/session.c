@@ -233,6 +233,7 @@ struct session *session_new(struct session_hub *h, const char *client_ip,
     s->phase_since_ms = s->started_ms;
     s->jobs_tail = &s->jobs;
     s->out_tail = &s->out;
+    s->held_tail = &s->held;
     s->refs = 1;
     s->sock = -1;
 
@@ -286,6 +287,11 @@ static void session_free(struct session *s)
     while (s->out) {
         struct frame *f = s->out;
         s->out = f->next;
+        frame_free(f);
+    }
+    while (s->held) {
+        struct frame *f = s->held;
+        s->held = f->next;
         frame_free(f);
     }
     pthread_cond_destroy(&s->cv);
@@ -531,21 +537,61 @@ void session_job_done(struct session *s, struct job *j)
     session_notify(s);
 }
 
+/* Link a frame at the end of the send queue; its bytes are counted by
+ * the caller (count_frame), once, whether it waits in `held` first or not. */
+static void link_frame(struct session *s, struct frame *f)
+{
+    f->next = NULL;
+    *s->out_tail = f;
+    s->out_tail = &f->next;
+}
+
+/* Every queued frame, held back or not, counts against the session's
+ * output cap and the process budget: a browser that provokes error frames
+ * during a long streamed answer must still meet the read pause. */
+static void count_frame(struct session *s, struct frame *f)
+{
+    s->out_bytes += f->len;
+    budget_add(s, f->len);
+}
+
 static void append_frame(struct session *s, struct frame *f)
 {
     if (!f)
         return;
-    f->next = NULL;
-    *s->out_tail = f;
-    s->out_tail = &f->next;
-    s->out_bytes += f->len;
-    budget_add(s, f->len);
+    count_frame(s, f);
+    link_frame(s, f);
+}
+
+/* A worker frame may open or close a fragmented message; once it is
+ * closed, the frames held back meanwhile follow it. */
+static void append_worker_frame(struct session *s, struct frame *f)
+{
+    if (!f)
+        return;
+    append_frame(s, f);
+    s->out_open = f->more;
+    if (!s->out_open) {
+        while (s->held) {
+            struct frame *h = s->held;
+            s->held = h->next;
+            link_frame(s, h);
+        }
+        s->held_tail = &s->held;
+    }
 }
 
 void session_post_nowait(struct session *s, struct frame *f)
 {
     pthread_mutex_lock(&s->mu);
-    append_frame(s, f);
+    if (s->out_open && f) {
+        count_frame(s, f);
+        f->next = NULL;
+        *s->held_tail = f;
+        s->held_tail = &f->next;
+    } else {
+        append_frame(s, f);
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -558,8 +604,8 @@ int session_post(struct session *s, struct frame *a, struct frame *b)
         pthread_cond_wait(&s->cv, &s->mu);
     gone = s->ws_gone;
     if (!gone) {
-        append_frame(s, a);
-        append_frame(s, b);
+        append_worker_frame(s, a);
+        append_worker_frame(s, b);
     }
     pthread_mutex_unlock(&s->mu);
     if (gone) {

@@ -77,6 +77,11 @@ struct session {
     size_t in_bytes;                /* mu: payload accepted, not yet written */
     struct frame *out, **out_tail;  /* mu */
     size_t out_bytes;               /* mu */
+    /* The worker has queued the start of a fragmented message but not its
+     * end yet (frame.h): frames posted by the service thread wait in `held`
+     * until it has, since only control frames may come between fragments. */
+    int out_open;                   /* mu */
+    struct frame *held, **held_tail; /* mu */
     int ws_gone;                    /* mu: the browser side is closed */
     int64_t gone_ms;                /* mu: when ws_gone was set */
     int worker_done;                /* mu: the worker thread has finished */

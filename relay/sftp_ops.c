@@ -3,6 +3,7 @@
  * function so every verb speaks the same error strings and codes. */
 #include "sftp_ops.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,15 @@
 #define HANDLE_CHARS 36   /* "wh-" + 32 hex + NUL */
 #define NAME_MAX_BYTES 1024
 #define WRITE_WINDOW (2u * 1024 * 1024)
+/* A listing is built as JSON text and sent once this much is ready: a
+ * directory whose listing fits is answered in one frame (and a failure
+ * while reading it is an ordinary error answer); a larger one is streamed
+ * as fragments of one text message of this size each, so a listing holds
+ * about this much whatever the directory holds. */
+#define LIST_FRAGMENT_BYTES (256u * 1024)
+/* Write handles that failed, remembered (without their slot) so later
+ * requests on them answer the failure; the oldest is forgotten first. */
+#define FAILED_WRITES_KEPT SFTP_MAX_WRITE_HANDLES
 
 struct whandle {
     char id[HANDLE_CHARS];
@@ -26,9 +36,13 @@ struct whandle {
     /* Opened with "resume": the browser means to continue this upload if
      * the connection drops, so a session end keeps the partial file. */
     int resumable;
-    int failed;
-    char failmsg[sizeof(((struct op_reply *)0)->errbuf)];
-    const char *failcode;
+};
+
+/* An upload ended by a write error: what later requests on it answer. */
+struct failed_write {
+    char id[HANDLE_CHARS];
+    char msg[sizeof(((struct op_reply *)0)->errbuf)];
+    const char *code;
 };
 
 /* A read handle keeps at most one chunk read ahead: the app asks for the
@@ -44,8 +58,12 @@ struct rhandle {
 
 struct sftp_ops {
     struct ssh_conn *c;
+    const struct sftp_sink *sink;
+    long max_list_entries;
     struct whandle writes[SFTP_MAX_WRITE_HANDLES];
     struct rhandle reads[WC_MAX_READ_HANDLES];
+    struct failed_write failed[FAILED_WRITES_KEPT];
+    unsigned n_failed;   /* next slot of `failed` to reuse, mod its size */
 };
 
 /* SFTP status codes (draft-ietf-secsh-filexfer; OpenSSH sends 0-8). */
@@ -136,14 +154,47 @@ static void reply_ok(struct op_reply *r, json_t *result)
     r->result = result ? result : json_object();
 }
 
-static void new_handle_id(char *out, const char *prefix)
+/* A handle id is the only thing that keeps one session's handles apart:
+ * without random bytes there is no id. Returns 0 or -1. */
+static int new_handle_id(char *out, const char *prefix)
 {
     unsigned char rnd[16];
 
-    RAND_bytes(rnd, sizeof(rnd));
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        return -1;
     strcpy(out, prefix);
     for (int i = 0; i < 16; i++)
         snprintf(out + 3 + 2 * i, 3, "%02x", rnd[i]);
+    return 0;
+}
+
+int64_t sftp_ops_bytes(uint64_t blocks, uint64_t size)
+{
+    uint64_t product;
+
+    if (__builtin_mul_overflow(blocks, size, &product) || product > INT64_MAX)
+        return INT64_MAX;
+    return (int64_t)product;
+}
+
+/* Post through the sink; -1 when the browser is gone. */
+static int emit(struct sftp_ops *o, struct frame *a, struct frame *b)
+{
+    return o->sink->post(o->sink->arg, a, b);
+}
+
+/* End a message that has begun but cannot be finished (frame.h). */
+static void emit_abort(struct sftp_ops *o, int binary)
+{
+    struct frame *f = frame_new(binary, 0);
+
+    if (f) {
+        f->cont = 1;
+        f->abort = 1;
+    }
+    /* Even without memory for the marker the message never completes: the
+     * worker ends the session after a cut-short answer. */
+    emit(o, f, NULL);
 }
 
 static int sstat(struct sftp_ops *o, const char *path, int how, LIBSSH2_SFTP_ATTRIBUTES *a)
@@ -173,8 +224,45 @@ static void op_stat(struct sftp_ops *o, const struct proto_request *q, struct op
         reply_ok(r, attrs_json(&a));
 }
 
-/* One directory entry as the app wants it. Names that are not UTF-8 cannot
- * travel in JSON and cannot have come from the app: they are left out. */
+/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF),
+ * so that a name jansson refuses is told apart from jansson running out of
+ * memory: the first is left out of a listing, the second fails it. */
+static int utf8_valid(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned c = p[i], need, min;
+        uint32_t cp;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1, min = 0x80, cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2, min = 0x800, cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3, min = 0x10000, cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (n - i - 1 < need)
+            return 0;
+        for (unsigned k = 1; k <= need; k++) {
+            if ((p[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+/* One directory entry as the app wants it. NULL when out of memory. */
 static json_t *entry_json(struct sftp_ops *o, const char *dir, size_t dirlen,
                           const char *name, size_t namelen, LIBSSH2_SFTP_ATTRIBUTES *a)
 {
@@ -201,14 +289,95 @@ static json_t *entry_json(struct sftp_ops *o, const char *dir, size_t dirlen,
     return e;
 }
 
+/* A listing under construction: JSON text of the answer, sent in pieces of
+ * LIST_FRAGMENT_BYTES once it outgrows one (see LIST_FRAGMENT_BYTES). */
+struct listing {
+    char *buf;
+    size_t len, cap;
+    long entries;
+    int started;   /* a first fragment is out: errors can only cut it short */
+};
+
+/* Make room for `more` bytes. The buffer never grows much past one
+ * fragment: it is flushed as soon as it holds a fragment's worth. */
+static int list_reserve(struct listing *l, size_t more)
+{
+    size_t want, cap;
+    char *grown;
+
+    if (more > SIZE_MAX - l->len)
+        return -1;
+    want = l->len + more;
+    if (want <= l->cap)
+        return 0;
+    cap = l->cap ? l->cap : 4096;
+    while (cap < want)
+        cap = cap > SIZE_MAX / 2 ? want : cap * 2;
+    grown = realloc(l->buf, cap);
+    if (!grown)
+        return -1;
+    l->buf = grown;
+    l->cap = cap;
+    return 0;
+}
+
+static int list_put(struct listing *l, const char *text, size_t n)
+{
+    if (list_reserve(l, n) < 0)
+        return -1;
+    memcpy(l->buf + l->len, text, n);
+    l->len += n;
+    return 0;
+}
+
+static int list_put_entry(struct listing *l, json_t *e)
+{
+    size_t n = json_dumpb(e, NULL, 0, JSON_COMPACT);
+
+    if (n == 0 || list_reserve(l, n + 1) < 0)
+        return -1;
+    if (l->entries > 0)
+        l->buf[l->len++] = ',';
+    if (json_dumpb(e, l->buf + l->len, n, JSON_COMPACT) != n)
+        return -1;
+    l->len += n;
+    l->entries++;
+    return 0;
+}
+
+/* Send what is buffered as the next fragment; `last` ends the message.
+ * Returns 0, -1 when the browser is gone, -2 when out of memory. */
+static int list_flush(struct sftp_ops *o, struct listing *l, int last)
+{
+    struct frame *f = frame_new(0, l->len);
+
+    if (!f)
+        return -2;
+    memcpy(frame_data(f), l->buf, l->len);
+    f->cont = l->started;
+    f->more = !last;
+    l->started = 1;
+    l->len = 0;
+    return emit(o, f, NULL);
+}
+
+/* The listing is streamed while the directory is read, so its memory is
+ * bounded by LIST_FRAGMENT_BYTES and the output queue whatever the
+ * directory holds, and the browser still receives one text message. A
+ * failure before the first fragment went out is an ordinary error answer;
+ * after it, the message cannot become an error any more, and a truncated
+ * listing must never pass for a complete one: the message is cut short and
+ * the WebSocket closes (the app sees the connection drop). The same holds
+ * when the directory exceeds SFTP_LIST_MAX_ENTRIES, which bounds the time
+ * and traffic a server that answers directory reads for ever can cost. */
 static void op_list(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
 {
     LIBSSH2_SFTP_HANDLE *dh = libssh2_sftp_opendir(o->c->sftp, q->path);
     LIBSSH2_SFTP_ATTRIBUTES a;
-    json_t *entries;
+    struct listing l = {0};
     size_t dirlen = strlen(q->path);
-    char name[NAME_MAX_BYTES];
-    int rc;
+    char name[NAME_MAX_BYTES], head[64];
+    int rc, n, sent;
 
     if (!dh) {
         reply_sftp_error(o, libssh2_session_last_errno(o->c->ssh), r);
@@ -216,21 +385,57 @@ static void op_list(struct sftp_ops *o, const struct proto_request *q, struct op
     }
     while (dirlen > 0 && q->path[dirlen - 1] == '/')
         dirlen--;
-    entries = json_array();
+    n = snprintf(head, sizeof(head), "{\"id\":%lu,\"result\":{\"entries\":[",
+                 (unsigned long)q->id);
+    if (list_put(&l, head, (size_t)n) < 0)
+        goto nomem;
     while ((rc = libssh2_sftp_readdir(dh, name, sizeof(name), &a)) > 0) {
         json_t *e;
         if ((rc == 1 && name[0] == '.') || (rc == 2 && name[0] == '.' && name[1] == '.'))
             continue;
+        /* Names that are not UTF-8 cannot travel in JSON and cannot have
+         * come from the app: they are left out. */
+        if (!utf8_valid((const unsigned char *)name, (size_t)rc))
+            continue;
+        if (l.entries >= o->max_list_entries) {
+            reply_error(r, "directory too large", "limit");
+            goto failed;
+        }
         e = entry_json(o, q->path, dirlen, name, (size_t)rc, &a);
-        if (e)
-            json_array_append_new(entries, e);
+        n = e ? list_put_entry(&l, e) : -1;
+        json_decref(e);
+        if (n < 0)
+            goto nomem;
+        sent = l.len >= LIST_FRAGMENT_BYTES ? list_flush(o, &l, 0) : 0;
+        if (sent == -2)
+            goto nomem;
+        if (sent < 0)
+            goto gone;
     }
-    if (rc < 0 && rc != LIBSSH2_ERROR_BUFFER_TOO_SMALL) {
-        json_decref(entries);
+    if (rc == LIBSSH2_ERROR_BUFFER_TOO_SMALL) {
+        reply_error(r, "a name in the directory is too long", "io");
+        goto failed;
+    }
+    if (rc < 0) {
         reply_sftp_error(o, rc, r);
-    } else {
-        reply_ok(r, json_pack("{s:o}", "entries", entries));
+        goto failed;
     }
+    if (list_put(&l, "]}}", 3) < 0 || list_flush(o, &l, 1) == -2)
+        goto nomem;
+    goto gone;
+nomem:
+    reply_error(r, "out of memory", "io");
+failed:
+    if (l.started) {
+        emit_abort(o, 0);
+        r->streamed = 1;
+    }
+    goto out;
+gone:
+    /* Answered in full, or the browser left: either way nothing to add. */
+    r->streamed = 1;
+out:
+    free(l.buf);
     libssh2_sftp_closedir(dh);
 }
 
@@ -249,8 +454,8 @@ static void op_fs_info(struct sftp_ops *o, const struct proto_request *q, struct
         return;
     }
     reply_ok(r, json_pack("{s:b,s:I,s:I}", "supported", 1, "freeBytes",
-                          (json_int_t)(st.f_bavail * st.f_frsize), "totalBytes",
-                          (json_int_t)(st.f_blocks * st.f_frsize)));
+                          (json_int_t)sftp_ops_bytes(st.f_bavail, st.f_frsize), "totalBytes",
+                          (json_int_t)sftp_ops_bytes(st.f_blocks, st.f_frsize)));
 }
 
 /* OpenSSH answers a bare "Failure" for an existing directory; the app needs
@@ -365,37 +570,74 @@ static int last_err(struct sftp_ops *o)
     return libssh2_session_last_errno(o->c->ssh);
 }
 
-/* Legacy whole-file read: the file travels in one binary frame. */
+/* Legacy whole-file read, with no size cap: the size first, then the file
+ * as one binary message, streamed in fragments of WC_READ_CHUNK_BYTES as
+ * they are read, so memory stays bounded whatever the size. The message
+ * has exactly the size announced: a failure before the first fragment is
+ * an ordinary error answer; after it (the file shrank, the server failed),
+ * the message is cut short and the WebSocket closes, never a short file
+ * passed off as whole. A file that grew is sent up to the announced size. */
 static void op_read(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
 {
     LIBSSH2_SFTP_HANDLE *h = open_file(o, q->path, LIBSSH2_FXF_READ);
-    struct frame *f = NULL;
-    ssize_t n;
+    LIBSSH2_SFTP_ATTRIBUTES a;
+    struct frame *head = NULL, *f = NULL;
+    uint64_t size, done = 0;
+    int rc;
 
     if (!h) {
         reply_sftp_error(o, last_err(o), r);
         return;
     }
-    /* One byte more than allowed tells "exactly the limit" from "larger". */
-    f = frame_new(1, WC_LEGACY_READ_MAX_BYTES + 1);
-    if (!f) {
+    rc = libssh2_sftp_fstat_ex(h, &a, 0);
+    if (rc < 0) {
+        reply_sftp_error(o, rc, r);
+        goto out;
+    }
+    if (!(a.flags & LIBSSH2_SFTP_ATTR_SIZE) || a.filesize > INT64_MAX) {
+        reply_error(r, "the server did not report the file size", "io");
+        goto out;
+    }
+    size = a.filesize;
+    head = frame_from_text(proto_result(q->id, json_pack("{s:I}", "size", (json_int_t)size)));
+    if (!head) {
         reply_error(r, "out of memory", "io");
         goto out;
     }
-    n = read_full(h, frame_data(f), WC_LEGACY_READ_MAX_BYTES + 1);
-    if (n < 0) {
-        reply_sftp_error(o, (int)n, r);
-        goto out;
-    }
-    if ((size_t)n > WC_LEGACY_READ_MAX_BYTES) {
-        reply_error(r, "file too large", "limit");
-        goto out;
-    }
-    f->len = (size_t)n;
-    reply_ok(r, json_pack("{s:I}", "size", (json_int_t)n));
-    r->data = f;
-    f = NULL;
+    do {
+        size_t want = size - done < WC_READ_CHUNK_BYTES ? (size_t)(size - done)
+                                                        : WC_READ_CHUNK_BYTES;
+        ssize_t n;
+
+        f = frame_new(1, want);
+        if (!f) {
+            reply_error(r, "out of memory", "io");
+            goto failed;
+        }
+        n = read_full(h, frame_data(f), want);
+        if (n < 0) {
+            reply_sftp_error(o, (int)n, r);
+            goto failed;
+        }
+        if ((size_t)n < want) {
+            reply_error(r, "the file shrank while it was read", "io");
+            goto failed;
+        }
+        done += want;
+        f->cont = head == NULL;
+        f->more = done < size;
+        rc = emit(o, head, f);
+        head = f = NULL;
+        r->streamed = 1;
+        if (rc < 0)
+            goto out;  /* the browser left */
+    } while (done < size);
+    goto out;
+failed:
+    if (r->streamed)
+        emit_abort(o, 1);
 out:
+    frame_free(head);
     frame_free(f);
     libssh2_sftp_close_handle(h);
 }
@@ -469,11 +711,31 @@ static void drop_write(struct whandle *w)
     memset(w, 0, sizeof(*w));
 }
 
+/* A failed upload whose handle is gone: its error, or NULL. */
+static const struct failed_write *find_failed(struct sftp_ops *o, const char *id)
+{
+    for (int i = 0; i < FAILED_WRITES_KEPT; i++)
+        if (o->failed[i].id[0] && strcmp(o->failed[i].id, id) == 0)
+            return &o->failed[i];
+    return NULL;
+}
+
+/* "unknown write handle", or the error that ended this upload. */
+static void reply_no_write(struct sftp_ops *o, const char *id, struct op_reply *r)
+{
+    const struct failed_write *fw = find_failed(o, id);
+
+    if (fw)
+        reply_error(r, fw->msg, fw->code);
+    else
+        reply_error(r, "unknown write handle", "not_found");
+}
+
 static void op_write_open(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
 {
     unsigned long flags = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT;
     LIBSSH2_SFTP_ATTRIBUTES a = {0};
-    struct whandle *w = find_write(o, "");
+    struct whandle *w;
     int i;
 
     for (i = 0; i < SFTP_MAX_WRITE_HANDLES && o->writes[i].h; i++)
@@ -483,11 +745,18 @@ static void op_write_open(struct sftp_ops *o, const struct proto_request *q, str
         return;
     }
     w = &o->writes[i];
+    w->path = strdup(q->path);
+    if (!w->path || new_handle_id(w->id, "wh-") < 0) {
+        reply_error(r, !w->path ? "out of memory" : "no random bytes for a handle", "io");
+        drop_write(w);
+        return;
+    }
     if (!q->resume)
         flags |= LIBSSH2_FXF_TRUNC;
     w->h = open_file(o, q->path, flags);
     if (!w->h) {
         reply_sftp_error(o, last_err(o), r);
+        drop_write(w);
         return;
     }
     if (q->resume) {
@@ -495,42 +764,43 @@ static void op_write_open(struct sftp_ops *o, const struct proto_request *q, str
         if (rc < 0) {
             reply_sftp_error(o, rc, r);
             libssh2_sftp_close_handle(w->h);
-            w->h = NULL;
+            drop_write(w);
             return;
         }
         libssh2_sftp_seek64(w->h, a.filesize);
     }
-    w->path = strdup(q->path);
     w->resumable = q->resume;
-    new_handle_id(w->id, "wh-");
     if (q->resume)
         reply_ok(r, json_pack("{s:s,s:I}", "handle", w->id, "offset", (json_int_t)a.filesize));
     else
         reply_ok(r, json_pack("{s:s}", "handle", w->id));
 }
 
-/* A write failure is kept on the handle: the chunk was already answered,
- * so the next write_chunk or write_close reports it. */
+/* A write error ends the upload at once: the app abandons a failed upload
+ * without write_close or write_abort, so waiting for either would leave the
+ * remote handle open, the partial file on the server and the slot taken.
+ * The error is kept under the handle's id for the requests still coming.
+ * An upload opened with "resume" keeps its partial file, as at a session
+ * end: the browser means to continue it (once space is freed). */
 static void fail_write(struct sftp_ops *o, struct whandle *w, int rc)
 {
+    struct failed_write *fw = &o->failed[o->n_failed++ % FAILED_WRITES_KEPT];
     struct op_reply tmp = {0};
 
     reply_sftp_error(o, rc, &tmp);
-    w->failed = 1;
-    snprintf(w->failmsg, sizeof(w->failmsg), "%s", tmp.error);
-    w->failcode = tmp.code;
+    snprintf(fw->id, sizeof(fw->id), "%s", w->id);
+    snprintf(fw->msg, sizeof(fw->msg), "%s", tmp.error);
+    fw->code = tmp.code;
+    libssh2_sftp_close_handle(w->h);
+    if (!tmp.fatal && !w->resumable)
+        remove_file(o, w->path);
+    drop_write(w);
 }
 
 static void op_write_chunk(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
 {
-    struct whandle *w = find_write(o, q->handle);
-
-    if (!w) {
-        reply_error(r, "unknown write handle", "not_found");
-        return;
-    }
-    if (w->failed) {
-        reply_error(r, w->failmsg, w->failcode);
+    if (!find_write(o, q->handle)) {
+        reply_no_write(o, q->handle, r);
         return;
     }
     reply_ok(r, NULL);
@@ -543,12 +813,12 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *q, const uint
     struct whandle *w = find_write(o, q->handle);
     int rc;
 
-    if (!w || w->failed)
+    if (!w)
         return 0;
     rc = write_full(w->h, data, len);
     if (rc < 0) {
         fail_write(o, w, rc);
-        return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? 0 : -1;
+        return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? 0 : rc;
     }
     return 0;
 }
@@ -559,14 +829,7 @@ static void op_write_close(struct sftp_ops *o, const struct proto_request *q, st
     int rc;
 
     if (!w) {
-        reply_error(r, "unknown write handle", "not_found");
-        return;
-    }
-    if (w->failed) {
-        reply_error(r, w->failmsg, w->failcode);
-        libssh2_sftp_close_handle(w->h);
-        remove_file(o, w->path);
-        drop_write(w);
+        reply_no_write(o, q->handle, r);
         return;
     }
     rc = sync_and_close(o, w->h);
@@ -580,6 +843,7 @@ static void op_write_close(struct sftp_ops *o, const struct proto_request *q, st
     drop_write(w);
 }
 
+/* Also {} for a handle that failed or is unknown: the upload is gone. */
 static void op_write_abort(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
 {
     struct whandle *w = find_write(o, q->handle);
@@ -602,12 +866,16 @@ static void op_read_open(struct sftp_ops *o, const struct proto_request *q, stru
         reply_error(r, "too many open read sessions", "limit");
         return;
     }
+    if (new_handle_id(o->reads[i].id, "rh-") < 0) {
+        reply_error(r, "no random bytes for a handle", "io");
+        return;
+    }
     o->reads[i].h = open_file(o, q->path, LIBSSH2_FXF_READ);
     if (!o->reads[i].h) {
         reply_sftp_error(o, last_err(o), r);
+        memset(&o->reads[i], 0, sizeof(o->reads[i]));
         return;
     }
-    new_handle_id(o->reads[i].id, "rh-");
     reply_ok(r, json_pack("{s:s}", "handle", o->reads[i].id));
 }
 
@@ -735,16 +1003,20 @@ void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req, const uin
         return;
     }
     ops[req->method](o, req, r);
-    if (!r->result && !r->error)
+    if (!r->result && !r->error && !r->streamed)
         reply_error(r, "out of memory", "io");
 }
 
-struct sftp_ops *sftp_ops_new(struct ssh_conn *c)
+struct sftp_ops *sftp_ops_new(struct ssh_conn *c, const struct sftp_sink *sink,
+                              long max_list_entries)
 {
     struct sftp_ops *o = calloc(1, sizeof(*o));
 
-    if (o)
+    if (o) {
         o->c = c;
+        o->sink = sink;
+        o->max_list_entries = max_list_entries;
+    }
     return o;
 }
 

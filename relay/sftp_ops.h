@@ -19,6 +19,16 @@
 
 struct sftp_ops;
 
+/* Where answers too large to hold go (a legacy `read`, a long `list`): the
+ * op posts them itself, in pieces, as it produces them. `post` queues
+ * frames for the browser in order and blocks while too much is queued, so
+ * memory stays bounded whatever the size; it takes ownership and returns
+ * 0, or -1 when the browser is gone (the frames are freed). */
+struct sftp_sink {
+    int (*post)(void *arg, struct frame *a, struct frame *b);
+    void *arg;
+};
+
 /* The answer to one request: `result` (owned) or `error` (+ `code`), and for
  * read verbs the binary frame that follows the result. `fatal` means the
  * SSH connection is unusable: answer, then end the session. */
@@ -36,22 +46,31 @@ struct op_reply {
     /* read_chunk served a full chunk: sftp_ops_read_ahead() may fetch the
      * next one while the browser receives this one. */
     int read_ahead;
+    /* The answer was already posted through the sink: nothing to send.
+     * With `error` set as well, the message was cut short after it had
+     * begun (the WebSocket closes); `error` says why, for the log. */
+    int streamed;
 };
 
-/* Per-session state over `c` (borrowed; must outlive it). NULL when out of
- * memory. Free with sftp_ops_free(), which closes every handle and removes
+/* Per-session state over `c` and `sink` (borrowed; must outlive it);
+ * `max_list_entries` bounds one `list` (SFTP_LIST_MAX_ENTRIES). NULL when
+ * out of memory. Free with sftp_ops_free(), which closes every handle and removes
  * the files of uploads still open (they were never completed; uploads
  * opened with "resume" keep theirs for the next session to continue). */
-struct sftp_ops *sftp_ops_new(struct ssh_conn *c);
+struct sftp_ops *sftp_ops_new(struct ssh_conn *c, const struct sftp_sink *sink,
+                              long max_list_entries);
 void sftp_ops_free(struct sftp_ops *o);
 
 /* Run one request; `data`/`len` is the binary payload of write verbs. */
 void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req,
                   const uint8_t *data, size_t len, struct op_reply *r);
 
-/* Complete a write_chunk answered early: write the payload. A failure is
- * remembered on the handle and reported by the next write_chunk or
- * write_close. Returns 0, or -1 when the connection is unusable. */
+/* Complete a write_chunk answered early: write the payload. A failure ends
+ * the upload at once (the handle is closed, the partial file removed, the
+ * slot freed: the app abandons a failed upload without write_close or
+ * write_abort); the next write_chunk or write_close on it answers the
+ * failure. Returns 0, or the (negative) libssh2 error when the connection
+ * is unusable. */
 int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *req,
                    const uint8_t *data, size_t len);
 
@@ -60,5 +79,9 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *req,
 void sftp_ops_read_ahead(struct sftp_ops *o, const char *handle);
 
 void op_reply_clear(struct op_reply *r);
+
+/* blocks × size as bytes for JSON: saturates at INT64_MAX instead of
+ * wrapping (a server may report any 64-bit values). */
+int64_t sftp_ops_bytes(uint64_t blocks, uint64_t size);
 
 #endif

@@ -30,6 +30,7 @@ const char *ssh_err_code(int err)
     case SSH_E_CONNECT: return "connect_failed";
     case SSH_E_CONNECT_TIMEOUT: return "connect_timeout";
     case SSH_E_NOT_SSH: return "not_ssh";
+    case SSH_E_CLOSED_BEFORE_BANNER: return "closed_before_banner";
     case SSH_E_BANNER_TIMEOUT: return "banner_timeout";
     case SSH_E_KEX: return "kex_failed";
     case SSH_E_AUTH: return "auth_failed";
@@ -62,7 +63,12 @@ static int tcp_connect(int fd, const struct sockaddr *sa, socklen_t salen, int s
     int flags = fcntl(fd, F_GETFL), soerr = 0, rc;
     socklen_t len = sizeof(soerr);
 
-    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    /* Without O_NONBLOCK connect() would block past the timeout; without
+     * going back to blocking, libssh2's blocking mode would spin. */
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        soerr = errno;
+        goto failed;
+    }
     rc = connect(fd, sa, salen);
     if (rc < 0 && errno != EINPROGRESS) {
         soerr = errno;
@@ -81,14 +87,18 @@ static int tcp_connect(int fd, const struct sockaddr *sa, socklen_t salen, int s
             goto failed;
         }
         if (rc > 0) {
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+                soerr = errno;
             if (soerr)
                 goto failed;
             break;
         }
         rc = -1;
     }
-    fcntl(fd, F_SETFL, flags);
+    if (fcntl(fd, F_SETFL, flags) < 0) {
+        soerr = errno;
+        goto failed;
+    }
     return 0;
 
 failed:
@@ -115,11 +125,23 @@ static int banner_match(const char *buf, size_t n)
     return need_more ? 0 : -1;
 }
 
+/* A server that hangs up before its banner is not a non-SSH server: OpenSSH
+ * does that to refuse a source address (PerSourcePenalties since 9.8,
+ * MaxStartups), as do fail2ban-style firewalls, and every user of this
+ * relay shares its address. Say so, with its own code. */
+static int closed_before_banner(char *err, size_t errlen)
+{
+    snprintf(err, errlen, "the server closed the connection before sending its SSH banner: "
+             "it is probably refusing or rate-limiting connections from this relay "
+             "(OpenSSH PerSourcePenalties or MaxStartups, fail2ban)");
+    return SSH_E_CLOSED_BEFORE_BANNER;
+}
+
 /* Peek (never consume: libssh2 must read the banner itself) until the first
  * bytes prove an SSH server, however the banner is split into packets. */
 static int check_banner(int fd, int secs, char *err, size_t errlen)
 {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
+    struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
     struct timespec deadline;
     char buf[16];
 
@@ -138,9 +160,11 @@ static int check_banner(int fd, int secs, char *err, size_t errlen)
         n = recv(fd, buf, sizeof(buf), MSG_PEEK);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            snprintf(err, errlen, "the server closed the connection without an SSH banner");
-            return SSH_E_NOT_SSH;
+        if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)))
+            return closed_before_banner(err, errlen);
+        if (n < 0) {
+            snprintf(err, errlen, "reading the SSH banner failed: %s", strerror(errno));
+            return SSH_E_IO;
         }
         m = banner_match(buf, (size_t)n);
         if (m == 1)
@@ -149,6 +173,10 @@ static int check_banner(int fd, int secs, char *err, size_t errlen)
             snprintf(err, errlen, "the server is not an SSH server");
             return SSH_E_NOT_SSH;
         }
+        /* Part of a banner, then the end of the stream: peeking would
+         * return the same bytes until the timeout. */
+        if (p.revents & (POLLRDHUP | POLLHUP))
+            return closed_before_banner(err, errlen);
         /* A partial banner: the rest is in flight. Peeking again at once
          * would spin on the same bytes. */
         usleep(10 * 1000);
@@ -243,7 +271,6 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
     }
     libssh2_session_set_timeout(c->ssh, (long)t->op_secs * 1000);
     libssh2_session_set_read_timeout(c->ssh, t->op_secs);
-    c->keepalive_secs = t->keepalive_secs;
     rc = 0;
 out:
     if (rc < 0) {
@@ -351,9 +378,14 @@ int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t 
 
     if (rc < 0)
         return rc;
-    /* Only now: OpenSSH treats a keepalive (a global request) before the
-     * user is authenticated as a protocol error. */
-    libssh2_keepalive_config(c->ssh, 1, (unsigned)c->keepalive_secs);
+    /* No libssh2_keepalive_config(): with it, libssh2's socket wait polls
+     * for at most the keepalive interval and a blocking call that hears
+     * nothing for that long fails with LIBSSH2_ERROR_TIMEOUT ("Timed out
+     * waiting on socket", _libssh2_wait_socket in session.c), so every
+     * operation was really limited to 15 s instead of SFTP_OP_TIMEOUT_SECS.
+     * The worker sends its own keepalives while idle (worker.c), so only
+     * the operation timeout and the keepalive's dead-peer rule decide that
+     * a server is gone. */
     c->sftp = libssh2_sftp_init(c->ssh);
     if (!c->sftp) {
         last_error(c->ssh, "SFTP subsystem unavailable", err, errlen);
@@ -365,8 +397,21 @@ int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t 
 int ssh_ping(struct ssh_conn *c)
 {
     char path[512];
+    int rc = libssh2_sftp_realpath(c->sftp, ".", path, sizeof(path));
 
-    return libssh2_sftp_realpath(c->sftp, ".", path, sizeof(path)) < 0 ? -1 : 0;
+    if (rc >= 0)
+        return 0;
+    /* A status reply is an answer: the server is there. */
+    return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? 0 : rc;
+}
+
+const char *ssh_errmsg(struct ssh_conn *c)
+{
+    char *msg = NULL;
+
+    if (c->ssh)
+        libssh2_session_last_error(c->ssh, &msg, NULL, 0);
+    return msg && *msg ? msg : "unknown error";
 }
 
 void ssh_cut(struct ssh_conn *c)

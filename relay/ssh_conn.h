@@ -24,13 +24,13 @@ enum ssh_err {
     SSH_E_KEY = -7,            /* private key unreadable */
     SSH_E_SFTP = -8,           /* SFTP subsystem refused */
     SSH_E_IO = -9,             /* connection lost or timed out */
+    SSH_E_CLOSED_BEFORE_BANNER = -10,  /* hung up before any banner */
 };
 
 struct ssh_timeouts {
     int connect_secs;   /* TCP connect and key exchange */
     int banner_secs;    /* first bytes from the server */
     int op_secs;        /* any later blocking call */
-    int keepalive_secs;
 };
 
 struct ssh_conn {
@@ -40,7 +40,6 @@ struct ssh_conn {
     char fingerprint[64];      /* "SHA256:" + 43 base64 chars */
     const char *key_type;      /* "ssh-ed25519", ... (static) */
     const char *kbd_password;  /* only during keyboard-interactive auth */
-    int keepalive_secs;        /* armed once authenticated */
 };
 
 /* Short code for the setup error frame, e.g. "connect_refused". */
@@ -60,8 +59,13 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
  * SSH_E_IO with the message for the browser in `err`. */
 int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t errlen);
 
-/* A round trip to the server that proves it is still there. 0 or -1. */
+/* A round trip to the server that proves it is still there. 0, or the
+ * negative libssh2 error (LIBSSH2_ERROR_TIMEOUT: no answer in time). */
 int ssh_ping(struct ssh_conn *c);
+
+/* libssh2's text for the last error on `c` (static or owned by libssh2;
+ * valid until the next call on `c`). Never NULL. */
+const char *ssh_errmsg(struct ssh_conn *c);
 
 /* The server stopped answering: cut the socket, so every libssh2 call that
  * follows (handle closes, disconnect, free) fails at once instead of

@@ -23,8 +23,14 @@ struct worker {
     const struct config *cfg;
     struct ssh_conn c;
     struct sftp_ops *ops;
+    struct sftp_sink sink;  /* how ops stream large answers: session_post */
     const char *reason;     /* why the session ended, for the log */
 };
+
+static int sink_post(void *arg, struct frame *a, struct frame *b)
+{
+    return session_post(arg, a, b);
+}
 
 static void post_text(struct session *s, char *text)
 {
@@ -64,7 +70,6 @@ static int connect_target(struct worker *w)
         .connect_secs = w->cfg->connect_timeout_secs,
         .banner_secs = w->cfg->banner_timeout_secs,
         .op_secs = w->cfg->op_timeout_secs,
-        .keepalive_secs = w->cfg->keepalive_secs,
     };
     char err[256];
     int rc = ssh_open(&w->c, (struct sockaddr *)&w->s->addr, w->s->addrlen, &t, on_socket,
@@ -134,7 +139,9 @@ static int authenticate(struct worker *w, struct job *j)
         log_info("session %s: login refused: %s", s->id, err);
         return -1;
     }
-    w->ops = sftp_ops_new(&w->c);
+    w->sink.post = sink_post;
+    w->sink.arg = s;
+    w->ops = sftp_ops_new(&w->c, &w->sink, w->cfg->list_max_entries);
     if (!w->ops) {
         post_text(s, proto_error(j->req.id, "out of memory", "io"));
         w->reason = "out of memory";
@@ -146,8 +153,32 @@ static int authenticate(struct worker *w, struct job *j)
     return 0;
 }
 
-/* Run one request and post its answer. Returns -1 when the SSH connection
- * is unusable and the session must end. */
+/* Why a request ended the session, for the log: which rule decided that
+ * the server is gone (PROTOCOL §3: one operation may take up to
+ * SFTP_OP_TIMEOUT_SECS), or that an answer was cut short. */
+static void log_session_end(struct worker *w, const struct job *j, const struct op_reply *r)
+{
+    const char *verb = proto_method_name(j->req.method);
+
+    if (r->code && strcmp(r->code, "timeout") == 0) {
+        w->reason = "sftp operation timeout";
+        log_info("session %s: %s got no answer from the SFTP server within %d s "
+                 "(SFTP_OP_TIMEOUT_SECS)", w->s->id, verb, w->cfg->op_timeout_secs);
+    } else if (r->fatal) {
+        w->reason = "ssh connection lost";
+        log_info("session %s: connection to the SFTP server lost during %s: %s", w->s->id,
+                 verb, r->error ? r->error : "unknown error");
+    } else {
+        w->reason = "answer cut short";
+        log_info("session %s: %s answer cut short, closing: %s", w->s->id, verb,
+                 r->error ? r->error : "unknown error");
+    }
+}
+
+/* Run one request and post its answer. Returns 0; -1 when the SSH
+ * connection is unusable; -2 when a streamed answer was cut short (the
+ * WebSocket is closing and nothing may follow the unfinished message).
+ * Either way the session ends. */
 static int run_request(struct worker *w, struct job *j)
 {
     struct op_reply r;
@@ -159,6 +190,14 @@ static int run_request(struct worker *w, struct job *j)
         return 0;
     }
     sftp_ops_run(w->ops, &j->req, j->data, j->len, &r);
+    if (r.streamed) {
+        if (r.error || r.fatal) {
+            log_session_end(w, j, &r);
+            rc = -2;
+        }
+        op_reply_clear(&r);
+        return rc;
+    }
     if (r.result) {
         text = proto_result(j->req.id, r.result);
         r.result = NULL;
@@ -169,27 +208,42 @@ static int run_request(struct worker *w, struct job *j)
     }
     session_post(w->s, frame_from_text(text), r.data);
     r.data = NULL;
-    if (r.write_pending && sftp_ops_flush(w->ops, &j->req, j->data, j->len) < 0)
-        rc = -1;
+    if (r.write_pending) {
+        int wrc = sftp_ops_flush(w->ops, &j->req, j->data, j->len);
+        if (wrc < 0) {
+            op_reply_clear(&r);
+            r.fatal = 1;
+            r.code = wrc == LIBSSH2_ERROR_TIMEOUT ? "timeout" : "io";
+            r.error = "write failed";
+            log_session_end(w, j, &r);
+            return -1;
+        }
+    }
     if (r.read_ahead)
         sftp_ops_read_ahead(w->ops, j->req.handle);
-    if (r.fatal)
+    if (r.fatal) {
+        log_session_end(w, j, &r);
         rc = -1;
+    }
     op_reply_clear(&r);
     return rc;
 }
 
-/* Probe an idle connection so a dead server is noticed (and NAT state kept)
- * even while the browser is quiet: the answer must come within
- * keepalive_count intervals. */
+/* Keepalives are ours, not libssh2's (ssh_conn.c says why): after
+ * SSH_KEEPALIVE_SECS without a request, probe the server with a round trip
+ * so a dead server is noticed (and NAT state kept) while the browser is
+ * quiet. The server is declared gone when the answer has not come after
+ * SSH_KEEPALIVE_COUNT intervals: the keepalive's own dead-peer rule. */
 static int keepalive(struct worker *w)
 {
     int budget = w->cfg->keepalive_secs * w->cfg->keepalive_count;
     int rc;
 
     libssh2_session_set_timeout(w->c.ssh, (long)budget * 1000);
+    libssh2_session_set_read_timeout(w->c.ssh, budget);
     rc = ssh_ping(&w->c);
     libssh2_session_set_timeout(w->c.ssh, (long)w->cfg->op_timeout_secs * 1000);
+    libssh2_session_set_read_timeout(w->c.ssh, w->cfg->op_timeout_secs);
     return rc;
 }
 
@@ -216,7 +270,7 @@ static void serve(struct worker *w)
     int idle_ms = w->cfg->keepalive_secs * 1000;
 
     for (;;) {
-        int gone;
+        int gone, rc;
         struct job *j = session_next_job(w->s, idle_ms, &gone);
 
         if (gone) {
@@ -224,23 +278,34 @@ static void serve(struct worker *w)
             return;
         }
         if (!j) {
-            if (keepalive(w) < 0) {
+            rc = keepalive(w);
+            if (rc == LIBSSH2_ERROR_TIMEOUT) {
+                w->reason = "ssh keepalive timeout";
+                log_info("session %s: the SFTP server did not answer a keepalive within "
+                         "%d s (SSH_KEEPALIVE_COUNT %d x SSH_KEEPALIVE_SECS %d)", w->s->id,
+                         w->cfg->keepalive_secs * w->cfg->keepalive_count,
+                         w->cfg->keepalive_count, w->cfg->keepalive_secs);
+            } else if (rc < 0) {
+                w->reason = "ssh connection lost";
+                log_info("session %s: connection to the SFTP server lost (keepalive: %s)",
+                         w->s->id, ssh_errmsg(&w->c));
+            }
+            if (rc < 0) {
                 ssh_cut(&w->c);
-                w->reason = "ssh keepalive failed";
-                log_info("session %s: SFTP server stopped answering", w->s->id);
                 fail_queued(w);
                 return;
             }
             continue;
         }
-        if (j->kind == JOB_REQUEST && run_request(w, j) < 0) {
-            finish_job(w->s, j);  /* sftp_ops cut the connection */
-            w->reason = "ssh connection lost";
-            log_info("session %s: connection to the SFTP server lost", w->s->id);
-            fail_queued(w);
+        rc = j->kind == JOB_REQUEST ? run_request(w, j) : 0;
+        finish_job(w->s, j);
+        if (rc < 0) {
+            /* run_request logged why. After a cut-short answer nothing may
+             * be posted: the message it began is unfinished. */
+            if (rc == -1)
+                fail_queued(w);
             return;
         }
-        finish_job(w->s, j);
     }
 }
 

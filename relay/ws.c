@@ -344,11 +344,22 @@ static int send_next(struct lws *wsi, struct ws_pss *pss)
             goto close;
         return 0;
     }
+    if (f->abort) {
+        /* A message cut short: closing is the only way not to pass it off
+         * as complete (a Close is a control frame, legal mid-message). */
+        pss->close_reason = "answer cut short";
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, NULL, 0);
+        return -1;
+    }
     chunk = f->len - f->sent;
     if (chunk > TX_FRAGMENT_BYTES)
         chunk = TX_FRAGMENT_BYTES;
-    flags = lws_write_ws_flags(f->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT, f->sent == 0,
-                               f->sent + chunk == f->len);
+    /* A queued frame may itself be a fragment of a larger message (frame.h):
+     * only its first piece of a first fragment starts the message, only the
+     * last piece of a last fragment ends it. */
+    flags = lws_write_ws_flags(f->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT,
+                               !f->cont && f->sent == 0,
+                               !f->more && f->sent + chunk == f->len);
     /* lws writes the frame header into the LWS_PRE bytes before the data:
      * the headroom for the first piece, already-sent payload after that. */
     if (lws_write(wsi, frame_data(f) + f->sent, chunk, (enum lws_write_protocol)flags) <

@@ -209,16 +209,6 @@ def test_legacy_read_16_mib_is_allowed(sftp, workdir):
     assert len(payload) == 16 * MiB and payload.count(0) == 16 * MiB
 
 
-def test_legacy_read_too_large(sftp, workdir):
-    path = os.path.join(workdir, "huge")
-    make_file(path, b"")
-    os.truncate(path, 16 * MiB + 1)
-    resp = sftp.call("read", path=path)
-    assert resp.get("error") == "file too large", resp
-    # No binary frame may follow: the next answer must be the next request's.
-    assert sftp.ok("stat", path=path)["size"] == 16 * MiB + 1
-
-
 def test_legacy_read_missing_file(sftp, workdir):
     resp = sftp.call("read", path=os.path.join(workdir, "nope"))
     assert "error" in resp and resp.get("code") == "not_found", resp

@@ -74,8 +74,6 @@ static void test_wire_limits(void)
     CHECK(WC_READ_CHUNK_BYTES == 262144u);
     /* §3 read_open: "at most 8 open read handles per session". */
     CHECK(WC_MAX_READ_HANDLES == 8);
-    /* §3 legacy read: "whole file <= 16 MiB else error file too large". */
-    CHECK(WC_LEGACY_READ_MAX_BYTES == 16 * MIB);
 }
 
 static void test_defaults(void)
