@@ -451,7 +451,7 @@ static int confirm_upgrade(struct lws *wsi)
     struct server *srv = server_of(wsi);
     char uri[64], ip[CLIENT_IP_MAX], origin[512], host[512], port[512], mode[64];
     char *cookie = NULL;
-    const char *why = NULL;
+    const char *why = NULL, *m;
     struct upgrade_req req;
     struct upgrade_target target;
     int status, n;
@@ -467,7 +467,8 @@ static int confirm_upgrade(struct lws *wsi)
         return refuse_upgrade(wsi, NULL, status, "client address");
     if ((status = handshake_status(wsi, &why)) != 0)
         return refuse_upgrade(wsi, ip, status, why);
-    if (!lws_get_urlarg_by_name(wsi, "mode=", mode, sizeof(mode)) || strcmp(mode, "sftp") != 0)
+    m = lws_get_urlarg_by_name(wsi, "mode=", mode, sizeof(mode));
+    if (!m || strcmp(m, "sftp") != 0)
         return refuse_upgrade(wsi, ip, 400, "mode must be sftp");
 
     cookie = malloc(COOKIE_HEADER_MAX);
