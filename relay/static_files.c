@@ -73,11 +73,12 @@ static const char *mime_of(const char *path)
     return "application/octet-stream";
 }
 
-/* Whether BYO_DOMAIN can go into a header as it is (config.c lowercases
- * it; this keeps a stray character from ending the policy early). */
+/* Whether BYO_DOMAIN (a host name, maybe with a port) can go into a
+ * header as it is (config.c lowercases it; this keeps a stray character
+ * from ending the policy early). */
 static int domain_ok(const char *d)
 {
-    return d && *d && strspn(d, "abcdefghijklmnopqrstuvwxyz0123456789.-") == strlen(d);
+    return d && *d && strspn(d, "abcdefghijklmnopqrstuvwxyz0123456789.-:[]") == strlen(d);
 }
 
 /* The security headers of every answer from here, as header lines. */
@@ -87,14 +88,19 @@ static void security_headers(struct lws *wsi, char *out, size_t outlen)
     const char *d = cfg->byo_domain;
     int tls = cfg->tls_cert != NULL;
 
+    /* BYO_DOMAIN=localhost is development: the app and its relay may sit
+     * on any two ports of the machine (the Origin check allows the same). */
+    int local = d && strcmp(d, "localhost") == 0;
+
     snprintf(out, outlen,
-             "Content-Security-Policy: " CSP_HEAD "%s%s" CSP_TAIL "\r\n"
+             "Content-Security-Policy: " CSP_HEAD "%s%s%s" CSP_TAIL "\r\n"
              "Referrer-Policy: no-referrer\r\n"
              "X-Frame-Options: DENY\r\n"
              "Permissions-Policy: " PERMISSIONS "\r\n"
              "Cross-Origin-Opener-Policy: same-origin\r\n"
              "%s",
              domain_ok(d) ? " wss://" : "", domain_ok(d) ? d : "",
+             local ? ":* ws://localhost:*" : "",
              tls ? "Strict-Transport-Security: " HSTS "\r\n" : "");
 }
 

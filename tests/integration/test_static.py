@@ -40,8 +40,8 @@ SECURITY_HEADERS = {
 }
 
 # connect-src names the relay's own origin only (BYO_DOMAIN is localhost
-# here), never any wss: host.
-CSP_PARTS = ["default-src 'self'", "connect-src 'self' wss://localhost;",
+# here: any port of it), never any wss: host.
+CSP_PARTS = ["default-src 'self'", "connect-src 'self' wss://localhost:* ws://localhost:*;",
              "frame-ancestors 'none'", "base-uri 'none'", "object-src 'none'",
              "form-action 'none'", "'wasm-unsafe-eval'"]
 
