@@ -17,6 +17,15 @@ static int is_trusted(const struct config *cfg, const struct sockaddr *sa)
     return 0;
 }
 
+int client_ip_trusted(const struct config *cfg, const char *peer)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+
+    return cfg && peer && netguard_literal(peer, &ss, &len) &&
+           is_trusted(cfg, (struct sockaddr *)&ss);
+}
+
 /* Parse the X-Forwarded-For entry [b, e) after trimming blanks.
  * Returns 1 with `ss` filled, 0 when it is not an IP literal. */
 static int parse_entry(const char *b, const char *e,

@@ -11,6 +11,11 @@
 /* Buffer size that always holds a client IP or a client key, NUL included
  * ("ffff:ffff:ffff:ffff::/64" is the longest key). */
 #define CLIENT_IP_MAX 64
+/* The longest X-Forwarded-For the relay reads (all lines together). A
+ * proxy chain of any sane length fits many times over; a longer header is
+ * refused (431) rather than cut, since cutting it would make the proxy the
+ * client and put every user behind it under one set of limits. */
+#define CLIENT_IP_XFF_MAX 8192
 
 /* The client address as canonical text in `out` (inet_ntop form; an
  * IPv4-mapped peer "::ffff:1.2.3.4" becomes "1.2.3.4").
@@ -29,6 +34,9 @@
  * (CLIENT_IP_MAX always suffices). */
 int client_ip_resolve(const struct config *cfg, const char *peer,
                       const char *xff, char *out, size_t outlen);
+
+/* 1 when the TCP peer `peer` is one of cfg->trusted_proxies. */
+int client_ip_trusted(const struct config *cfg, const char *peer);
 
 /* The rate-limit key of a client IP (as client_ip_resolve() writes it):
  * IPv4 as it is, IPv6 its /64 ("2001:db8:1:2::/64"), since one IPv6 host

@@ -7,6 +7,14 @@
 
 #include "config.h"
 
+/* Longest record text; longer ones are cut. */
+#define LOG_LINE_MAX 1024
+/* An identical record within this long after the last one written is
+ * counted, not written; the count is written ("last message repeated N
+ * times") before the next different record, and the record itself again
+ * once this much time has passed. */
+#define LOG_REPEAT_FOLD_MS 10000
+
 void log_init(enum log_level level);
 void log_msg(enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

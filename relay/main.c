@@ -42,6 +42,8 @@ int main(int argc, char **argv)
     char err[512];
     int check_only = 0, rc;
 
+    /* Before any thread exists, so that every thread inherits the mask. */
+    server_signals_block();
     /* Before any JSON exists: auth frames are parsed by jansson. */
     wipe_alloc_install_jansson();
     /* Upload frames (up to 16 MiB) come and go per chunk; glibc's adaptive

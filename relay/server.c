@@ -4,9 +4,13 @@
 #include "server.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -15,6 +19,7 @@
 #include "access.h"
 #include "client_ip.h"
 #include "config.h"
+#include "conn_limit.h"
 #include "log.h"
 #include "static_files.h"
 
@@ -24,33 +29,117 @@
 #define WS_RX_BUFFER (64u * 1024)
 /* Extra seconds after the drain deadline for workers to notice the cut. */
 #define DRAIN_FORCE_SECS 5
+/* A request must be complete this long after its connection was accepted
+ * (or after the previous answer, on a kept-alive connection). */
+#define HTTP_REQUEST_DEADLINE_SECS 5
+#define HTTP_KEEPALIVE_SECS 5
+/* lws's header buffer per request (its default, 4 KiB, is below what the
+ * gate itself accepts). */
+#define SERVER_HEADER_BUDGET (16 * 1024)
 
-/* Signal handlers cannot take arguments: these are the only globals. */
-static volatile sig_atomic_t got_term, got_hup;
-static struct lws_context *signal_ctx;
+/* Descriptors the process needs besides lws's table and the sessions' SSH
+ * sockets: stdio, the signalfd, the listeners, OpenSSL's and the
+ * resolver's files. */
+#define FD_RESERVE 64
+/* lws needs room for unupgraded HTTP connections besides the sessions'
+ * WebSockets; start only with at least this much. */
+#define FD_HTTP_MIN 64
+/* When the soft RLIMIT_NOFILE leaves less, raise it (up to the hard limit)
+ * so that this many unupgraded connections fit too: 64 clients at
+ * CONN_LIMIT_PER_CLIENT. */
+#define FD_HTTP_ROOM 4096
 
-static void on_signal(int sig)
+/* Each session holds its WebSocket (in lws's table), its SSH socket and,
+ * while it resolves the target, a resolver socket (both outside it). */
+static unsigned long fds_outside_lws(const struct config *cfg)
 {
-    if (sig == SIGHUP)
-        got_hup = 1;
-    else
-        got_term = 1;
-    if (signal_ctx)
-        lws_cancel_service(signal_ctx);
+    return 2ul * (unsigned long)cfg->max_sessions + FD_RESERVE;
 }
 
-static void install_signals(void)
+/* Size lws's descriptor table from the real limit: a table larger than
+ * RLIMIT_NOFILE lets lws keep accepting into EMFILE, and its accept loop
+ * then spins and logs each failure. With the table below the limit lws
+ * stops polling the listener when the table is full instead. Returns the
+ * table size, or 0 (with `err`) when the limit is too low for MAX_SESSIONS. */
+static unsigned server_fd_table(const struct config *cfg, char *err, size_t errlen)
 {
+    unsigned long need = fds_outside_lws(cfg) + (unsigned long)cfg->max_sessions + FD_HTTP_MIN;
+    unsigned long want = fds_outside_lws(cfg) + (unsigned long)cfg->max_sessions + FD_HTTP_ROOM;
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        snprintf(err, errlen, "cannot read RLIMIT_NOFILE");
+        return 0;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        struct rlimit up = rl;
+        up.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > want)
+        rl.rlim_cur = want;
+    if (rl.rlim_cur < need) {
+        snprintf(err, errlen,
+                 "the descriptor limit (RLIMIT_NOFILE, systemd LimitNOFILE=) is %lu, too low "
+                 "for MAX_SESSIONS=%d: it needs at least %lu (a WebSocket and an SSH socket "
+                 "per session, %d for HTTP, %d spare)",
+                 (unsigned long)rl.rlim_cur, cfg->max_sessions, need, FD_HTTP_MIN, FD_RESERVE);
+        return 0;
+    }
+    return (unsigned)(rl.rlim_cur - fds_outside_lws(cfg));
+}
+
+/* Signals arrive on a signalfd that lws watches like any socket: no
+ * handler runs at an arbitrary point, and main() blocks them for every
+ * thread before the first is created, so no worker is ever interrupted. */
+static int signal_fd_open(void)
+{
+    sigset_t set;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+void server_signals_block(void)
+{
+    sigset_t set;
     struct sigaction sa;
 
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
+        log_warn("cannot block SIGTERM/SIGINT/SIGHUP");
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
     sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGPIPE, &sa, NULL) < 0)
+        log_warn("cannot ignore SIGPIPE");
+}
+
+void server_signal_readable(struct server *srv, int fd)
+{
+    struct signalfd_siginfo si;
+
+    while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGHUP)
+            srv->got_hup = 1;
+        else
+            srv->got_term = 1;
+    }
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void lws_log_cb(int level, const char *line)
@@ -75,13 +164,27 @@ struct server *server_of(struct lws *wsi)
 int server_client_ip(struct lws *wsi, char *out, size_t outlen)
 {
     struct server *srv = server_of(wsi);
-    char peer[128], xff[1024];
-    int has_xff;
+    char peer[128], *xff = NULL;
+    int len, rc;
 
     if (!lws_get_peer_simple(wsi, peer, sizeof(peer)))
         return -1;
-    has_xff = lws_hdr_copy(wsi, xff, sizeof(xff), WSI_TOKEN_X_FORWARDED_FOR) > 0;
-    return client_ip_resolve(srv->cfg, peer, has_xff ? xff : NULL, out, outlen);
+    len = lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR);
+    /* Only a trusted proxy's header is read, and then all of it. */
+    if (len > 0 && client_ip_trusted(srv->cfg, peer)) {
+        if (len > CLIENT_IP_XFF_MAX)
+            return -2;
+        xff = malloc((size_t)len + 1);
+        if (!xff)
+            return -1;
+        if (lws_hdr_copy(wsi, xff, len + 1, WSI_TOKEN_X_FORWARDED_FOR) < 0) {
+            free(xff);
+            return -1;
+        }
+    }
+    rc = client_ip_resolve(srv->cfg, peer, xff, out, outlen);
+    free(xff);
+    return rc;
 }
 
 static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
@@ -89,7 +192,8 @@ static const struct lws_protocol_vhost_options pvo = {NULL, &pvo_default, "wattc
                                                       ""};
 
 static struct lws_context *create_context(struct server *srv,
-                                          const struct lws_protocols *protocols)
+                                          const struct lws_protocols *protocols,
+                                          unsigned fd_table)
 {
     const struct config *cfg = srv->cfg;
     struct lws_context_creation_info info;
@@ -106,8 +210,18 @@ static struct lws_context *create_context(struct server *srv,
      * skips the upgrade gate and ignores rx flow control. */
     info.alpn = "http/1.1";
     info.pt_serv_buf_size = WS_RX_BUFFER;
-    info.fd_limit_per_thread = (unsigned)cfg->max_sessions * 2 + 64;
-    info.timeout_secs = 20;
+    info.fd_limit_per_thread = fd_table;
+    /* A request must arrive complete within HTTP_REQUEST_DEADLINE_SECS of
+     * the connection (lws: the TLS handshake, then holding a header table)
+     * and a kept-alive connection may idle HTTP_KEEPALIVE_SECS: a client
+     * that opens connections and sends nothing holds them that long only. */
+    info.timeout_secs = HTTP_REQUEST_DEADLINE_SECS;
+    info.timeout_secs_ah_idle = HTTP_REQUEST_DEADLINE_SECS;
+    info.keepalive_timeout = HTTP_KEEPALIVE_SECS;
+    /* lws drops a request whose headers outgrow its budget without an
+     * answer; with this much room the gate sees the request and answers
+     * 431 above its own limit (http.c). */
+    info.max_http_header_data = SERVER_HEADER_BUDGET;
     /* Without FAIL_UPON_UNABLE_TO_BIND, lws 4.1 answers an address that is
      * not on this host by running without a listener and retrying later:
      * the relay would claim to listen and serve nothing. */
@@ -197,18 +311,18 @@ static void tls_reload(struct server *srv)
  * close them as they go idle, and cut whatever is left at the deadline. */
 static int drain_step(struct server *srv)
 {
-    time_t now = time(NULL);
+    int64_t now = now_ms();
 
     if (!srv->draining) {
         srv->draining = 1;
-        srv->drain_deadline = now + srv->cfg->shutdown_grace_secs;
+        srv->drain_deadline_ms = now + (int64_t)srv->cfg->shutdown_grace_secs * 1000;
         log_info("draining: %d live sessions, up to %d s", hub_count(&srv->hub),
                  srv->cfg->shutdown_grace_secs);
     }
     if (hub_count(&srv->hub) == 0)
         return 1;
-    ws_drain_tick(srv, now >= srv->drain_deadline);
-    return now >= srv->drain_deadline + DRAIN_FORCE_SECS;
+    ws_drain_tick(srv, now >= srv->drain_deadline_ms);
+    return now >= srv->drain_deadline_ms + DRAIN_FORCE_SECS * 1000;
 }
 
 static void cut_session(struct session *s, void *arg)
@@ -218,8 +332,9 @@ static void cut_session(struct session *s, void *arg)
 }
 
 /* After the context is gone no WebSocket holds a session: join the workers
- * (cut connections make them return promptly) so nothing outlives main. */
-static void reap_workers(struct session_hub *h)
+ * (cut connections make them return promptly) so nothing outlives main.
+ * Returns the sessions still live when it gave up. */
+static int reap_workers(struct session_hub *h)
 {
     for (int tries = 0; hub_count(h) > 0 && tries < 200; tries++) {
         struct session *s = hub_take_notified(h), *next;
@@ -232,6 +347,20 @@ static void reap_workers(struct session_hub *h)
         }
         usleep(50 * 1000);
     }
+    return hub_count(h);
+}
+
+/* Let lws watch the signalfd, so a signal ends lws_service() at once. */
+static int watch_signals(struct server *srv)
+{
+    struct lws_vhost *vh = lws_get_vhost_by_name(srv->ctx, "default");
+    lws_sock_file_fd_type fd;
+
+    srv->sig_fd = signal_fd_open();
+    if (srv->sig_fd < 0 || !vh)
+        return -1;
+    fd.filefd = srv->sig_fd;
+    return lws_adopt_descriptor_vhost(vh, LWS_ADOPT_RAW_FILE_DESC, fd, "http", NULL) ? 0 : -1;
 }
 
 int server_run(const struct config *cfg)
@@ -244,10 +373,12 @@ int server_run(const struct config *cfg)
     };
     struct server srv;
     char err[512], expiry[64];
-    int rc = 1;
+    unsigned fd_table;
+    int rc = 1, left;
 
     memset(&srv, 0, sizeof(srv));
     srv.cfg = cfg;
+    srv.sig_fd = -1;
     /* Files named by settings are checked here, before anything listens,
      * so a typo stops the start with status 2 naming the setting. */
     if (cfg->tls_cert && tls_pair_check(cfg->tls_cert, cfg->tls_key, expiry,
@@ -259,45 +390,65 @@ int server_run(const struct config *cfg)
         log_error("%s", err);
         return 2;
     }
+    fd_table = server_fd_table(cfg, err, sizeof(err));
+    if (!fd_table) {
+        log_error("%s", err);
+        return 2;
+    }
     srv.access = access_new(cfg);
-    if (!srv.access) {
+    srv.conns = conn_limit_new(fd_table, CONN_LIMIT_PER_CLIENT);
+    if (!srv.access || !srv.conns) {
         log_error("out of memory");
+        access_free(srv.access);
+        conn_limit_free(srv.conns);
         return 1;
     }
     hub_init(&srv.hub, cfg, srv.access);
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_cb);
-    srv.ctx = create_context(&srv, protocols);
+    srv.ctx = create_context(&srv, protocols, fd_table);
     if (!srv.ctx) {
         log_error("cannot listen on %s port %d (see lws messages above)", cfg->bind_host,
                   cfg->bind_port);
         goto out;
     }
+    if (watch_signals(&srv) < 0) {
+        log_error("cannot watch for signals");
+        goto out;
+    }
     hub_set_wake(&srv.hub, wake, srv.ctx);
-    signal_ctx = srv.ctx;
-    install_signals();
-    log_info("wattcloud-relay %s listening on %s port %d (%s)", WC_VERSION, cfg->bind_host,
-             cfg->bind_port, cfg->tls_cert ? "TLS" : "plain HTTP");
+    log_info("wattcloud-relay %s listening on %s port %d (%s, %u descriptors for lws)",
+             WC_VERSION, cfg->bind_host, cfg->bind_port, cfg->tls_cert ? "TLS" : "plain HTTP",
+             fd_table);
 
     for (;;) {
         lws_service(srv.ctx, 1000);
         session_hub_tick(&srv.hub);
-        if (got_hup) {
-            got_hup = 0;
+        if (srv.got_hup) {
+            srv.got_hup = 0;
             tls_reload(&srv);
         }
-        if (got_term && drain_step(&srv))
+        if (srv.got_term && drain_step(&srv))
             break;
     }
     log_info("shutting down");
     rc = 0;
 out:
-    signal_ctx = NULL;
     hub_set_wake(&srv.hub, NULL, NULL);
     hub_for_each(&srv.hub, cut_session, NULL);
     if (srv.ctx)
-        lws_context_destroy(srv.ctx);
-    reap_workers(&srv.hub);
+        lws_context_destroy(srv.ctx);  /* closes the signalfd too */
+    left = reap_workers(&srv.hub);
+    if (left > 0) {
+        /* A worker stuck in a call that ignores the cut (getaddrinfo) still
+         * uses the hub, the access table, libssh2 and the settings: freeing
+         * them under it could crash or corrupt the exit. The kernel frees
+         * everything at exit; credentials die with the process, which
+         * cannot dump core. */
+        log_error("%d session workers did not stop; exiting without clean-up", left);
+        _exit(rc);
+    }
     hub_destroy(&srv.hub);
     access_free(srv.access);
+    conn_limit_free(srv.conns);
     return rc;
 }

@@ -15,14 +15,21 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "http.h"
 #include "server.h"
 
 /* The app runs WebAssembly (hence 'wasm-unsafe-eval', which allows
- * compiling WASM but not JavaScript eval) and talks to the relay over
- * wss:. Nothing may frame it. */
-#define CSP "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; " \
-            "connect-src 'self' wss:; frame-ancestors 'none'; base-uri 'self'; " \
-            "object-src 'none'; form-action 'self'"
+ * compiling WASM but not JavaScript eval) and talks only to this relay:
+ * its own origin, and wss://BYO_DOMAIN (the page's origin once TLS is in
+ * front; named too because older browsers do not count wss: as 'self').
+ * Nothing may frame it, it submits no forms and needs no base URL. The same
+ * headers are in deploy/Caddyfile.example and deploy/nginx.conf.example. */
+#define CSP_HEAD "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'"
+#define CSP_TAIL "; frame-ancestors 'none'; base-uri 'none'; object-src 'none'; " \
+                 "form-action 'none'"
+/* The app uses none of these browser features. */
+#define PERMISSIONS "camera=(), microphone=(), geolocation=(), payment=(), usb=(), " \
+                    "interest-cohort=()"
 #define HSTS "max-age=63072000; includeSubDomains"
 
 struct mime {
@@ -66,58 +73,48 @@ static const char *mime_of(const char *path)
     return "application/octet-stream";
 }
 
-static int add_header(struct lws *wsi, const char *name, const char *value,
-                      unsigned char **p, unsigned char *end)
+/* Whether BYO_DOMAIN (a host name, maybe with a port) can go into a
+ * header as it is (config.c lowercases it; this keeps a stray character
+ * from ending the policy early). */
+static int domain_ok(const char *d)
 {
-    return lws_add_http_header_by_name(wsi, (const unsigned char *)name,
-                                       (const unsigned char *)value, (int)strlen(value), p,
-                                       end);
+    return d && *d && strspn(d, "abcdefghijklmnopqrstuvwxyz0123456789.-:[]") == strlen(d);
 }
 
-/* Headers every answer from here carries. */
-static int add_security_headers(struct lws *wsi, int tls, unsigned char **p,
-                                unsigned char *end)
+/* The security headers of every answer from here, as header lines. */
+static void security_headers(struct lws *wsi, char *out, size_t outlen)
 {
-    if (add_header(wsi, "content-security-policy:", CSP, p, end) ||
-        add_header(wsi, "x-content-type-options:", "nosniff", p, end) ||
-        add_header(wsi, "referrer-policy:", "no-referrer", p, end) ||
-        add_header(wsi, "x-frame-options:", "DENY", p, end))
-        return -1;
-    if (tls && add_header(wsi, "strict-transport-security:", HSTS, p, end))
-        return -1;
-    return 0;
+    const struct config *cfg = server_of(wsi)->cfg;
+    const char *d = cfg->byo_domain;
+    int tls = cfg->tls_cert != NULL;
+
+    /* BYO_DOMAIN=localhost is development: the app and its relay may sit
+     * on any two ports of the machine (the Origin check allows the same). */
+    int local = d && strcmp(d, "localhost") == 0;
+
+    snprintf(out, outlen,
+             "Content-Security-Policy: " CSP_HEAD "%s%s%s" CSP_TAIL "\r\n"
+             "Referrer-Policy: no-referrer\r\n"
+             "X-Frame-Options: DENY\r\n"
+             "Permissions-Policy: " PERMISSIONS "\r\n"
+             "Cross-Origin-Opener-Policy: same-origin\r\n"
+             "%s",
+             domain_ok(d) ? " wss://" : "", domain_ok(d) ? d : "",
+             local ? ":* ws://localhost:*" : "",
+             tls ? "Strict-Transport-Security: " HSTS "\r\n" : "");
 }
 
-static int tls_on(struct lws *wsi)
-{
-    return server_of(wsi)->cfg->tls_cert != NULL;
-}
-
-/* A short text answer for the refusals. */
+/* A short text answer for the refusals, with the page headers. */
 static int refuse(struct lws *wsi, int status)
 {
-    unsigned char buf[LWS_PRE + 2048], *start = buf + LWS_PRE, *p = start;
-    unsigned char *end = buf + sizeof(buf) - 1;
-    unsigned char body[LWS_PRE + 64];
-    const char *text = status == 404 ? "not found\n" :
-                       status == 405 ? "method not allowed\n" : "bad request\n";
-    size_t len = strlen(text);
-    int hang_up = http_has_body(wsi);
+    char extra[HTTP_EXTRA_MAX];
+    size_t n;
 
-    if (lws_add_http_common_headers(wsi, (unsigned)status, "text/plain", len, &p, end) ||
-        add_security_headers(wsi, tls_on(wsi), &p, end) ||
-        add_header(wsi, "cache-control:", "no-store", &p, end) ||
-        (status == 405 && add_header(wsi, "allow:", "GET, HEAD", &p, end)) ||
-        (hang_up && add_header(wsi, "connection:", "close", &p, end)) ||
-        lws_finalize_write_http_header(wsi, start, &p, end))
-        return -1;
-    /* lws leaves out the body of a HEAD answer itself. */
-    memcpy(body + LWS_PRE, text, len);
-    if (lws_write(wsi, body + LWS_PRE, len, LWS_WRITE_HTTP_FINAL) != (int)len)
-        return -1;
-    if (hang_up)
-        return -1;  /* the body stays unread: this connection cannot go on */
-    return lws_http_transaction_completed(wsi) ? -1 : 0;
+    security_headers(wsi, extra, sizeof(extra));
+    n = strlen(extra);
+    if (status == 405)
+        snprintf(extra + n, sizeof(extra) - n, "Allow: GET, HEAD\r\n");
+    return http_refuse(wsi, status, NULL, extra);
 }
 
 /* 400 for ".." as a path segment (lws resolves dot segments, %2e forms
@@ -170,14 +167,18 @@ static int is_index_html(const char *path)
 
 static int send_file(struct lws *wsi, const char *path, int is_index)
 {
-    unsigned char hdrs[1536], *p = hdrs, *end = hdrs + sizeof(hdrs);
+    char extra[HTTP_EXTRA_MAX];
+    size_t n;
     int rc;
 
-    if (add_security_headers(wsi, tls_on(wsi), &p, end) ||
-        /* index.html names the current asset files: always revalidate. */
-        (is_index && add_header(wsi, "cache-control:", "no-cache", &p, end)))
-        return -1;
-    rc = lws_serve_http_file(wsi, path, mime_of(path), (const char *)hdrs, (int)(p - hdrs));
+    security_headers(wsi, extra, sizeof(extra));
+    n = strlen(extra);
+    /* X-Content-Type-Options is written by lws_serve_http_file's caller
+     * only: add it here with the rest. index.html names the current asset
+     * files: always revalidate. */
+    snprintf(extra + n, sizeof(extra) - n, "X-Content-Type-Options: nosniff\r\n%s",
+             is_index ? "Cache-Control: no-cache\r\n" : "");
+    rc = lws_serve_http_file(wsi, path, mime_of(path), extra, (int)strlen(extra));
     /* <0 error; >0 sent completely (small file); 0 lws streams the rest
      * from its writable callbacks and finishes the transaction itself. */
     if (rc < 0 || (rc > 0 && lws_http_transaction_completed(wsi)))

@@ -38,7 +38,7 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
 # test (test_browser.py, headless, driven over its DevTools protocol); its
 # fontconfig dependency brings a font, so the screenshots show text.
 TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-timeout
-           python3-websocket valgrind clang libclang-rt-dev llvm caddy nginx
+           python3-websocket python3-websockets valgrind clang libclang-rt-dev llvm caddy nginx
            systemd openssl chromium iproute2)
 
 log() { printf 'deps: %s\n' "$*" >&2; }

@@ -495,7 +495,10 @@ def test_browser_reused_cookie_refused(browser, page_relay, sshd):
 
 def test_browser_wrong_origin_refused(browser, page_relay, sshd):
     target = page_relay()
-    other = page_relay()  # same signing key: its cookies are valid at `target`
+    # Same signing key: its cookies are valid at `target`. Its page may
+    # connect to `target` only because its BYO_DOMAIN names it (the page's
+    # Content-Security-Policy allows 'self' and wss://BYO_DOMAIN).
+    other = page_relay(BYO_DOMAIN="localhost:%d" % target.port)
     t_off, o_off = target.log_size(), other.log_size()
     result, title, console = browser.run_page(page_url(
         other, scenario="origin", host="127.0.0.1", port=sshd.port,

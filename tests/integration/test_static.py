@@ -36,10 +36,14 @@ SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "x-frame-options": "DENY",
+    "cross-origin-opener-policy": "same-origin",
 }
 
-CSP_PARTS = ["default-src 'self'", "connect-src 'self' wss:", "frame-ancestors 'none'",
-             "base-uri 'self'", "object-src 'none'", "'wasm-unsafe-eval'"]
+# connect-src names the relay's own origin only (BYO_DOMAIN is localhost
+# here: any port of it), never any wss: host.
+CSP_PARTS = ["default-src 'self'", "connect-src 'self' wss://localhost:* ws://localhost:*;",
+             "frame-ancestors 'none'", "base-uri 'none'", "object-src 'none'",
+             "form-action 'none'", "'wasm-unsafe-eval'"]
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +114,8 @@ def test_index_served_with_security_headers(spa_relay):
         assert h.get(name) == value, (name, h)
     for part in CSP_PARTS:
         assert part in h["content-security-policy"], h["content-security-policy"]
+    assert "wss:;" not in h["content-security-policy"].replace(" ", "")
+    assert "camera=()" in h.get("permissions-policy", "")
     assert h.get("cache-control") == "no-cache"
     assert "strict-transport-security" not in h  # plain HTTP: no HSTS
 

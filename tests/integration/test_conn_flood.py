@@ -1,0 +1,162 @@
+"""Connections that never become sessions: 2,000 hostile connections from
+one address (127.0.0.2) must not stop another (127.0.0.1) from using the
+relay — health, challenge, cookie, a WebSocket session with login — and
+the descriptor limit is respected (start refused when too low, no busy
+accept loop or log flood at it)."""
+
+import os
+import resource
+import socket
+import subprocess
+import time
+
+import pytest
+
+from helpers import LOCAL, login
+from relay import Relay, relay_binary
+
+ATTACKER = "127.0.0.2"
+HOSTILE = 2000
+
+
+def open_hostile(port, n, payload):
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.bind((ATTACKER, 0))
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    for s in socks:
+        try:
+            if payload:
+                s.send(payload)
+        except OSError:
+            pass
+    return socks
+
+
+def raise_nofile(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+
+
+def test_hostile_connections_from_one_address(relay_factory, sshd):
+    raise_nofile(HOSTILE + 500)
+    relay = relay_factory()
+    t0 = time.monotonic()
+    idle = open_hostile(relay.port, HOSTILE // 2, b"")
+    connect = open_hostile(relay.port, HOSTILE // 2, b"CONNECT x HTTP/1.0\r\n\r\n")
+    try:
+        # The good client, while the attacker holds (or tries to hold) 2,000.
+        status, _, body = relay.http("GET", "/health", timeout=3)
+        assert status == 200 and body == b"ok\n"
+        s = login(relay, sshd, timeout=10)
+        try:
+            s.send_json({"id": 2, "method": "stat", "params": {"path": "/"}})
+            assert s.recv_text(timeout=10)["id"] == 2
+        finally:
+            s.close()
+        assert time.monotonic() - t0 < 30
+    finally:
+        for s in idle + connect:
+            s.close()
+    log = relay.log_text()
+    assert "too many unupgraded connections" in log
+    # Folded, not one line per refused connection.
+    assert log.count("too many unupgraded connections") < 50, log.count("too many")
+
+
+def run_relay(run_dir, nofile, **env):
+    e = {"BIND_ADDR": "127.0.0.1:%d" % _free_port(), "LOG_LEVEL": "info"}
+    e.update({k: str(v) for k, v in env.items()})
+    return subprocess.run(["prlimit", "--nofile=%d:%d" % (nofile, nofile), relay_binary()],
+                          env=e, capture_output=True, timeout=20)
+
+
+def test_descriptor_limit_too_low_refuses_start(run_dir):
+    res = run_relay(run_dir, 300, MAX_SESSIONS=512)
+    assert res.returncode == 2, res
+    err = res.stderr.decode()
+    assert "RLIMIT_NOFILE" in err and "MAX_SESSIONS=512" in err, err
+
+
+def test_at_the_descriptor_limit_no_busy_loop(run_dir):
+    relay = Relay(relay_binary(), {"MAX_SESSIONS": "4", "LOG_LEVEL": "info"},
+                  os.path.join(run_dir, "relay-fdlimit.log"))
+    relay.spawn = _spawn_limited(relay, 200)
+    relay.spawn()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if relay.http("GET", "/health", timeout=1)[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.05)
+    try:
+        socks = []
+        for i in range(4):  # 4 clients x 60 < the cap each, 240 > 200 descriptors
+            src = "127.0.0.%d" % (10 + i)
+            for _ in range(60):
+                s = socket.socket()
+                s.bind((src, 0))
+                s.settimeout(2)
+                try:
+                    s.connect(("127.0.0.1", relay.port))
+                except OSError:
+                    pass
+                socks.append(s)
+        cpu0 = _cpu(relay.proc.pid)
+        time.sleep(1.5)
+        spent = _cpu(relay.proc.pid) - cpu0
+        assert spent < 0.5, "relay spun for %.2f CPU-s at the descriptor limit" % spent
+        for s in socks:
+            s.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if relay.http("GET", "/health", timeout=1)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert relay.http("GET", "/health", timeout=2)[0] == 200
+        assert relay.log_text().count("\n") < 200
+    finally:
+        relay.stop()
+
+
+def _spawn_limited(relay, nofile):
+    """Relay.spawn with RLIMIT_NOFILE lowered (soft and hard) in the child."""
+    plain = relay.spawn
+
+    def spawn():
+        real_popen = subprocess.Popen
+
+        def popen(*a, **kw):
+            kw["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                          (nofile, nofile))
+            return real_popen(*a, **kw)
+        subprocess.Popen = popen
+        try:
+            return plain()
+        finally:
+            subprocess.Popen = real_popen
+    return spawn
+
+
+def _cpu(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
