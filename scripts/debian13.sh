@@ -116,48 +116,18 @@ check_nothing_mounted() {
 
 # ------------------------------------------------------------ the mirror
 
-# The Debian mirror this machine's apt already uses, read from its sources
-# (deb822 .sources files, then one-line sources.list), so the chroot fetches
-# from wherever this host is allowed to. Prints the URI whose suite is
-# exactly $1, or nothing.
-mirror_for_suite() {
-  local want="$1" f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -r "$f" ] || continue
-    awk -v want="$want" '
-      function flush() {
-        if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " want " ") && uri != "")
-          { print uri; exit 0 }
-        types = ""; suites = ""; uri = ""
-      }
-      /^[[:space:]]*$/ { flush(); next }
-      /^[[:space:]]*#/ { next }
-      tolower($1) == "types:" { $1 = ""; types = $0 }
-      tolower($1) == "suites:" { $1 = ""; suites = $0 }
-      tolower($1) == "uris:" { uri = $2 }
-      END { flush() }' "$f"
-  done | head -n1
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -r "$f" ] || continue
-    # deb [options] URI SUITE COMPONENTS...
-    sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" |
-      awk -v want="$want" '$1 == "deb" && $3 == want { print $2; exit }'
-  done | head -n1
-}
-
-host_codename() {
-  sed -n 's/^VERSION_CODENAME=//p' /etc/os-release | tr -d '"'
-}
+# shellcheck source=scripts/apt-mirror.sh
+. "$ROOT/scripts/apt-mirror.sh"
 
 find_mirrors() {
   local codename
-  codename="$(host_codename)"
+  codename="$(apt_host_codename)"
   [ -n "$codename" ] || die "no VERSION_CODENAME in /etc/os-release"
-  MIRROR="$(mirror_for_suite "$codename" | head -n1)"
+  MIRROR="$(apt_mirror_for_suite "$codename")"
   [ -n "$MIRROR" ] ||
     die "no 'deb' entry for suite $codename in /etc/apt/sources.list(.d):" \
         "cannot tell which Debian mirror to debootstrap from"
-  SECURITY_MIRROR="$(mirror_for_suite "$codename-security" | head -n1)"
+  SECURITY_MIRROR="$(apt_mirror_for_suite "$codename-security")"
 }
 
 # ------------------------------------------------------------ host tools
