@@ -44,10 +44,12 @@ die() { printf 'debian13: ERROR: %s\n' "$*" >&2; exit 1; }
 # order is clean while we still run.
 inside() {
   local mode="$1" root="$2"
+  INSIDE_ROOT="$root"
   umount_all() {
     local m
     for m in var/cache/apt/archives tmp run dev sys proc; do
-      umount -R "$root/$m" 2>/dev/null || umount -lR "$root/$m" 2>/dev/null || true
+      umount -R "$INSIDE_ROOT/$m" 2>/dev/null ||
+        umount -lR "$INSIDE_ROOT/$m" 2>/dev/null || true
     done
   }
   trap umount_all EXIT
@@ -240,19 +242,38 @@ else
 fi
 prepare_work_root
 
+# The namespace's first process is PID 1 there: when it is killed, the
+# kernel kills everything else in the namespace and drops its mounts.
+# unshare blocks SIGINT/SIGTERM while it waits, so a signal to this script
+# kills that process itself; --kill-child covers unshare being killed.
+ns_pid=""
+stop_namespace() {
+  local child
+  [ -n "$ns_pid" ] || return 0
+  for child in $(pgrep -P "$ns_pid" 2>/dev/null); do kill -KILL "$child" 2>/dev/null || true; done
+  wait "$ns_pid" 2>/dev/null || true
+  ns_pid=""
+}
+on_signal() {
+  log "interrupted: killing everything in the Debian 13 root"
+  stop_namespace
+  exit 130
+}
+trap on_signal INT TERM
+
 started=$SECONDS
+ns=(unshare --mount --pid --kill-child --propagation private --)
 if [ "$mode" = shell ]; then
-  unshare --mount --pid --fork --propagation private -- \
-    bash "$0" --inside shell "$WORK"
-  exit $?
+  # In the foreground, so the shell gets the terminal; leaving it ends all.
+  exec "${ns[@]}" bash "$0" --inside shell "$WORK"
 fi
 
 log "running scripts/test.sh in Debian 13 (log: $LOG)"
-set +e
-unshare --mount --pid --fork --propagation private -- \
-  bash "$0" --inside test "$WORK" 2>&1 | tee "$LOG"
-rc="${PIPESTATUS[0]}"
-set -e
+"${ns[@]}" bash "$0" --inside test "$WORK" > >(tee "$LOG") 2>&1 &
+ns_pid=$!
+rc=0
+wait "$ns_pid" || rc=$?
+ns_pid=""
 check_nothing_mounted
 log "scripts/test.sh in Debian 13 finished in $((SECONDS - started)) s, exit $rc"
 exit "$rc"

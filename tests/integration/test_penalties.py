@@ -20,8 +20,8 @@ from sshd import TEST_USER
 from wsclient import open_session
 
 # The relay blocks an address at its own 5th failed login
-# (LIMITS_AUTH_MAX_FAILURES); OpenSSH's default penalties (authfail:5s,
-# enforced once they add up to more than min:15s) must take over first.
+# (LIMITS_AUTH_MAX_FAILURES): sshd's penalty (authfail:30s, sshd.py) must
+# be in force before that; it is after the first.
 MAX_WRONG_LOGINS = 4
 
 pytestmark = pytest.mark.skipif(not sshd_mod.has_per_source_penalties(),
