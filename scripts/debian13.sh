@@ -71,7 +71,12 @@ inside() {
   if [ "$mode" = shell ]; then
     chroot "$root" "${env[@]}" /bin/bash -l
   else
-    chroot "$root" "${env[@]}" /bin/bash -c "cd $CHECKOUT && exec bash scripts/test.sh"
+    local rc=0
+    chroot "$root" "${env[@]}" /bin/bash -c "cd $CHECKOUT && exec bash scripts/test.sh" || rc=$?
+    # The .deb cache is kept between runs: drop the versions the mirror no
+    # longer has, so it does not grow with every point release.
+    chroot "$root" "${env[@]}" apt-get -qq autoclean >/dev/null 2>&1 || true
+    return "$rc"
   fi
 }
 
