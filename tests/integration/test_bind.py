@@ -2,10 +2,12 @@
 non-zero status, on every supported libwebsockets, so that systemd's
 Restart= acts and the operator reads why.
 
-lws 4.1 (Debian 12) fails lws_create_context() for both cases below with
-LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND. lws 4.3 (Debian 13) still does
-for a port in use, but for an address that is not on this host
-(EADDRNOTAVAIL) it retries for ever, ~8,000 log lines a second.
+lws 4.1 (Debian 12) fails lws_create_context() for a port in use and for an
+address that is not on this host with LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND.
+lws 4.3 (Debian 13) still does for a port in use, but for an address that
+is not on this host (EADDRNOTAVAIL) it retries for ever, ~8,000 log lines a
+second: test_tls.py::test_address_not_on_this_host_stops_the_start checks
+the exit, this file that the refusal is short too.
 
 Binding sends nothing: 192.0.2.1 (TEST-NET-1) is only used as an address
 this host does not have.
