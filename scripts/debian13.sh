@@ -236,22 +236,14 @@ prepare_work_root() {
   log "root ready in $((SECONDS - started)) s: $WORK (checkout in $CHECKOUT)"
 }
 
-# ------------------------------------------------------------ main
-
-ensure_host_tools
-find_mirrors
-if base_ok; then
-  log "base root $BASE is current ($(cat "$BASE.stamp"))"
-else
-  make_base
-fi
-prepare_work_root
+# ------------------------------------------------------------ the namespace
 
 # The namespace's first process is PID 1 there: when it is killed, the
 # kernel kills everything else in the namespace and drops its mounts.
 # unshare blocks SIGINT/SIGTERM while it waits, so a signal to this script
 # kills that process itself; --kill-child covers unshare being killed.
 ns_pid=""
+
 stop_namespace() {
   local child
   [ -n "$ns_pid" ] || return 0
@@ -259,26 +251,46 @@ stop_namespace() {
   wait "$ns_pid" 2>/dev/null || true
   ns_pid=""
 }
+
 on_signal() {
   log "interrupted: killing everything in the Debian 13 root"
   stop_namespace
   exit 130
 }
-trap on_signal INT TERM
 
-started=$SECONDS
-ns=(unshare --mount --pid --kill-child --propagation private --)
-if [ "$mode" = shell ]; then
-  # In the foreground, so the shell gets the terminal; leaving it ends all.
-  exec "${ns[@]}" bash "$0" --inside shell "$WORK"
-fi
+# ------------------------------------------------------------ main
 
-log "running scripts/test.sh in Debian 13 (log: $LOG)"
-"${ns[@]}" bash "$0" --inside test "$WORK" > >(tee "$LOG") 2>&1 &
-ns_pid=$!
-rc=0
-wait "$ns_pid" || rc=$?
-ns_pid=""
-check_nothing_mounted
-log "scripts/test.sh in Debian 13 finished in $((SECONDS - started)) s, exit $rc"
-exit "$rc"
+# All of it in one function, read whole before it runs: bash reads a script
+# as it goes, and an edit of this file during a run would otherwise change
+# what the rest of the run does.
+main() {
+  ensure_host_tools
+  find_mirrors
+  if base_ok; then
+    log "base root $BASE is current ($(cat "$BASE.stamp"))"
+  else
+    make_base
+  fi
+  prepare_work_root
+
+  trap on_signal INT TERM
+
+  started=$SECONDS
+  ns=(unshare --mount --pid --kill-child --propagation private --)
+  if [ "$mode" = shell ]; then
+    # In the foreground, so the shell gets the terminal; leaving it ends all.
+    exec "${ns[@]}" bash "$0" --inside shell "$WORK"
+  fi
+
+  log "running scripts/test.sh in Debian 13 (log: $LOG)"
+  "${ns[@]}" bash "$0" --inside test "$WORK" > >(tee "$LOG") 2>&1 &
+  ns_pid=$!
+  rc=0
+  wait "$ns_pid" || rc=$?
+  ns_pid=""
+  check_nothing_mounted
+  log "scripts/test.sh in Debian 13 finished in $((SECONDS - started)) s, exit $rc"
+  exit "$rc"
+}
+
+main; exit $?
