@@ -163,4 +163,10 @@ fi
 if [ "$dry_run" -eq 0 ]; then
   systemctl --no-pager --lines=5 status "$UNIT_NAME" || true
 fi
-log "done; check with: curl -fsS http://127.0.0.1:8443/ready"
+# A minimal Debian has no curl: name it only where it is installed.
+if command -v curl >/dev/null; then
+  log "done; check with: curl -fsS http://127.0.0.1:8443/ready"
+else
+  log "done; check with: systemctl status $UNIT_NAME (README.md shows a" \
+      "/ready check without curl)"
+fi

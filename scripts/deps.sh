@@ -41,6 +41,9 @@ TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-t
            python3-websocket python3-websockets valgrind clang libclang-rt-dev llvm caddy nginx
            systemd openssl chromium iproute2)
 
+# shellcheck source=scripts/apt-mirror.sh
+. "$ROOT/scripts/apt-mirror.sh"
+
 log() { printf 'deps: %s\n' "$*" >&2; }
 die() { printf 'deps: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -176,12 +179,16 @@ find_trixie_keyring() {
 # Source only: a `deb` line would let apt offer Debian 13 binaries (and a new
 # libc) to this Debian 12 system on the next upgrade.
 write_trixie_sources() {
-  local content
+  local content mirror
   find_trixie_keyring
+  # From the mirror this system already uses for its own suite.
+  mirror="$(apt_mirror_for_suite "$(apt_host_codename)")"
+  [ -n "$mirror" ] || die "no 'deb' entry for suite $(apt_host_codename) in" \
+    "/etc/apt/sources.list(.d): cannot tell which Debian mirror to take trixie's source from"
   content="# Written by wattcloud scripts/deps.sh: Debian 13 SOURCE packages only,
 # to build libssh2 >= 1.11 privately. Never add \`deb\` to Types here.
 Types: deb-src
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: trixie
 Components: main
 Signed-By: $TRIXIE_KEYRING

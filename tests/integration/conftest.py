@@ -86,7 +86,7 @@ def run_dir():
         if time.time() - os.path.getmtime(path) > PRUNE_AFTER_SECS:
             shutil.rmtree(path, ignore_errors=True)
     path = tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=base)
-    os.chmod(path, 0o755)  # sshd reads authorized_keys as the test user
+    os.chmod(path, 0o755)  # for a developer's eyes; sshd reads nothing here as the user
     _RUN_DIR.append(path)
     return path
 
@@ -103,18 +103,79 @@ def client_keys(run_dir):
 
 
 @pytest.fixture(scope="session")
-def sshd_servers(run_dir, test_user, client_keys):
-    """All sshd variants, started once per run (each takes ~50 ms)."""
-    ak = sshd_mod.write_authorized_keys(run_dir, client_keys)
+def authorized_keys(test_user, client_keys):
+    """The test user's authorized_keys, outside the checkout (which may sit
+    under /root, where the user cannot reach it); checked readable as the
+    user, else the run stops here with the reason."""
+    ak = sshd_mod.AuthorizedKeys(client_keys.public_keys(), test_user)
+    yield ak
+    ak.remove()
+
+
+@pytest.fixture(scope="session")
+def sshd_servers(run_dir, authorized_keys):
+    """The shared sshd variants, started once per run (each takes ~50 ms)."""
     servers = {}
     try:
-        for variant in sshd_mod.VARIANTS:
+        for variant in sshd_mod.SHARED_VARIANTS:
             servers[variant] = sshd_mod.Sshd(
-                os.path.join(run_dir, "sshd-" + variant), variant, ak).start()
+                os.path.join(run_dir, "sshd-" + variant), variant,
+                authorized_keys.pattern).start()
         yield servers
     finally:
         for s in servers.values():
             s.stop()
+
+
+# Lines of each sshd log shown with a failed test: the reason a login or
+# connection failed (penalties, a refused key, an unreadable file) is often
+# only there.
+SSHD_LOG_TAIL_LINES = 40
+
+
+def print_sshd_logs(servers, marks):
+    """Print what each of `servers` (name -> Sshd) logged since `marks`."""
+    for name, server in servers.items():
+        lines = server.log_since(marks.get(name, 0)).splitlines()
+        if lines:
+            print("---- sshd %s log during this test (%s, last %d of %d lines) ----\n%s"
+                  % (name, server.log_path, min(len(lines), SSHD_LOG_TAIL_LINES),
+                     len(lines), "\n".join(lines[-SSHD_LOG_TAIL_LINES:])))
+
+
+@pytest.fixture(autouse=True)
+def sshd_logs_on_failure(request):
+    """With a failed test that used the shared sshd servers, print the tail
+    of what they logged during it next to the test's own output."""
+    if "sshd_servers" not in request.fixturenames:
+        yield
+        return
+    servers = request.getfixturevalue("sshd_servers")
+    marks = {name: s.log_size() for name, s in servers.items()}
+    yield
+    if _failed(request):
+        print_sshd_logs(servers, marks)
+
+
+@pytest.fixture
+def sshd_variant(request, run_dir, authorized_keys):
+    """sshd_variant(name) -> a started Sshd of a variant outside the shared
+    set (its own directory); stopped after the test, its log printed when
+    the test failed."""
+    started = []
+
+    def start(variant):
+        n = len(started) + 1
+        server = sshd_mod.Sshd(os.path.join(run_dir, "sshd-%s-%s-%d" % (
+            variant, _safe_name(request.node), n)), variant, authorized_keys.pattern)
+        started.append(server)
+        return server.start()
+
+    yield start
+    if _failed(request):
+        print_sshd_logs({s.variant: s for s in started}, {})
+    for s in started:
+        s.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,17 @@ Everything lives in a private directory: host keys, sshd_config, the
 authorized_keys file, the pid file and the log. The sshd listens on
 127.0.0.1 on a free port; the relay reaches it like any SFTP server.
 
-sshd drops to the user's uid to read authorized_keys, so the directories on
-the way there are world-traversable and StrictModes is off.
+sshd drops to the user's uid to read authorized_keys, so that file lives in
+a directory of its own under /tmp (see AuthorizedKeys), never in the
+checkout: a checkout under /root (mode 0700) is not traversable by the test
+user. StrictModes is off.
+
+OpenSSH >= 9.8 penalises a source address after failed logins
+(PerSourcePenalties, on by default) and then closes its connections before
+the banner. Every connection of the suite comes from 127.0.0.1 and many
+tests fail logins on purpose, so the servers turn penalties off where the
+sshd knows the option; the "penalties" variant keeps them on for the test
+of that very behaviour.
 """
 
 import os
@@ -14,7 +23,9 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 
 SSHD = "/usr/sbin/sshd"
@@ -135,16 +146,57 @@ class ClientKeys:
         return out
 
 
-def write_authorized_keys(directory, keys):
-    """authorized_keys/<user> readable by the user (sshd reads it as them)."""
-    akdir = os.path.join(directory, "authorized_keys")
-    os.makedirs(akdir, exist_ok=True)
-    os.chmod(akdir, 0o755)
-    path = os.path.join(akdir, TEST_USER)
-    with open(path, "w") as f:
-        f.write("\n".join(keys.public_keys()) + "\n")
-    os.chmod(path, 0o644)
-    return os.path.join(akdir, "%u")
+def _modes_on_the_way(path):
+    """'/root 0700 root, /root/x 0755 root, ...' for an error message."""
+    parts, cur = [], "/"
+    for name in os.path.abspath(path).split("/")[1:]:
+        cur = os.path.join(cur, name)
+        try:
+            st = os.stat(cur)
+            owner = pwd.getpwuid(st.st_uid).pw_name
+            parts.append("%s %04o %s" % (cur, stat.S_IMODE(st.st_mode), owner))
+        except (OSError, KeyError) as e:
+            parts.append("%s (%s)" % (cur, e))
+    return ", ".join(parts)
+
+
+def check_readable_as(pw, path):
+    """Raise, naming the directory modes on the way, unless user `pw` can
+    read `path`: sshd reads authorized_keys with the user's uid, and when it
+    cannot, the only symptom is a failed key login."""
+    res = subprocess.run(["/bin/cat", path], user=pw.pw_uid, group=pw.pw_gid,
+                         extra_groups=[], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if res.returncode != 0:
+        raise RuntimeError(
+            "test set-up: user %s cannot read %s (%s), so sshd could not read its "
+            "authorized keys and every key login would fail. Modes on the way: %s"
+            % (pw.pw_name, path, res.stderr.decode(errors="replace").strip(),
+               _modes_on_the_way(path)))
+
+
+class AuthorizedKeys:
+    """The authorized_keys file of user `pw` (public key lines) in a fresh
+    directory under the system's temp directory (mode 0755, file 0644),
+    which the user can reach wherever the checkout is. `pattern` is the
+    AuthorizedKeysFile value; remove() deletes the directory."""
+
+    def __init__(self, public_keys, pw):
+        self.dir = tempfile.mkdtemp(prefix="wattcloud-authkeys-")
+        os.chmod(self.dir, 0o755)
+        path = os.path.join(self.dir, pw.pw_name)
+        with open(path, "w") as f:
+            f.write("\n".join(public_keys) + "\n")
+        os.chmod(path, 0o644)
+        try:
+            check_readable_as(pw, path)
+        except BaseException:
+            self.remove()
+            raise
+        self.pattern = os.path.join(self.dir, "%u")
+
+    def remove(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
@@ -161,7 +213,63 @@ VARIANTS = {
                      host_key_algorithms="rsa-sha2-512,rsa-sha2-256"),
     # No ed25519: ECDSA must be preferred over RSA.
     "ecdsa_rsa": dict(host_keys=("rsa", "ecdsa"), kbd_only=False, host_key_algorithms=None),
+    # OpenSSH's PerSourcePenalties left on (>= 9.8 only). Not in the suite's
+    # shared servers: its penalties would spoil every later test using it.
+    "penalties": dict(host_keys=("ed25519",), kbd_only=False, host_key_algorithms=None,
+                      penalties=True),
 }
+
+# Variants every run starts once (sshd_servers); the others are started by
+# the tests that need them.
+SHARED_VARIANTS = ("default", "kbd", "rsa_only", "ecdsa_rsa")
+
+_SUPPORTS = {}
+
+
+def ensure_privsep_dir():
+    """sshd (even `sshd -t`) refuses to run without /run/sshd, and /run is
+    a tmpfs: a fresh boot has none."""
+    os.makedirs("/run/sshd", exist_ok=True)
+    os.chmod("/run/sshd", 0o755)
+
+
+def sshd_supports(option_line, host_key):
+    """Whether this sshd accepts a config line (older versions refuse
+    unknown options in `sshd -t`). Checked once per line per run; raises
+    when sshd refuses even the config without that line."""
+    if option_line not in _SUPPORTS:
+        ensure_privsep_dir()
+        d = tempfile.mkdtemp(prefix="wattcloud-sshd-probe-")
+        try:
+            cfg = os.path.join(d, "sshd_config")
+            results = []
+            for extra in (option_line, ""):
+                with open(cfg, "w") as f:
+                    f.write("HostKey %s\n%s\n" % (host_key, extra))
+                results.append(subprocess.run([SSHD, "-t", "-f", cfg],
+                                              stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT))
+                if results[0].returncode == 0:
+                    break
+            if results[-1].returncode != 0:
+                raise RuntimeError("sshd -t fails even without %r: %s" % (
+                    option_line, results[-1].stdout.decode(errors="replace")))
+            _SUPPORTS[option_line] = results[0].returncode == 0
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    return _SUPPORTS[option_line]
+
+
+def has_per_source_penalties():
+    """True for OpenSSH >= 9.8, which has PerSourcePenalties."""
+    d = tempfile.mkdtemp(prefix="wattcloud-sshd-probe-")
+    try:
+        key = os.path.join(d, "k")
+        run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", key])
+        return sshd_supports("PerSourcePenalties no", key)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class Sshd:
@@ -174,6 +282,7 @@ class Sshd:
         self.host_key_types = spec["host_keys"]
         self.kbd_only = spec["kbd_only"]
         self.host_key_algorithms = spec["host_key_algorithms"]
+        self.penalties = spec.get("penalties", False)
         self.authorized_keys_file = authorized_keys_file
         self.port = None
         self.proc = None
@@ -209,6 +318,18 @@ class Sshd:
         ]
         if self.host_key_algorithms:
             lines.append("HostKeyAlgorithms %s" % self.host_key_algorithms)
+        any_key = next(iter(self.host_key_paths.values()))
+        if not sshd_supports("PerSourcePenalties no", any_key):
+            if self.penalties:
+                raise RuntimeError("this sshd has no PerSourcePenalties (OpenSSH < 9.8)")
+        elif not self.penalties:
+            lines.append("PerSourcePenalties no")
+        else:
+            # OpenSSH's defaults but for a failed login's penalty (5 s),
+            # which is enforced only once penalties add up to more than
+            # 15 s: 30 s makes the first failure enough however slowly the
+            # logins come (the defaults need 4 within about 6 s).
+            lines.append("PerSourcePenalties authfail:30s")
         if self.kbd_only:
             lines += [
                 "UsePAM yes",
@@ -227,8 +348,7 @@ class Sshd:
         return "\n".join(lines) + "\n"
 
     def start(self):
-        os.makedirs("/run/sshd", exist_ok=True)
-        os.chmod("/run/sshd", 0o755)
+        ensure_privsep_dir()
         self.port = free_port()
         with open(self.config_path, "w") as f:
             f.write(self._config())
@@ -282,6 +402,20 @@ class Sshd:
             with open(self.log_path, errors="replace") as f:
                 return f.read()
         except FileNotFoundError:
+            return ""
+
+    def log_size(self):
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def log_since(self, offset):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
             return ""
 
 

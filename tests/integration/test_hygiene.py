@@ -84,14 +84,10 @@ class HygUser:
                 pubs.append(f.read().strip())
             self.passphrases[name] = passphrase
             os.unlink(path)  # the test holds it in memory; no copy on disk
-        akdir = os.path.join(self.dir, "authorized_keys")
-        os.makedirs(akdir, exist_ok=True)
         os.chmod(self.dir, 0o755)
-        os.chmod(akdir, 0o755)
-        with open(os.path.join(akdir, HYG_USER), "w") as f:
-            f.write("\n".join(pubs) + "\n")
-        os.chmod(os.path.join(akdir, HYG_USER), 0o644)
-        self.authorized_keys = os.path.join(akdir, "%u")
+        # Outside the checkout, which may be under /root (see sshd.py).
+        self.ak = sshd_mod.AuthorizedKeys(pubs, self.pw)
+        self.authorized_keys = self.ak.pattern
 
     @staticmethod
     def set_password(password):
@@ -99,6 +95,7 @@ class HygUser:
                        check=True)
 
     def remove(self):
+        self.ak.remove()
         subprocess.run(["userdel", "-r", "-f", HYG_USER], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

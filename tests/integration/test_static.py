@@ -92,7 +92,10 @@ def raw_get(port, path, method="GET"):
                    % (method, path)).encode())
         data = b""
         while True:
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:  # a close without an answer
+                break
             if not chunk:
                 break
             data += chunk
@@ -159,6 +162,15 @@ def test_no_way_out_of_spa_dir(spa_relay, path):
     # for "/../etc/passwd" reaches the relay as "/etc/passwd": a path with
     # no file under SPA_DIR, answered like any app route with index.html.
     # Anything else is refused outright.
+    if status == 0 and body == b"" and "%00" in path:
+        # lws 4.3 (Debian 13) rejects a NUL outside the query string in its
+        # own request parser and closes the connection before the relay
+        # sees the request, so no answer is possible there; lws 4.1 hands
+        # the request on and the relay answers 400/404. Both are fine for a
+        # malformed request (RFC 9112 lets a server close instead of
+        # answering), as long as nothing is served and the relay lives on.
+        assert spa_relay.http("GET", "/")[0] == 200
+        return
     assert status in (400, 404) or (status == 200 and body == INDEX), (path, status, body)
 
 

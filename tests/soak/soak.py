@@ -31,6 +31,7 @@ and written to the run directory as soak-summary.json.
 """
 
 import argparse
+import atexit
 import hashlib
 import json
 import os
@@ -429,8 +430,9 @@ def main():
     os.chmod(run_dir, 0o755)
     user = sshd_mod.ensure_test_user()
     keys = sshd_mod.ClientKeys(os.path.join(run_dir, "keys"))
-    ak = sshd_mod.write_authorized_keys(run_dir, keys)
-    server = SoakSshd(os.path.join(run_dir, "sshd"), "default", ak).start()
+    ak = sshd_mod.AuthorizedKeys(keys.public_keys(), user)
+    atexit.register(ak.remove)
+    server = SoakSshd(os.path.join(run_dir, "sshd"), "default", ak.pattern).start()
     base_dir = sshd_mod.make_test_dir(user.pw_dir, user.pw_uid, user.pw_gid,
                                       "soak-" + os.path.basename(run_dir))
     env = {
