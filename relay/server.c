@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -190,6 +193,50 @@ int server_client_ip(struct lws *wsi, char *out, size_t outlen)
 static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
 static const struct lws_protocol_vhost_options pvo = {NULL, &pvo_default, "wattcloud-sftp",
                                                       ""};
+
+/* Try the listening address once with a socket of our own before lws does.
+ * lws 4.3 answers an address that is not on this host (EADDRNOTAVAIL) by
+ * retrying the bind for ever, even with FAIL_UPON_UNABLE_TO_BIND, so the
+ * relay would run without a listener. The socket options match what lws
+ * sets, so an address lws can bind is never refused here. Returns 0, or -1
+ * with errno set. */
+static int check_listenable(const struct config *cfg)
+{
+    struct addrinfo hints, *ai = NULL;
+    char port[16];
+    int fd = -1, one = 1, rc = -1, err = 0;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(port, sizeof(port), "%d", cfg->bind_port);
+    if (getaddrinfo(cfg->bind_host, port, &hints, &ai) != 0 || !ai) {
+        err = EADDRNOTAVAIL;
+        goto out;
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) {
+        err = errno;
+        goto out;
+    }
+    if (ai->ai_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) {
+        err = errno;
+        goto out;
+    }
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+        err = errno;
+        goto out;
+    }
+    rc = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (ai)
+        freeaddrinfo(ai);
+    errno = err;
+    return rc;
+}
 
 static struct lws_context *create_context(struct server *srv,
                                           const struct lws_protocols *protocols,
@@ -405,6 +452,11 @@ int server_run(const struct config *cfg)
     }
     hub_init(&srv.hub, cfg, srv.access);
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_cb);
+    if (check_listenable(cfg) < 0) {
+        log_error("cannot listen on %s port %d: %s", cfg->bind_host, cfg->bind_port,
+                  strerror(errno));
+        goto out;
+    }
     srv.ctx = create_context(&srv, protocols, fd_table);
     if (!srv.ctx) {
         log_error("cannot listen on %s port %d (see lws messages above)", cfg->bind_host,
