@@ -8,6 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <openssl/rand.h>
 
 #include "config.h"
@@ -18,7 +22,14 @@
                   LIBSSH2_SFTP_S_IXOTH)
 #define HANDLE_CHARS 36   /* "wh-" + 32 hex + NUL */
 #define NAME_MAX_BYTES 1024
-#define WRITE_WINDOW (2u * 1024 * 1024)
+/* Upload bytes in flight per handle: what one libssh2_sftp_write call may
+ * turn into packets beyond those already acknowledged (see write_full).
+ * The window covers the path's bandwidth-delay product for
+ * WRITE_TARGET_BYTES_PER_USEC (100 MB/s) at the TCP round trip the kernel
+ * measured, within these bounds. */
+#define WRITE_WINDOW_MIN (512u * 1024)
+#define WRITE_WINDOW_MAX (4u * 1024 * 1024)
+#define WRITE_TARGET_BYTES_PER_USEC 100u
 /* A listing is built as JSON text and sent once this much is ready: a
  * directory whose listing fits is answered in one frame (and a failure
  * while reading it is an ordinary error answer); a larger one is streamed
@@ -540,17 +551,45 @@ static ssize_t read_full(LIBSSH2_SFTP_HANDLE *h, unsigned char *buf, size_t want
     return (ssize_t)n;
 }
 
-/* Write all of `len`; libssh2 returns after the first acknowledged packet
- * of a pipelined batch, so call again from where it got to. */
-static int write_full(LIBSSH2_SFTP_HANDLE *h, const uint8_t *data, size_t len)
+/* How much upload to keep in flight on this connection. libssh2 turns
+ * everything it is given into packets and sends them as fast as the SSH
+ * window allows. OpenSSH's sshd queues what it has not yet handed to
+ * sftp-server in a buffer that grows one packet at a time, each step a
+ * fresh allocation, copy and wipe of the whole buffer: on a fresh
+ * connection a 2 MiB burst over loopback costs sshd 1-2 s of CPU before it
+ * answers, 512 KiB about 0.05 s. 512 KiB keeps a LAN or loopback server as
+ * busy as 2 MiB does; a distant server needs a window of its round trip
+ * times the rate we aim for, or one upload is capped at window / RTT
+ * (512 KiB at 20 ms: 25 MB/s). Over a WAN the burst reaches sshd at the
+ * link's pace, so its buffer does not pile up the same way. */
+size_t sftp_ops_write_window(uint32_t rtt_usecs)
+{
+    if (rtt_usecs > WRITE_WINDOW_MAX / WRITE_TARGET_BYTES_PER_USEC)
+        return WRITE_WINDOW_MAX;
+    if ((size_t)rtt_usecs * WRITE_TARGET_BYTES_PER_USEC < WRITE_WINDOW_MIN)
+        return WRITE_WINDOW_MIN;
+    return (size_t)rtt_usecs * WRITE_TARGET_BYTES_PER_USEC;
+}
+
+static size_t write_window(const struct ssh_conn *c)
+{
+    struct tcp_info ti;
+    socklen_t tlen = sizeof(ti);
+
+    if (getsockopt(c->sock, IPPROTO_TCP, TCP_INFO, &ti, &tlen) < 0)
+        return WRITE_WINDOW_MIN;
+    return sftp_ops_write_window(ti.tcpi_rtt);
+}
+
+/* Write all of `len` with at most `window` bytes in flight; libssh2
+ * returns after the first acknowledged packet of a pipelined batch, so
+ * call again from where it got to. */
+static int write_full(LIBSSH2_SFTP_HANDLE *h, const uint8_t *data, size_t len, size_t window)
 {
     size_t off = 0;
 
     while (off < len) {
-        /* libssh2 copies everything it is given into queued packets at once:
-         * a window of WRITE_WINDOW keeps that copy small without slowing the
-         * pipeline (2-4 MiB per call is as fast as 16 MiB). */
-        size_t n = len - off < WRITE_WINDOW ? len - off : WRITE_WINDOW;
+        size_t n = len - off < window ? len - off : window;
         ssize_t rc = libssh2_sftp_write(h, (const char *)data + off, n);
         if (rc < 0)
             return (int)rc;
@@ -671,7 +710,7 @@ static void op_write(struct sftp_ops *o, const struct proto_request *q, const ui
         reply_sftp_error(o, last_err(o), r);
         return;
     }
-    rc = write_full(h, data, len);
+    rc = write_full(h, data, len, write_window(o->c));
     if (rc < 0) {
         reply_sftp_error(o, rc, r);
         libssh2_sftp_close_handle(h);
@@ -815,7 +854,7 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *q, const uint
 
     if (!w)
         return 0;
-    rc = write_full(w->h, data, len);
+    rc = write_full(w->h, data, len, write_window(o->c));
     if (rc < 0) {
         fail_write(o, w, rc);
         return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? 0 : rc;

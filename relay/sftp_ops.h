@@ -83,5 +83,8 @@ void op_reply_clear(struct op_reply *r);
 /* blocks × size as bytes for JSON: saturates at INT64_MAX instead of
  * wrapping (a server may report any 64-bit values). */
 int64_t sftp_ops_bytes(uint64_t blocks, uint64_t size);
+/* Upload bytes kept in flight per write for a TCP round trip of
+ * `rtt_usecs` (sftp_ops.c says why): 512 KiB up to 4 MiB. */
+size_t sftp_ops_write_window(uint32_t rtt_usecs);
 
 #endif

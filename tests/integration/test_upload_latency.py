@@ -1,29 +1,31 @@
 """The first upload of a session must not stall: every 8 MiB write_chunk is
-answered about as fast as the others (a stall of 0.8-2.2 s on the second
-chunk of each session's first upload looked like a missed wake-up of the
-service thread hidden by its 1 s poll timeout)."""
+answered about as fast as the others.
+
+A write_chunk is answered before its bytes go to the server, and the worker
+writes chunk N while the browser sends chunk N+1, so the answer to chunk
+N+1 waits for chunk N's write. The second chunk of a session's first upload
+took 0.8-2.2 s while the others took 50-200 ms: the relay put 2 MiB in
+flight at once, and OpenSSH's sshd, on a fresh connection, grows the buffer
+that holds data not yet handed to sftp-server one packet at a time, each
+step a new allocation, copy and wipe of the whole buffer (quadratic in the
+bytes in flight; measured with perf on sshd: memmove, mmap/munmap and page
+faults). sftp_ops.c's WRITE_WINDOW bounds the bytes in flight."""
 
 import os
+import statistics
 import time
-
-import pytest
 
 from helpers import login, pattern
 from wsclient import MiB
 
 CHUNKS = 20
-STALL_SECS = 0.5  # ~10x a normal 8 MiB chunk on loopback (50 ms)
+# The issue's goal is worst <= 2x the median. The allowance on top absorbs
+# scheduling noise on a busy test machine (a chunk is 50-500 ms here); the
+# stall this guards against added 0.7-2 s.
+MEDIAN_FACTOR = 2.0
+ALLOWANCE_SECS = 0.25
 
 
-# Cause, measured (ws.c receive -> worker job -> sftp_ops_flush): the
-# relay hands the chunk over within ~5 ms; the stall is inside the first
-# libssh2_sftp_write of a fresh connection (3 s there, ~100 ms for later
-# chunks). libssh2's _libssh2_wait_socket() polls for up to 1000 ms when no
-# block direction is set ("Nothing to wait for in wait_socket"), which a
-# blocking sftp write hits while it waits for the server's first window
-# adjustments. The fix belongs to the SSH side (sftp_ops.c/ssh_conn.c or the
-# libssh2 patch set), not to the WebSocket side.
-@pytest.mark.xfail(strict=True, reason="libssh2 1 s wait without a block direction")
 def test_no_chunk_of_a_first_upload_stalls(relay_factory, sshd, workdir):
     relay = relay_factory()
     data = pattern(8 * MiB, 5)
@@ -40,6 +42,9 @@ def test_no_chunk_of_a_first_upload_stalls(relay_factory, sshd, workdir):
             assert s.ok("write_close", handle=h, timeout=30) == {}
         finally:
             s.close()
-        print("session %d: chunk latencies %s" % (run, " ".join("%.3f" % t for t in times)))
-        slow += [(run, i, t) for i, t in enumerate(times) if t > STALL_SECS]
-    assert not slow, "chunks over %.1f s (session, chunk, secs): %r" % (STALL_SECS, slow)
+        limit = MEDIAN_FACTOR * statistics.median(times) + ALLOWANCE_SECS
+        print("session %d: chunk latencies %s (limit %.3f)"
+              % (run, " ".join("%.3f" % t for t in times), limit))
+        slow += [(run, i, round(t, 3), round(limit, 3)) for i, t in enumerate(times) if t > limit]
+    assert not slow, "chunks over 2x the median + %.2f s (session, chunk, secs, limit): %r" % (
+        ALLOWANCE_SECS, slow)

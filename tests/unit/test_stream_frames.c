@@ -90,6 +90,14 @@ static void test_statvfs_bytes_saturate(void)
     CHECK(sftp_ops_bytes((uint64_t)1 << 51, 4096) == INT64_MAX);   /* 2^63: negative */
     CHECK(sftp_ops_bytes(((uint64_t)1 << 51) - 1, 4096) == INT64_MAX - 4095);
     CHECK(sftp_ops_bytes(UINT64_MAX, 0) == 0);
+    /* The upload window: 512 KiB on a LAN, the bandwidth-delay product for
+     * 100 MB/s on a distant server, never over 4 MiB. */
+    CHECK(sftp_ops_write_window(0) == 512u * 1024);
+    CHECK(sftp_ops_write_window(50) == 512u * 1024);
+    CHECK(sftp_ops_write_window(20000) == 2000000);
+    CHECK(sftp_ops_write_window(41943) == 4194300);
+    CHECK(sftp_ops_write_window(41944) == 4u * 1024 * 1024);
+    CHECK(sftp_ops_write_window(UINT32_MAX) == 4u * 1024 * 1024);
 }
 
 int main(void)
