@@ -819,8 +819,9 @@ static void op_write_open(struct sftp_ops *o, const struct proto_request *q, str
  * without write_close or write_abort, so waiting for either would leave the
  * remote handle open, the partial file on the server and the slot taken.
  * The error is kept under the handle's id for the requests still coming.
- * An upload opened with "resume" keeps its partial file, as at a session
- * end: the browser means to continue it (once space is freed). */
+ * This holds for an upload opened with "resume" too (PROTOCOL §3): it keeps
+ * its partial file only when the connection drops, not after a write the
+ * server refused, since the browser abandons that upload. */
 static void fail_write(struct sftp_ops *o, struct whandle *w, int rc)
 {
     struct failed_write *fw = &o->failed[o->n_failed++ % FAILED_WRITES_KEPT];
@@ -831,7 +832,7 @@ static void fail_write(struct sftp_ops *o, struct whandle *w, int rc)
     snprintf(fw->msg, sizeof(fw->msg), "%s", tmp.error);
     fw->code = tmp.code;
     libssh2_sftp_close_handle(w->h);
-    if (!tmp.fatal && !w->resumable)
+    if (!tmp.fatal)
         remove_file(o, w->path);
     drop_write(w);
 }

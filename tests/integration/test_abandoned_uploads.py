@@ -86,3 +86,28 @@ def test_abandoned_failed_uploads_leave_nothing_and_the_session_answers(relay_fa
         assert os.path.getsize(os.path.join(small_fs, "fits")) == 1 * MiB
     finally:
         s.close()
+
+
+def test_failed_resumable_upload_is_removed_too(relay_factory, sshd, small_fs):
+    """PROTOCOL §3: a write error removes the partial file, also for an
+    upload opened with "resume" (which keeps it only when the connection
+    drops)."""
+    relay = relay_factory()
+    s = login(relay, sshd)
+    try:
+        path = os.path.join(small_fs, "r.tmp.0")
+        opened = s.call("write_open", {"path": path, "resume": True}, timeout=30)
+        h = opened["result"]["handle"]
+        err = None
+        for i in range(16):
+            rid = s.send_request("write_chunk", {"handle": h})
+            s.send_binary(pattern(1 * MiB, 900 + i))
+            resp = s.response(rid, timeout=30)
+            if "error" in resp:
+                err = resp
+                break
+        assert err is not None, "16 MiB went into an 8 MiB file system"
+        assert not os.path.exists(path), "failed resumable upload left %s" % path
+        assert timed_call(s, "stat", path=small_fs)["result"]["isDir"] is True
+    finally:
+        s.close()
