@@ -13,6 +13,7 @@
 #include "config.h"
 #include "log.h"
 #include "server.h"
+#include "signals.h"
 #include "wipe_alloc.h"
 
 static void usage(FILE *out)
@@ -43,7 +44,7 @@ int main(int argc, char **argv)
     int check_only = 0, rc;
 
     /* Before any thread exists, so that every thread inherits the mask. */
-    server_signals_block();
+    signals_block();
     /* Before any JSON exists: auth frames are parsed by jansson. */
     wipe_alloc_install_jansson();
     /* Upload frames (up to 16 MiB) come and go per chunk; glibc's adaptive

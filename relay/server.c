@@ -3,25 +3,24 @@
  * one service thread. */
 #include "server.h"
 
-#include <errno.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "access.h"
-#include "client_ip.h"
 #include "config.h"
 #include "conn_limit.h"
+#include "http.h"
 #include "log.h"
+#include "server_ctx.h"
+#include "signals.h"
 #include "static_files.h"
+#include "ws.h"
 
 /* WebSocket receive buffer per connection: also the most one RECEIVE
  * callback delivers. Larger is faster for uploads but costs every idle
@@ -90,50 +89,6 @@ static unsigned server_fd_table(const struct config *cfg, char *err, size_t errl
     return (unsigned)(rl.rlim_cur - fds_outside_lws(cfg));
 }
 
-/* Signals arrive on a signalfd that lws watches like any socket: no
- * handler runs at an arbitrary point, and main() blocks them for every
- * thread before the first is created, so no worker is ever interrupted. */
-static int signal_fd_open(void)
-{
-    sigset_t set;
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-}
-
-void server_signals_block(void)
-{
-    sigset_t set;
-    struct sigaction sa;
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
-        log_warn("cannot block SIGTERM/SIGINT/SIGHUP");
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_IGN;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGPIPE, &sa, NULL) < 0)
-        log_warn("cannot ignore SIGPIPE");
-}
-
-void server_signal_readable(struct server *srv, int fd)
-{
-    struct signalfd_siginfo si;
-
-    while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (si.ssi_signo == SIGHUP)
-            srv->got_hup = 1;
-        else
-            srv->got_term = 1;
-    }
-}
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -154,37 +109,6 @@ static void lws_log_cb(int level, const char *line)
 static void wake(void *arg)
 {
     lws_cancel_service(arg);
-}
-
-struct server *server_of(struct lws *wsi)
-{
-    return lws_context_user(lws_get_context(wsi));
-}
-
-int server_client_ip(struct lws *wsi, char *out, size_t outlen)
-{
-    struct server *srv = server_of(wsi);
-    char peer[128], *xff = NULL;
-    int len, rc;
-
-    if (!lws_get_peer_simple(wsi, peer, sizeof(peer)))
-        return -1;
-    len = lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR);
-    /* Only a trusted proxy's header is read, and then all of it. */
-    if (len > 0 && client_ip_trusted(srv->cfg, peer)) {
-        if (len > CLIENT_IP_XFF_MAX)
-            return -2;
-        xff = malloc((size_t)len + 1);
-        if (!xff)
-            return -1;
-        if (lws_hdr_copy(wsi, xff, len + 1, WSI_TOKEN_X_FORWARDED_FOR) < 0) {
-            free(xff);
-            return -1;
-        }
-    }
-    rc = client_ip_resolve(srv->cfg, peer, xff, out, outlen);
-    free(xff);
-    return rc;
 }
 
 static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
@@ -356,7 +280,7 @@ static int watch_signals(struct server *srv)
     struct lws_vhost *vh = lws_get_vhost_by_name(srv->ctx, "default");
     lws_sock_file_fd_type fd;
 
-    srv->sig_fd = signal_fd_open();
+    srv->sig_fd = signals_open();
     if (srv->sig_fd < 0 || !vh)
         return -1;
     fd.filefd = srv->sig_fd;

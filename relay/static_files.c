@@ -15,8 +15,8 @@
 #include <sys/stat.h>
 
 #include "config.h"
-#include "http.h"
-#include "server.h"
+#include "http_wire.h"
+#include "server_ctx.h"
 
 /* The app runs WebAssembly (hence 'wasm-unsafe-eval', which allows
  * compiling WASM but not JavaScript eval) and talks only to this relay:

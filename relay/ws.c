@@ -14,9 +14,11 @@
 #include "access.h"
 #include "config.h"
 #include "log.h"
-#include "server.h"
+#include "gate.h"
+#include "server_ctx.h"
 #include "wipe_alloc.h"
 #include "worker.h"
+#include "ws.h"
 #include "wsframe.h"
 
 /* Stop reading from the browser beyond this much unwritten upload (or this
@@ -397,7 +399,7 @@ static int established(struct lws *wsi, struct ws_pss *pss)
     memset(pss, 0, sizeof(*pss));
     wsframe_init(&pss->rx, PROTO_MAX_TEXT_BYTES, WC_MAX_FRAME_BYTES);
     if (!h || !p || access_target(h, p, &t) < 0 ||
-        server_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
+        gate_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
         return -1;
     s = session_new(&srv->hub, pss->client_ip, t.host, t.port);
     if (!s)
@@ -533,7 +535,7 @@ int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
 
     switch (reason) {
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
-        return http_confirm_upgrade(wsi, in);
+        return gate_confirm_upgrade(wsi, in);
     case LWS_CALLBACK_ESTABLISHED:
         return established(wsi, pss);
     case LWS_CALLBACK_RECEIVE:
