@@ -240,10 +240,10 @@ static int drain_step(struct server *srv)
     if (!srv->draining) {
         srv->draining = 1;
         srv->drain_deadline_ms = now + (int64_t)srv->cfg->shutdown_grace_secs * 1000;
-        log_info("draining: %d live sessions, up to %d s", hub_count(&srv->hub),
+        log_info("draining: %d live sessions, up to %d s", session_hub_count(&srv->hub),
                  srv->cfg->shutdown_grace_secs);
     }
-    if (hub_count(&srv->hub) == 0)
+    if (session_hub_count(&srv->hub) == 0)
         return 1;
     ws_drain_tick(srv, now >= srv->drain_deadline_ms);
     return now >= srv->drain_deadline_ms + DRAIN_FORCE_SECS * 1000;
@@ -260,18 +260,18 @@ static void cut_session(struct session *s, void *arg)
  * Returns the sessions still live when it gave up. */
 static int reap_workers(struct session_hub *h)
 {
-    for (int tries = 0; hub_count(h) > 0 && tries < 200; tries++) {
-        struct session *s = hub_take_notified(h), *next;
+    for (int tries = 0; session_hub_count(h) > 0 && tries < 200; tries++) {
+        struct session *s = session_hub_take_notified(h), *next;
 
         for (; s; s = next) {
-            next = hub_notified_next(h, s);
+            next = session_hub_notified_next(h, s);
             if (session_worker_finished(s))
                 session_join(s);
             session_unref(s);
         }
         usleep(50 * 1000);
     }
-    return hub_count(h);
+    return session_hub_count(h);
 }
 
 /* Let lws watch the signalfd, so a signal ends lws_service() at once. */
@@ -327,7 +327,7 @@ int server_run(const struct config *cfg)
         conn_limit_free(srv.conns);
         return 1;
     }
-    hub_init(&srv.hub, cfg, srv.access);
+    session_hub_init(&srv.hub, cfg, srv.access);
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_cb);
     srv.ctx = create_context(&srv, protocols, fd_table);
     if (!srv.ctx) {
@@ -339,7 +339,7 @@ int server_run(const struct config *cfg)
         log_error("cannot watch for signals");
         goto out;
     }
-    hub_set_wake(&srv.hub, wake, srv.ctx);
+    session_hub_set_wake(&srv.hub, wake, srv.ctx);
     log_info("wattcloud-relay %s listening on %s port %d (%s, %u descriptors for lws)",
              WC_VERSION, cfg->bind_host, cfg->bind_port, cfg->tls_cert ? "TLS" : "plain HTTP",
              fd_table);
@@ -357,8 +357,8 @@ int server_run(const struct config *cfg)
     log_info("shutting down");
     rc = 0;
 out:
-    hub_set_wake(&srv.hub, NULL, NULL);
-    hub_for_each(&srv.hub, cut_session, NULL);
+    session_hub_set_wake(&srv.hub, NULL, NULL);
+    session_hub_for_each(&srv.hub, cut_session, NULL);
     if (srv.ctx)
         lws_context_destroy(srv.ctx);  /* closes the signalfd too */
     left = reap_workers(&srv.hub);
@@ -371,7 +371,7 @@ out:
         log_error("%d session workers did not stop; exiting without clean-up", left);
         _exit(rc);
     }
-    hub_destroy(&srv.hub);
+    session_hub_destroy(&srv.hub);
     access_free(srv.access);
     conn_limit_free(srv.conns);
     return rc;

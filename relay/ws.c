@@ -491,12 +491,12 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
  * or the worker finished (join it; close the WebSocket when flushed). */
 static void notified(struct server *srv)
 {
-    struct session *s = hub_take_notified(&srv->hub), *next;
+    struct session *s = session_hub_take_notified(&srv->hub), *next;
 
     for (; s; s = next) {
         struct lws *wsi = s->wsi;
 
-        next = hub_notified_next(&srv->hub, s);
+        next = session_hub_notified_next(&srv->hub, s);
         if (session_worker_finished(s))
             session_join(s);
         if (wsi) {
@@ -526,7 +526,7 @@ static void drain_one(struct session *s, void *arg)
 
 void ws_drain_tick(struct server *srv, int force)
 {
-    hub_for_each(&srv->hub, drain_one, &force);
+    session_hub_for_each(&srv->hub, drain_one, &force);
 }
 
 int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
