@@ -5,9 +5,7 @@
 #include "static_files.h"
 
 #include <errno.h>
-/* PATH_MAX: <limits.h> would be shadowed by relay/limits.h through gcc's
- * syslimits.h (#include_next also searches -iquote directories). */
-#include <linux/limits.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
