@@ -7,10 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Protocol limits that are not settings: they are part of the wire contract. */
-#define WC_MAX_FRAME_BYTES       (16u * 1024 * 1024)  /* one binary frame */
-#define WC_READ_CHUNK_BYTES      (256u * 1024)        /* one read_chunk */
-#define WC_MAX_READ_HANDLES      8                    /* per session */
+/* Most entries of SFTP_ALLOWED_PORTS. */
 #define WC_MAX_PORTS             64
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };

@@ -17,6 +17,7 @@
 #include "conn_limit.h"
 #include "http.h"
 #include "log.h"
+#include "proto.h"
 #include "server_ctx.h"
 #include "signals.h"
 #include "static_files.h"
@@ -292,7 +293,7 @@ int server_run(const struct config *cfg)
     const struct lws_protocols protocols[] = {
         {"http", http_cb, http_pss_size(), 0, 0, NULL, 0},
         {"wattcloud-sftp", ws_cb, ws_pss_size(), WS_RX_BUFFER, 0, NULL,
-         WC_READ_CHUNK_BYTES + LWS_PRE + 64},
+         PROTO_READ_CHUNK_BYTES + LWS_PRE + 64},
         {NULL, NULL, 0, 0, 0, NULL, 0},
     };
     struct server srv;

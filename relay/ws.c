@@ -13,8 +13,9 @@
 
 #include "access.h"
 #include "config.h"
-#include "log.h"
 #include "gate.h"
+#include "log.h"
+#include "proto.h"
 #include "server_ctx.h"
 #include "wipe_alloc.h"
 #include "worker.h"
@@ -27,7 +28,7 @@
 #define RX_PAUSE_BYTES (24u * 1024 * 1024)
 #define RX_PAUSE_JOBS 64
 /* Largest piece of a frame handed to lws at once. */
-#define TX_FRAGMENT_BYTES WC_READ_CHUNK_BYTES
+#define TX_FRAGMENT_BYTES PROTO_READ_CHUNK_BYTES
 #define TICK_USECS LWS_USEC_PER_SEC
 #define MS_PER_SEC 1000
 
@@ -397,7 +398,7 @@ static int established(struct lws *wsi, struct ws_pss *pss)
     struct session *s;
 
     memset(pss, 0, sizeof(*pss));
-    wsframe_init(&pss->rx, PROTO_MAX_TEXT_BYTES, WC_MAX_FRAME_BYTES);
+    wsframe_init(&pss->rx, PROTO_MAX_TEXT_BYTES, PROTO_MAX_FRAME_BYTES);
     if (!h || !p || access_target(h, p, &t) < 0 ||
         gate_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
         return -1;
