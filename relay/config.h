@@ -7,10 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "log.h"
+
 /* Most entries of SFTP_ALLOWED_PORTS. */
 #define WC_MAX_PORTS             64
-
-enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 struct cidr {
     int family;            /* AF_INET or AF_INET6 */
