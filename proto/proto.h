@@ -115,7 +115,4 @@ char *proto_host_key(const char *fingerprint, const char *key_type);
 /* Features this relay advertises in the host_key frame (§5). */
 extern const char *const proto_features[];
 
-/* Wipe a buffer in a way the compiler may not elide. */
-void proto_wipe(void *p, size_t n);
-
 #endif

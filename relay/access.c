@@ -13,11 +13,11 @@
 #include <strings.h>
 
 #include <jansson.h>
-#include <openssl/crypto.h>
 
 #include "auth_cookie.h"
 #include "client_ip.h"
 #include "netguard.h"
+#include "wipe.h"
 
 struct access {
     const struct config *cfg;        /* borrowed */
@@ -122,7 +122,7 @@ int access_http_challenge(struct access *a, const char *purpose_query,
     n = snprintf(body, bodylen,
                  "{\"nonce_id\":\"%s\",\"nonce\":\"%s\",\"difficulty\":%d}",
                  c.nonce_id, nonce, a->cfg->pow_difficulty_bits);
-    OPENSSL_cleanse(&c, sizeof(c));
+    wipe_mem(&c, sizeof(c));
     if (n < 0 || (size_t)n >= bodylen) {
         body[0] = '\0';
         return 500;
@@ -303,17 +303,17 @@ int access_http_redeem(struct access *a, const char *body, size_t len,
     w = snprintf(set_cookie, n,
                  ACCESS_COOKIE_NAME "=%s; HttpOnly; Secure; SameSite=Strict; "
                  "Path=/relay; Max-Age=%d", jwt, a->cfg->cookie_ttl_secs);
-    OPENSSL_cleanse(jwt, sizeof(jwt));
+    wipe_mem(jwt, sizeof(jwt));
     if (w < 0 || (size_t)w >= n) {
         auth_jti_unreserve(a->jtis, jti);
-        OPENSSL_cleanse(set_cookie, n);
+        wipe_mem(set_cookie, n);
         set_cookie[0] = '\0';
         status = 500;
         goto out;
     }
     status = 204;
 out:
-    OPENSSL_cleanse(&c, sizeof(c));
+    wipe_mem(&c, sizeof(c));
     return status;
 }
 
@@ -531,7 +531,7 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
         cookie_value(r->cookie_header, ACCESS_COOKIE_NAME, token, sizeof(token)) == 0)
         rc = auth_jwt_verify(a->cfg->signing_key, a->cfg->signing_key_len,
                              token, now.wall, &claims);
-    OPENSSL_cleanse(token, sizeof(token));
+    wipe_mem(token, sizeof(token));
     if (rc != 0)
         return 401;
 

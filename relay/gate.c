@@ -10,7 +10,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/crypto.h>
 
 #include "access.h"
 #include "client_ip.h"
@@ -19,6 +18,7 @@
 #include "http_wire.h"
 #include "log.h"
 #include "server_ctx.h"
+#include "wipe.h"
 
 /* All Cookie header lines of one request together. */
 #define COOKIE_HEADER_MAX 8192
@@ -230,7 +230,7 @@ static int confirm_upgrade(struct lws *wsi)
     log_debug("gate: host=%s port=%s origin=%s cookie=%s -> %d", req.host ? req.host : "(none)",
               req.port ? req.port : "(none)", req.origin ? req.origin : "(none)",
               req.cookie_header ? "present" : "absent", status);
-    OPENSSL_cleanse(cookie, COOKIE_HEADER_MAX);
+    wipe_mem(cookie, COOKIE_HEADER_MAX);
     free(cookie);
     if (status)
         return refuse_upgrade(wsi, ip, status, NULL);

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/crypto.h>
 
 #include "access.h"
 #include "client_ip.h"
@@ -20,6 +19,7 @@
 #include "server_ctx.h"
 #include "signals.h"
 #include "static_files.h"
+#include "wipe.h"
 
 struct http_pss {
     char *body;             /* POST /relay/auth body, up to the cap */
@@ -71,8 +71,8 @@ static int redeem(struct lws *wsi, struct http_pss *pss)
         return http_refuse(wsi, status, NULL, NULL);
     snprintf(extra, sizeof(extra), "Set-Cookie: %s\r\n", cookie);
     rc = http_respond_body_read(wsi, 204, "text/plain", NULL, extra);
-    OPENSSL_cleanse(cookie, sizeof(cookie));
-    OPENSSL_cleanse(extra, sizeof(extra));
+    wipe_mem(cookie, sizeof(cookie));
+    wipe_mem(extra, sizeof(extra));
     return rc;
 }
 

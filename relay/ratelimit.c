@@ -2,6 +2,7 @@
  * fixed-size table of entries keyed by client_ip_key(), hashed, guarded by
  * one mutex, with stale-first then oldest-first eviction when full. */
 #include "ratelimit.h"
+#include "wipe.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -201,7 +202,7 @@ struct ratelimit *ratelimit_new(const struct config *cfg)
     /* Touched at start, so the table's memory does not creep into the RSS
      * as it fills (see auth_cookie.c table_new). */
     if (l->entries)
-        explicit_bzero(l->entries, RATELIMIT_CAPACITY * sizeof(*l->entries));
+        wipe_mem(l->entries, RATELIMIT_CAPACITY * sizeof(*l->entries));
     if (!l->entries || RAND_bytes(l->salt, sizeof(l->salt)) != 1 ||
         pthread_mutex_init(&l->lock, NULL) != 0) {
         free(l->entries);

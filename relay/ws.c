@@ -17,6 +17,7 @@
 #include "log.h"
 #include "proto.h"
 #include "server_ctx.h"
+#include "wipe.h"
 #include "wipe_alloc.h"
 #include "worker.h"
 #include "ws.h"
@@ -297,7 +298,7 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
                       keep);
     /* lws's receive buffer holds the unmasked frame, credentials included. */
     if (!binary)
-        proto_wipe(in, len);
+        wipe_mem(in, len);
     switch (rc) {
     case WSF_MORE:
         return;
