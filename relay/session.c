@@ -170,9 +170,9 @@ int session_hub_count(struct session_hub *h)
 /* The sessions of the taken list keep notified = 1 until the caller
  * reaches each one (session_hub_notified_next): a worker that notifies again
  * meanwhile must not relink notify_next of a session still on the taken
- * list. Clearing all the flags here let a re-notify splice the hub's new
- * list into the one being walked, so sessions were processed (and their
- * list reference dropped) twice: a double free, found by tests/soak. */
+ * list. Were the flags cleared here, a re-notify could splice the hub's new
+ * list into the one being walked, and a session would be processed (and
+ * its list reference dropped) twice. */
 struct session *session_hub_take_notified(struct session_hub *h)
 {
     struct session *list;
@@ -298,10 +298,10 @@ static void session_free(struct session *s)
     pthread_mutex_destroy(&s->mu);
     free(s);
     /* The last session is gone: hand the memory glibc keeps free in its
-     * per-thread arenas back to the kernel. Without this the RSS after a
-     * burst of 100 sessions stayed at 2.4x its level before the burst, all
-     * of it free memory (tests/soak/soak.py, malloc_trim via gdb). Cheap
-     * next to a session's SSH handshake, and only when idle. */
+     * per-thread arenas back to the kernel, so the RSS after a burst of
+     * sessions falls back to its idle level instead of holding the burst's
+     * free memory. Cheap next to a session's SSH handshake, and only when
+     * idle. */
     if (idle)
         malloc_trim(0);
 }

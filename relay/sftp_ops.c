@@ -882,10 +882,9 @@ static void op_read_open(struct sftp_ops *o, const struct proto_request *q, stru
 
 /* Always close the libssh2 handle, even on a dead connection: that is what
  * frees its memory and its pending read-ahead packets (libssh2 1.11 frees a
- * handle even when the close fails; skipping it leaked ~7 KiB per session
- * whose server died mid-download, found by LeakSanitizer in
- * tests/integration/test_faults.py). With a dead server sftp_ops_free()
- * makes the close fail fast. */
+ * handle even when the close fails; without the close, a session whose
+ * server died mid-download leaks about 7 KiB). With a dead server
+ * sftp_ops_free() makes the close fail fast. */
 static void close_read(struct rhandle *rh)
 {
     libssh2_sftp_close_handle(rh->h);

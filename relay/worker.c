@@ -250,9 +250,8 @@ static int keepalive(struct worker *w)
 /* The SSH connection is gone: answer the requests still queued, so the
  * browser learns why they fail instead of only seeing the WebSocket close
  * (a write_chunk acknowledged before its bytes were written then gets its
- * failure reported on the next chunk or write_close). Found by
- * tests/integration/test_faults.py, where a killed sshd left the pending
- * write_chunk unanswered. */
+ * failure reported on the next chunk or write_close). Every queued request
+ * gets exactly one answer, even when the server died under it. */
 static void fail_queued(struct worker *w)
 {
     struct job *j;
