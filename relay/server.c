@@ -288,7 +288,7 @@ static int watch_signals(struct server *srv)
     return lws_adopt_descriptor_vhost(vh, LWS_ADOPT_RAW_FILE_DESC, fd, "http", NULL) ? 0 : -1;
 }
 
-int server_run(const struct config *cfg)
+int server_run(const struct config *cfg, void *(*worker)(void *))
 {
     const struct lws_protocols protocols[] = {
         {"http", http_cb, http_pss_size(), 0, 0, NULL, 0},
@@ -303,6 +303,7 @@ int server_run(const struct config *cfg)
 
     memset(&srv, 0, sizeof(srv));
     srv.cfg = cfg;
+    srv.worker = worker;
     srv.sig_fd = -1;
     /* Files named by settings are checked here, before anything listens,
      * so a typo stops the start with status 2 naming the setting. */

@@ -8,7 +8,9 @@ struct config;
 /* Run until SIGTERM/SIGINT and the drain are done. Returns the exit status
  * (2: the descriptor limit or a file named by a setting is unusable). When
  * session workers do not stop, exits the process without freeing what
- * they use. Call signals_block() first. */
-int server_run(const struct config *cfg);
+ * they use. Each session runs `worker` on its own thread (worker.c's
+ * worker_main: the web side does not name the SSH side). Call
+ * signals_block() first. */
+int server_run(const struct config *cfg, void *(*worker)(void *));
 
 #endif

@@ -30,6 +30,7 @@ struct server {
     int got_term, got_hup;
     int draining;          /* SIGTERM seen: no new sessions, /ready is 503 */
     int64_t drain_deadline_ms;     /* CLOCK_MONOTONIC */
+    void *(*worker)(void *);       /* a session's thread, given to server_run() */
 };
 
 /* The server a wsi belongs to. */

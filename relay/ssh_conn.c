@@ -421,6 +421,27 @@ void ssh_cut(struct ssh_conn *c)
         shutdown(c->sock, SHUT_RDWR);
 }
 
+void ssh_set_timeout(struct ssh_conn *c, int secs)
+{
+    libssh2_session_set_timeout(c->ssh, (long)secs * 1000);
+    libssh2_session_set_read_timeout(c->ssh, secs);
+}
+
+int ssh_global_init(void)
+{
+    return libssh2_init(0) == 0 ? 0 : -1;
+}
+
+void ssh_global_exit(void)
+{
+    libssh2_exit();
+}
+
+const char *ssh_version(void)
+{
+    return libssh2_version(0);
+}
+
 void ssh_close(struct ssh_conn *c)
 {
     if (c->ssh)

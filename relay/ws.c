@@ -19,7 +19,6 @@
 #include "server_ctx.h"
 #include "wipe.h"
 #include "wipe_alloc.h"
-#include "worker.h"
 #include "ws.h"
 #include "wsframe.h"
 
@@ -421,7 +420,7 @@ static int established(struct lws *wsi, struct ws_pss *pss)
     pss->last_rx_ms = pss->last_ping_ms = session_now_ms();
     log_info("session %s start: client=%s target=%s:%d", s->id, s->client_ip, s->host,
              s->port);
-    if (session_start(s, worker_main) < 0) {
+    if (session_start(s, srv->worker) < 0) {
         log_error("session %s: cannot start a worker thread", s->id);
         return -1;
     }
