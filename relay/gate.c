@@ -34,18 +34,18 @@ int gate_client_ip(struct lws *wsi, char *out, size_t outlen)
     int len, rc;
 
     if (!lws_get_peer_simple(wsi, peer, sizeof(peer)))
-        return -1;
+        return GATE_E_PEER;
     len = lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR);
     /* Only a trusted proxy's header is read, and then all of it. */
     if (len > 0 && client_ip_trusted(srv->cfg, peer)) {
         if (len > CLIENT_IP_XFF_MAX)
-            return -2;
+            return GATE_E_XFF_LONG;
         xff = malloc((size_t)len + 1);
         if (!xff)
-            return -1;
+            return GATE_E_PEER;
         if (lws_hdr_copy(wsi, xff, len + 1, WSI_TOKEN_X_FORWARDED_FOR) < 0) {
             free(xff);
-            return -1;
+            return GATE_E_PEER;
         }
     }
     rc = client_ip_resolve(srv->cfg, peer, xff, out, outlen);
@@ -57,7 +57,7 @@ int gate_client_ip_status(struct lws *wsi, char *ip, size_t iplen)
 {
     int rc = gate_client_ip(wsi, ip, iplen);
 
-    return rc == 0 ? 0 : rc == -2 ? 431 : 400;
+    return rc == 0 ? 0 : rc == GATE_E_XFF_LONG ? 431 : 400;
 }
 
 /* Whether header `h` lists `token` (comma-separated, case-insensitive). */

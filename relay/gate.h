@@ -12,10 +12,13 @@
  * (lws then closes the connection). */
 int gate_confirm_upgrade(struct lws *wsi, const char *upgrade);
 
+/* Why gate_client_ip() has no address. */
+#define GATE_E_PEER     (-1)  /* the peer or the header is unreadable */
+#define GATE_E_XFF_LONG (-2)  /* X-Forwarded-For longer than the relay reads */
+
 /* The client IP of a request as PROTOCOL §1.2 defines it (X-Forwarded-For
  * only from trusted proxies, read whole up to CLIENT_IP_XFF_MAX). Returns 0,
- * -1 when the peer is unreadable, -2 when X-Forwarded-For is longer than
- * the relay reads (answer 431 rather than guess). */
+ * GATE_E_PEER, or GATE_E_XFF_LONG (answer 431 rather than guess). */
 int gate_client_ip(struct lws *wsi, char *out, size_t outlen);
 
 /* gate_client_ip() as an HTTP answer: 0, 400 (no usable address) or 431

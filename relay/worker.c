@@ -58,8 +58,8 @@ static int pin_target(struct worker *w)
         s->pinned = 1;
         return 0;
     }
-    post_text(s, proto_setup_error(rc == -1 ? "blocked_target" : "resolve_failed", err));
-    w->reason = rc == -1 ? "blocked_target" : "resolve_failed";
+    w->reason = rc == NETGUARD_E_BLOCKED ? "blocked_target" : "resolve_failed";
+    post_text(s, proto_setup_error(w->reason, err));
     log_info("session %s: target %s refused: %s", s->id, s->host, err);
     return -1;
 }
