@@ -1193,7 +1193,7 @@ static void child(const struct opts *o, int index, const int tokens[2], int read
 
     memset(&r, 0, sizeof(r));
     /* A login token: the relay refuses a login from an IP that already
-     * has LIMITS_AUTH_MAX_FAILURES (5) attempts pending (PROTOCOL §4 counts
+     * has RATELIMIT_AUTH_MAX_FAILURES (5) attempts pending (PROTOCOL §4 counts
      * an attempt before it is made), so at most setup_parallel (< 5)
      * sessions of ours may be logging in at once. */
     if (read(tokens[0], &c, 1) != 1)

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wipe.h"
+
 const char *const proto_features[] = {"write-through", "fsync", "resume", "codes", NULL};
 
 /* What each method needs. `param` names the required string parameter whose
@@ -35,12 +37,6 @@ static const struct method_spec methods[M_COUNT] = {
     [M_READ_CHUNK] = {"read_chunk", "handle", 0},
     [M_READ_CLOSE] = {"read_close", "handle", 0},
 };
-
-void proto_wipe(void *p, size_t n)
-{
-    if (p && n)
-        explicit_bzero(p, n);
-}
 
 int proto_method_takes_binary(enum proto_method m)
 {
@@ -178,7 +174,7 @@ static char *take_secret(json_t *params, const char *key)
     if (!s)
         return NULL;
     copy = strdup(s);
-    proto_wipe((char *)s, json_string_length(v));
+    wipe_mem((char *)s, json_string_length(v));
     return copy;
 }
 
@@ -188,7 +184,7 @@ void proto_auth_wipe(struct proto_auth *a)
 
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         if (*fields[i]) {
-            proto_wipe(*fields[i], strlen(*fields[i]));
+            wipe_mem(*fields[i], strlen(*fields[i]));
             free(*fields[i]);
             *fields[i] = NULL;
         }
@@ -221,7 +217,7 @@ int proto_auth_take(struct proto_request *req, struct proto_auth *out,
                         take_secret(params, "passphrase")};
         for (int i = 0; i < 3; i++)
             if (junk[i]) {
-                proto_wipe(junk[i], strlen(junk[i]));
+                wipe_mem(junk[i], strlen(junk[i]));
                 free(junk[i]);
             }
         *errmsg = "invalid auth request: unknown type";

@@ -24,6 +24,11 @@
 #define PROTO_MAX_PASSPHRASE_BYTES (4u * 1024)
 #define PROTO_MAX_PRIVATE_KEY_BYTES (16u * 1024)
 
+/* Wire limits that are not settings: they are part of the contract. */
+#define PROTO_MAX_FRAME_BYTES   (16u * 1024 * 1024)  /* one binary frame */
+#define PROTO_READ_CHUNK_BYTES  (256u * 1024)        /* one read_chunk */
+#define PROTO_MAX_READ_HANDLES  8                    /* per session */
+
 /* Sent as relay_version in the host_key frame: 3 = streaming reads. */
 #define PROTO_RELAY_VERSION 3
 
@@ -109,8 +114,5 @@ char *proto_host_key(const char *fingerprint, const char *key_type);
 
 /* Features this relay advertises in the host_key frame (§5). */
 extern const char *const proto_features[];
-
-/* Wipe a buffer in a way the compiler may not elide. */
-void proto_wipe(void *p, size_t n);
 
 #endif

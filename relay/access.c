@@ -1,6 +1,6 @@
 /* The HTTP access layer of PROTOCOL §1.1-§1.2: challenge and cookie
  * endpoints and the WebSocket upgrade gate, each a function from request
- * strings to an HTTP status, on top of auth_cookie, limits and netguard. */
+ * strings to an HTTP status, on top of auth_cookie, ratelimit and netguard. */
 #include "access.h"
 
 #include <arpa/inet.h>
@@ -13,15 +13,15 @@
 #include <strings.h>
 
 #include <jansson.h>
-#include <openssl/crypto.h>
 
 #include "auth_cookie.h"
 #include "client_ip.h"
 #include "netguard.h"
+#include "wipe.h"
 
 struct access {
     const struct config *cfg;        /* borrowed */
-    struct limits *limits;
+    struct ratelimit *limits;
     struct auth_challenges *challenges;
     struct auth_jtis *jtis;
     int localhost;                   /* BYO_DOMAIN is "localhost" */
@@ -47,7 +47,7 @@ struct access *access_new(const struct config *cfg)
     a->origin = malloc(n);
     if (a->origin)
         snprintf(a->origin, n, "https://%s", domain);
-    a->limits = limits_new(cfg);
+    a->limits = ratelimit_new(cfg);
     a->challenges = auth_challenges_new();
     a->jtis = auth_jtis_new(cfg->cookie_store_size > 0 ? (size_t)cfg->cookie_store_size
                                                        : AUTH_JTI_CAPACITY);
@@ -64,12 +64,12 @@ void access_free(struct access *a)
         return;
     auth_jtis_free(a->jtis);
     auth_challenges_free(a->challenges);
-    limits_free(a->limits);
+    ratelimit_free(a->limits);
     free(a->origin);
     free(a);
 }
 
-struct limits *access_limits(struct access *a)
+struct ratelimit *access_ratelimit(struct access *a)
 {
     return a ? a->limits : NULL;
 }
@@ -110,7 +110,7 @@ int access_http_challenge(struct access *a, const char *purpose_query,
     if (!a || !client_ip || !body || bodylen == 0)
         return 500;
     key_of(client_ip, key);
-    over = limits_challenge(a->limits, key, mono_secs(now));  /* every request counts */
+    over = ratelimit_challenge(a->limits, key, mono_secs(now));  /* every request counts */
     if (!auth_purpose_valid(purpose_query))
         return 400;
     if (over)
@@ -122,7 +122,7 @@ int access_http_challenge(struct access *a, const char *purpose_query,
     n = snprintf(body, bodylen,
                  "{\"nonce_id\":\"%s\",\"nonce\":\"%s\",\"difficulty\":%d}",
                  c.nonce_id, nonce, a->cfg->pow_difficulty_bits);
-    OPENSSL_cleanse(&c, sizeof(c));
+    wipe_mem(&c, sizeof(c));
     if (n < 0 || (size_t)n >= bodylen) {
         body[0] = '\0';
         return 500;
@@ -303,17 +303,17 @@ int access_http_redeem(struct access *a, const char *body, size_t len,
     w = snprintf(set_cookie, n,
                  ACCESS_COOKIE_NAME "=%s; HttpOnly; Secure; SameSite=Strict; "
                  "Path=/relay; Max-Age=%d", jwt, a->cfg->cookie_ttl_secs);
-    OPENSSL_cleanse(jwt, sizeof(jwt));
+    wipe_mem(jwt, sizeof(jwt));
     if (w < 0 || (size_t)w >= n) {
         auth_jti_unreserve(a->jtis, jti);
-        OPENSSL_cleanse(set_cookie, n);
+        wipe_mem(set_cookie, n);
         set_cookie[0] = '\0';
         status = 500;
         goto out;
     }
     status = 204;
 out:
-    OPENSSL_cleanse(&c, sizeof(c));
+    wipe_mem(&c, sizeof(c));
     return status;
 }
 
@@ -531,7 +531,7 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
         cookie_value(r->cookie_header, ACCESS_COOKIE_NAME, token, sizeof(token)) == 0)
         rc = auth_jwt_verify(a->cfg->signing_key, a->cfg->signing_key_len,
                              token, now.wall, &claims);
-    OPENSSL_cleanse(token, sizeof(token));
+    wipe_mem(token, sizeof(token));
     if (rc != 0)
         return 401;
 
@@ -568,19 +568,19 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
     }
 
     /* 8. Not blocked for auth failures or spray. */
-    if (limits_blocked(a->limits, key, mono_secs(now))) {
+    if (ratelimit_blocked(a->limits, key, mono_secs(now))) {
         status = 429;
         goto fail;
     }
 
     /* 9. Under the live-session limit. */
-    if (!limits_session_can_open(a->limits, key)) {
+    if (!ratelimit_session_can_open(a->limits, key)) {
         status = 429;
         goto fail;
     }
 
     /* Spray: every target that got this far counts, allowed or not. */
-    if (limits_record_target(a->limits, key, t->host, mono_secs(now))) {
+    if (ratelimit_record_target(a->limits, key, t->host, mono_secs(now))) {
         status = 429;
         goto fail;
     }
@@ -604,7 +604,7 @@ int access_session_open(struct access *a, const char *client_ip)
     if (!a || !client_ip)
         return -1;
     key_of(client_ip, key);
-    return limits_session_open(a->limits, key);
+    return ratelimit_session_open(a->limits, key);
 }
 
 void access_session_close(struct access *a, const char *client_ip)
@@ -614,7 +614,7 @@ void access_session_close(struct access *a, const char *client_ip)
     if (!a || !client_ip)
         return;
     key_of(client_ip, key);
-    limits_session_close(a->limits, key);
+    ratelimit_session_close(a->limits, key);
 }
 
 int access_auth_attempt(struct access *a, const char *client_ip,
@@ -625,7 +625,7 @@ int access_auth_attempt(struct access *a, const char *client_ip,
     if (!a || !client_ip)
         return -1;
     key_of(client_ip, key);
-    return limits_auth_attempt(a->limits, key, mono_secs(now)) == 0 ? 0 : -1;
+    return ratelimit_auth_attempt(a->limits, key, mono_secs(now)) == 0 ? 0 : -1;
 }
 
 void access_auth_refund(struct access *a, const char *client_ip,
@@ -636,5 +636,5 @@ void access_auth_refund(struct access *a, const char *client_ip,
     if (!a || !client_ip)
         return;
     key_of(client_ip, key);
-    limits_auth_refund(a->limits, key, mono_secs(now));
+    ratelimit_auth_refund(a->limits, key, mono_secs(now));
 }

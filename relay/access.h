@@ -10,7 +10,7 @@
 #include <time.h>
 
 #include "config.h"
-#include "limits.h"
+#include "ratelimit.h"
 
 #define ACCESS_COOKIE_NAME        "relay_auth_sftp"
 #define ACCESS_HOST_MAX           256   /* a target host with its NUL */
@@ -152,6 +152,6 @@ void access_auth_refund(struct access *a, const char *client_ip,
                         struct access_time now);
 
 /* The limits table (owned by `a`), for metrics and tests. */
-struct limits *access_limits(struct access *a);
+struct ratelimit *access_ratelimit(struct access *a);
 
 #endif

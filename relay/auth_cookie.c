@@ -2,6 +2,7 @@
  * HS256 JWT signing and strict verification, and the two bounded stores that
  * make challenges and cookies single use. */
 #include "auth_cookie.h"
+#include "wipe.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -388,7 +389,7 @@ static void *table_new(size_t n, size_t size)
     void *p = calloc(n, size);
 
     if (p)
-        explicit_bzero(p, n * size);
+        wipe_mem(p, n * size);
     return p;
 }
 
@@ -479,7 +480,7 @@ void auth_challenges_free(struct auth_challenges *s)
     if (!s)
         return;
     if (s->slot)
-        OPENSSL_cleanse(s->slot, AUTH_CHALLENGE_CAPACITY * sizeof(*s->slot));
+        wipe_mem(s->slot, AUTH_CHALLENGE_CAPACITY * sizeof(*s->slot));
     free(s->slot);
     ix_free(&s->ix);
     free(s);
@@ -532,7 +533,7 @@ int auth_challenge_take(struct auth_challenges *s, const char *nonce_id,
         return -ENOENT;
     c = s->slot[i];
     ix_del(&s->ix, i);
-    OPENSSL_cleanse(&s->slot[i], sizeof(s->slot[i]));
+    wipe_mem(&s->slot[i], sizeof(s->slot[i]));
     if (out)
         *out = c;
     /* The TTL is how long it lives: at exactly TTL it is gone. */

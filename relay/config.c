@@ -19,6 +19,7 @@
 
 #include "log.h"
 #include "netguard.h"
+#include "wipe.h"
 
 struct setting;
 typedef int (*parse_fn)(struct config *, const struct setting *, const char *, char *, size_t);
@@ -291,10 +292,10 @@ static int p_key(struct config *c, const struct setting *s, const char *v, char 
         memcpy(c->signing_key, v, len);
         c->signing_key_len = len;
     } else {
-        OPENSSL_cleanse(dec, sizeof(dec));
+        wipe_mem(dec, sizeof(dec));
         return bad(err, n, s, "must be 32 to 256 bytes, raw or base64-encoded");
     }
-    OPENSSL_cleanse(dec, sizeof(dec));
+    wipe_mem(dec, sizeof(dec));
     for (i = 1; i < c->signing_key_len && c->signing_key[i] == c->signing_key[0]; i++)
         ;
     if (i == c->signing_key_len)
@@ -458,7 +459,7 @@ int cfg_load_env_file(const char *path, char *err, size_t errlen)
         }
         setenv(p, val, 0);
     }
-    OPENSSL_cleanse(line, sizeof(line));
+    wipe_mem(line, sizeof(line));
     fclose(f);
     return rc;
 }
@@ -496,6 +497,6 @@ void cfg_free(struct config *c)
     free(c->host_allowlist);
     free(c->allow_private);
     free(c->trusted_proxies);
-    OPENSSL_cleanse(c->signing_key, sizeof(c->signing_key));
+    wipe_mem(c->signing_key, sizeof(c->signing_key));
     memset(c, 0, sizeof(*c));
 }

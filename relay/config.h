@@ -7,13 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Protocol limits that are not settings: they are part of the wire contract. */
-#define WC_MAX_FRAME_BYTES       (16u * 1024 * 1024)  /* one binary frame */
-#define WC_READ_CHUNK_BYTES      (256u * 1024)        /* one read_chunk */
-#define WC_MAX_READ_HANDLES      8                    /* per session */
-#define WC_MAX_PORTS             64
+#include "log.h"
 
-enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+/* Most entries of SFTP_ALLOWED_PORTS. */
+#define WC_MAX_PORTS             64
 
 struct cidr {
     int family;            /* AF_INET or AF_INET6 */

@@ -1,5 +1,5 @@
-/* The one HTTP response writer of the relay, shared by the routes (http.c),
- * the upgrade gate and the static files (static_files.c). */
+/* The HTTP routes of PROTOCOL §1 as the lws callback of the "http"
+ * protocol. */
 #ifndef WC_HTTP_H
 #define WC_HTTP_H
 
@@ -7,35 +7,9 @@
 
 #include <libwebsockets.h>
 
-/* Longest body http_respond() sends (the challenge JSON, reason texts). */
-#define HTTP_BODY_MAX 512
-/* Longest extra header block http_respond() takes. */
-#define HTTP_EXTRA_MAX 1536
-
-/* Write a complete HTTP/1.1 response in one piece: the status line, then
- * Content-Type `type`, Content-Length, Cache-Control: no-store unless
- * `extra` sets its own, X-Content-Type-Options: nosniff, `extra`
- * ("Name: value\r\n" lines, or NULL), and `body` (NULL for none; left out
- * for HEAD but still counted). Every status >= 400 also says
- * Connection: close and the connection is closed after it, as is any
- * connection whose request body nobody read. The status line is written
- * here and not by lws, which answers "HTTP/1.0" during the upgrade
- * callback. Returns what the lws callback should return: 0 to keep the
- * connection for the next request, -1 to close it. */
-int http_respond(struct lws *wsi, int status, const char *type, const char *body,
-                 const char *extra);
-
-/* A refusal: `status` with a text/plain body naming the reason
- * ("forbidden: <why>" or the reason phrase alone). Returns -1. */
-int http_refuse(struct lws *wsi, int status, const char *why, const char *extra);
-
-/* The reason phrase of an HTTP status ("Not Found"). */
-const char *http_reason(int status);
-
-/* Whether the request announced a body. lws 4.1 must not be left with
- * unread body bytes on a keep-alive connection (the next requests parse
- * out of step and the service loop can spin): a route that does not read
- * the body answers, then closes the connection. */
-int http_has_body(struct lws *wsi);
+/* The callback and per-connection size for the protocols table. */
+int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+            size_t len);
+size_t http_pss_size(void);
 
 #endif

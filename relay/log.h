@@ -5,7 +5,7 @@
 #ifndef WC_LOG_H
 #define WC_LOG_H
 
-#include "config.h"
+enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 /* Longest record text; longer ones are cut. */
 #define LOG_LINE_MAX 1024

@@ -8,12 +8,13 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
-#include <libssh2.h>
-
 #include "config.h"
 #include "log.h"
 #include "server.h"
+#include "signals.h"
+#include "ssh_conn.h"
 #include "wipe_alloc.h"
+#include "worker.h"
 
 static void usage(FILE *out)
 {
@@ -43,7 +44,7 @@ int main(int argc, char **argv)
     int check_only = 0, rc;
 
     /* Before any thread exists, so that every thread inherits the mask. */
-    server_signals_block();
+    signals_block();
     /* Before any JSON exists: auth frames are parsed by jansson. */
     wipe_alloc_install_jansson();
     /* Upload frames (up to 16 MiB) come and go per chunk; glibc's adaptive
@@ -60,7 +61,7 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--check-config") == 0) {
             check_only = 1;
         } else if (strcmp(argv[i], "--version") == 0) {
-            printf("wattcloud-relay %s (libssh2 %s)\n", WC_VERSION, libssh2_version(0));
+            printf("wattcloud-relay %s (libssh2 %s)\n", WC_VERSION, ssh_version());
             return 0;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
@@ -88,13 +89,13 @@ int main(int argc, char **argv)
     if (cfg.signing_key_random)
         log_info("RELAY_SIGNING_KEY unset: using a random key for this process "
                  "(cookies do not survive a restart; several instances need a shared key)");
-    if (libssh2_init(0) != 0) {
+    if (ssh_global_init() < 0) {
         log_error("libssh2_init failed");
         cfg_free(&cfg);
         return 1;
     }
-    rc = server_run(&cfg);
-    libssh2_exit();
+    rc = server_run(&cfg, worker_main);
+    ssh_global_exit();
     cfg_free(&cfg);
     return rc;
 }

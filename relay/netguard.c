@@ -339,7 +339,8 @@ static void set_port(struct sockaddr_storage *ss, int port)
         ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
 }
 
-/* Judge one resolved address: -1 (with `err` filled) when blocked. */
+/* Judge one resolved address: NETGUARD_E_BLOCKED (with `err` filled) when
+ * blocked. */
 static int judge(const struct config *cfg, const struct sockaddr *sa,
                  const char *host, char *err, size_t errlen)
 {
@@ -353,7 +354,7 @@ static int judge(const struct config *cfg, const struct sockaddr *sa,
         snprintf(err, errlen, "%s: blocked address %s (%s)",
                  host, text, blocked_reason(sa) ? blocked_reason(sa) : "?");
     }
-    return -1;
+    return NETGUARD_E_BLOCKED;
 }
 
 int netguard_pick(const struct config *cfg, const struct addrinfo *res,
@@ -369,7 +370,7 @@ int netguard_pick(const struct config *cfg, const struct addrinfo *res,
     if (!host || port < 1 || port > 65535 || !out || !outlen) {
         if (err && errlen)
             snprintf(err, errlen, "invalid target");
-        return -2;
+        return NETGUARD_E_UNRESOLVED;
     }
     memset(&ss, 0, sizeof(ss));
     for (const struct addrinfo *ai = res; ai; ai = ai->ai_next) {
@@ -379,7 +380,7 @@ int netguard_pick(const struct config *cfg, const struct addrinfo *res,
             ai->ai_addr->sa_family != ai->ai_family)
             continue;
         if (judge(cfg, ai->ai_addr, host, err, errlen) != 0)
-            return -1;
+            return NETGUARD_E_BLOCKED;
         if (!found) {
             /* getaddrinfo() already sorted by RFC 6724: pin the first. */
             memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
@@ -390,7 +391,7 @@ int netguard_pick(const struct config *cfg, const struct addrinfo *res,
     if (!found) {
         if (err && errlen)
             snprintf(err, errlen, "%s has no IPv4 or IPv6 address", host);
-        return -2;
+        return NETGUARD_E_UNRESOLVED;
     }
     set_port(&ss, port);
     *out = ss;
@@ -412,12 +413,12 @@ int netguard_resolve(const struct config *cfg, const char *host, int port,
     if (!host || !*host || port < 1 || port > 65535 || !out || !outlen) {
         if (err && errlen)
             snprintf(err, errlen, "invalid target");
-        return -2;
+        return NETGUARD_E_UNRESOLVED;
     }
 
     if (netguard_literal(host, &ss, &sslen)) {
         if (judge(cfg, (struct sockaddr *)&ss, host, err, errlen) != 0)
-            return -1;
+            return NETGUARD_E_BLOCKED;
         set_port(&ss, port);
         *out = ss;
         *outlen = sslen;
@@ -436,7 +437,7 @@ int netguard_resolve(const struct config *cfg, const char *host, int port,
         if (err && errlen)
             snprintf(err, errlen, "%s does not resolve: %s", host,
                      gai_strerror(rc));
-        return -2;
+        return NETGUARD_E_UNRESOLVED;
     }
     rc = netguard_pick(cfg, res, host, port, out, outlen, err, errlen);
     freeaddrinfo(res);

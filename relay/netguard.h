@@ -10,6 +10,10 @@
 
 #include "config.h"
 
+/* Why netguard_resolve() and netguard_pick() refuse a target. */
+#define NETGUARD_E_BLOCKED    (-1)  /* an address is in a blocked range */
+#define NETGUARD_E_UNRESOLVED (-2)  /* no usable address, or an invalid target */
+
 /* Longest text netguard_ntop() writes, NUL included (an IPv6 address). */
 #define NETGUARD_ADDRSTRLEN 46
 
@@ -52,18 +56,19 @@ int netguard_ntop(const struct sockaddr *sa, char *out, size_t outlen);
 /* BLOCKING (getaddrinfo): call only from a worker thread, never from the
  * lws service thread. Resolves `host` (a name or an IP literal) and pins
  * the first allowed address, with `port` set, into `out`/`outlen`.
- * Returns 0, or -1 when any resolved address is blocked (a name that
- * resolves to public and private addresses alike is refused; `err` names
- * the address and why), or -2 when the name does not resolve (`err` says
- * why). */
+ * Returns 0, or NETGUARD_E_BLOCKED when any resolved address is blocked
+ * (a name that resolves to public and private addresses alike is refused;
+ * `err` names the address and why), or NETGUARD_E_UNRESOLVED when the name
+ * does not resolve (`err` says why). */
 int netguard_resolve(const struct config *cfg, const char *host, int port,
                      struct sockaddr_storage *out, socklen_t *outlen,
                      char *err, size_t errlen);
 
 /* The decision part of netguard_resolve(), on an addrinfo list it got
- * (exposed so tests can feed it lists no resolver would give them): -1 if
- * any AF_INET/AF_INET6 entry is blocked, -2 if there is none, else 0 with
- * the first one pinned, `port` set. Non-blocking. */
+ * (exposed so tests can feed it lists no resolver would give them):
+ * NETGUARD_E_BLOCKED if any AF_INET/AF_INET6 entry is blocked,
+ * NETGUARD_E_UNRESOLVED if there is none, else 0 with the first one
+ * pinned, `port` set. Non-blocking. */
 int netguard_pick(const struct config *cfg, const struct addrinfo *res,
                   const char *host, int port, struct sockaddr_storage *out,
                   socklen_t *outlen, char *err, size_t errlen);

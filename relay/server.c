@@ -3,9 +3,6 @@
  * one service thread. */
 #include "server.h"
 
-#include <errno.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,18 +10,21 @@
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "access.h"
-#include "client_ip.h"
 #include "config.h"
 #include "conn_limit.h"
+#include "http.h"
 #include "log.h"
+#include "proto.h"
+#include "server_ctx.h"
+#include "signals.h"
 #include "static_files.h"
+#include "ws.h"
 
 /* WebSocket receive buffer per connection: also the most one RECEIVE
  * callback delivers. Larger is faster for uploads but costs every idle
@@ -93,50 +93,6 @@ static unsigned server_fd_table(const struct config *cfg, char *err, size_t errl
     return (unsigned)(rl.rlim_cur - fds_outside_lws(cfg));
 }
 
-/* Signals arrive on a signalfd that lws watches like any socket: no
- * handler runs at an arbitrary point, and main() blocks them for every
- * thread before the first is created, so no worker is ever interrupted. */
-static int signal_fd_open(void)
-{
-    sigset_t set;
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-}
-
-void server_signals_block(void)
-{
-    sigset_t set;
-    struct sigaction sa;
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
-        log_warn("cannot block SIGTERM/SIGINT/SIGHUP");
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_IGN;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGPIPE, &sa, NULL) < 0)
-        log_warn("cannot ignore SIGPIPE");
-}
-
-void server_signal_readable(struct server *srv, int fd)
-{
-    struct signalfd_siginfo si;
-
-    while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (si.ssi_signo == SIGHUP)
-            srv->got_hup = 1;
-        else
-            srv->got_term = 1;
-    }
-}
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -157,37 +113,6 @@ static void lws_log_cb(int level, const char *line)
 static void wake(void *arg)
 {
     lws_cancel_service(arg);
-}
-
-struct server *server_of(struct lws *wsi)
-{
-    return lws_context_user(lws_get_context(wsi));
-}
-
-int server_client_ip(struct lws *wsi, char *out, size_t outlen)
-{
-    struct server *srv = server_of(wsi);
-    char peer[128], *xff = NULL;
-    int len, rc;
-
-    if (!lws_get_peer_simple(wsi, peer, sizeof(peer)))
-        return -1;
-    len = lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR);
-    /* Only a trusted proxy's header is read, and then all of it. */
-    if (len > 0 && client_ip_trusted(srv->cfg, peer)) {
-        if (len > CLIENT_IP_XFF_MAX)
-            return -2;
-        xff = malloc((size_t)len + 1);
-        if (!xff)
-            return -1;
-        if (lws_hdr_copy(wsi, xff, len + 1, WSI_TOKEN_X_FORWARDED_FOR) < 0) {
-            free(xff);
-            return -1;
-        }
-    }
-    rc = client_ip_resolve(srv->cfg, peer, xff, out, outlen);
-    free(xff);
-    return rc;
 }
 
 static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
@@ -363,10 +288,10 @@ static int drain_step(struct server *srv)
     if (!srv->draining) {
         srv->draining = 1;
         srv->drain_deadline_ms = now + (int64_t)srv->cfg->shutdown_grace_secs * 1000;
-        log_info("draining: %d live sessions, up to %d s", hub_count(&srv->hub),
+        log_info("draining: %d live sessions, up to %d s", session_hub_count(&srv->hub),
                  srv->cfg->shutdown_grace_secs);
     }
-    if (hub_count(&srv->hub) == 0)
+    if (session_hub_count(&srv->hub) == 0)
         return 1;
     ws_drain_tick(srv, now >= srv->drain_deadline_ms);
     return now >= srv->drain_deadline_ms + DRAIN_FORCE_SECS * 1000;
@@ -383,18 +308,18 @@ static void cut_session(struct session *s, void *arg)
  * Returns the sessions still live when it gave up. */
 static int reap_workers(struct session_hub *h)
 {
-    for (int tries = 0; hub_count(h) > 0 && tries < 200; tries++) {
-        struct session *s = hub_take_notified(h), *next;
+    for (int tries = 0; session_hub_count(h) > 0 && tries < 200; tries++) {
+        struct session *s = session_hub_take_notified(h), *next;
 
         for (; s; s = next) {
-            next = hub_notified_next(h, s);
+            next = session_hub_notified_next(h, s);
             if (session_worker_finished(s))
                 session_join(s);
             session_unref(s);
         }
         usleep(50 * 1000);
     }
-    return hub_count(h);
+    return session_hub_count(h);
 }
 
 /* Let lws watch the signalfd, so a signal ends lws_service() at once. */
@@ -403,19 +328,19 @@ static int watch_signals(struct server *srv)
     struct lws_vhost *vh = lws_get_vhost_by_name(srv->ctx, "default");
     lws_sock_file_fd_type fd;
 
-    srv->sig_fd = signal_fd_open();
+    srv->sig_fd = signals_open();
     if (srv->sig_fd < 0 || !vh)
         return -1;
     fd.filefd = srv->sig_fd;
     return lws_adopt_descriptor_vhost(vh, LWS_ADOPT_RAW_FILE_DESC, fd, "http", NULL) ? 0 : -1;
 }
 
-int server_run(const struct config *cfg)
+int server_run(const struct config *cfg, void *(*worker)(void *))
 {
     const struct lws_protocols protocols[] = {
         {"http", http_cb, http_pss_size(), 0, 0, NULL, 0},
         {"wattcloud-sftp", ws_cb, ws_pss_size(), WS_RX_BUFFER, 0, NULL,
-         WC_READ_CHUNK_BYTES + LWS_PRE + 64},
+         PROTO_READ_CHUNK_BYTES + LWS_PRE + 64},
         {NULL, NULL, 0, 0, 0, NULL, 0},
     };
     struct server srv;
@@ -425,6 +350,7 @@ int server_run(const struct config *cfg)
 
     memset(&srv, 0, sizeof(srv));
     srv.cfg = cfg;
+    srv.worker = worker;
     srv.sig_fd = -1;
     /* Files named by settings are checked here, before anything listens,
      * so a typo stops the start with status 2 naming the setting. */
@@ -450,7 +376,7 @@ int server_run(const struct config *cfg)
         conn_limit_free(srv.conns);
         return 1;
     }
-    hub_init(&srv.hub, cfg, srv.access);
+    session_hub_init(&srv.hub, cfg, srv.access);
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_cb);
     if (check_listenable(cfg) < 0) {
         log_error("cannot listen on %s port %d: %s", cfg->bind_host, cfg->bind_port,
@@ -467,7 +393,7 @@ int server_run(const struct config *cfg)
         log_error("cannot watch for signals");
         goto out;
     }
-    hub_set_wake(&srv.hub, wake, srv.ctx);
+    session_hub_set_wake(&srv.hub, wake, srv.ctx);
     log_info("wattcloud-relay %s listening on %s port %d (%s, %u descriptors for lws)",
              WC_VERSION, cfg->bind_host, cfg->bind_port, cfg->tls_cert ? "TLS" : "plain HTTP",
              fd_table);
@@ -485,8 +411,8 @@ int server_run(const struct config *cfg)
     log_info("shutting down");
     rc = 0;
 out:
-    hub_set_wake(&srv.hub, NULL, NULL);
-    hub_for_each(&srv.hub, cut_session, NULL);
+    session_hub_set_wake(&srv.hub, NULL, NULL);
+    session_hub_for_each(&srv.hub, cut_session, NULL);
     if (srv.ctx)
         lws_context_destroy(srv.ctx);  /* closes the signalfd too */
     left = reap_workers(&srv.hub);
@@ -499,7 +425,7 @@ out:
         log_error("%d session workers did not stop; exiting without clean-up", left);
         _exit(rc);
     }
-    hub_destroy(&srv.hub);
+    session_hub_destroy(&srv.hub);
     access_free(srv.access);
     conn_limit_free(srv.conns);
     return rc;

@@ -113,7 +113,7 @@ static size_t derive_budget(void)
     return (size_t)b;
 }
 
-void hub_init(struct session_hub *h, const struct config *cfg, struct access *access)
+void session_hub_init(struct session_hub *h, const struct config *cfg, struct access *access)
 {
     memset(h, 0, sizeof(*h));
     pthread_mutex_init(&h->mu, NULL);
@@ -144,12 +144,12 @@ static void budget_sub(struct session *s, size_t n)
     atomic_fetch_sub(&s->hub->buffered, n);
 }
 
-void hub_destroy(struct session_hub *h)
+void session_hub_destroy(struct session_hub *h)
 {
     pthread_mutex_destroy(&h->mu);
 }
 
-void hub_set_wake(struct session_hub *h, void (*wake)(void *), void *arg)
+void session_hub_set_wake(struct session_hub *h, void (*wake)(void *), void *arg)
 {
     pthread_mutex_lock(&h->mu);
     h->wake = wake;
@@ -157,7 +157,7 @@ void hub_set_wake(struct session_hub *h, void (*wake)(void *), void *arg)
     pthread_mutex_unlock(&h->mu);
 }
 
-int hub_count(struct session_hub *h)
+int session_hub_count(struct session_hub *h)
 {
     int n;
 
@@ -168,12 +168,12 @@ int hub_count(struct session_hub *h)
 }
 
 /* The sessions of the taken list keep notified = 1 until the caller
- * reaches each one (hub_notified_next): a worker that notifies again
+ * reaches each one (session_hub_notified_next): a worker that notifies again
  * meanwhile must not relink notify_next of a session still on the taken
- * list. Clearing all the flags here let a re-notify splice the hub's new
- * list into the one being walked, so sessions were processed (and their
- * list reference dropped) twice: a double free, found by tests/soak. */
-struct session *hub_take_notified(struct session_hub *h)
+ * list. Were the flags cleared here, a re-notify could splice the hub's new
+ * list into the one being walked, and a session would be processed (and
+ * its list reference dropped) twice. */
+struct session *session_hub_take_notified(struct session_hub *h)
 {
     struct session *list;
 
@@ -184,7 +184,7 @@ struct session *hub_take_notified(struct session_hub *h)
     return list;
 }
 
-struct session *hub_notified_next(struct session_hub *h, struct session *s)
+struct session *session_hub_notified_next(struct session_hub *h, struct session *s)
 {
     struct session *next;
 
@@ -196,7 +196,7 @@ struct session *hub_notified_next(struct session_hub *h, struct session *s)
     return next;
 }
 
-void hub_for_each(struct session_hub *h, void (*fn)(struct session *, void *), void *arg)
+void session_hub_for_each(struct session_hub *h, void (*fn)(struct session *, void *), void *arg)
 {
     pthread_mutex_lock(&h->mu);
     for (struct session *s = h->live; s; s = s->hub_next)
@@ -298,10 +298,10 @@ static void session_free(struct session *s)
     pthread_mutex_destroy(&s->mu);
     free(s);
     /* The last session is gone: hand the memory glibc keeps free in its
-     * per-thread arenas back to the kernel. Without this the RSS after a
-     * burst of 100 sessions stayed at 2.4x its level before the burst, all
-     * of it free memory (tests/soak/soak.py, malloc_trim via gdb). Cheap
-     * next to a session's SSH handshake, and only when idle. */
+     * per-thread arenas back to the kernel, so the RSS after a burst of
+     * sessions falls back to its idle level instead of holding the burst's
+     * free memory. Cheap next to a session's SSH handshake, and only when
+     * idle. */
     if (idle)
         malloc_trim(0);
 }
@@ -366,7 +366,7 @@ void session_notify(struct session *s)
          * thread cannot pop and drop it first. */
         session_ref(s);
     }
-    /* Under the lock: hub_set_wake(NULL) at shutdown then guarantees no
+    /* Under the lock: session_hub_set_wake(NULL) at shutdown then guarantees no
      * worker touches the lws context being destroyed. */
     if (queued && h->wake)
         h->wake(h->wake_arg);

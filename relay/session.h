@@ -45,12 +45,12 @@ struct session_hub;
 
 /* Who may touch what. Each field says which lock guards it:
  *   mu        the session's own mutex, s->mu;
- *   hub       the hub's mutex, h->mu;
+ *   hub mutex the hub's mutex, h->mu;
  *   service   the lws service thread only, no lock;
- *   fixed     written before session_start() (or by the worker before it
- *             publishes the session's phase past PH_CONNECTING), read-only
- *             after that.
- * Lock order: hub mutex before session mutex (session_notify takes a
+ *   worker    the worker thread only once session_start() has run (the
+ *             service thread may set it before);
+ *   fixed     written before session_start(), read-only after that.
+ * Lock order: the hub mutex before a session mutex (session_notify takes a
  * reference under the hub lock). Never take the hub mutex while holding a
  * session's. */
 struct session {
@@ -61,14 +61,14 @@ struct session {
     /* The pinned target: set by the service thread at the upgrade when the
      * host was an IP literal, else by the worker after resolving, before
      * it connects; only the worker reads it. */
-    struct sockaddr_storage addr;   /* fixed (see above) */
-    socklen_t addrlen;              /* fixed (see above) */
-    int pinned;                     /* fixed (see above) */
+    struct sockaddr_storage addr;   /* worker */
+    socklen_t addrlen;              /* worker */
+    int pinned;                     /* worker */
     struct session_hub *hub;        /* fixed */
     int64_t started_ms;             /* fixed; CLOCK_MONOTONIC */
     int ip_counted;                 /* fixed: holds a per-IP slot until freed */
 
-    pthread_mutex_t mu;
+    pthread_mutex_t mu;             /* guards the fields marked mu */
     pthread_cond_t cv;              /* mu; CLOCK_MONOTONIC; worker waits: jobs, out space */
     enum session_phase phase;       /* mu */
     int64_t phase_since_ms;         /* mu */
@@ -91,9 +91,9 @@ struct session {
     uint64_t bytes_up, bytes_down;  /* mu */
     char close_reason[48];          /* mu */
 
-    int notified;                   /* hub: on the hub's notify list */
-    struct session *notify_next;    /* hub */
-    struct session *hub_next, *hub_prev;  /* hub */
+    int notified;                   /* hub mutex: on the hub's notify list */
+    struct session *notify_next;    /* hub mutex */
+    struct session *hub_next, *hub_prev;  /* hub mutex */
 
     pthread_t thread;               /* service */
     int thread_started;             /* service */
@@ -114,37 +114,37 @@ struct session {
  * yet written, plus output queued), which `budget` bounds: past it the
  * service thread pauses reading from browsers. */
 struct session_hub {
-    pthread_mutex_t mu;
-    struct session *live;           /* hub */
-    struct session *notify;         /* hub */
-    int n_live;                     /* hub */
+    pthread_mutex_t mu;             /* the hub mutex */
+    struct session *live;           /* hub mutex */
+    struct session *notify;         /* hub mutex */
+    int n_live;                     /* hub mutex */
     const struct config *cfg;       /* fixed */
     struct access *access;          /* fixed; NULL in unit tests */
-    void (*wake)(void *arg);        /* hub */
-    void *wake_arg;                 /* hub */
+    void (*wake)(void *arg);        /* hub mutex */
+    void *wake_arg;                 /* hub mutex */
     size_t budget;                  /* fixed: RELAY_MEMORY_BUDGET_MIB, or derived */
-    _Atomic size_t buffered;        /* atomic */
+    _Atomic size_t buffered;        /* atomic, no lock */
     int64_t last_tick_ms;           /* service */
 };
 
 /* Monotonic milliseconds, the clock of every timer in the relay. */
 int64_t session_now_ms(void);
 
-void hub_init(struct session_hub *h, const struct config *cfg, struct access *access);
-void hub_destroy(struct session_hub *h);
-int hub_count(struct session_hub *h);
-void hub_set_wake(struct session_hub *h, void (*wake)(void *), void *arg);
+void session_hub_init(struct session_hub *h, const struct config *cfg, struct access *access);
+void session_hub_destroy(struct session_hub *h);
+int session_hub_count(struct session_hub *h);
+void session_hub_set_wake(struct session_hub *h, void (*wake)(void *), void *arg);
 
-/* Pop the notified sessions as a list. Walk it with hub_notified_next(),
+/* Pop the notified sessions as a list. Walk it with session_hub_notified_next(),
  * called for each session before looking at it (never read notify_next
  * directly: it re-arms the session's notification). Each carries a
  * reference the caller drops with session_unref() when done with it. */
-struct session *hub_take_notified(struct session_hub *h);
-struct session *hub_notified_next(struct session_hub *h, struct session *s);
+struct session *session_hub_take_notified(struct session_hub *h);
+struct session *session_hub_notified_next(struct session_hub *h, struct session *s);
 
 /* Call `fn` for each live session under the hub lock (fn must not lock the
  * hub). Used for shutdown. */
-void hub_for_each(struct session_hub *h, void (*fn)(struct session *, void *), void *arg);
+void session_hub_for_each(struct session_hub *h, void (*fn)(struct session *, void *), void *arg);
 
 /* Once a second from the service loop (it rate-limits itself, so calling
  * it more often is harmless): cut the SSH connection of every session

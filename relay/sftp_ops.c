@@ -15,6 +15,7 @@
 #include <openssl/rand.h>
 
 #include "config.h"
+#include "proto.h"
 
 #define FILE_MODE (LIBSSH2_SFTP_S_IRUSR | LIBSSH2_SFTP_S_IWUSR | \
                    LIBSSH2_SFTP_S_IRGRP | LIBSSH2_SFTP_S_IROTH)
@@ -72,7 +73,7 @@ struct sftp_ops {
     const struct sftp_sink *sink;
     long max_list_entries;
     struct whandle writes[SFTP_MAX_WRITE_HANDLES];
-    struct rhandle reads[WC_MAX_READ_HANDLES];
+    struct rhandle reads[PROTO_MAX_READ_HANDLES];
     struct failed_write failed[FAILED_WRITES_KEPT];
     unsigned n_failed;   /* next slot of `failed` to reuse, mod its size */
 };
@@ -610,7 +611,7 @@ static int last_err(struct sftp_ops *o)
 }
 
 /* Legacy whole-file read, with no size cap: the size first, then the file
- * as one binary message, streamed in fragments of WC_READ_CHUNK_BYTES as
+ * as one binary message, streamed in fragments of PROTO_READ_CHUNK_BYTES as
  * they are read, so memory stays bounded whatever the size. The message
  * has exactly the size announced: a failure before the first fragment is
  * an ordinary error answer; after it (the file shrank, the server failed),
@@ -644,8 +645,8 @@ static void op_read(struct sftp_ops *o, const struct proto_request *q, struct op
         goto out;
     }
     do {
-        size_t want = size - done < WC_READ_CHUNK_BYTES ? (size_t)(size - done)
-                                                        : WC_READ_CHUNK_BYTES;
+        size_t want = size - done < PROTO_READ_CHUNK_BYTES ? (size_t)(size - done)
+                                                        : PROTO_READ_CHUNK_BYTES;
         ssize_t n;
 
         f = frame_new(1, want);
@@ -738,7 +739,7 @@ static struct whandle *find_write(struct sftp_ops *o, const char *id)
 
 static struct rhandle *find_read(struct sftp_ops *o, const char *id)
 {
-    for (int i = 0; i < WC_MAX_READ_HANDLES; i++)
+    for (int i = 0; i < PROTO_MAX_READ_HANDLES; i++)
         if (o->reads[i].h && strcmp(o->reads[i].id, id) == 0)
             return &o->reads[i];
     return NULL;
@@ -900,9 +901,9 @@ static void op_read_open(struct sftp_ops *o, const struct proto_request *q, stru
 {
     int i;
 
-    for (i = 0; i < WC_MAX_READ_HANDLES && o->reads[i].h; i++)
+    for (i = 0; i < PROTO_MAX_READ_HANDLES && o->reads[i].h; i++)
         ;
-    if (i == WC_MAX_READ_HANDLES) {
+    if (i == PROTO_MAX_READ_HANDLES) {
         reply_error(r, "too many open read sessions", "limit");
         return;
     }
@@ -921,10 +922,9 @@ static void op_read_open(struct sftp_ops *o, const struct proto_request *q, stru
 
 /* Always close the libssh2 handle, even on a dead connection: that is what
  * frees its memory and its pending read-ahead packets (libssh2 1.11 frees a
- * handle even when the close fails; skipping it leaked ~7 KiB per session
- * whose server died mid-download, found by LeakSanitizer in
- * tests/integration/test_faults.py). With a dead server sftp_ops_free()
- * makes the close fail fast. */
+ * handle even when the close fails; without the close, a session whose
+ * server died mid-download leaks about 7 KiB). With a dead server
+ * sftp_ops_free() makes the close fail fast. */
 static void close_read(struct rhandle *rh)
 {
     libssh2_sftp_close_handle(rh->h);
@@ -937,7 +937,7 @@ static void close_read(struct rhandle *rh)
 static struct frame *read_chunk(struct sftp_ops *o, struct rhandle *rh, int *rc,
                                 unsigned long *status)
 {
-    struct frame *f = frame_new(1, WC_READ_CHUNK_BYTES);
+    struct frame *f = frame_new(1, PROTO_READ_CHUNK_BYTES);
     ssize_t n;
 
     if (!f) {
@@ -945,7 +945,7 @@ static struct frame *read_chunk(struct sftp_ops *o, struct rhandle *rh, int *rc,
         *status = 0;
         return NULL;
     }
-    n = read_full(rh->h, frame_data(f), WC_READ_CHUNK_BYTES);
+    n = read_full(rh->h, frame_data(f), PROTO_READ_CHUNK_BYTES);
     if (n < 0) {
         frame_free(f);
         *rc = (int)n;
@@ -987,7 +987,7 @@ static void op_read_chunk(struct sftp_ops *o, const struct proto_request *q, str
     }
     reply_ok(r, json_pack("{s:I}", "size", (json_int_t)f->len));
     r->data = f;
-    r->read_ahead = f->len == WC_READ_CHUNK_BYTES;
+    r->read_ahead = f->len == PROTO_READ_CHUNK_BYTES;
 }
 
 void sftp_ops_read_ahead(struct sftp_ops *o, const char *handle)
@@ -1075,7 +1075,7 @@ void sftp_ops_free(struct sftp_ops *o)
             remove_file(o, o->writes[i].path);
         drop_write(&o->writes[i]);
     }
-    for (int i = 0; i < WC_MAX_READ_HANDLES; i++)
+    for (int i = 0; i < PROTO_MAX_READ_HANDLES; i++)
         if (o->reads[i].h)
             close_read(&o->reads[i]);
     free(o);

@@ -75,7 +75,7 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *req,
                    const uint8_t *data, size_t len);
 
 /* Read the next chunk of a read handle in advance (at most one per
- * handle, so at most WC_MAX_READ_HANDLES chunks per session). */
+ * handle, so at most PROTO_MAX_READ_HANDLES chunks per session). */
 void sftp_ops_read_ahead(struct sftp_ops *o, const char *handle);
 
 void op_reply_clear(struct op_reply *r);

@@ -382,7 +382,8 @@ int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t 
      * for at most the keepalive interval and a blocking call that hears
      * nothing for that long fails with LIBSSH2_ERROR_TIMEOUT ("Timed out
      * waiting on socket", _libssh2_wait_socket in session.c), so every
-     * operation was really limited to 15 s instead of SFTP_OP_TIMEOUT_SECS.
+     * operation would be limited to the keepalive interval instead of
+     * SFTP_OP_TIMEOUT_SECS.
      * The worker sends its own keepalives while idle (worker.c), so only
      * the operation timeout and the keepalive's dead-peer rule decide that
      * a server is gone. */
@@ -418,6 +419,27 @@ void ssh_cut(struct ssh_conn *c)
 {
     if (c->sock >= 0)
         shutdown(c->sock, SHUT_RDWR);
+}
+
+void ssh_set_timeout(struct ssh_conn *c, int secs)
+{
+    libssh2_session_set_timeout(c->ssh, (long)secs * 1000);
+    libssh2_session_set_read_timeout(c->ssh, secs);
+}
+
+int ssh_global_init(void)
+{
+    return libssh2_init(0) == 0 ? 0 : -1;
+}
+
+void ssh_global_exit(void)
+{
+    libssh2_exit();
+}
+
+const char *ssh_version(void)
+{
+    return libssh2_version(0);
 }
 
 void ssh_close(struct ssh_conn *c)

@@ -60,8 +60,24 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
 int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t errlen);
 
 /* A round trip to the server that proves it is still there. 0, or the
- * negative libssh2 error (LIBSSH2_ERROR_TIMEOUT: no answer in time). */
+ * negative libssh2 error (SSH_E_TIMEOUT: no answer in time). */
 int ssh_ping(struct ssh_conn *c);
+
+/* libssh2's code for "no answer within the timeout", as ssh_ping(),
+ * ssh_login() and the SFTP calls return it. */
+#define SSH_E_TIMEOUT LIBSSH2_ERROR_TIMEOUT
+
+/* Every blocking call on `c` from now on gives up after `secs` seconds,
+ * and so does each SFTP read (libssh2 keeps two timeouts). */
+void ssh_set_timeout(struct ssh_conn *c, int secs);
+
+/* The library's process-wide set-up and tear-down: once before the first
+ * session, once after the last. ssh_global_init() returns 0 or -1. */
+int ssh_global_init(void);
+void ssh_global_exit(void);
+
+/* The libssh2 version the relay runs with ("1.11.1"). */
+const char *ssh_version(void);
 
 /* libssh2's text for the last error on `c` (static or owned by libssh2;
  * valid until the next call on `c`). Never NULL. */

@@ -5,9 +5,7 @@
 #include "static_files.h"
 
 #include <errno.h>
-/* PATH_MAX: <limits.h> would be shadowed by relay/limits.h through gcc's
- * syslimits.h (#include_next also searches -iquote directories). */
-#include <linux/limits.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +13,8 @@
 #include <sys/stat.h>
 
 #include "config.h"
-#include "http.h"
-#include "server.h"
+#include "http_wire.h"
+#include "server_ctx.h"
 
 /* The app runs WebAssembly (hence 'wasm-unsafe-eval', which allows
  * compiling WASM but not JavaScript eval) and talks only to this relay:

@@ -2,6 +2,7 @@
  * blocks, sized with malloc_usable_size(): libssh2 1.11.1 itself frees some
  * of its LIBSSH2_ALLOC blocks with free() (gen_publickey_from_ec_evp), so a
  * private header would corrupt the heap. */
+#include "wipe.h"
 #include "wipe_alloc.h"
 
 #include <malloc.h>
@@ -19,7 +20,7 @@ void wipe_free(void *p)
 {
     if (!p)
         return;
-    explicit_bzero(p, malloc_usable_size(p));
+    wipe_mem(p, malloc_usable_size(p));
     free(p);
 }
 
@@ -117,7 +118,7 @@ __attribute__((noinline)) static void wipe_dead_stack(void)
 {
     unsigned char buf[WIPE_STACK_BYTES];
 
-    explicit_bzero(buf, sizeof(buf));
+    wipe_mem(buf, sizeof(buf));
     __asm__ volatile("" : : "r"(buf) : "memory");
 }
 

@@ -28,9 +28,9 @@ void wipe_ssh_free(void *p, void **abstract);
  * strlen (glibc's AVX2/EVEX variants) over a private key leaves its text
  * in ymm/zmm registers, and any later first call through a lazily bound
  * PLT slot (_dl_runtime_resolve_xsavec; jansson and libc are not linked
- * with -z now) or a signal saves all registers onto the stack, where
- * tests/integration/test_hygiene.py found key lines. Call it once the last
- * function that touched a credential has returned. */
+ * with -z now) or a signal saves all registers onto the stack, where key
+ * lines would stay readable (tests/integration/test_hygiene.py checks).
+ * Call it once the last function that touched a credential has returned. */
 #define WIPE_STACK_BYTES (64u * 1024)
 void wipe_thread_residue(void);
 

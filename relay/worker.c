@@ -58,8 +58,8 @@ static int pin_target(struct worker *w)
         s->pinned = 1;
         return 0;
     }
-    post_text(s, proto_setup_error(rc == -1 ? "blocked_target" : "resolve_failed", err));
-    w->reason = rc == -1 ? "blocked_target" : "resolve_failed";
+    w->reason = rc == NETGUARD_E_BLOCKED ? "blocked_target" : "resolve_failed";
+    post_text(s, proto_setup_error(w->reason, err));
     log_info("session %s: target %s refused: %s", s->id, s->host, err);
     return -1;
 }
@@ -213,7 +213,7 @@ static int run_request(struct worker *w, struct job *j)
         if (wrc < 0) {
             op_reply_clear(&r);
             r.fatal = 1;
-            r.code = wrc == LIBSSH2_ERROR_TIMEOUT ? "timeout" : "io";
+            r.code = wrc == SSH_E_TIMEOUT ? "timeout" : "io";
             r.error = "write failed";
             log_session_end(w, j, &r);
             return -1;
@@ -239,20 +239,17 @@ static int keepalive(struct worker *w)
     int budget = w->cfg->keepalive_secs * w->cfg->keepalive_count;
     int rc;
 
-    libssh2_session_set_timeout(w->c.ssh, (long)budget * 1000);
-    libssh2_session_set_read_timeout(w->c.ssh, budget);
+    ssh_set_timeout(&w->c, budget);
     rc = ssh_ping(&w->c);
-    libssh2_session_set_timeout(w->c.ssh, (long)w->cfg->op_timeout_secs * 1000);
-    libssh2_session_set_read_timeout(w->c.ssh, w->cfg->op_timeout_secs);
+    ssh_set_timeout(&w->c, w->cfg->op_timeout_secs);
     return rc;
 }
 
 /* The SSH connection is gone: answer the requests still queued, so the
  * browser learns why they fail instead of only seeing the WebSocket close
  * (a write_chunk acknowledged before its bytes were written then gets its
- * failure reported on the next chunk or write_close). Found by
- * tests/integration/test_faults.py, where a killed sshd left the pending
- * write_chunk unanswered. */
+ * failure reported on the next chunk or write_close). Every queued request
+ * gets exactly one answer, even when the server died under it. */
 static void fail_queued(struct worker *w)
 {
     struct job *j;
@@ -279,7 +276,7 @@ static void serve(struct worker *w)
         }
         if (!j) {
             rc = keepalive(w);
-            if (rc == LIBSSH2_ERROR_TIMEOUT) {
+            if (rc == SSH_E_TIMEOUT) {
                 w->reason = "ssh keepalive timeout";
                 log_info("session %s: the SFTP server did not answer a keepalive within "
                          "%d s (SSH_KEEPALIVE_COUNT %d x SSH_KEEPALIVE_SECS %d)", w->s->id,

@@ -13,10 +13,13 @@
 
 #include "access.h"
 #include "config.h"
+#include "gate.h"
 #include "log.h"
-#include "server.h"
+#include "proto.h"
+#include "server_ctx.h"
+#include "wipe.h"
 #include "wipe_alloc.h"
-#include "worker.h"
+#include "ws.h"
 #include "wsframe.h"
 
 /* Stop reading from the browser beyond this much unwritten upload (or this
@@ -25,7 +28,7 @@
 #define RX_PAUSE_BYTES (24u * 1024 * 1024)
 #define RX_PAUSE_JOBS 64
 /* Largest piece of a frame handed to lws at once. */
-#define TX_FRAGMENT_BYTES WC_READ_CHUNK_BYTES
+#define TX_FRAGMENT_BYTES PROTO_READ_CHUNK_BYTES
 #define TICK_USECS LWS_USEC_PER_SEC
 #define MS_PER_SEC 1000
 
@@ -294,7 +297,7 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
                       keep);
     /* lws's receive buffer holds the unmasked frame, credentials included. */
     if (!binary)
-        proto_wipe(in, len);
+        wipe_mem(in, len);
     switch (rc) {
     case WSF_MORE:
         return;
@@ -395,9 +398,9 @@ static int established(struct lws *wsi, struct ws_pss *pss)
     struct session *s;
 
     memset(pss, 0, sizeof(*pss));
-    wsframe_init(&pss->rx, PROTO_MAX_TEXT_BYTES, WC_MAX_FRAME_BYTES);
+    wsframe_init(&pss->rx, PROTO_MAX_TEXT_BYTES, PROTO_MAX_FRAME_BYTES);
     if (!h || !p || access_target(h, p, &t) < 0 ||
-        server_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
+        gate_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
         return -1;
     s = session_new(&srv->hub, pss->client_ip, t.host, t.port);
     if (!s)
@@ -417,7 +420,7 @@ static int established(struct lws *wsi, struct ws_pss *pss)
     pss->last_rx_ms = pss->last_ping_ms = session_now_ms();
     log_info("session %s start: client=%s target=%s:%d", s->id, s->client_ip, s->host,
              s->port);
-    if (session_start(s, worker_main) < 0) {
+    if (session_start(s, srv->worker) < 0) {
         log_error("session %s: cannot start a worker thread", s->id);
         return -1;
     }
@@ -489,12 +492,12 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
  * or the worker finished (join it; close the WebSocket when flushed). */
 static void notified(struct server *srv)
 {
-    struct session *s = hub_take_notified(&srv->hub), *next;
+    struct session *s = session_hub_take_notified(&srv->hub), *next;
 
     for (; s; s = next) {
         struct lws *wsi = s->wsi;
 
-        next = hub_notified_next(&srv->hub, s);
+        next = session_hub_notified_next(&srv->hub, s);
         if (session_worker_finished(s))
             session_join(s);
         if (wsi) {
@@ -524,7 +527,7 @@ static void drain_one(struct session *s, void *arg)
 
 void ws_drain_tick(struct server *srv, int force)
 {
-    hub_for_each(&srv->hub, drain_one, &force);
+    session_hub_for_each(&srv->hub, drain_one, &force);
 }
 
 int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
@@ -533,7 +536,7 @@ int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
 
     switch (reason) {
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
-        return http_confirm_upgrade(wsi, in);
+        return gate_confirm_upgrade(wsi, in);
     case LWS_CALLBACK_ESTABLISHED:
         return established(wsi, pss);
     case LWS_CALLBACK_RECEIVE:

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "proto.h"
+#include "wipe.h"
 
 /* First allocation for a kept binary message whose size is not declared
  * yet; the common case (one frame) allocates its declared size at once. */
@@ -22,7 +23,7 @@ void wsframe_init(struct wsframe *w, size_t max_text, size_t max_binary)
 void wsframe_free(struct wsframe *w)
 {
     if (w->text)
-        proto_wipe(w->text, w->max_text);
+        wipe_mem(w->text, w->max_text);
     free(w->text);
     free(w->bin);
     w->text = NULL;
@@ -128,7 +129,7 @@ uint8_t *wsframe_take_binary(struct wsframe *w, size_t *len)
 void wsframe_text_done(struct wsframe *w)
 {
     if (w->text)
-        proto_wipe(w->text, w->len);
+        wipe_mem(w->text, w->len);
     w->len = 0;
 }
 

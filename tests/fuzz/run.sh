@@ -32,11 +32,11 @@ command -v "$cc" >/dev/null || { echo "run.sh: $cc not found (scripts/deps.sh --
 # code, no libwebsockets and no libssh2.
 sources_for() {
   case "$1" in
-    fuzz_proto) echo "proto/proto.c relay/wipe_alloc.c" ;;
-    fuzz_access) echo "relay/access.c relay/auth_cookie.c relay/limits.c relay/client_ip.c relay/netguard.c" ;;
+    fuzz_proto) echo "proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
+    fuzz_access) echo "relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c proto/wipe.c" ;;
     fuzz_keyformat) echo "relay/keyformat.c" ;;
     fuzz_netguard) echo "relay/netguard.c" ;;
-    fuzz_wsframe) echo "relay/wsframe.c proto/proto.c relay/wipe_alloc.c" ;;
+    fuzz_wsframe) echo "relay/wsframe.c proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
     *) echo "run.sh: unknown target $1" >&2; return 1 ;;
   esac
 }

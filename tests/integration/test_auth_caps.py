@@ -7,7 +7,7 @@ from helpers import LOCAL, login
 from sshd import TEST_USER
 from wsclient import open_session
 
-AUTH_MAX_FAILURES = 5  # LIMITS_AUTH_MAX_FAILURES
+AUTH_MAX_FAILURES = 5  # RATELIMIT_AUTH_MAX_FAILURES
 
 
 def test_long_password_is_bad_request_not_auth_failure(relay_factory, sshd):

@@ -641,8 +641,8 @@ static void test_limits_checks(void)
 
     base_config("localhost");
     a = access_new(&cfg);
-    CHECK(access_limits(a) != NULL);
-    CHECK(access_limits(NULL) == NULL);
+    CHECK(access_ratelimit(a) != NULL);
+    CHECK(access_ratelimit(NULL) == NULL);
 
     /* Check 9: three live sessions. */
     for (int i = 0; i < 3; i++) {

@@ -9,6 +9,7 @@
 
 #include "check.h"
 #include "config.h"
+#include "proto.h"
 
 #define KIB 1024u
 #define MIB (1024u * 1024u)
@@ -67,13 +68,13 @@ static int unset_help_names(void)
 static void test_wire_limits(void)
 {
     /* §3: "A binary frame over 16 MiB: error payload too large". */
-    CHECK(WC_MAX_FRAME_BYTES == 16 * MIB);
-    CHECK(WC_MAX_FRAME_BYTES == 16777216u);
+    CHECK(PROTO_MAX_FRAME_BYTES == 16 * MIB);
+    CHECK(PROTO_MAX_FRAME_BYTES == 16777216u);
     /* §3 read_chunk: "n <= 256 KiB". */
-    CHECK(WC_READ_CHUNK_BYTES == 256 * KIB);
-    CHECK(WC_READ_CHUNK_BYTES == 262144u);
+    CHECK(PROTO_READ_CHUNK_BYTES == 256 * KIB);
+    CHECK(PROTO_READ_CHUNK_BYTES == 262144u);
     /* §3 read_open: "at most 8 open read handles per session". */
-    CHECK(WC_MAX_READ_HANDLES == 8);
+    CHECK(PROTO_MAX_READ_HANDLES == 8);
 }
 
 static void test_defaults(void)

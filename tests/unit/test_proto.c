@@ -11,6 +11,7 @@
 
 #include "check.h"
 #include "proto.h"
+#include "wipe.h"
 
 /* Parse a NUL-terminated frame. */
 static int parse(const char *text, struct proto_request *req)
@@ -595,12 +596,12 @@ static void test_auth_take(void)
     proto_auth_wipe(&a);
     check_empty_auth(&a);
 
-    /* proto_wipe zeroes, and tolerates NULL / 0. */
+    /* wipe_mem zeroes, and tolerates NULL / 0. */
     char buf[8] = "abcdefg";
-    proto_wipe(buf, sizeof(buf));
+    wipe_mem(buf, sizeof(buf));
     CHECK(all_zero(buf, sizeof(buf)));
-    proto_wipe(NULL, 5);
-    proto_wipe(buf, 0);
+    wipe_mem(NULL, 5);
+    wipe_mem(buf, 0);
 }
 
 /* A string of `n` copies of `c` (malloc'd, NUL-terminated). */

@@ -29,7 +29,7 @@ static int walk(struct session_hub *h, struct session *list, struct session **se
     int n = 0;
 
     for (struct session *s = list, *next; s; s = next) {
-        next = hub_notified_next(h, s);
+        next = session_hub_notified_next(h, s);
         if (n < max)
             seen[n] = s;
         n++;
@@ -64,8 +64,8 @@ int main(void)
 
     log_init(LOG_ERROR);
     memset(&cfg, 0, sizeof(cfg));
-    hub_init(&hub, &cfg, NULL);
-    hub_set_wake(&hub, count_wake, NULL);
+    session_hub_init(&hub, &cfg, NULL);
+    session_hub_set_wake(&hub, count_wake, NULL);
 
     t.a = session_new(&hub, "192.0.2.1", "a.example", 22);
     t.b = session_new(&hub, "192.0.2.2", "b.example", 22);
@@ -82,7 +82,7 @@ int main(void)
     /* The list is newest first: b, then a. While b is processed, c and a
      * notify again. a is still on the taken list: it must not be queued a
      * second time, and the walk must end at a, not run on into c. */
-    list = hub_take_notified(&hub);
+    list = session_hub_take_notified(&hub);
     n = walk(&hub, list, seen, 8, renotify, &t);
     CHECK(n == 2);
     CHECK(n >= 2 && seen[0] == t.b && seen[1] == t.a);
@@ -93,23 +93,23 @@ int main(void)
 
     /* The next take has c alone; a notification after a session was
      * reached queues it again (the event is not lost). */
-    list = hub_take_notified(&hub);
+    list = session_hub_take_notified(&hub);
     CHECK(list == t.c);
     n = walk(&hub, list, seen, 8, NULL, NULL);
     CHECK(n == 1 && seen[0] == t.c);
     session_unref(t.c);
     session_notify(t.a);
-    list = hub_take_notified(&hub);
+    list = session_hub_take_notified(&hub);
     CHECK(list == t.a);
     CHECK(walk(&hub, list, seen, 8, NULL, NULL) == 1);
     session_unref(t.a);
 
     CHECK(t.a->refs == 1 && t.b->refs == 1 && t.c->refs == 1);
-    CHECK(hub_count(&hub) == 3);
+    CHECK(session_hub_count(&hub) == 3);
     session_unref(t.a);
     session_unref(t.b);
     session_unref(t.c);
-    CHECK(hub_count(&hub) == 0);
-    hub_destroy(&hub);
+    CHECK(session_hub_count(&hub) == 0);
+    session_hub_destroy(&hub);
     CHECK_DONE();
 }

@@ -41,7 +41,7 @@ static void test_service_frames_wait_behind_a_fragmented_message(void)
     char order[16];
 
     memset(&cfg, 0, sizeof(cfg));
-    hub_init(&hub, &cfg, NULL);
+    session_hub_init(&hub, &cfg, NULL);
     s = session_new(&hub, "127.0.0.1", "h", 22);
     CHECK(s != NULL);
 
@@ -73,12 +73,12 @@ static void test_service_frames_wait_behind_a_fragmented_message(void)
     session_post(s, tagged(1, '1', 1, 0), NULL);
     session_post_nowait(s, tagged(0, 'x', 0, 0));
     /* Posting notified the hub, which holds a reference until taken. */
-    for (struct session *n = hub_take_notified(&hub), *next; n; n = next) {
-        next = hub_notified_next(&hub, n);
+    for (struct session *n = session_hub_take_notified(&hub), *next; n; n = next) {
+        next = session_hub_notified_next(&hub, n);
         session_unref(n);
     }
     session_unref(s);
-    hub_destroy(&hub);
+    session_hub_destroy(&hub);
 }
 
 static void test_statvfs_bytes_saturate(void)

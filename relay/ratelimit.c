@@ -1,7 +1,8 @@
 /* Per-client abuse state (PROTOCOL §4 and the §1.1 challenge rate): one
  * fixed-size table of entries keyed by client_ip_key(), hashed, guarded by
  * one mutex, with stale-first then oldest-first eviction when full. */
-#include "limits.h"
+#include "ratelimit.h"
+#include "wipe.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -21,28 +22,28 @@ struct spray_host {
 };
 
 struct entry {
-    char key[LIMITS_KEY_MAX];
+    char key[RATELIMIT_KEY_MAX];
     int in_use;
     int32_t next;          /* hash chain, or free list when not in use */
     time_t last_seen;      /* last counted activity, for eviction order */
 
     int sessions;          /* live SFTP sessions */
 
-    time_t auth[LIMITS_AUTH_MAX_FAILURES];  /* unrefunded attempts */
+    time_t auth[RATELIMIT_AUTH_MAX_FAILURES];  /* unrefunded attempts */
     int n_auth;
     time_t auth_block_until;
 
-    struct spray_host spray[LIMITS_SPRAY_MAX_HOSTS + 1];
+    struct spray_host spray[RATELIMIT_SPRAY_MAX_HOSTS + 1];
     int n_spray;
     time_t spray_block_until;
 
     /* Challenges per second over the last window; chal_sec is the second
      * of the newest count. Whole seconds make the window exact. */
-    uint32_t chal[LIMITS_CHALLENGE_WINDOW_SECS];
+    uint32_t chal[RATELIMIT_CHALLENGE_WINDOW_SECS];
     time_t chal_sec;
 };
 
-struct limits {
+struct ratelimit {
     pthread_mutex_t lock;
     int max_sessions;          /* SFTP_MAX_CONCURRENT_PER_IP */
     int challenges_per_min;    /* AUTH_CHALLENGE_PER_MIN */
@@ -52,10 +53,10 @@ struct limits {
     size_t used;
     int32_t free_head;
     int32_t buckets[NBUCKETS];
-    struct entry *entries;     /* LIMITS_CAPACITY */
+    struct entry *entries;     /* RATELIMIT_CAPACITY */
 };
 
-static uint64_t key_hash(const struct limits *l, const char *key)
+static uint64_t key_hash(const struct ratelimit *l, const char *key)
 {
     uint64_t h = 0xcbf29ce484222325ull ^ l->hash_seed;  /* FNV-1a, seeded */
 
@@ -66,12 +67,12 @@ static uint64_t key_hash(const struct limits *l, const char *key)
     return h ^ (h >> 29);
 }
 
-static uint32_t bucket_of(const struct limits *l, const char *key)
+static uint32_t bucket_of(const struct ratelimit *l, const char *key)
 {
     return (uint32_t)(key_hash(l, key) & (NBUCKETS - 1));
 }
 
-static void tick(struct limits *l, time_t now)
+static void tick(struct ratelimit *l, time_t now)
 {
     if (now > l->clock)
         l->clock = now;
@@ -91,10 +92,10 @@ static time_t block_end(const struct entry *e)
 static int is_stale(const struct entry *e, time_t now)
 {
     return e->sessions == 0 && !is_blocked(e, now) &&
-           now - e->last_seen >= LIMITS_STALE_SECS;
+           now - e->last_seen >= RATELIMIT_STALE_SECS;
 }
 
-static struct entry *find(struct limits *l, const char *key)
+static struct entry *find(struct ratelimit *l, const char *key)
 {
     for (int32_t i = l->buckets[bucket_of(l, key)]; i != NONE;
          i = l->entries[i].next)
@@ -103,7 +104,7 @@ static struct entry *find(struct limits *l, const char *key)
     return NULL;
 }
 
-static void release(struct limits *l, int32_t idx)
+static void release(struct ratelimit *l, int32_t idx)
 {
     struct entry *e = &l->entries[idx];
     int32_t *pp = &l->buckets[bucket_of(l, e->key)];
@@ -118,18 +119,18 @@ static void release(struct limits *l, int32_t idx)
     l->used--;
 }
 
-/* Make room for one entry; see limits.h for the order. 0 or -1. */
-static int reclaim(struct limits *l, time_t now)
+/* Make room for one entry; see ratelimit.h for the order. 0 or -1. */
+static int reclaim(struct ratelimit *l, time_t now)
 {
     int32_t idle = NONE, blocked = NONE;
 
-    for (int32_t i = 0; i < LIMITS_CAPACITY; i++)
+    for (int32_t i = 0; i < RATELIMIT_CAPACITY; i++)
         if (l->entries[i].in_use && is_stale(&l->entries[i], now))
             release(l, i);
     if (l->free_head != NONE)
         return 0;
 
-    for (int32_t i = 0; i < LIMITS_CAPACITY; i++) {
+    for (int32_t i = 0; i < RATELIMIT_CAPACITY; i++) {
         const struct entry *e = &l->entries[i];
         if (!e->in_use || e->sessions > 0)
             continue;
@@ -152,7 +153,7 @@ static int reclaim(struct limits *l, time_t now)
 
 /* The entry of `key`, created when missing; NULL when the table is full of
  * live-session entries. */
-static struct entry *get(struct limits *l, const char *key)
+static struct entry *get(struct ratelimit *l, const char *key)
 {
     struct entry *e = find(l, key);
     uint32_t b;
@@ -179,29 +180,29 @@ static struct entry *get(struct limits *l, const char *key)
 
 /* Keys are cut to the slot size when stored: cut them the same way when
  * looking up, so an overlong key still finds its entry. */
-static const char *clip(const char *key, char buf[LIMITS_KEY_MAX])
+static const char *clip(const char *key, char buf[RATELIMIT_KEY_MAX])
 {
-    if (strlen(key) < LIMITS_KEY_MAX)
+    if (strlen(key) < RATELIMIT_KEY_MAX)
         return key;
-    memcpy(buf, key, LIMITS_KEY_MAX - 1);
-    buf[LIMITS_KEY_MAX - 1] = '\0';
+    memcpy(buf, key, RATELIMIT_KEY_MAX - 1);
+    buf[RATELIMIT_KEY_MAX - 1] = '\0';
     return buf;
 }
 
-struct limits *limits_new(const struct config *cfg)
+struct ratelimit *ratelimit_new(const struct config *cfg)
 {
-    struct limits *l;
+    struct ratelimit *l;
 
     if (!cfg)
         return NULL;
     l = calloc(1, sizeof(*l));
     if (!l)
         return NULL;
-    l->entries = calloc(LIMITS_CAPACITY, sizeof(*l->entries));
+    l->entries = calloc(RATELIMIT_CAPACITY, sizeof(*l->entries));
     /* Touched at start, so the table's memory does not creep into the RSS
      * as it fills (see auth_cookie.c table_new). */
     if (l->entries)
-        explicit_bzero(l->entries, LIMITS_CAPACITY * sizeof(*l->entries));
+        wipe_mem(l->entries, RATELIMIT_CAPACITY * sizeof(*l->entries));
     if (!l->entries || RAND_bytes(l->salt, sizeof(l->salt)) != 1 ||
         pthread_mutex_init(&l->lock, NULL) != 0) {
         free(l->entries);
@@ -213,13 +214,13 @@ struct limits *limits_new(const struct config *cfg)
     l->challenges_per_min = cfg->auth_challenge_per_min;
     for (uint32_t i = 0; i < NBUCKETS; i++)
         l->buckets[i] = NONE;
-    for (int32_t i = 0; i < LIMITS_CAPACITY; i++)
-        l->entries[i].next = i + 1 < LIMITS_CAPACITY ? i + 1 : NONE;
+    for (int32_t i = 0; i < RATELIMIT_CAPACITY; i++)
+        l->entries[i].next = i + 1 < RATELIMIT_CAPACITY ? i + 1 : NONE;
     l->free_head = 0;
     return l;
 }
 
-void limits_free(struct limits *l)
+void ratelimit_free(struct ratelimit *l)
 {
     if (!l)
         return;
@@ -228,9 +229,9 @@ void limits_free(struct limits *l)
     free(l);
 }
 
-int limits_session_can_open(struct limits *l, const char *key)
+int ratelimit_session_can_open(struct ratelimit *l, const char *key)
 {
-    char buf[LIMITS_KEY_MAX];
+    char buf[RATELIMIT_KEY_MAX];
     int ok;
 
     if (!l || !key)
@@ -242,9 +243,9 @@ int limits_session_can_open(struct limits *l, const char *key)
     return ok;
 }
 
-int limits_session_open(struct limits *l, const char *key)
+int ratelimit_session_open(struct ratelimit *l, const char *key)
 {
-    char buf[LIMITS_KEY_MAX];
+    char buf[RATELIMIT_KEY_MAX];
     int rc = -1;
 
     if (!l || !key)
@@ -260,9 +261,9 @@ int limits_session_open(struct limits *l, const char *key)
     return rc;
 }
 
-void limits_session_close(struct limits *l, const char *key)
+void ratelimit_session_close(struct ratelimit *l, const char *key)
 {
-    char buf[LIMITS_KEY_MAX];
+    char buf[RATELIMIT_KEY_MAX];
 
     if (!l || !key)
         return;
@@ -275,9 +276,9 @@ void limits_session_close(struct limits *l, const char *key)
     pthread_mutex_unlock(&l->lock);
 }
 
-int limits_sessions(struct limits *l, const char *key)
+int ratelimit_sessions(struct ratelimit *l, const char *key)
 {
-    char buf[LIMITS_KEY_MAX];
+    char buf[RATELIMIT_KEY_MAX];
     int n;
 
     if (!l || !key)
@@ -296,14 +297,14 @@ static void auth_prune(struct entry *e, time_t now)
     int k = 0;
 
     for (int i = 0; i < e->n_auth; i++)
-        if (now - e->auth[i] < LIMITS_AUTH_WINDOW_SECS)
+        if (now - e->auth[i] < RATELIMIT_AUTH_WINDOW_SECS)
             e->auth[k++] = e->auth[i];
     e->n_auth = k;
 }
 
-int limits_auth_attempt(struct limits *l, const char *key, time_t now)
+int ratelimit_auth_attempt(struct ratelimit *l, const char *key, time_t now)
 {
-    char buf[LIMITS_KEY_MAX];
+    char buf[RATELIMIT_KEY_MAX];
     int rc = 1;
 
     if (!l || !key)
@@ -313,14 +314,14 @@ int limits_auth_attempt(struct limits *l, const char *key, time_t now)
     struct entry *e = get(l, clip(key, buf));
     if (e && !is_blocked(e, now)) {
         auth_prune(e, now);
-        if (e->n_auth == LIMITS_AUTH_MAX_FAILURES) {
+        if (e->n_auth == RATELIMIT_AUTH_MAX_FAILURES) {
             /* Only after a clock step: the block outlives the window. */
             memmove(e->auth, e->auth + 1, sizeof(e->auth[0]) * (size_t)(e->n_auth - 1));
             e->n_auth--;
         }
         e->auth[e->n_auth++] = now;
-        if (e->n_auth >= LIMITS_AUTH_MAX_FAILURES)
-            e->auth_block_until = now + LIMITS_BLOCK_SECS;
+        if (e->n_auth >= RATELIMIT_AUTH_MAX_FAILURES)
+            e->auth_block_until = now + RATELIMIT_BLOCK_SECS;
         if (now > e->last_seen)
             e->last_seen = now;
         rc = 0;
@@ -329,9 +330,9 @@ int limits_auth_attempt(struct limits *l, const char *key, time_t now)
     return rc;
 }
 
-void limits_auth_refund(struct limits *l, const char *key, time_t now)
+void ratelimit_auth_refund(struct ratelimit *l, const char *key, time_t now)
 {
-    char buf[LIMITS_KEY_MAX];
+    char buf[RATELIMIT_KEY_MAX];
 
     if (!l || !key)
         return;
@@ -347,7 +348,7 @@ void limits_auth_refund(struct limits *l, const char *key, time_t now)
                 if (e->auth[i] >= e->auth[newest])
                     newest = i;
             e->auth[newest] = e->auth[--e->n_auth];
-            if (e->n_auth < LIMITS_AUTH_MAX_FAILURES)
+            if (e->n_auth < RATELIMIT_AUTH_MAX_FAILURES)
                 e->auth_block_until = 0;
         }
         if (now > e->last_seen)
@@ -358,7 +359,7 @@ void limits_auth_refund(struct limits *l, const char *key, time_t now)
 
 /* Keyed hash of the lowercased host: the first 8 bytes of
  * SHA-256(salt || host). Hosts are never stored as strings. */
-static uint64_t host_hash(const struct limits *l, const char *host)
+static uint64_t host_hash(const struct ratelimit *l, const char *host)
 {
     unsigned char md[EVP_MAX_MD_SIZE], c;
     unsigned int mdlen = 0;
@@ -385,7 +386,7 @@ static int spray_add(struct entry *e, uint64_t h, time_t now)
     int k = 0, oldest = 0;
 
     for (int i = 0; i < e->n_spray; i++)
-        if (now - e->spray[i].seen < LIMITS_SPRAY_WINDOW_SECS)
+        if (now - e->spray[i].seen < RATELIMIT_SPRAY_WINDOW_SECS)
             e->spray[k++] = e->spray[i];
     e->n_spray = k;
     for (int i = 0; i < e->n_spray; i++) {
@@ -397,20 +398,20 @@ static int spray_add(struct entry *e, uint64_t h, time_t now)
         if (e->spray[i].seen < e->spray[oldest].seen)
             oldest = i;
     }
-    if (e->n_spray == LIMITS_SPRAY_MAX_HOSTS + 1)
+    if (e->n_spray == RATELIMIT_SPRAY_MAX_HOSTS + 1)
         e->spray[oldest] = (struct spray_host){ h, now };  /* already over */
     else
         e->spray[e->n_spray++] = (struct spray_host){ h, now };
-    if (e->n_spray <= LIMITS_SPRAY_MAX_HOSTS)
+    if (e->n_spray <= RATELIMIT_SPRAY_MAX_HOSTS)
         return 0;
-    e->spray_block_until = now + LIMITS_BLOCK_SECS;
+    e->spray_block_until = now + RATELIMIT_BLOCK_SECS;
     return 1;
 }
 
-int limits_record_target(struct limits *l, const char *key, const char *host,
+int ratelimit_record_target(struct ratelimit *l, const char *key, const char *host,
                          time_t now)
 {
-    char buf[LIMITS_KEY_MAX];
+    char buf[RATELIMIT_KEY_MAX];
     int tripped;
 
     if (!l || !key || !host)
@@ -430,9 +431,9 @@ int limits_record_target(struct limits *l, const char *key, const char *host,
     return tripped;
 }
 
-int limits_blocked(struct limits *l, const char *key, time_t now)
+int ratelimit_blocked(struct ratelimit *l, const char *key, time_t now)
 {
-    char buf[LIMITS_KEY_MAX];
+    char buf[RATELIMIT_KEY_MAX];
     int blocked;
 
     if (!l || !key)
@@ -447,14 +448,14 @@ int limits_blocked(struct limits *l, const char *key, time_t now)
 
 static size_t chal_slot(time_t t)
 {
-    return (size_t)(((t % LIMITS_CHALLENGE_WINDOW_SECS) +
-                     LIMITS_CHALLENGE_WINDOW_SECS) %
-                    LIMITS_CHALLENGE_WINDOW_SECS);
+    return (size_t)(((t % RATELIMIT_CHALLENGE_WINDOW_SECS) +
+                     RATELIMIT_CHALLENGE_WINDOW_SECS) %
+                    RATELIMIT_CHALLENGE_WINDOW_SECS);
 }
 
-int limits_challenge(struct limits *l, const char *key, time_t now)
+int ratelimit_challenge(struct ratelimit *l, const char *key, time_t now)
 {
-    char buf[LIMITS_KEY_MAX];
+    char buf[RATELIMIT_KEY_MAX];
     uint64_t sum = 0;
     int over = 1;
 
@@ -470,7 +471,7 @@ int limits_challenge(struct limits *l, const char *key, time_t now)
 
     if (now > e->chal_sec) {
         /* Clear the seconds that passed since the newest count. */
-        if (now - e->chal_sec >= LIMITS_CHALLENGE_WINDOW_SECS)
+        if (now - e->chal_sec >= RATELIMIT_CHALLENGE_WINDOW_SECS)
             memset(e->chal, 0, sizeof(e->chal));
         else
             for (time_t t = e->chal_sec + 1; t <= now; t++)
@@ -480,7 +481,7 @@ int limits_challenge(struct limits *l, const char *key, time_t now)
     /* A clock that stepped back counts in the newest second. */
     if (e->chal[chal_slot(e->chal_sec)] < UINT32_MAX)
         e->chal[chal_slot(e->chal_sec)]++;
-    for (size_t i = 0; i < LIMITS_CHALLENGE_WINDOW_SECS; i++)
+    for (size_t i = 0; i < RATELIMIT_CHALLENGE_WINDOW_SECS; i++)
         sum += e->chal[i];
     over = sum > (uint64_t)(l->challenges_per_min > 0 ? l->challenges_per_min : 0);
 out:
@@ -488,7 +489,7 @@ out:
     return over;
 }
 
-size_t limits_entries(struct limits *l)
+size_t ratelimit_entries(struct ratelimit *l)
 {
     size_t n;
 

@@ -1,0 +1,42 @@
+/* The daemon's process-wide state, as every lws callback sees it. The HTTP
+ * routes (http.c), the upgrade gate (gate.c), the static files and the
+ * WebSocket protocol (ws.c) reach it through lws_context_user(): they need
+ * this type, not the file that registers them (server.c). */
+#ifndef WC_SERVER_CTX_H
+#define WC_SERVER_CTX_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <libwebsockets.h>
+
+#include "session.h"
+
+struct access;
+struct config;
+struct conn_limit;
+
+/* Everything here is touched by the service thread only, except `hub`
+ * (its own lock) and `access` (see access.h). */
+struct server {
+    const struct config *cfg;
+    struct access *access;
+    struct session_hub hub;
+    struct lws_context *ctx;
+    struct conn_limit *conns;      /* unupgraded connections per client */
+    struct sockaddr_storage admit_peer;  /* accepted, not yet created (http.c) */
+    int admit_ready;
+    int sig_fd;                    /* signalfd of SIGTERM/SIGINT/SIGHUP */
+    int got_term, got_hup;
+    int draining;          /* SIGTERM seen: no new sessions, /ready is 503 */
+    int64_t drain_deadline_ms;     /* CLOCK_MONOTONIC */
+    void *(*worker)(void *);       /* a session's thread, given to server_run() */
+};
+
+/* The server a wsi belongs to. */
+static inline struct server *server_of(struct lws *wsi)
+{
+    return lws_context_user(lws_get_context(wsi));
+}
+
+#endif
