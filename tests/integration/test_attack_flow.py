@@ -1,0 +1,101 @@
+"""Attacks on the relay's output bound and memory budget (issue 10 items
+6 and 8): a browser that makes the relay answer while it does not read.
+The kernel's socket buffers on loopback grow to 32 MiB (tcp_rmem) and
+hide any growth of the relay's own queue, so the attacking client pins its
+receive buffer small first."""
+
+import socket
+import threading
+import time
+
+import procinfo
+from helpers import login, wait_until
+from waits import _tcp_queues
+from test_attack_ws import OP_BINARY, OP_TEXT, finish, frame, health_ok, login_tracked
+
+TINY_RCVBUF = 4096
+STALL_SECS = 3
+
+
+def pin_rcvbuf(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TINY_RCVBUF)
+    # A small send buffer too: what was sent is then close to what the
+    # relay has taken.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+
+
+def flood(sock, batch, secs, stop_bytes=None):
+    """Send `batch` again and again (whole frames: a short send goes on
+    where it stopped) for `secs` or until `stop_bytes`; returns bytes sent.
+    Stops early once sends have blocked for STALL_SECS: the relay stopped
+    reading."""
+    sock.settimeout(0.5)
+    view = memoryview(batch)
+    sent, off, t0 = 0, 0, time.monotonic()
+    progress = t0
+    while time.monotonic() - t0 < secs:
+        try:
+            n = sock.send(view[off:])
+        except socket.timeout:
+            if time.monotonic() - progress >= STALL_SECS:
+                break  # the relay stopped reading
+            continue
+        except OSError:
+            break
+        progress = time.monotonic()
+        sent += n
+        off = (off + n) % len(batch)
+        if stop_bytes and sent >= stop_bytes and off == 0:
+            break
+    return sent
+
+
+def relay_rx_queue(relay, sock):
+    """Bytes the client sent that wait unread in the relay's socket."""
+    q = _tcp_queues(sock.getsockname()[1], relay.port)
+    return q.get((relay.port, sock.getsockname()[1]), (0, 0))[1]
+
+
+def test_bad_write_chunks_to_a_browser_that_never_reads(relay_factory, sshd):
+    """Item 10.6, made visible: 3 MiB of back-to-back write_chunks on an
+    unknown handle, each followed by an empty binary frame (71 bytes on the
+    wire, answered by an error of ~75 bytes plus its queue entry), many per
+    TCP segment, from a browser whose receive buffer is 4 KiB and which
+    never reads. Once its unread output reaches the session's cap the relay
+    must stop reading (its socket keeps unread bytes) and its RSS stays
+    near where it was. The original code (9a2129c) read everything and held
+    every answer."""
+    relay = relay_factory(LOG_LEVEL="debug")
+    s, sid = login_tracked(relay, sshd)
+    pid = relay.proc.pid
+    sock = s.ws.sock
+    pin_rcvbuf(sock)
+    req = frame(OP_TEXT, b'{"id":1,"method":"write_chunk","params":{}}')
+    batch = (req + frame(OP_BINARY, b"")) * 2000
+    total = 6 * 1024 * 1024
+    rss0 = procinfo.rss_kib(pid)
+    try:
+        sent = flood(sock, batch, 30, stop_bytes=total)
+        # Wait until the relay has read everything, or has stopped reading
+        # (its receive queue unchanged for 3 s).
+        last, since, t0 = None, time.monotonic(), time.monotonic()
+        while time.monotonic() - t0 < 20:
+            q = relay_rx_queue(relay, sock)
+            if q == 0:
+                break
+            if q != last:
+                last, since = q, time.monotonic()
+            elif time.monotonic() - since >= 3:
+                break
+            time.sleep(0.1)
+        left = relay_rx_queue(relay, sock)
+        rss = procinfo.rss_kib(pid)
+        print("sent %d KiB, relay left %d KiB unread, RSS %d -> %d KiB"
+              % (sent >> 10, left >> 10, rss0, rss))
+        assert left > 0, "the relay read all %d KiB of requests whose answers were " \
+            "never read: reading did not pause" % (sent >> 10)
+        assert rss < rss0 + 6 * 1024, (rss0, rss)
+        assert health_ok(relay)
+    finally:
+        sock.close()
+        finish(relay, s, sid)
