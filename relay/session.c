@@ -134,6 +134,24 @@ int session_hub_over_budget(struct session_hub *h)
     return atomic_load(&h->buffered) >= h->budget;
 }
 
+int session_hub_reserve(struct session_hub *h, size_t n)
+{
+    size_t cur = atomic_load(&h->buffered);
+
+    do {
+        /* With nothing buffered a message is always admitted, so a budget
+         * smaller than one message can never stop every session. */
+        if (cur != 0 && (cur >= h->budget || n > h->budget - cur))
+            return -1;
+    } while (!atomic_compare_exchange_weak(&h->buffered, &cur, cur + n));
+    return 0;
+}
+
+void session_hub_release(struct session_hub *h, size_t n)
+{
+    atomic_fetch_sub(&h->buffered, n);
+}
+
 static void budget_add(struct session *s, size_t n)
 {
     atomic_fetch_add(&s->hub->buffered, n);

@@ -154,6 +154,12 @@ void session_hub_tick(struct session_hub *h);
 
 /* The process-wide budget is used up (reading from browsers should pause). */
 int session_hub_over_budget(struct session_hub *h);
+/* Reserve `n` bytes of the budget for a message about to arrive (ws.c
+ * reserves each binary frame's declared length at its start, so a message
+ * being assembled is counted before its bytes are buffered). Returns 0, or
+ * -1 when that would exceed the budget; any thread. */
+int session_hub_reserve(struct session_hub *h, size_t n);
+void session_hub_release(struct session_hub *h, size_t n);
 
 /* A new session with one reference (the WebSocket side's), registered in
  * the hub. NULL when out of memory. */

@@ -51,6 +51,13 @@ struct ws_pss {
     struct wsframe rx;
     struct pending_bin pend;
     int rx_paused;
+    /* Budget reservations of the binary message being assembled (service
+     * thread only): each frame's declared length is reserved when the frame
+     * starts, so what a browser has announced is counted before it is
+     * buffered. `frame_left` is what the current frame still declares. */
+    uint64_t frame_left;
+    size_t rx_reserved;     /* held for the message in progress */
+    size_t wait_reserve;    /* paused at a message's start until this fits */
     /* Timers (monotonic ms) and closing. */
     int64_t last_rx_ms, last_ping_ms;
     int ping_due;
@@ -95,15 +102,24 @@ static void close_soon(struct lws *wsi, struct ws_pss *pss, const char *reason)
 static void flow_check(struct lws *wsi, struct ws_pss *pss)
 {
     struct session_backlog b;
-    int between = !wsframe_receiving(&pss->rx);
+    int between = !wsframe_receiving(&pss->rx), budget_block;
 
+    if (pss->wait_reserve && session_hub_reserve(pss->s->hub, pss->wait_reserve) == 0) {
+        pss->rx_reserved += pss->wait_reserve;
+        pss->wait_reserve = 0;
+    }
     session_backlog(pss->s, &b);
+    /* Over the budget, a session that holds buffered bytes waits for them
+     * to go; one that holds none may still send requests (a binary message
+     * waits for its reservation instead), so logging in or a stat never
+     * waits on other users' uploads. */
+    budget_block = b.over_budget && between && (b.in_bytes > 0 || b.out_bytes > 0 || b.jobs > 0);
     if (!pss->rx_paused && (b.in_bytes >= RX_PAUSE_BYTES || b.jobs >= RX_PAUSE_JOBS ||
-                            b.out_full || (b.over_budget && between))) {
+                            b.out_full || budget_block || pss->wait_reserve)) {
         pss->rx_paused = 1;
         lws_rx_flow_control(wsi, 0);
     } else if (pss->rx_paused && b.in_bytes < RX_PAUSE_BYTES / 2 && b.jobs < RX_PAUSE_JOBS / 2 &&
-               b.out_bytes < SESSION_OUT_HIGH_WATER / 2 && !b.over_budget) {
+               b.out_bytes < SESSION_OUT_HIGH_WATER / 2 && !pss->wait_reserve && !budget_block) {
         pss->rx_paused = 0;
         lws_rx_flow_control(wsi, 1 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
     }
@@ -273,6 +289,44 @@ out:
     free(data);
 }
 
+/* Give back what the message in progress reserved (it was completed,
+ * dropped or the session is closing). */
+static void release_reserved(struct ws_pss *pss)
+{
+    if (pss->s)
+        session_hub_release(pss->s->hub, pss->rx_reserved + pss->wait_reserve);
+    pss->rx_reserved = 0;
+    pss->wait_reserve = 0;
+}
+
+/* Reserve the process budget for a binary frame that starts with this
+ * fragment and whose bytes will be stored. A frame that opens its message
+ * and does not fit pauses reading (this fragment, at most one receive
+ * buffer, is already taken) until the budget frees; the message's own
+ * reservation is never waited for, so admitted messages always complete.
+ * A later frame of a fragmented message that does not fit drops the
+ * message with the over-cap answer instead, since pausing mid-message
+ * could hold the budget for ever. Browsers send a write_chunk as one frame. */
+static void reserve_frame(struct lws *wsi, struct ws_pss *pss, size_t len, uint64_t remaining,
+                          int first)
+{
+    uint64_t declared = remaining > PROTO_MAX_FRAME_BYTES ? PROTO_MAX_FRAME_BYTES + 1
+                                                           : remaining + len;
+
+    if (declared > PROTO_MAX_FRAME_BYTES)
+        return;  /* the assembler refuses it: nothing to reserve */
+    if (session_hub_reserve(pss->s->hub, (size_t)declared) == 0) {
+        pss->rx_reserved += (size_t)declared;
+    } else if (first) {
+        pss->wait_reserve = (size_t)declared;
+        flow_check(wsi, pss);
+    } else {
+        wsframe_drop(&pss->rx);
+        pss->pend.error = "stream buffer limit exceeded";
+        pss->pend.code = "limit";
+    }
+}
+
 /* One fragment as lws delivers it. Before the host key is accepted a
  * binary frame ends the session; after that a stray one is dropped (§3).
  * Its bytes are kept only when a valid request waits for them. */
@@ -292,9 +346,16 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
             return;
         }
     }
+    if (binary && pss->frame_left == 0 && len > 0 &&
+        (lws_is_first_fragment(wsi) ? keep : pss->rx.keep))
+        reserve_frame(wsi, pss, len, lws_remaining_packet_payload(wsi),
+                      lws_is_first_fragment(wsi));
+    pss->frame_left = binary ? lws_remaining_packet_payload(wsi) : 0;
     rc = wsframe_feed(&pss->rx, in, len, lws_is_first_fragment(wsi),
                       lws_is_final_fragment(wsi), binary, lws_remaining_packet_payload(wsi),
                       keep);
+    if (rc != WSF_MORE)
+        release_reserved(pss);  /* a whole message now counts as a job, or was dropped */
     /* lws's receive buffer holds the unmasked frame, credentials included. */
     if (!binary)
         wipe_mem(in, len);
@@ -434,6 +495,7 @@ static void closed(struct lws *wsi, struct ws_pss *pss)
 {
     (void)wsi;
     clear_pending(pss);
+    release_reserved(pss);
     wsframe_free(&pss->rx);
     if (pss->s) {
         const char *reason = pss->close_reason;

@@ -137,3 +137,11 @@ int wsframe_receiving(const struct wsframe *w)
 {
     return w->in_msg;
 }
+
+void wsframe_drop(struct wsframe *w)
+{
+    w->keep = 0;
+    free(w->bin);
+    w->bin = NULL;
+    w->bin_cap = 0;
+}

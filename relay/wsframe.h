@@ -50,6 +50,10 @@ uint8_t *wsframe_take_binary(struct wsframe *w, size_t *len);
 /* After WSF_TEXT, once the text was used: wipe it. */
 void wsframe_text_done(struct wsframe *w);
 
+/* Stop storing the binary message in progress (its buffer is freed);
+ * its remaining bytes are only counted, and WSF_BINARY still ends it. */
+void wsframe_drop(struct wsframe *w);
+
 /* A data message is partly received. */
 int wsframe_receiving(const struct wsframe *w);
 

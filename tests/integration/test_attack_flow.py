@@ -113,10 +113,6 @@ HALF_SENT_SESSIONS = 6
 MSG = 16 * 1024 * 1024  # PROTOCOL §3: the largest binary message
 
 
-@pytest.mark.xfail(strict=True, reason="a binary message being assembled (up to 16 MiB per "
-                   "session, wsframe.c bin_reserve) is not counted in the process budget "
-                   "(session.c budget_add only sees whole messages): MAX_SESSIONS x 16 MiB "
-                   "= 8 GiB outside RELAY_MEMORY_BUDGET_MIB")
 def test_half_sent_messages_count_against_the_budget(relay_factory, sshd, workdir):
     """Item 10.8 from the other side: six sessions each send a write_chunk
     and all but the last byte of its 16 MiB binary frame, and stop there.
