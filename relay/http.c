@@ -4,9 +4,11 @@
  * this file routes requests and moves bytes for the decisions. */
 #include "http.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 
 #include "access.h"
@@ -26,11 +28,34 @@ struct http_pss {
     size_t len;
     int too_big;
     int is_auth;
+    int64_t deadline_ms;    /* monotonic: the auth body must be in by then */
 };
 
 size_t http_pss_size(void)
 {
     return sizeof(struct http_pss);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* lws re-arms its body timeout on every chunk, so a body sent a byte at a
+ * time would hold its connection for hours: keep our own deadline for the
+ * whole body and give lws only what is left of it. Returns -1 when the
+ * deadline has passed (the connection is closed). */
+static int body_deadline(struct lws *wsi, struct http_pss *pss)
+{
+    int64_t left = pss->deadline_ms - now_ms();
+
+    if (left <= 0)
+        return -1;
+    lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, (int)((left + 999) / 1000));
+    return 0;
 }
 
 static int uri_is(const char *in, const char *path)
@@ -92,7 +117,8 @@ static int auth_start(struct lws *wsi, struct http_pss *pss)
     if ((unsigned long long)len > server_of(wsi)->cfg->auth_max_body_bytes)
         return http_refuse(wsi, 413, NULL, NULL);
     pss->is_auth = 1;
-    return 0;  /* the body follows */
+    pss->deadline_ms = now_ms() + HTTP_REQUEST_DEADLINE_SECS * 1000;
+    return body_deadline(wsi, pss);  /* the body follows */
 }
 
 static int http_request(struct lws *wsi, struct http_pss *pss, const char *uri)
@@ -124,6 +150,8 @@ static int body_chunk(struct lws *wsi, struct http_pss *pss, const void *in, siz
     size_t cap = server_of(wsi)->cfg->auth_max_body_bytes;
     char *grown;
 
+    if (pss->is_auth && body_deadline(wsi, pss) < 0)
+        return -1;
     if (!pss->is_auth || pss->too_big || len == 0)
         return 0;
     if (len > cap || pss->len > cap - len) {

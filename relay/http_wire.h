@@ -4,6 +4,11 @@
 #ifndef WC_HTTP_WIRE_H
 #define WC_HTTP_WIRE_H
 
+/* A request, headers and body, must be complete this long after its
+ * connection was accepted (or after the previous answer, on a kept-alive
+ * connection). */
+#define HTTP_REQUEST_DEADLINE_SECS 5
+
 #include <stddef.h>
 
 #include <libwebsockets.h>

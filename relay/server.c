@@ -18,6 +18,7 @@
 #include "access.h"
 #include "config.h"
 #include "conn_limit.h"
+#include "http_wire.h"
 #include "http.h"
 #include "log.h"
 #include "proto.h"
@@ -32,9 +33,6 @@
 #define WS_RX_BUFFER (64u * 1024)
 /* Extra seconds after the drain deadline for workers to notice the cut. */
 #define DRAIN_FORCE_SECS 5
-/* A request must be complete this long after its connection was accepted
- * (or after the previous answer, on a kept-alive connection). */
-#define HTTP_REQUEST_DEADLINE_SECS 5
 #define HTTP_KEEPALIVE_SECS 5
 /* lws's header buffer per request (its default, 4 KiB, is below what the
  * gate itself accepts). */

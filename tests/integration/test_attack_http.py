@@ -48,9 +48,6 @@ def read_all(s):
     return data
 
 
-@pytest.mark.xfail(strict=True, reason="lws 4.1 re-arms its body timeout on every chunk: a "
-                   "POST /relay/auth body trickled at 1 byte / 2 s holds the connection "
-                   "far past HTTP_REQUEST_DEADLINE_SECS (http.c body_chunk)")
 def test_auth_body_trickle_is_cut_at_the_request_deadline(relay):
     """PROTOCOL/issue 10.2: a request must arrive complete within the
     deadline. Headers are cut at 5 s; a body sent one byte every 2 s (with
