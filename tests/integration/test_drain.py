@@ -178,7 +178,12 @@ def test_pending_binary_frame_is_an_operation_in_progress(relay_factory, sshd, w
         s.ws.sock.sendall(raw[:len(raw) // 2])
         wait_relay_read_all(relay, s.ws.sock)
         relay.proc.send_signal(signal.SIGTERM)
-        time.sleep(2.5)  # more than one drain tick
+        # The first drain tick runs right after the "draining:" line, in the
+        # same turn of the service loop; an HTTP answer after that line
+        # shows the loop has moved past it, so the tick has seen the
+        # half-received frame.
+        wait_for_log(relay, r"draining: ")
+        relay.http("GET", "/health", timeout=5)
         s.ws.sock.sendall(raw[len(raw) // 2:])
         assert s.response(rid, timeout=GRACE) == {"id": rid, "result": {}}
         assert s.expect_closed(timeout=GRACE) == []
