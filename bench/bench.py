@@ -225,8 +225,11 @@ class Bench:
         os.chown(self.data, self.pw.pw_uid, self.pw.pw_gid)
         os.chmod(self.data, 0o755)
         self.key = PubKey(self.work)
-        ak = sshd_mod.write_authorized_keys(self.work, self.key)
-        self.sshd = BenchSshd(os.path.join(self.work, "sshd"), ak, args.cipher)
+        # sshd reads authorized_keys as wctest: AuthorizedKeys puts it where
+        # that user can reach it wherever the checkout is.
+        self.authkeys = sshd_mod.AuthorizedKeys(self.key.public_keys(), self.pw)
+        self.sshd = BenchSshd(os.path.join(self.work, "sshd"), self.authkeys.pattern,
+                              args.cipher)
         self.relays = []
         self.results = {}
         self.raw = {}
@@ -695,6 +698,7 @@ class Bench:
                 self.load_check_end()
                 self.sshd_cg.remove()
             shutil.rmtree(self.data, ignore_errors=True)
+            self.authkeys.remove()
         self.elapsed = time.monotonic() - t_start
         with open(os.path.join(self.work, "raw.json"), "w") as f:
             json.dump(dict(results=self.results, raw=self.raw), f, indent=1, default=str)
