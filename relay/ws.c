@@ -289,6 +289,13 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
             return;
         }
     }
+    if (binary && keep && !wsframe_receiving(&pss->rx)) {
+        /* A kept binary message starts: assemble it in the buffer of the
+         * last chunk the worker finished, if the session kept one. */
+        size_t cap;
+        uint8_t *spare = session_take_spare(pss->s, &cap);
+        wsframe_offer_binary(&pss->rx, spare, cap);
+    }
     rc = wsframe_feed(&pss->rx, in, len, lws_is_first_fragment(wsi),
                       lws_is_final_fragment(wsi), binary, lws_remaining_packet_payload(wsi),
                       keep);
