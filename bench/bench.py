@@ -65,6 +65,7 @@ TARGETS = {
     "upload_peak_mib": 64,
     "faults_per_gib": 5000,
     "worst_chunk_ratio": 2.0,
+    "burst_rss_ratio": 1.10,
 }
 
 # Other processes may use at most this many CPUs, before the start and on
@@ -553,10 +554,35 @@ class Bench:
         wall = max(ends) - t0 if ends else float("nan")
         return dict(mbps=(n - errors) * 2 * size / wall / 1e6, errors=errors, wall=wall)
 
+    @staticmethod
+    def proc_status(pid, field):
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        return None
+
+    def settled_rss_kib(self, relay, threads, timeout=30.0):
+        """The relay's RSS once its sessions are gone: the worker threads
+        have ended (back to `threads`) and the last session's clean-up
+        (malloc_trim) has run. None when they do not end in time."""
+        deadline = time.monotonic() + timeout
+        while self.proc_status(relay.proc.pid, "Threads") > threads:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+        time.sleep(0.5)  # the service thread frees the last session after the join
+        return self.proc_status(relay.proc.pid, "VmRSS")
+
     def concurrent(self, relay):
         n, size = self.args.sessions, self.mode["mix_size"]
         mix_src = self.make_file("mix.bin", size)
         rel, ref = [], []
+        # RSS of the warmed-up relay with no session, before the bursts and
+        # after each: memory kept after sessions end.
+        threads0 = self.proc_status(relay.proc.pid, "Threads")
+        rss0 = self.proc_status(relay.proc.pid, "VmRSS")
+        after = []
         for rep in range(self.mode["conc_reps"]):
             for variant in rotate(["relay", "sftp"], rep):
                 self.remove("conc")
@@ -566,6 +592,10 @@ class Bench:
                                       sessions=n, check=False)
                     kv["cpu_s_per_gib"] = (kv["relay_cpu_s"] / (kv["bytes"] / GiB)
                                            if kv.get("bytes") else None)
+                    kv["minflt_per_gib"] = (kv["relay_minflt"] / (kv["bytes"] / GiB)
+                                            if kv.get("bytes") else None)
+                    kv["rss_after_kib"] = self.settled_rss_kib(relay, threads0)
+                    after.append(kv["rss_after_kib"])
                     rel.append(kv)
                     log("concurrent rep %d relay: %d/%d ok, %.0f MB/s, relay CPU %.2f s/GiB, "
                         "peak RSS %.1f MiB%s" % (
@@ -587,6 +617,9 @@ class Bench:
             sftp_errors=sum(r["errors"] for r in ref),
             cpu=median([k["cpu_s_per_gib"] for k in rel]),
             hwm_mib=max(k["relay_hwm_kb"] for k in rel) / 1024,
+            faults=median([k["minflt_per_gib"] for k in rel]),
+            rss0_mib=rss0 / 1024,
+            rss_after_mib=(max(after) / 1024) if after and None not in after else None,
             first_error=next((k["error"] for k in rel if k.get("error")), None))
 
     # -- 5. memory ---------------------------------------------------------
@@ -839,6 +872,14 @@ class Bench:
                 "", "", "-")
             row("%d sessions: peak relay RSS MiB" % r["sessions"], f(r["hwm_mib"], "%.1f"), "",
                 "", "", "-")
+            row("%d sessions: relay minor page faults per GiB moved" % r["sessions"],
+                f(r.get("faults")), "", "", "", "-")
+            ra = r.get("rss_after_mib")
+            row("%d sessions: relay RSS MiB after the bursts (sessions gone) vs before"
+                % r["sessions"], f(ra, "%.1f"), f(r["rss0_mib"], "%.1f"),
+                "-" if ra is None else "%.2f" % (ra / r["rss0_mib"]),
+                "<= %.2f" % TARGETS["burst_rss_ratio"],
+                verdict(None if ra is None else ra / r["rss0_mib"] <= TARGETS["burst_rss_ratio"]))
         if "idle" in R:
             r = R["idle"]
             row("idle: KiB per authenticated session (%d sessions, %.1f -> %.1f MiB)"
