@@ -578,13 +578,23 @@ uint8_t *session_take_spare(struct session *s, size_t *len)
 
 void session_job_done(struct session *s, struct job *j)
 {
+    uint8_t *done_spare = NULL;
+    size_t n;
+
     pthread_mutex_lock(&s->mu);
     s->in_bytes -= j->len;
     budget_sub(s, j->len);
     s->bytes_up += j->len;
     s->busy = 0;
-    keep_spare(s, j);
+    /* The spare only serves the chunks of an upload in progress: once an
+     * upload is closed or aborted it would only be memory held. */
+    if (j->kind == JOB_REQUEST &&
+        (j->req.method == M_WRITE_CLOSE || j->req.method == M_WRITE_ABORT))
+        done_spare = unlink_spare(s, &n);
+    else
+        keep_spare(s, j);
     pthread_mutex_unlock(&s->mu);
+    free(done_spare);
     /* The service thread may have paused reading for backlog: let it look. */
     session_notify(s);
 }

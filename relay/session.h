@@ -91,9 +91,10 @@ struct session {
     uint64_t bytes_up, bytes_down;  /* mu */
     /* The payload buffer of the last upload job the worker finished, kept
      * for the next binary message instead of freed and mapped afresh
-     * (session_job_done, session_take_spare). One at most; given up after
-     * SESSION_SPARE_IDLE_MS unused and when the hub's spares are at
-     * their cap. File data is ciphertext: it is not wiped. */
+     * (session_job_done, session_take_spare). One at most; not kept when
+     * the hub's spares are at their cap, freed after SESSION_SPARE_IDLE_MS
+     * unused and when the upload is closed or aborted. File data is
+     * ciphertext: it is not wiped. */
     uint8_t *spare;                 /* mu */
     size_t spare_len;               /* mu: its usable size */
     int64_t spare_ms;               /* mu: when it was kept */

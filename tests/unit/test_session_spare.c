@@ -1,7 +1,8 @@
 /* session: the spare upload buffer a worker hands back for the next chunk
  * (session.h), and wsframe taking it. The pool is bounded: one buffer per
  * session, all sessions' spares under budget / SESSION_SPARE_BUDGET_DIV,
- * freed after SESSION_SPARE_IDLE_MS unused and with the session. */
+ * freed after SESSION_SPARE_IDLE_MS unused, at write_close and with the
+ * session. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +96,21 @@ static void spare_bounds(void)
     hub.last_tick_ms = 0;
     session_hub_tick(&hub);
     CHECK(b->spare == NULL && atomic_load(&hub.spare_bytes) == 0);
+
+    /* write_close ends the upload: the spare goes with it. */
+    {
+        struct job *j = calloc(1, sizeof(*j));
+        int gone;
+        j->kind = JOB_REQUEST;
+        j->req.method = M_WRITE_CLOSE;
+        left = run_upload_job(a, 1 * MIB, &data2, 0);
+        CHECK(left == NULL && a->spare == data2);
+        session_push_job(a, j);
+        CHECK(session_next_job(a, 0, &gone) == j);
+        session_job_done(a, j);
+        job_free(j);
+        CHECK(a->spare == NULL && atomic_load(&hub.spare_bytes) == 0);
+    }
 
     /* A job finished after the browser left is not kept; a spare still
      * held when the session ends is freed with it (LeakSanitizer). */
