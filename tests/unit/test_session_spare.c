@@ -56,7 +56,7 @@ static void spare_bounds(void)
     size_t len = 0;
 
     memset(&cfg, 0, sizeof(cfg));
-    cfg.memory_budget_mib = 8;  /* spares of all sessions: at most 2 MiB */
+    cfg.memory_budget_mib = 16;  /* spares of all sessions: at most 4 MiB */
     hub_init(&hub, &cfg, NULL);
     hub_set_wake(&hub, no_wake, NULL);
     a = session_new(&hub, "192.0.2.1", "a.example", 22);
@@ -70,14 +70,15 @@ static void spare_bounds(void)
     CHECK(atomic_load(&hub.spare_bytes) == 2 * MIB);
     CHECK(atomic_load(&hub.buffered) == 0);
 
-    /* One spare per session: the next one is not kept. */
+    /* One spare per session: the next one is not kept (the hub's cap
+     * would allow it). */
     left = run_upload_job(a, 1 * MIB, &data2, 0);
     CHECK(left == data2);
     free(left);
     CHECK(a->spare == data);
 
-    /* The hub's cap: b's buffer would take the spares over 2 MiB. */
-    left = run_upload_job(b, 1 * MIB, &data2, 0);
+    /* The hub's cap: b's buffer would take the spares over 4 MiB. */
+    left = run_upload_job(b, 3 * MIB, &data2, 0);
     CHECK(left == data2);
     free(left);
     CHECK(b->spare == NULL && atomic_load(&hub.spare_bytes) == 2 * MIB);
