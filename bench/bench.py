@@ -63,7 +63,14 @@ TARGETS = {
     "smallops": 0.7,
     "idle_kib": 256,
     "upload_peak_mib": 64,
+    "faults_per_gib": 5000,
+    "worst_chunk_ratio": 2.0,
+    "burst_rss_ratio": 1.10,
 }
+
+# Other processes may use at most this many CPUs, before the start and on
+# average during the run, for the run to be written to RESULTS.md.
+BUSY_CPUS = 0.3
 
 
 def log(msg):
@@ -163,6 +170,14 @@ class CpuCgroup:
         with open(os.path.join(self.path, "cpuacct.usage")) as f:
             return int(f.read()) / 1e9
 
+    def leave(self, pid):
+        """Move `pid` back to the root group (so this one can be removed)."""
+        try:
+            with open(os.path.join(self.ROOT, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        except OSError:
+            pass
+
     def remove(self):
         if self.path:
             try:
@@ -211,8 +226,11 @@ class Bench:
         os.chown(self.data, self.pw.pw_uid, self.pw.pw_gid)
         os.chmod(self.data, 0o755)
         self.key = PubKey(self.work)
-        ak = sshd_mod.write_authorized_keys(self.work, self.key)
-        self.sshd = BenchSshd(os.path.join(self.work, "sshd"), ak, args.cipher)
+        # sshd reads authorized_keys as wctest: AuthorizedKeys puts it where
+        # that user can reach it wherever the checkout is.
+        self.authkeys = sshd_mod.AuthorizedKeys(self.key.public_keys(), self.pw)
+        self.sshd = BenchSshd(os.path.join(self.work, "sshd"), self.authkeys.pattern,
+                              args.cipher)
         self.relays = []
         self.results = {}
         self.raw = {}
@@ -262,9 +280,9 @@ class Bench:
             time.sleep(0.02)
 
     def measured(self, fn):
-        """Run fn() and return (its value, client CPU s, sshd CPU s): the
-        client is every process we started and reaped in fn (wsbench and
-        its children, sftp + ssh, bare_libssh2)."""
+        """Run fn() and return (its value, client CPU s, sshd CPU s, client
+        minor page faults): the client is every process we started and
+        reaped in fn (wsbench and its children, sftp + ssh, bare_libssh2)."""
         self.sshd_settle()
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         s0 = self.sshd_cpu()
@@ -273,7 +291,8 @@ class Bench:
         self.sshd_settle()
         s1 = self.sshd_cpu()
         client = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
-        return value, client, (s1 - s0) if s0 is not None else None
+        return (value, client, (s1 - s0) if s0 is not None else None,
+                c1.ru_minflt - c0.ru_minflt)
 
     def mkdir(self, name):
         p = self.path(name)
@@ -388,8 +407,9 @@ class Bench:
         cost = {}
         for variant, fn in runs.items():
             samples = [self.measured(fn)[1:] for _ in range(3)]
-            cost[variant] = (median([c for c, _ in samples]),
-                             median([x for _, x in samples]) or 0.0)
+            cost[variant] = (median([c for c, _, _ in samples]),
+                             median([x for _, x, _ in samples]) or 0.0,
+                             median([f for _, _, f in samples]) or 0)
         os.unlink(empty)
         self.raw["setup_cpu_s"] = cost
         return cost
@@ -401,6 +421,11 @@ class Bench:
         for kind in ("download", "upload"):
             runs = {"relay": [], "sftp": [], "bare": []}
             cpu = {v: {"client": [], "relay": [], "sshd": []} for v in runs}
+            # Minor page faults per GiB: the relay's (from /proc, over the
+            # measured phase) and the client's (rusage of reaped children,
+            # less a session that moves nothing).
+            faults = {v: {"client": [], "relay": []} for v in runs}
+            chunk = {"worst": [], "median": [], "worst_index": []}
             dst = self.path("up.bin")
             for rep in range(self.mode["reps"]):
                 for variant in rotate(["relay", "sftp", "bare"], rep):
@@ -409,16 +434,23 @@ class Bench:
                     if variant == "relay":
                         args = (["download", self.src] if kind == "download" else
                                 ["--src", self.src, "upload", dst, str(size)])
-                        kv, client, sshd = self.measured(lambda: self.wsbench(relay, args))
+                        kv, client, sshd, flt = self.measured(
+                            lambda: self.wsbench(relay, args))
                         secs = kv["max_session_secs"]
                         cpu[variant]["relay"].append(kv["relay_cpu_s"] / gib)
+                        if kv.get("relay_minflt", -1) >= 0:
+                            faults[variant]["relay"].append(kv["relay_minflt"] / gib)
+                        if kind == "upload":
+                            chunk["worst"].append(kv.get("worst_chunk_secs"))
+                            chunk["median"].append(kv.get("median_chunk_secs"))
+                            chunk["worst_index"].append(kv.get("worst_chunk_index"))
                     elif variant == "sftp":
                         cmd = ("get %s /dev/null" % self.src if kind == "download" else
                                "put %s %s" % (self.src, dst))
-                        secs, client, sshd = self.measured(
+                        secs, client, sshd, flt = self.measured(
                             lambda: self.sftp_timed([cmd], "batch-%s.txt" % kind))
                     else:
-                        kv, client, sshd = self.measured(lambda: self.bare_run(
+                        kv, client, sshd, flt = self.measured(lambda: self.bare_run(
                             ["read", self.src] if kind == "download" else
                             ["--src", self.src, "write", dst, str(size)]))
                         secs = kv["secs"]
@@ -428,6 +460,7 @@ class Bench:
                         self.cipher_seen = (kv["cipher_cs"], kv["cipher_sc"])
                         self.libssh2_version = kv["libssh2"]
                     cpu[variant]["client"].append(max(0.0, client - setup[variant][0]) / gib)
+                    faults[variant]["client"].append(max(0, flt - setup[variant][2]) / gib)
                     cpu[variant]["sshd"].append(
                         None if sshd is None else max(0.0, sshd - setup[variant][1]) / gib)
                     runs[variant].append(size / secs / 1e6)
@@ -437,12 +470,24 @@ class Bench:
                 log("%s rep %d: relay %.0f, sftp %.0f, bare %.0f MB/s" % (
                     kind, rep + 1, runs["relay"][-1], runs["sftp"][-1], runs["bare"][-1]))
             self.remove("up.bin")
-            self.raw[kind] = dict(mbps=runs, cpu_s_per_gib=cpu)
+            self.raw[kind] = dict(mbps=runs, cpu_s_per_gib=cpu, minflt_per_gib=faults,
+                                  chunk_secs=chunk)
             self.results[kind] = {k: median(v) for k, v in runs.items()}
             self.results[kind]["relay_cpu"] = median(cpu["relay"]["relay"])
             self.results[kind]["bare_cpu"] = median(cpu["bare"]["relay"])
             self.results[kind]["cpu"] = {v: {p: median(x) for p, x in d.items()}
                                          for v, d in cpu.items()}
+            self.results[kind]["faults"] = {v: {p: median(x) for p, x in d.items()}
+                                            for v, d in faults.items()}
+            if kind == "upload":
+                # The worst chunk of all runs (a stall is what matters), the
+                # median of the runs' median chunks.
+                worst = [w for w in chunk["worst"] if w is not None]
+                self.results[kind]["chunk"] = dict(
+                    worst=max(worst) if worst else None,
+                    median=median(chunk["median"]),
+                    worst_index=chunk["worst_index"][chunk["worst"].index(max(worst))]
+                    if worst else None)
 
     # -- 3. small operations ----------------------------------------------
 
@@ -509,10 +554,35 @@ class Bench:
         wall = max(ends) - t0 if ends else float("nan")
         return dict(mbps=(n - errors) * 2 * size / wall / 1e6, errors=errors, wall=wall)
 
+    @staticmethod
+    def proc_status(pid, field):
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        return None
+
+    def settled_rss_kib(self, relay, threads, timeout=30.0):
+        """The relay's RSS once its sessions are gone: the worker threads
+        have ended (back to `threads`) and the last session's clean-up
+        (malloc_trim) has run. None when they do not end in time."""
+        deadline = time.monotonic() + timeout
+        while self.proc_status(relay.proc.pid, "Threads") > threads:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+        time.sleep(0.5)  # the service thread frees the last session after the join
+        return self.proc_status(relay.proc.pid, "VmRSS")
+
     def concurrent(self, relay):
         n, size = self.args.sessions, self.mode["mix_size"]
         mix_src = self.make_file("mix.bin", size)
         rel, ref = [], []
+        # RSS of the warmed-up relay with no session, before the bursts and
+        # after each: memory kept after sessions end.
+        threads0 = self.proc_status(relay.proc.pid, "Threads")
+        rss0 = self.proc_status(relay.proc.pid, "VmRSS")
+        after = []
         for rep in range(self.mode["conc_reps"]):
             for variant in rotate(["relay", "sftp"], rep):
                 self.remove("conc")
@@ -522,6 +592,10 @@ class Bench:
                                       sessions=n, check=False)
                     kv["cpu_s_per_gib"] = (kv["relay_cpu_s"] / (kv["bytes"] / GiB)
                                            if kv.get("bytes") else None)
+                    kv["minflt_per_gib"] = (kv["relay_minflt"] / (kv["bytes"] / GiB)
+                                            if kv.get("bytes") else None)
+                    kv["rss_after_kib"] = self.settled_rss_kib(relay, threads0)
+                    after.append(kv["rss_after_kib"])
                     rel.append(kv)
                     log("concurrent rep %d relay: %d/%d ok, %.0f MB/s, relay CPU %.2f s/GiB, "
                         "peak RSS %.1f MiB%s" % (
@@ -543,6 +617,9 @@ class Bench:
             sftp_errors=sum(r["errors"] for r in ref),
             cpu=median([k["cpu_s_per_gib"] for k in rel]),
             hwm_mib=max(k["relay_hwm_kb"] for k in rel) / 1024,
+            faults=median([k["minflt_per_gib"] for k in rel]),
+            rss0_mib=rss0 / 1024,
+            rss_after_mib=(max(after) / 1024) if after and None not in after else None,
             first_error=next((k["error"] for k in rel if k.get("error")), None))
 
     # -- 5. memory ---------------------------------------------------------
@@ -586,12 +663,42 @@ class Bench:
 
     # -- the run -----------------------------------------------------------
 
+    def load_check_start(self):
+        """How busy the machine is before we start (3 s of /proc/stat), and
+        the start of the 'during' measure: every process of ours (this
+        script and all it starts, sshd in its own group) is in a cpuacct
+        group, so the machine's busy time minus theirs is everyone else's."""
+        self.load_start = " ".join(open("/proc/loadavg").read().split()[:3])
+        self.busy_start = busy_cpus(3.0)
+        if self.busy_start > BUSY_CPUS:
+            log("WARNING: the machine is busy before the start (%.2f CPUs in use by other "
+                "processes, load %s): the run will be printed, not written to RESULTS.md"
+                % (self.busy_start, self.load_start))
+        self.all_cg = CpuCgroup("wcbench-all")
+        self.all_measured = self.all_cg.add(os.getpid())
+        self.jiffies0 = read_cpu_times()[0]
+        self.wall0 = time.monotonic()
+
+    def load_check_end(self):
+        """Other processes' average CPUs during the run, or None when our
+        own CPU could not be measured (no cpuacct groups)."""
+        self.load_end = " ".join(open("/proc/loadavg").read().split()[:3])
+        self.busy_during = None
+        if self.all_measured and self.sshd_measured:
+            busy = (read_cpu_times()[0] - self.jiffies0) / os.sysconf("SC_CLK_TCK")
+            ours = self.all_cg.seconds() + self.sshd_cg.seconds()
+            self.busy_during = max(0.0, busy - ours) / max(1e-3, time.monotonic() - self.wall0)
+        else:
+            self.notes.append("load during the run not measured (no writable cgroup-v1 "
+                              "cpuacct): only the load before the start was checked")
+        self.all_cg.leave(os.getpid())
+        self.all_cg.remove()
+        self.busy = (self.busy_start > BUSY_CPUS or
+                     (self.busy_during is not None and self.busy_during > BUSY_CPUS))
+
     def run(self):
         t_start = time.monotonic()
-        self.busy_start = busy_cpus()
-        if self.busy_start > 0.3:
-            log("WARNING: the machine is busy before the start (%.1f CPUs in use by other "
-                "processes): results will be noisy" % self.busy_start)
+        self.load_check_start()
         log("work dir %s, data dir %s" % (self.work, self.data))
         self.sshd.start()
         self.sshd_cg = CpuCgroup("wcbench-sshd")
@@ -621,8 +728,10 @@ class Bench:
                 self.stop_relay(r)
             self.sshd.stop()
             if hasattr(self, "sshd_cg"):
+                self.load_check_end()
                 self.sshd_cg.remove()
             shutil.rmtree(self.data, ignore_errors=True)
+            self.authkeys.remove()
         self.elapsed = time.monotonic() - t_start
         with open(os.path.join(self.work, "raw.json"), "w") as f:
             json.dump(dict(results=self.results, raw=self.raw), f, indent=1, default=str)
@@ -734,6 +843,17 @@ class Bench:
             row("%s relay CPU s/GiB (vs bare libssh2)" % kind, f(r["relay_cpu"], "%.2f"),
                 f(r["bare_cpu"], "%.2f"), "%.2f" % cr, "<= %.1f" % TARGETS["cpu"],
                 verdict(cr <= TARGETS["cpu"]))
+            rf = r.get("faults", {}).get("relay", {}).get("relay")
+            row("%s relay minor page faults per GiB" % kind, f(rf), "", "",
+                "< %d" % TARGETS["faults_per_gib"],
+                verdict(None if rf is None else rf < TARGETS["faults_per_gib"]))
+            ch = r.get("chunk")
+            if ch and ch["worst"] is not None and ch["median"]:
+                row("upload: worst 8 MiB chunk s (chunk #%d) vs median chunk s"
+                    % ch["worst_index"], f(ch["worst"], "%.3f"), f(ch["median"], "%.3f"),
+                    "%.1f" % (ch["worst"] / ch["median"]),
+                    "<= %.1f" % TARGETS["worst_chunk_ratio"],
+                    verdict(ch["worst"] / ch["median"] <= TARGETS["worst_chunk_ratio"]))
         if "smallops" in R:
             r = R["smallops"]
             ratio = r["relay"] / r["sftp"]
@@ -752,6 +872,14 @@ class Bench:
                 "", "", "-")
             row("%d sessions: peak relay RSS MiB" % r["sessions"], f(r["hwm_mib"], "%.1f"), "",
                 "", "", "-")
+            row("%d sessions: relay minor page faults per GiB moved" % r["sessions"],
+                f(r.get("faults")), "", "", "", "-")
+            ra = r.get("rss_after_mib")
+            row("%d sessions: relay RSS MiB after the bursts (sessions gone) vs before"
+                % r["sessions"], f(ra, "%.1f"), f(r["rss0_mib"], "%.1f"),
+                "-" if ra is None else "%.2f" % (ra / r["rss0_mib"]),
+                "<= %.2f" % TARGETS["burst_rss_ratio"],
+                verdict(None if ra is None else ra / r["rss0_mib"] <= TARGETS["burst_rss_ratio"]))
         if "idle" in R:
             r = R["idle"]
             row("idle: KiB per authenticated session (%d sessions, %.1f -> %.1f MiB)"
@@ -779,8 +907,9 @@ class Bench:
             out += ["", "CPU seconds per GiB moved, by process (medians; the CPU of a "
                     "session that moves nothing is subtracted; relay = the relay process, "
                     "or bare_libssh2's own transfer-phase CPU):", "",
-                    "| transfer | path | client | relay | sshd | total |",
-                    "|---|---|---|---|---|---|"]
+                    "| transfer | path | client | relay | sshd | total "
+                    "| client faults/GiB | relay faults/GiB |",
+                    "|---|---|---|---|---|---|---|---|"]
             names = {"relay": ("wsbench", "relay"), "sftp": ("sftp + ssh", "-"),
                      "bare": ("bare_libssh2", "-")}
             for kind in ("download", "upload"):
@@ -791,10 +920,12 @@ class Bench:
                     relay_cpu = c["relay"] if v == "relay" else None
                     client = c["client"]
                     total = client + (c["sshd"] or 0) + (relay_cpu or 0)
-                    out.append("| %s | %s | %.2f | %s | %s | %.2f |" % (
+                    fl = R[kind].get("faults", {}).get(v, {})
+                    out.append("| %s | %s | %.2f | %s | %s | %.2f | %s | %s |" % (
                         kind, names[v][0], client,
                         "%.2f" % relay_cpu if relay_cpu is not None else "-",
-                        "%.2f" % c["sshd"] if c["sshd"] is not None else "?", total))
+                        "%.2f" % c["sshd"] if c["sshd"] is not None else "?", total,
+                        f(fl.get("client")), f(fl.get("relay"))))
         if "smallops" in R:
             lat = R["smallops"]["latency_us"]
             out += ["", "Relay small-op latency, median µs per verb: " +
@@ -806,10 +937,14 @@ class Bench:
         out += ["", "### Machine", ""]
         out += ["- %s: %s" % kv for kv in self.machine()]
         out += ["- run: %s, %.0f s; other processes were using %.2f CPUs just before "
-                "the start; load average at the end: %s; benchmark niceness %d"
+                "the start and %s on average during the run; load average at the start "
+                "%s, at the end %s; benchmark niceness %d"
                 % (datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), self.elapsed,
-                   self.busy_start, " ".join(open("/proc/loadavg").read().split()[:3]),
-                   os.nice(0))]
+                   self.busy_start, "?" if self.busy_during is None else
+                   "%.2f" % self.busy_during, self.load_start, self.load_end, os.nice(0))]
+        if self.busy:
+            out += ["- BUSY MACHINE: other processes used more than %.1f CPUs; this run is "
+                    "indicative only and was not written to RESULTS.md" % BUSY_CPUS]
         if self.notes:
             out += ["", "### Notes", ""] + ["- " + n for n in self.notes]
         return "\n".join(out)
@@ -818,6 +953,13 @@ class Bench:
         """Replace this mode's section of RESULTS.md. The other mode's
         section and any hand-written section (## Analysis, ...) stay."""
         path = self.args.out
+        if self.busy and path == DEFAULT_OUT:
+            # A busy machine's figures say more about the neighbours than
+            # about the relay: keep them out of the record.
+            path = os.path.join(self.work, "RESULTS.md")
+            log("the machine was busy (others used %.2f CPUs before, %s during): "
+                "not writing %s" % (self.busy_start, "?" if self.busy_during is None
+                                    else "%.2f" % self.busy_during, DEFAULT_OUT))
         if self.args.only and path == DEFAULT_OUT:
             # A partial run must not replace the results of a whole one.
             path = os.path.join(self.work, "RESULTS.md")

@@ -8,6 +8,11 @@
 #   (default)  quick mode: 256 MiB files, about 3 minutes
 #   --full     1 GiB files, 1000 small-op iterations
 #   --profile  also perf-record the relay during a download and an upload
+#   --cipher C sshd (and sftp) pinned to cipher C (default chacha20-poly1305@openssh.com),
+#              e.g. aes128-gcm@openssh.com or aes128-ctr
+# A run on a busy machine (other processes using more than 0.3 CPUs before
+# the start or on average during it) is printed but not written to
+# RESULTS.md.
 #   --help     all options
 # Must run as root: it creates the local user wctest and starts sshd.
 set -euo pipefail

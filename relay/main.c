@@ -16,6 +16,10 @@
 #include "wipe_alloc.h"
 #include "worker.h"
 
+/* glibc malloc tunables, set at start (main() says why). */
+#define MALLOC_MMAP_THRESHOLD (1024 * 1024)
+#define MALLOC_TRIM_THRESHOLD (4 * 1024 * 1024)
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -47,10 +51,20 @@ int main(int argc, char **argv)
     signals_block();
     /* Before any JSON exists: auth frames are parsed by jansson. */
     wipe_alloc_install_jansson();
-    /* Upload frames (up to 16 MiB) come and go per chunk; glibc's adaptive
-     * threshold would soon keep them in the heap for good. A fixed threshold
-     * hands them back to the kernel when freed. */
-    mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
+    /* Upload frames (up to 16 MiB) are mapped on their own: glibc's
+     * adaptive threshold would soon keep them in the heap for good, and a
+     * fixed one hands them back to the kernel when freed. A session reuses
+     * its upload buffer from chunk to chunk (session.c, spare), so this
+     * costs one mapping per upload, not one per chunk. */
+    mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD);
+    /* Setting the mmap threshold also freezes glibc's trim threshold at its
+     * 128 KiB default: each arena would give back its free top (madvise or
+     * sbrk) after almost every 256 KiB download frame the service thread
+     * frees for a worker, and fault it in again for the next one. The
+     * trade-off: each malloc arena (up to 8 per core) may keep up to this
+     * much free memory while sessions run; session.c trims all of it when
+     * the last session ends. */
+    mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD);
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--env-file") == 0 && i + 1 < argc) {

@@ -124,6 +124,7 @@ void session_hub_init(struct session_hub *h, const struct config *cfg, struct ac
     else
         h->budget = derive_budget();
     atomic_init(&h->buffered, 0);
+    atomic_init(&h->spare_bytes, 0);
     if (access)  /* not in unit tests */
         log_info("memory budget for buffered bytes: %zu MiB%s", h->budget >> 20,
                  cfg && cfg->memory_budget_mib > 0 ? "" : " (derived from the machine)");
@@ -160,6 +161,42 @@ static void budget_add(struct session *s, size_t n)
 static void budget_sub(struct session *s, size_t n)
 {
     atomic_fetch_sub(&s->hub->buffered, n);
+}
+
+/* Keep `j`'s payload as the spare when the slot is free and the hub's
+ * spares stay under their cap (session mutex held). With glibc's mmap
+ * threshold (main.c) every multi-MiB buffer is a fresh mapping, and
+ * filling one costs a page fault per 4 KiB: recycling the buffer is what
+ * keeps an upload from faulting in all of its bytes. */
+static void keep_spare(struct session *s, struct job *j)
+{
+    struct session_hub *h = s->hub;
+    size_t cap = h->budget / SESSION_SPARE_BUDGET_DIV;
+
+    if (!j->data || !j->len || s->spare || s->ws_gone)
+        return;
+    if (atomic_fetch_add(&h->spare_bytes, j->len) + j->len > cap) {
+        atomic_fetch_sub(&h->spare_bytes, j->len);
+        return;
+    }
+    s->spare = j->data;
+    s->spare_len = j->len;
+    s->spare_ms = session_now_ms();
+    j->data = NULL;
+}
+
+/* Take the spare out of `s` (session mutex held); the caller frees or
+ * uses it. */
+static uint8_t *unlink_spare(struct session *s, size_t *len)
+{
+    uint8_t *p = s->spare;
+
+    *len = s->spare_len;
+    if (p)
+        atomic_fetch_sub(&s->hub->spare_bytes, s->spare_len);
+    s->spare = NULL;
+    s->spare_len = 0;
+    return p;
 }
 
 void session_hub_destroy(struct session_hub *h)
@@ -297,6 +334,10 @@ static void session_free(struct session *s)
     pthread_mutex_unlock(&h->mu);
 
     budget_sub(s, s->in_bytes + s->out_bytes);
+    {
+        size_t n;
+        free(unlink_spare(s, &n));
+    }
     while (s->jobs) {
         struct job *j = s->jobs;
         s->jobs = j->next;
@@ -543,14 +584,35 @@ struct job *session_next_job(struct session *s, int timeout_ms, int *gone)
     return j;
 }
 
+uint8_t *session_take_spare(struct session *s, size_t *len)
+{
+    uint8_t *p;
+
+    pthread_mutex_lock(&s->mu);
+    p = unlink_spare(s, len);
+    pthread_mutex_unlock(&s->mu);
+    return p;
+}
+
 void session_job_done(struct session *s, struct job *j)
 {
+    uint8_t *done_spare = NULL;
+    size_t n;
+
     pthread_mutex_lock(&s->mu);
     s->in_bytes -= j->len;
     budget_sub(s, j->len);
     s->bytes_up += j->len;
     s->busy = 0;
+    /* The spare only serves the chunks of an upload in progress: once an
+     * upload is closed or aborted it would only be memory held. */
+    if (j->kind == JOB_REQUEST &&
+        (j->req.method == M_WRITE_CLOSE || j->req.method == M_WRITE_ABORT))
+        done_spare = unlink_spare(s, &n);
+    else
+        keep_spare(s, j);
     pthread_mutex_unlock(&s->mu);
+    free(done_spare);
     /* The service thread may have paused reading for backlog: let it look. */
     session_notify(s);
 }
@@ -662,18 +724,24 @@ void session_worker_exit(struct session *s, const char *reason)
     session_notify(s);
 }
 
-/* The release deadline of one session (hub lock held). */
+/* The release deadline of one session, and its spare upload buffer's
+ * idle limit (hub lock held). */
 static void release_check(struct session *s, int64_t now)
 {
+    uint8_t *idle_spare = NULL;
+    size_t n;
     int cut = 0;
 
     pthread_mutex_lock(&s->mu);
+    if (s->spare && now - s->spare_ms >= SESSION_SPARE_IDLE_MS)
+        idle_spare = unlink_spare(s, &n);
     if (s->ws_gone && !s->worker_done && now - s->gone_ms >= SESSION_RELEASE_MS &&
         s->sock >= 0) {
         shutdown(s->sock, SHUT_RDWR);
         cut = 1;
     }
     pthread_mutex_unlock(&s->mu);
+    free(idle_spare);
     if (cut && !s->release_logged) {
         s->release_logged = 1;
         log_info("session %s: clean-up after the browser left took over %d s; "

@@ -89,6 +89,15 @@ struct session {
     int busy;                       /* mu: the worker is running a job */
     int sock;                       /* mu: worker's TCP socket, -1 when none */
     uint64_t bytes_up, bytes_down;  /* mu */
+    /* The payload buffer of the last upload job the worker finished, kept
+     * for the next binary message instead of freed and mapped afresh
+     * (session_job_done, session_take_spare). One at most; not kept when
+     * the hub's spares are at their cap, freed after SESSION_SPARE_IDLE_MS
+     * unused and when the upload is closed or aborted. File data is
+     * ciphertext: it is not wiped. */
+    uint8_t *spare;                 /* mu */
+    size_t spare_len;               /* mu: its usable size */
+    int64_t spare_ms;               /* mu: when it was kept */
     char close_reason[48];          /* mu */
 
     int notified;                   /* hub mutex: on the hub's notify list */
@@ -124,8 +133,17 @@ struct session_hub {
     void *wake_arg;                 /* hub mutex */
     size_t budget;                  /* fixed: RELAY_MEMORY_BUDGET_MIB, or derived */
     _Atomic size_t buffered;        /* atomic, no lock */
+    /* Bytes of all sessions' spare upload buffers, at most
+     * budget / SESSION_SPARE_BUDGET_DIV. */
+    _Atomic size_t spare_bytes;     /* atomic, no lock */
     int64_t last_tick_ms;           /* service */
 };
+
+/* A spare upload buffer (see struct session) unused this long is freed:
+ * it only pays off while an upload goes on, chunk after chunk. */
+#define SESSION_SPARE_IDLE_MS 2000
+/* All sessions' spares together stay under this share of the budget. */
+#define SESSION_SPARE_BUDGET_DIV 4
 
 /* Monotonic milliseconds, the clock of every timer in the relay. */
 int64_t session_now_ms(void);
@@ -190,6 +208,11 @@ void session_notify(struct session *s);
 /* Queue a job for the worker; takes ownership. */
 void session_push_job(struct session *s, struct job *j);
 
+/* The spare upload buffer, for the next binary message to be assembled
+ * in (the caller owns it and frees it with free()), with its usable size
+ * in *len; NULL when there is none. */
+uint8_t *session_take_spare(struct session *s, size_t *len);
+
 /* What a session holds for its browser, and whether reading from that
  * browser should pause: over its own limits or over the process budget. */
 struct session_backlog {
@@ -230,7 +253,9 @@ void session_set_phase(struct session *s, enum session_phase p);
 /* Wait up to `timeout_ms` for a job. Returns the job (caller owns it), or
  * NULL on timeout or when the browser is gone (*gone set). */
 struct job *session_next_job(struct session *s, int timeout_ms, int *gone);
-/* The worker finished a job: its payload no longer counts as backlog. */
+/* The worker finished a job: its payload no longer counts as backlog.
+ * The payload buffer may be kept as the session's spare (j->data is then
+ * NULL), to be filled with the next upload chunk. */
 void session_job_done(struct session *s, struct job *j);
 /* Queue frames for the browser (either may be NULL; both go out back to
  * back). Blocks while too much output is queued, so a browser that does

@@ -346,6 +346,13 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
             return;
         }
     }
+    if (binary && keep && !wsframe_receiving(&pss->rx)) {
+        /* A kept binary message starts: assemble it in the buffer of the
+         * last chunk the worker finished, if the session kept one. */
+        size_t cap;
+        uint8_t *spare = session_take_spare(pss->s, &cap);
+        wsframe_offer_binary(&pss->rx, spare, cap);
+    }
     if (binary && pss->frame_left == 0 && len > 0 &&
         (lws_is_first_fragment(wsi) ? keep : pss->rx.keep))
         reserve_frame(wsi, pss, len, lws_remaining_packet_payload(wsi),

@@ -111,6 +111,18 @@ int wsframe_feed(struct wsframe *w, const void *in, size_t len, int first, int f
     return w->binary ? WSF_BINARY : WSF_TEXT;
 }
 
+void wsframe_offer_binary(struct wsframe *w, uint8_t *buf, size_t cap)
+{
+    if (!buf)
+        return;
+    if (w->bin || w->in_msg || cap == 0 || cap > w->max_binary) {
+        free(buf);
+        return;
+    }
+    w->bin = buf;
+    w->bin_cap = cap;
+}
+
 uint8_t *wsframe_take_binary(struct wsframe *w, size_t *len)
 {
     uint8_t *p = NULL;

@@ -43,6 +43,12 @@ void wsframe_free(struct wsframe *w);
 int wsframe_feed(struct wsframe *w, const void *in, size_t len, int first, int final,
                  int binary, uint64_t remaining, int keep);
 
+/* Offer a buffer of `cap` bytes (malloc'd; ownership passes here) for the
+ * next binary message to be assembled in: kept when no buffer is held and
+ * no message is in progress, else freed. Reusing the buffer of an earlier
+ * upload chunk spares the page faults of a fresh one. */
+void wsframe_offer_binary(struct wsframe *w, uint8_t *buf, size_t cap);
+
 /* After WSF_BINARY: the payload (caller owns it, frees with free()) or NULL
  * when it was not kept or empty; `*len` is its length either way. */
 uint8_t *wsframe_take_binary(struct wsframe *w, size_t *len);
