@@ -6,6 +6,8 @@ descriptors, threads and memory back near where they started."""
 
 import os
 import socket
+import subprocess
+import re
 import struct
 import time
 
@@ -72,13 +74,27 @@ def finish(relay, s, sid):
 # RFC 6455 §5.1: "The server MUST close the connection upon receiving a
 # frame that is not masked." Issue 10.15 listed it; nothing checks it.
 
-@pytest.mark.xfail(strict=True, reason="lws 4.1 accepts unmasked client frames and the relay "
-                   "does not check (ws.c on_receive); RFC 6455 §5.1 requires a close")
+def lws_version():
+    """The installed libwebsockets' Debian version as a tuple, e.g. (4, 1)."""
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libwebsockets-dev"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    m = re.match(r"(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
 def test_unmasked_client_frame_closes(relay, sshd):
+    """lws checks the mask bit from 4.2 on; 4.1 (Debian 12) records it but
+    neither checks nor shows it to the protocol callback, so there the
+    request is served (README, known deviations)."""
     s, sid = login_tracked(relay, sshd)
     try:
         s.ws.sock.sendall(frame(OP_TEXT, stat_req(77), masked=False))
-        frames = s.expect_closed(timeout=10)
+        try:
+            frames = s.expect_closed(timeout=10)
+        except AssertionError as e:
+            if lws_version() < (4, 2) and "'id': 77" in str(e):
+                pytest.xfail("lws 4.1 serves unmasked client frames (README, known deviations)")
+            raise
         assert not answered(frames, 77), "the relay served an unmasked request: %r" % frames
     finally:
         finish(relay, s, sid)
