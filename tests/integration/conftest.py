@@ -11,6 +11,7 @@ local user `wctest` and starts sshd.
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sshd as sshd_mod  # noqa: E402
-from helpers import login  # noqa: E402
+from helpers import login, make_dir, user_ids  # noqa: E402
 from relay import Relay, relay_binary  # noqa: E402
 
 # Settings every relay of the suite gets (PROTOCOL §6 and relay/config.h).
@@ -336,3 +337,20 @@ def sftp(relay, sshd):
     s = login(relay, sshd)
     yield s
     s.close()
+
+
+# A full disk on the SFTP server (test_faults, test_abandoned_uploads).
+@pytest.fixture
+def small_fs(workdir):
+    """An 8 MiB tmpfs owned by the test user inside workdir."""
+    path = make_dir(os.path.join(workdir, "small"))
+    uid, gid = user_ids()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o",
+                          "size=8m,uid=%d,gid=%d,mode=0755" % (uid, gid), "tmpfs", path],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if res.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % res.stdout.decode(errors="replace"))
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], check=False)

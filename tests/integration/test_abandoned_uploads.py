@@ -4,31 +4,13 @@ slot freed), because the app abandons a failed upload without write_close
 or write_abort. Later requests on that handle answer the same error."""
 
 import os
-import subprocess
 import time
 
-import pytest
 
-from helpers import login, make_dir, pattern, user_ids
+from helpers import login, pattern
 from wsclient import MiB
 
 PROMPT_SECS = 5
-
-
-@pytest.fixture
-def small_fs(workdir):
-    """An 8 MiB tmpfs owned by the test user inside workdir."""
-    path = make_dir(os.path.join(workdir, "small"))
-    uid, gid = user_ids()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o",
-                          "size=8m,uid=%d,gid=%d,mode=0755" % (uid, gid), "tmpfs", path],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if res.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % res.stdout.decode(errors="replace"))
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", path], check=False)
 
 
 def timed_call(s, method, **params):

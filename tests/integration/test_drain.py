@@ -11,9 +11,9 @@ import os
 import signal
 import time
 
-import pytest
 import websocket
 
+from frozen import FrozenSessions
 from helpers import LOCAL, login, pattern
 from waits import wait_for_log, wait_relay_read_all
 from wsclient import MiB, upgrade_status
@@ -45,44 +45,11 @@ def frames_for(session, secs):
         frames.append((kind, data))
 
 
-class SessionProcesses:
-    """The sshd processes of the sessions opened since creation; they can
-    be frozen (a hung server) and thawed. Killed at the end, whatever
-    happened."""
-
-    def __init__(self, sshd):
-        self.sshd = sshd
-        self.before = sshd.descendant_pids()
-        self.pids = set()
-
-    def _signal(self, sig):
-        for pid in self.pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def freeze(self):
-        self.pids = self.sshd.descendant_pids() - self.before
-        assert self.pids, "no sshd process for the new session"
-        self._signal(signal.SIGSTOP)
-
-    def thaw(self):
-        self._signal(signal.SIGCONT)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._signal(signal.SIGKILL)
-        self._signal(signal.SIGCONT)
-
-
 def test_sigterm_drains_idle_and_busy_sessions(relay_factory, sshd, workdir):
     relay = relay_factory(SHUTDOWN_GRACE_SECS=GRACE)
     idle = login(relay, sshd)
     assert idle.ok("stat", path="/")["isDir"] is True
-    with SessionProcesses(sshd) as server:
+    with FrozenSessions(sshd) as server:
         busy = login(relay, sshd)
         try:
             handle = busy.write_open(os.path.join(workdir, "drain-upload.bin"))
@@ -131,7 +98,7 @@ def test_session_busy_past_the_grace_is_cut(relay_factory, sshd, workdir):
     within the grace plus a few seconds all the same."""
     grace = 2
     relay = relay_factory(SHUTDOWN_GRACE_SECS=grace)
-    with SessionProcesses(sshd) as server:
+    with FrozenSessions(sshd) as server:
         s = login(relay, sshd)
         try:
             handle = s.write_open(os.path.join(workdir, "cut.bin"))

@@ -10,7 +10,6 @@ what they were before the scenario).
 
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -20,7 +19,7 @@ import websocket
 import fakeservers
 import procinfo
 from blackhole import BlackholeProxy
-from helpers import LOCAL, login, make_dir, make_file, pattern, user_ids, wait_until
+from helpers import LOCAL, login, make_file, pattern, user_ids, wait_until
 from relay import relay_binary
 from wsclient import MiB, READ_CHUNK, open_session
 
@@ -465,22 +464,6 @@ def test_garbage_of_plausible_length_after_banner(relay_factory, sshd):
 
 # --------------------------------------------------------------------------
 # A full disk on the SFTP server.
-
-@pytest.fixture
-def small_fs(workdir):
-    """An 8 MiB tmpfs owned by the test user inside workdir."""
-    path = make_dir(os.path.join(workdir, "small"))
-    uid, gid = user_ids()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o",
-                          "size=8m,uid=%d,gid=%d,mode=0755" % (uid, gid), "tmpfs", path],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if res.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % res.stdout.decode(errors="replace"))
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", path], check=False)
-
 
 def test_disk_full_streamed_upload_is_reported(fresh, sshd, small_fs):
     relay, base = fresh
