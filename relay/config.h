@@ -12,11 +12,9 @@
 /* Most entries of SFTP_ALLOWED_PORTS. */
 #define WC_MAX_PORTS             64
 
-struct cidr {
-    int family;            /* AF_INET or AF_INET6 */
-    uint8_t addr[16];      /* network address, 4 or 16 bytes used */
-    int prefix;            /* prefix length in bits */
-};
+/* An address range, parsed and defined by netguard (netguard.h); the
+ * settings only hold lists of them. */
+struct cidr;
 
 struct config {
     /* Listener. */

@@ -14,6 +14,7 @@
 
 #include "check.h"
 #include "config.h"
+#include "netguard.h"
 
 static const char *const vars[] = {
     "BIND_ADDR", "TLS_CERT", "TLS_KEY", "ALLOW_PLAINTEXT", "BYO_DOMAIN", "SPA_DIR",
