@@ -18,25 +18,12 @@ struct method_spec {
     int takes_binary;
 };
 
+#define METHOD_SPEC(wire, e, param, binary, handler) [e] = {wire, param, binary},
 static const struct method_spec methods[M_COUNT] = {
     [M_UNKNOWN] = {NULL, NULL, 0},
-    [M_AUTH] = {"auth", NULL, 0},
-    [M_STAT] = {"stat", "path", 0},
-    [M_LIST] = {"list", "path", 0},
-    [M_FS_INFO] = {"fs_info", NULL, 0},
-    [M_MKDIR] = {"mkdir", "path", 0},
-    [M_DELETE] = {"delete", "path", 0},
-    [M_RENAME] = {"rename", NULL, 0},
-    [M_READ] = {"read", "path", 0},
-    [M_WRITE] = {"write", "path", 1},
-    [M_WRITE_OPEN] = {"write_open", "path", 0},
-    [M_WRITE_CHUNK] = {"write_chunk", "handle", 1},
-    [M_WRITE_CLOSE] = {"write_close", "handle", 0},
-    [M_WRITE_ABORT] = {"write_abort", "handle", 0},
-    [M_READ_OPEN] = {"read_open", "path", 0},
-    [M_READ_CHUNK] = {"read_chunk", "handle", 0},
-    [M_READ_CLOSE] = {"read_close", "handle", 0},
+    PROTO_VERBS(METHOD_SPEC)
 };
+#undef METHOD_SPEC
 
 int proto_method_takes_binary(enum proto_method m)
 {

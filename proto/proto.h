@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <jansson.h>
 
+#include "verbs.h"
+
 /* Largest text frame we accept. The auth frame carries a private key
  * (an 8192-bit RSA key in PEM is ~6.5 KiB); nothing legitimate is larger. */
 #define PROTO_MAX_TEXT_BYTES (64u * 1024)
@@ -32,26 +34,15 @@
 /* Sent as relay_version in the host_key frame: 3 = streaming reads. */
 #define PROTO_RELAY_VERSION 3
 
+/* One value per verb of verbs.h, in its order; M_UNKNOWN for any other
+ * method name. */
+#define PROTO_VERB_ENUM(name, e, param, binary, handler) e,
 enum proto_method {
     M_UNKNOWN = 0,
-    M_AUTH,
-    M_STAT,
-    M_LIST,
-    M_FS_INFO,
-    M_MKDIR,
-    M_DELETE,
-    M_RENAME,
-    M_READ,
-    M_WRITE,
-    M_WRITE_OPEN,
-    M_WRITE_CHUNK,
-    M_WRITE_CLOSE,
-    M_WRITE_ABORT,
-    M_READ_OPEN,
-    M_READ_CHUNK,
-    M_READ_CLOSE,
+    PROTO_VERBS(PROTO_VERB_ENUM)
     M_COUNT
 };
+#undef PROTO_VERB_ENUM
 
 enum proto_auth_type { AUTH_PASSWORD, AUTH_PUBLICKEY };
 

@@ -8,6 +8,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,19 +24,39 @@
 
 struct setting;
 typedef int (*parse_fn)(struct config *, const struct setting *, const char *, char *, size_t);
+typedef void (*show_fn)(const struct config *, const struct setting *, char *, size_t);
 
+/* One kind of value: how it is read from the environment into the row's
+ * field, and written back, as parsed, for the start-up log. */
+struct kind {
+    parse_fn parse;
+    show_fn show;
+    int empty_ok;         /* "" is a value (an empty list), not "unset" */
+};
+
+/* Every parser reaches its field through the row: `off` (and `size` for a
+ * fixed buffer or array), `off2` for the field that completes it (a list's
+ * count, BIND_ADDR's port, the signing key's length). */
 struct setting {
     const char *name;
     const char *def;      /* NULL: unset by default */
-    parse_fn parse;
-    size_t off;           /* field in struct config */
+    const struct kind *kind;
+    size_t off;
+    size_t size;
+    size_t off2;
     long min, max;        /* for numbers */
     int secret;           /* mask in logs */
     const char *help;
 };
 
-#define FIELD(f) offsetof(struct config, f)
+#define OFF(f) offsetof(struct config, f)
+#define SIZE(f) sizeof(((struct config *)0)->f)
 #define AT(cfg, s, type) ((type *)((char *)(cfg) + (s)->off))
+#define AT2(cfg, s, type) ((type *)((char *)(cfg) + (s)->off2))
+#define CAT(cfg, s, type) ((type const *)((const char *)(cfg) + (s)->off))
+#define CAT2(cfg, s, type) ((type const *)((const char *)(cfg) + (s)->off2))
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 static int bad(char *err, size_t errlen, const struct setting *s, const char *why)
 {
@@ -66,6 +87,25 @@ static int parse_range(const struct setting *s, const char *v, const char *what,
     return bad(err, n, s, why);
 }
 
+/* Appends to a log value; a value too long for the line ends in "...". */
+static void show_add(char *out, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void show_add(char *out, size_t n, const char *fmt, ...)
+{
+    size_t used = strlen(out);
+    va_list ap;
+    int w;
+
+    if (used + 1 >= n)
+        return;
+    va_start(ap, fmt);
+    w = vsnprintf(out + used, n - used, fmt, ap);
+    va_end(ap);
+    if (w >= 0 && (size_t)w >= n - used && n >= 4)
+        memcpy(out + n - 4, "...", 4);
+}
+
 static int p_int(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
     long x;
@@ -76,6 +116,11 @@ static int p_int(struct config *c, const struct setting *s, const char *v, char 
     return 0;
 }
 
+static void s_int(const struct config *c, const struct setting *s, char *out, size_t n)
+{
+    snprintf(out, n, "%d", *CAT(c, s, int));
+}
+
 static int p_size(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
     long x;
@@ -84,6 +129,11 @@ static int p_size(struct config *c, const struct setting *s, const char *v, char
         return -1;
     *AT(c, s, size_t) = (size_t)x;
     return 0;
+}
+
+static void s_size(const struct config *c, const struct setting *s, char *out, size_t n)
+{
+    snprintf(out, n, "%zu", *CAT(c, s, size_t));
 }
 
 static int p_bool(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
@@ -97,6 +147,11 @@ static int p_bool(struct config *c, const struct setting *s, const char *v, char
     return 0;
 }
 
+static void s_bool(const struct config *c, const struct setting *s, char *out, size_t n)
+{
+    snprintf(out, n, "%d", *CAT(c, s, int) ? 1 : 0);
+}
+
 static int p_str(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
     char **field = AT(c, s, char *);
@@ -106,6 +161,13 @@ static int p_str(struct config *c, const struct setting *s, const char *v, char 
     free(*field);
     *field = strdup(v);
     return *field ? 0 : bad(err, n, s, "out of memory");
+}
+
+static void s_str(const struct config *c, const struct setting *s, char *out, size_t n)
+{
+    const char *v = *CAT(c, s, char *);
+
+    snprintf(out, n, "%s", v ? v : "(unset)");
 }
 
 static void lowercase(char *p)
@@ -122,14 +184,16 @@ static int p_domain(struct config *c, const struct setting *s, const char *v, ch
             return bad(err, n, s, "expected a host name such as app.example.com");
     if (p_str(c, s, v, err, n) < 0)
         return -1;
-    lowercase(c->byo_domain);
+    lowercase(*AT(c, s, char *));
     return 0;
 }
 
-/* "ip:port", "[v6]:port" */
+/* "ip:port", "[v6]:port": the host into the buffer at `off`, the port
+ * into the int at `off2`. */
 static int p_bind(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
     const char *colon = strrchr(v, ':');
+    char *host = AT(c, s, char);
     unsigned char tmp[16];
     size_t hlen;
     long port;
@@ -141,20 +205,26 @@ static int p_bind(struct config *c, const struct setting *s, const char *v, char
         v++;
         hlen -= 2;
     }
-    if (hlen == 0 || hlen >= sizeof(c->bind_host))
+    if (hlen == 0 || hlen >= s->size)
         return bad(err, n, s, "expected ip:port");
-    memcpy(c->bind_host, v, hlen);
-    c->bind_host[hlen] = '\0';
-    if (inet_pton(AF_INET, c->bind_host, tmp) != 1 && inet_pton(AF_INET6, c->bind_host, tmp) != 1)
+    memcpy(host, v, hlen);
+    host[hlen] = '\0';
+    if (inet_pton(AF_INET, host, tmp) != 1 && inet_pton(AF_INET6, host, tmp) != 1)
         return bad(err, n, s, "the host part must be an IP address");
-    c->bind_port = (int)port;
+    *AT2(c, s, int) = (int)port;
     return 0;
+}
+
+static void s_bind(const struct config *c, const struct setting *s, char *out, size_t n)
+{
+    const char *host = CAT(c, s, char);
+
+    snprintf(out, n, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, *CAT2(c, s, int));
 }
 
 /* Split a comma-separated list, calling `fn` for each trimmed, non-empty
  * item. Returns -1 at the first item `fn` refuses. */
-static int each_item(const char *v, int (*fn)(struct config *, const char *, void *),
-                     struct config *c, void *arg)
+static int each_item(const char *v, int (*fn)(const char *, void *), void *arg)
 {
     char *copy = strdup(v), *save = NULL, *tok;
     int rc = copy ? 0 : -1;
@@ -168,113 +238,158 @@ static int each_item(const char *v, int (*fn)(struct config *, const char *, voi
         while (end > tok && isspace((unsigned char)end[-1]))
             *--end = '\0';
         if (*tok)
-            rc = fn(c, tok, arg);
+            rc = fn(tok, arg);
     }
     free(copy);
     return rc;
 }
 
-static int add_port(struct config *c, const char *item, void *arg)
+/* A list being filled: its items at `off`, its count at `off2`. */
+struct list_at {
+    struct config *c;
+    const struct setting *s;
+};
+
+static int add_port(const char *item, void *arg)
 {
+    const struct list_at *l = arg;
+    int *ports = AT(l->c, l->s, int), *count = AT2(l->c, l->s, int);
     long port;
 
-    (void)arg;
     if (parse_long(item, &port) < 0 || port < 1 || port > 65535 ||
-        c->n_allowed_ports >= WC_MAX_PORTS)
+        (size_t)*count >= l->s->size / sizeof(int))
         return -1;
-    c->allowed_ports[c->n_allowed_ports++] = (int)port;
+    ports[(*count)++] = (int)port;
     return 0;
 }
 
 static int p_ports(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
-    c->n_allowed_ports = 0;
-    if (each_item(v, add_port, c, NULL) < 0 || c->n_allowed_ports == 0)
+    struct list_at l = {c, s};
+
+    *AT2(c, s, int) = 0;
+    if (each_item(v, add_port, &l) < 0 || *AT2(c, s, int) == 0)
         return bad(err, n, s, "expected a comma-separated list of ports 1-65535");
     return 0;
 }
 
-static int add_host(struct config *c, const char *item, void *arg)
+static void s_ports(const struct config *c, const struct setting *s, char *out, size_t n)
 {
+    const int *ports = CAT(c, s, int);
+
+    out[0] = '\0';
+    for (int i = 0; i < *CAT2(c, s, int); i++)
+        show_add(out, n, "%s%d", i ? "," : "", ports[i]);
+}
+
+static int add_host(const char *item, void *arg)
+{
+    const struct list_at *l = arg;
+    char ***hosts = AT(l->c, l->s, char **);
+    int *count = AT2(l->c, l->s, int);
     char **grown, *h;
     const char *p = item;
 
-    (void)arg;
     if (strncmp(p, "*.", 2) == 0)
         p += 2;
     for (; *p; p++)
         if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-')
             return -1;
-    grown = realloc(c->host_allowlist, sizeof(char *) * (size_t)(c->n_host_allowlist + 1));
+    grown = realloc(*hosts, sizeof(char *) * (size_t)(*count + 1));
     if (!grown)
         return -1;
-    c->host_allowlist = grown;
+    *hosts = grown;
     h = strdup(item);
     if (!h)
         return -1;
     lowercase(h);
-    c->host_allowlist[c->n_host_allowlist++] = h;
+    grown[(*count)++] = h;
     return 0;
 }
 
 static int p_hosts(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
-    if (each_item(v, add_host, c, NULL) < 0)
+    struct list_at l = {c, s};
+
+    if (each_item(v, add_host, &l) < 0)
         return bad(err, n, s, "expected host names or *.domain entries, comma-separated");
     return 0;
 }
 
-struct cidr_list {
-    struct cidr **items;
-    int *count;
-};
-
-static int add_cidr(struct config *c, const char *item, void *arg)
+static void s_hosts(const struct config *c, const struct setting *s, char *out, size_t n)
 {
-    struct cidr_list *l = arg;
-    struct cidr *grown = realloc(*l->items, sizeof(struct cidr) * (size_t)(*l->count + 1));
+    char *const *hosts = *CAT(c, s, char **);
 
-    (void)c;
+    out[0] = '\0';
+    for (int i = 0; i < *CAT2(c, s, int); i++)
+        show_add(out, n, "%s%s", i ? "," : "", hosts[i]);
+}
+
+static int add_cidr(const char *item, void *arg)
+{
+    const struct list_at *l = arg;
+    struct cidr **items = AT(l->c, l->s, struct cidr *);
+    int *count = AT2(l->c, l->s, int);
+    struct cidr *grown = realloc(*items, sizeof(struct cidr) * (size_t)(*count + 1));
+
     if (!grown)
         return -1;
-    *l->items = grown;
-    if (netguard_parse_cidr(item, &grown[*l->count]) < 0)
+    *items = grown;
+    if (netguard_parse_cidr(item, &grown[*count]) < 0)
         return -1;
-    (*l->count)++;
+    (*count)++;
     return 0;
 }
 
 static int p_cidrs(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
-    struct cidr_list l;
+    struct list_at l = {c, s};
 
-    if (s->off == FIELD(allow_private))
-        l = (struct cidr_list){&c->allow_private, &c->n_allow_private};
-    else
-        l = (struct cidr_list){&c->trusted_proxies, &c->n_trusted_proxies};
-    if (each_item(v, add_cidr, c, &l) < 0)
+    if (each_item(v, add_cidr, &l) < 0)
         return bad(err, n, s, "expected IP addresses or CIDR ranges, comma-separated");
     return 0;
 }
 
+/* Each range as parsed: network address and prefix length. */
+static void s_cidrs(const struct config *c, const struct setting *s, char *out, size_t n)
+{
+    const struct cidr *items = *CAT(c, s, struct cidr *);
+    char addr[INET6_ADDRSTRLEN];
+
+    out[0] = '\0';
+    for (int i = 0; i < *CAT2(c, s, int); i++) {
+        if (!inet_ntop(items[i].family, items[i].addr, addr, sizeof(addr)))
+            snprintf(addr, sizeof(addr), "?");
+        show_add(out, n, "%s%s/%d", i ? "," : "", addr, items[i].prefix);
+    }
+}
+
 static int p_level(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-
     for (int i = 0; i < 4; i++) {
-        if (strcasecmp(v, names[i]) == 0) {
-            c->log_level = (enum log_level)i;
+        if (strcasecmp(v, level_names[i]) == 0) {
+            *AT(c, s, enum log_level) = (enum log_level)i;
             return 0;
         }
     }
     return bad(err, n, s, "expected error, warn, info or debug");
 }
 
-/* Base64 when the value decodes cleanly, else the raw bytes. */
+static void s_level(const struct config *c, const struct setting *s, char *out, size_t n)
+{
+    unsigned level = (unsigned)*CAT(c, s, enum log_level);
+
+    snprintf(out, n, "%s", level < 4 ? level_names[level] : "?");
+}
+
+/* Base64 when the value decodes cleanly, else the raw bytes: into the
+ * buffer at `off` (`size` bytes), its length into the size_t at `off2`. */
 static int p_key(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
 {
+    uint8_t *key = AT(c, s, uint8_t);
+    size_t *key_len = AT2(c, s, size_t);
     size_t len = strlen(v), i;
-    unsigned char dec[sizeof(c->signing_key) + 4];
+    unsigned char dec[SIZE(signing_key) + 4];
     int declen = -1;
 
     if (len % 4 == 0 && len / 4 * 3 <= sizeof(dec) && strspn(v,
@@ -285,88 +400,134 @@ static int p_key(struct config *c, const struct setting *s, const char *v, char 
             declen--;
     }
     /* Base64 of 257 or 258 bytes decodes past the 256-byte key buffer. */
-    if (declen >= 32 && (size_t)declen <= sizeof(c->signing_key)) {
-        memcpy(c->signing_key, dec, (size_t)declen);
-        c->signing_key_len = (size_t)declen;
-    } else if (len >= 32 && len <= sizeof(c->signing_key)) {
-        memcpy(c->signing_key, v, len);
-        c->signing_key_len = len;
+    if (declen >= 32 && (size_t)declen <= s->size) {
+        memcpy(key, dec, (size_t)declen);
+        *key_len = (size_t)declen;
+    } else if (len >= 32 && len <= s->size) {
+        memcpy(key, v, len);
+        *key_len = len;
     } else {
         wipe_mem(dec, sizeof(dec));
         return bad(err, n, s, "must be 32 to 256 bytes, raw or base64-encoded");
     }
     wipe_mem(dec, sizeof(dec));
-    for (i = 1; i < c->signing_key_len && c->signing_key[i] == c->signing_key[0]; i++)
+    for (i = 1; i < *key_len && key[i] == key[0]; i++)
         ;
-    if (i == c->signing_key_len)
+    if (i == *key_len)
         return bad(err, n, s, "all bytes are equal; generate one with: openssl rand -base64 32");
     return 0;
 }
 
+/* The key itself is never shown: only whether it was given. */
+static void s_key(const struct config *c, const struct setting *s, char *out, size_t n)
+{
+    (void)s;
+    snprintf(out, n, "%s", c->signing_key_random ? "(random per process)" : "(set, hidden)");
+}
+
+static const struct kind K_INT = {p_int, s_int, 0};
+static const struct kind K_SIZE = {p_size, s_size, 0};
+static const struct kind K_BOOL = {p_bool, s_bool, 0};
+static const struct kind K_STR = {p_str, s_str, 0};
+static const struct kind K_DOMAIN = {p_domain, s_str, 0};
+static const struct kind K_BIND = {p_bind, s_bind, 0};
+static const struct kind K_PORTS = {p_ports, s_ports, 0};
+static const struct kind K_HOSTS = {p_hosts, s_hosts, 1};
+static const struct kind K_CIDRS = {p_cidrs, s_cidrs, 1};
+static const struct kind K_LEVEL = {p_level, s_level, 0};
+static const struct kind K_KEY = {p_key, s_key, 0};
+
 #define MIB (1024L * 1024)
 
 static const struct setting settings[] = {
-    {"BIND_ADDR", "127.0.0.1:8443", p_bind, 0, 0, 0, 0,
-     "listen address ip:port ([::]:8443 for IPv6)"},
-    {"TLS_CERT", NULL, p_str, FIELD(tls_cert), 0, 0, 0,
-     "PEM certificate chain; with TLS_KEY the relay terminates TLS itself"},
-    {"TLS_KEY", NULL, p_str, FIELD(tls_key), 0, 0, 0, "PEM private key for TLS_CERT"},
-    {"ALLOW_PLAINTEXT", "0", p_bool, FIELD(allow_plaintext), 0, 0, 0,
-     "1 allows plain HTTP on a non-loopback address (only behind a TLS proxy)"},
-    {"BYO_DOMAIN", "localhost", p_domain, FIELD(byo_domain), 0, 0, 0,
-     "public host name the app is served from (WebSocket Origin check)"},
-    {"SPA_DIR", NULL, p_str, FIELD(spa_dir), 0, 0, 0,
-     "directory of static files to serve (index.html fallback)"},
-    {"RELAY_SIGNING_KEY", NULL, p_key, 0, 0, 0, 1,
-     "HS256 cookie key, base64 or raw, >= 32 bytes; random per process when unset"},
-    {"RELAY_COOKIE_TTL_SECS", "600", p_int, FIELD(cookie_ttl_secs), 10, 86400, 0,
-     "relay cookie lifetime in seconds"},
-    {"POW_DIFFICULTY_BITS", "18", p_int, FIELD(pow_difficulty_bits), 12, 32, 0,
-     "proof-of-work difficulty in leading zero bits (>= 12)"},
-    {"AUTH_CHALLENGE_PER_MIN", "10", p_int, FIELD(auth_challenge_per_min), 1, 1000000, 0,
-     "challenges per client IP per minute"},
-    {"AUTH_MAX_BODY_BYTES", "16384", p_size, FIELD(auth_max_body_bytes), 64, 1 * MIB, 0,
-     "largest POST /relay/auth body"},
-    {"RELAY_COOKIE_STORE_SIZE", "65536", p_int, FIELD(cookie_store_size), 1, 1048576, 0,
-     "cookies issued and not yet expired, at most (POST /relay/auth answers 503 when full)"},
-    {"SFTP_ALLOWED_PORTS", "22,2022,2222", p_ports, 0, 0, 0, 0,
-     "target SSH ports, comma-separated"},
-    {"SFTP_HOST_ALLOWLIST", "", p_hosts, 0, 0, 0, 0,
-     "allowed target hosts (exact or *.domain); empty allows all"},
-    {"SFTP_ALLOW_PRIVATE_CIDRS", "", p_cidrs, FIELD(allow_private), 0, 0, 0,
-     "ranges exempt from the private-address guard, e.g. 192.168.1.0/24,100.64.0.0/10"},
-    {"SFTP_MAX_CONCURRENT_PER_IP", "3", p_int, FIELD(max_concurrent_per_ip), 1, 1000, 0,
-     "live SFTP sessions per client IP (IPv6 per /64)"},
-    {"TRUSTED_PROXY_IPS", "", p_cidrs, FIELD(trusted_proxies), 0, 0, 0,
-     "reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs)"},
-    {"LOG_LEVEL", "info", p_level, 0, 0, 0, 0, "error, warn, info or debug"},
-    {"MAX_SESSIONS", "512", p_int, FIELD(max_sessions), 1, 100000, 0,
-     "live SFTP sessions in the whole process"},
-    {"SFTP_UPLOAD_BUFFER_BYTES", "209715200", p_size, FIELD(upload_buffer_bytes), 1024,
-     4096 * MIB, 0, "upload bytes accepted but not yet written, per session (200 MiB)"},
-    {"SFTP_IDLE_TIMEOUT_SECS", "1800", p_int, FIELD(idle_timeout_secs), 1, 86400, 0,
-     "close a session after this long without a frame from the browser"},
-    {"HOST_KEY_TIMEOUT_SECS", "30", p_int, FIELD(host_key_timeout_secs), 1, 600, 0,
-     "wait for host_key_accepted, then for the auth request"},
-    {"WS_PING_INTERVAL_SECS", "10", p_int, FIELD(ws_ping_interval_secs), 1, 600, 0,
-     "WebSocket ping interval"},
-    {"SSH_CONNECT_TIMEOUT_SECS", "10", p_int, FIELD(connect_timeout_secs), 1, 120, 0,
-     "TCP connect and SSH key exchange timeout"},
-    {"SSH_BANNER_TIMEOUT_SECS", "3", p_int, FIELD(banner_timeout_secs), 1, 60, 0,
-     "wait for the server's SSH banner"},
-    {"SSH_KEEPALIVE_SECS", "15", p_int, FIELD(keepalive_secs), 1, 3600, 0,
-     "SSH keepalive interval"},
-    {"SSH_KEEPALIVE_COUNT", "4", p_int, FIELD(keepalive_count), 1, 100, 0,
-     "unanswered keepalives before the SSH connection is declared dead"},
-    {"SFTP_OP_TIMEOUT_SECS", "60", p_int, FIELD(op_timeout_secs), 1, 3600, 0,
-     "longest time one SFTP operation may take"},
-    {"RELAY_MEMORY_BUDGET_MIB", "0", p_int, FIELD(memory_budget_mib), 0, 1048576, 0,
-     "bytes held for browsers, all sessions together, before reading pauses (MiB); "
-     "0 = a quarter of RAM or of the cgroup's MemoryMax, at least 64"},
-    {"SHUTDOWN_GRACE_SECS", "30", p_int, FIELD(shutdown_grace_secs), 0, 3600, 0,
-     "on SIGTERM, time live sessions get to finish their current operation"},
-    {"SFTP_LIST_MAX_ENTRIES", "10000000", p_int, FIELD(list_max_entries), 1, 1000000000,
-     0, "entries of one `list` before it fails as `directory too large`"},
+    {.name = "BIND_ADDR", .def = "127.0.0.1:8443", .kind = &K_BIND,
+     .off = OFF(bind_host), .size = SIZE(bind_host), .off2 = OFF(bind_port),
+     .help = "listen address ip:port ([::]:8443 for IPv6)"},
+    {.name = "TLS_CERT", .kind = &K_STR, .off = OFF(tls_cert),
+     .help = "PEM certificate chain; with TLS_KEY the relay terminates TLS itself"},
+    {.name = "TLS_KEY", .kind = &K_STR, .off = OFF(tls_key),
+     .help = "PEM private key for TLS_CERT"},
+    {.name = "ALLOW_PLAINTEXT", .def = "0", .kind = &K_BOOL, .off = OFF(allow_plaintext),
+     .help = "1 allows plain HTTP on a non-loopback address (only behind a TLS proxy)"},
+    {.name = "BYO_DOMAIN", .def = "localhost", .kind = &K_DOMAIN, .off = OFF(byo_domain),
+     .help = "public host name the app is served from (WebSocket Origin check)"},
+    {.name = "SPA_DIR", .kind = &K_STR, .off = OFF(spa_dir),
+     .help = "directory of static files to serve (index.html fallback)"},
+    {.name = "RELAY_SIGNING_KEY", .kind = &K_KEY, .off = OFF(signing_key),
+     .size = SIZE(signing_key), .off2 = OFF(signing_key_len), .secret = 1,
+     .help = "HS256 cookie key, base64 or raw, >= 32 bytes; random per process when unset"},
+    {.name = "RELAY_COOKIE_TTL_SECS", .def = "600", .kind = &K_INT,
+     .off = OFF(cookie_ttl_secs), .min = 10, .max = 86400,
+     .help = "relay cookie lifetime in seconds"},
+    {.name = "POW_DIFFICULTY_BITS", .def = "18", .kind = &K_INT,
+     .off = OFF(pow_difficulty_bits), .min = 12, .max = 32,
+     .help = "proof-of-work difficulty in leading zero bits (>= 12)"},
+    {.name = "AUTH_CHALLENGE_PER_MIN", .def = "10", .kind = &K_INT,
+     .off = OFF(auth_challenge_per_min), .min = 1, .max = 1000000,
+     .help = "challenges per client IP per minute"},
+    {.name = "AUTH_MAX_BODY_BYTES", .def = "16384", .kind = &K_SIZE,
+     .off = OFF(auth_max_body_bytes), .min = 64, .max = 1 * MIB,
+     .help = "largest POST /relay/auth body"},
+    {.name = "RELAY_COOKIE_STORE_SIZE", .def = "65536", .kind = &K_INT,
+     .off = OFF(cookie_store_size), .min = 1, .max = 1048576,
+     .help = "cookies issued and not yet expired, at most (POST /relay/auth answers 503 "
+             "when full)"},
+    {.name = "SFTP_ALLOWED_PORTS", .def = "22,2022,2222", .kind = &K_PORTS,
+     .off = OFF(allowed_ports), .size = SIZE(allowed_ports), .off2 = OFF(n_allowed_ports),
+     .help = "target SSH ports, comma-separated"},
+    {.name = "SFTP_HOST_ALLOWLIST", .def = "", .kind = &K_HOSTS,
+     .off = OFF(host_allowlist), .off2 = OFF(n_host_allowlist),
+     .help = "allowed target hosts (exact or *.domain); empty allows all"},
+    {.name = "SFTP_ALLOW_PRIVATE_CIDRS", .def = "", .kind = &K_CIDRS,
+     .off = OFF(allow_private), .off2 = OFF(n_allow_private),
+     .help = "ranges exempt from the private-address guard, e.g. "
+             "192.168.1.0/24,100.64.0.0/10"},
+    {.name = "SFTP_MAX_CONCURRENT_PER_IP", .def = "3", .kind = &K_INT,
+     .off = OFF(max_concurrent_per_ip), .min = 1, .max = 1000,
+     .help = "live SFTP sessions per client IP (IPv6 per /64)"},
+    {.name = "TRUSTED_PROXY_IPS", .def = "", .kind = &K_CIDRS,
+     .off = OFF(trusted_proxies), .off2 = OFF(n_trusted_proxies),
+     .help = "reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs)"},
+    {.name = "LOG_LEVEL", .def = "info", .kind = &K_LEVEL, .off = OFF(log_level),
+     .help = "error, warn, info or debug"},
+    {.name = "MAX_SESSIONS", .def = "512", .kind = &K_INT, .off = OFF(max_sessions),
+     .min = 1, .max = 100000, .help = "live SFTP sessions in the whole process"},
+    {.name = "SFTP_UPLOAD_BUFFER_BYTES", .def = "209715200", .kind = &K_SIZE,
+     .off = OFF(upload_buffer_bytes), .min = 1024, .max = 4096 * MIB,
+     .help = "upload bytes accepted but not yet written, per session (200 MiB)"},
+    {.name = "SFTP_IDLE_TIMEOUT_SECS", .def = "1800", .kind = &K_INT,
+     .off = OFF(idle_timeout_secs), .min = 1, .max = 86400,
+     .help = "close a session after this long without a frame from the browser"},
+    {.name = "HOST_KEY_TIMEOUT_SECS", .def = "30", .kind = &K_INT,
+     .off = OFF(host_key_timeout_secs), .min = 1, .max = 600,
+     .help = "wait for host_key_accepted, then for the auth request"},
+    {.name = "WS_PING_INTERVAL_SECS", .def = "10", .kind = &K_INT,
+     .off = OFF(ws_ping_interval_secs), .min = 1, .max = 600,
+     .help = "WebSocket ping interval"},
+    {.name = "SSH_CONNECT_TIMEOUT_SECS", .def = "10", .kind = &K_INT,
+     .off = OFF(connect_timeout_secs), .min = 1, .max = 120,
+     .help = "TCP connect and SSH key exchange timeout"},
+    {.name = "SSH_BANNER_TIMEOUT_SECS", .def = "3", .kind = &K_INT,
+     .off = OFF(banner_timeout_secs), .min = 1, .max = 60,
+     .help = "wait for the server's SSH banner"},
+    {.name = "SSH_KEEPALIVE_SECS", .def = "15", .kind = &K_INT, .off = OFF(keepalive_secs),
+     .min = 1, .max = 3600, .help = "SSH keepalive interval"},
+    {.name = "SSH_KEEPALIVE_COUNT", .def = "4", .kind = &K_INT, .off = OFF(keepalive_count),
+     .min = 1, .max = 100,
+     .help = "unanswered keepalives before the SSH connection is declared dead"},
+    {.name = "SFTP_OP_TIMEOUT_SECS", .def = "60", .kind = &K_INT,
+     .off = OFF(op_timeout_secs), .min = 1, .max = 3600,
+     .help = "longest time one SFTP operation may take"},
+    {.name = "RELAY_MEMORY_BUDGET_MIB", .def = "0", .kind = &K_INT,
+     .off = OFF(memory_budget_mib), .min = 0, .max = 1048576,
+     .help = "bytes held for browsers, all sessions together, before reading pauses (MiB); "
+             "0 = a quarter of RAM or of the cgroup's MemoryMax, at least 64"},
+    {.name = "SHUTDOWN_GRACE_SECS", .def = "30", .kind = &K_INT,
+     .off = OFF(shutdown_grace_secs), .min = 0, .max = 3600,
+     .help = "on SIGTERM, time live sessions get to finish their current operation"},
+    {.name = "SFTP_LIST_MAX_ENTRIES", .def = "10000000", .kind = &K_INT,
+     .off = OFF(list_max_entries), .min = 1, .max = 1000000000,
+     .help = "entries of one `list` before it fails as `directory too large`"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -410,9 +571,9 @@ int cfg_load(struct config *c, char *err, size_t errlen)
          * applies, never a zeroed field (POW_DIFFICULTY_BITS= gave 0 bits). */
         if (!v || !*v)
             v = s->def;
-        if (!v || (!*v && s->parse != p_hosts && s->parse != p_cidrs))
+        if (!v || (!*v && !s->kind->empty_ok))
             continue;
-        if (s->parse(c, s, v, err, errlen) < 0)
+        if (s->kind->parse(c, s, v, err, errlen) < 0)
             return -1;
     }
     return check_combination(c, err, errlen);
@@ -472,17 +633,27 @@ void cfg_print_help(void)
                settings[i].def ? (*settings[i].def ? settings[i].def : "(empty)") : "(unset)");
 }
 
-void cfg_log(const struct config *c)
+int cfg_effective(const struct config *c, const char *name, char *out, size_t outlen)
 {
     for (size_t i = 0; i < N_SETTINGS; i++) {
-        const struct setting *s = &settings[i];
-        const char *v = getenv(s->name);
+        if (strcmp(settings[i].name, name) != 0)
+            continue;
+        out[0] = '\0';
+        settings[i].kind->show(c, &settings[i], out, outlen);
+        if (!out[0])
+            snprintf(out, outlen, "(empty)");
+        return 0;
+    }
+    return -1;
+}
 
-        if (s->secret)
-            log_info("setting %s=%s", s->name,
-                     c->signing_key_random ? "(random per process)" : "(set, hidden)");
-        else
-            log_info("setting %s=%s", s->name, v && *v ? v : (s->def ? s->def : "(unset)"));
+void cfg_log(const struct config *c)
+{
+    char value[LOG_LINE_MAX / 2];
+
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        cfg_effective(c, settings[i].name, value, sizeof(value));
+        log_info("setting %s=%s", settings[i].name, value);
     }
 }
 

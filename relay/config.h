@@ -12,11 +12,9 @@
 /* Most entries of SFTP_ALLOWED_PORTS. */
 #define WC_MAX_PORTS             64
 
-struct cidr {
-    int family;            /* AF_INET or AF_INET6 */
-    uint8_t addr[16];      /* network address, 4 or 16 bytes used */
-    int prefix;            /* prefix length in bits */
-};
+/* An address range, parsed and defined by netguard (netguard.h); the
+ * settings only hold lists of them. */
+struct cidr;
 
 struct config {
     /* Listener. */
@@ -80,7 +78,14 @@ int cfg_load_env_file(const char *path, char *err, size_t errlen);
 /* Print the settings table (name, default, meaning) for --help. */
 void cfg_print_help(void);
 
-/* Log the effective settings, secrets masked. */
+/* Write the effective value of setting `name` into `out`: the value as
+ * parsed (a lowercased domain, "[::1]:8443", ranges as network/prefix),
+ * not the environment's text; secrets masked, "(unset)" or "(empty)" when
+ * there is none, cut short with "..." when longer than `outlen`. Returns
+ * 0, or -1 when no setting has that name. */
+int cfg_effective(const struct config *cfg, const char *name, char *out, size_t outlen);
+
+/* Log the effective settings (cfg_effective), one line each. */
 void cfg_log(const struct config *cfg);
 
 void cfg_free(struct config *cfg);

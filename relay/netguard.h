@@ -5,10 +5,19 @@
 #define WC_NETGUARD_H
 
 #include <netdb.h>
+#include <stdint.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
 #include "config.h"
+
+/* An address range: SFTP_ALLOW_PRIVATE_CIDRS and TRUSTED_PROXY_IPS are
+ * lists of these (struct config holds them; netguard_parse_cidr fills them). */
+struct cidr {
+    int family;            /* AF_INET or AF_INET6 */
+    uint8_t addr[16];      /* network address, 4 or 16 bytes used */
+    int prefix;            /* prefix length in bits */
+};
 
 /* Why netguard_resolve() and netguard_pick() refuse a target. */
 #define NETGUARD_E_BLOCKED    (-1)  /* an address is in a blocked range */

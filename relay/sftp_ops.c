@@ -102,6 +102,15 @@ static const struct {
     {LIBSSH2_FX_LINK_LOOP, "too many symbolic links", "io"},
 };
 
+/* What every handler of the verb table receives: the request and, for the
+ * verbs that take one, the binary frame that followed it (borrowed from the
+ * worker's job; data is NULL and len 0 for the others). */
+struct op_call {
+    const struct proto_request *req;
+    const uint8_t *data;
+    size_t len;
+};
+
 void op_reply_clear(struct op_reply *r)
 {
     json_decref(r->result);
@@ -225,8 +234,9 @@ static json_t *attrs_json(const LIBSSH2_SFTP_ATTRIBUTES *a)
                      (json_int_t)a->filesize, "isDir", is_dir(a));
 }
 
-static void op_stat(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_stat(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     LIBSSH2_SFTP_ATTRIBUTES a;
     int rc = sstat(o, q->path, LIBSSH2_SFTP_STAT, &a);
 
@@ -382,8 +392,9 @@ static int list_flush(struct sftp_ops *o, struct listing *l, int last)
  * the WebSocket closes (the app sees the connection drop). The same holds
  * when the directory exceeds SFTP_LIST_MAX_ENTRIES, which bounds the time
  * and traffic a server that answers directory reads for ever can cost. */
-static void op_list(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     LIBSSH2_SFTP_HANDLE *dh = libssh2_sftp_opendir(o->c->sftp, q->path);
     LIBSSH2_SFTP_ATTRIBUTES a;
     struct listing l = {0};
@@ -452,8 +463,9 @@ out:
 }
 
 /* Never an error: the app skips its quota check when unsupported. */
-static void op_fs_info(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_fs_info(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     LIBSSH2_SFTP_STATVFS st;
     int rc = libssh2_sftp_statvfs(o->c->sftp, q->path, strlen(q->path), &st);
 
@@ -472,8 +484,9 @@ static void op_fs_info(struct sftp_ops *o, const struct proto_request *q, struct
 
 /* OpenSSH answers a bare "Failure" for an existing directory; the app needs
  * "already exists" to treat it as success, so look before reporting. */
-static void op_mkdir(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_mkdir(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     LIBSSH2_SFTP_ATTRIBUTES a;
     int rc = libssh2_sftp_mkdir_ex(o->c->sftp, q->path, (unsigned)strlen(q->path), DIR_MODE);
 
@@ -490,8 +503,9 @@ static void op_mkdir(struct sftp_ops *o, const struct proto_request *q, struct o
         reply_error(r, "path exists and is not a directory", "exists");
 }
 
-static void op_delete(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_delete(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     LIBSSH2_SFTP_ATTRIBUTES a;
     unsigned len = (unsigned)strlen(q->path);
     int rc = libssh2_sftp_unlink_ex(o->c->sftp, q->path, len);
@@ -517,8 +531,9 @@ static void op_delete(struct sftp_ops *o, const struct proto_request *q, struct 
 
 /* posix-rename replaces the target atomically; plain SFTP v3 rename fails
  * when it exists, so without the extension remove the target first. */
-static void op_rename(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_rename(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     unsigned flen = (unsigned)strlen(q->from), tlen = (unsigned)strlen(q->to);
     int rc = libssh2_sftp_posix_rename_ex(o->c->sftp, q->from, flen, q->to, tlen);
 
@@ -617,8 +632,9 @@ static int last_err(struct sftp_ops *o)
  * an ordinary error answer; after it (the file shrank, the server failed),
  * the message is cut short and the WebSocket closes, never a short file
  * passed off as whole. A file that grew is sent up to the announced size. */
-static void op_read(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_read(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     LIBSSH2_SFTP_HANDLE *h = open_file(o, q->path, LIBSSH2_FXF_READ);
     LIBSSH2_SFTP_ATTRIBUTES a;
     struct frame *head = NULL, *f = NULL;
@@ -700,9 +716,9 @@ static int sync_and_close(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h)
 }
 
 /* Legacy whole-file write. A failed write leaves no half file behind. */
-static void op_write(struct sftp_ops *o, const struct proto_request *q, const uint8_t *data,
-                     size_t len, struct op_reply *r)
+static void op_write(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     LIBSSH2_SFTP_HANDLE *h =
         open_file(o, q->path, LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC);
     int rc;
@@ -711,7 +727,7 @@ static void op_write(struct sftp_ops *o, const struct proto_request *q, const ui
         reply_sftp_error(o, last_err(o), r);
         return;
     }
-    rc = write_full(h, data, len, write_window(o->c));
+    rc = write_full(h, in->data, in->len, write_window(o->c));
     if (rc < 0) {
         reply_sftp_error(o, rc, r);
         libssh2_sftp_close_handle(h);
@@ -771,8 +787,9 @@ static void reply_no_write(struct sftp_ops *o, const char *id, struct op_reply *
         reply_error(r, "unknown write handle", "not_found");
 }
 
-static void op_write_open(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_write_open(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     unsigned long flags = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT;
     LIBSSH2_SFTP_ATTRIBUTES a = {0};
     struct whandle *w;
@@ -838,8 +855,10 @@ static void fail_write(struct sftp_ops *o, struct whandle *w, int rc)
     drop_write(w);
 }
 
-static void op_write_chunk(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_write_chunk(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
+
     if (!find_write(o, q->handle)) {
         reply_no_write(o, q->handle, r);
         return;
@@ -864,8 +883,9 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *q, const uint
     return 0;
 }
 
-static void op_write_close(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_write_close(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     struct whandle *w = find_write(o, q->handle);
     int rc;
 
@@ -885,8 +905,9 @@ static void op_write_close(struct sftp_ops *o, const struct proto_request *q, st
 }
 
 /* Also {} for a handle that failed or is unknown: the upload is gone. */
-static void op_write_abort(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_write_abort(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     struct whandle *w = find_write(o, q->handle);
 
     if (w) {
@@ -897,8 +918,9 @@ static void op_write_abort(struct sftp_ops *o, const struct proto_request *q, st
     reply_ok(r, NULL);
 }
 
-static void op_read_open(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_read_open(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     int i;
 
     for (i = 0; i < PROTO_MAX_READ_HANDLES && o->reads[i].h; i++)
@@ -956,8 +978,9 @@ static struct frame *read_chunk(struct sftp_ops *o, struct rhandle *rh, int *rc,
     return f;
 }
 
-static void op_read_chunk(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_read_chunk(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     struct rhandle *rh = find_read(o, q->handle);
     struct frame *f;
     unsigned long status = 0;
@@ -998,8 +1021,9 @@ void sftp_ops_read_ahead(struct sftp_ops *o, const char *handle)
         rh->ahead = read_chunk(o, rh, &rh->ahead_rc, &rh->ahead_status);
 }
 
-static void op_read_close(struct sftp_ops *o, const struct proto_request *q, struct op_reply *r)
+static void op_read_close(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
+    const struct proto_request *q = in->req;
     struct rhandle *rh = find_read(o, q->handle);
 
     if (rh)
@@ -1007,42 +1031,38 @@ static void op_read_close(struct sftp_ops *o, const struct proto_request *q, str
     reply_ok(r, NULL);
 }
 
-typedef void (*op_fn)(struct sftp_ops *, const struct proto_request *, struct op_reply *);
+/* A second auth on an authenticated session: the verb exists, the
+ * session is past it. */
+static void op_auth(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
+{
+    (void)o;
+    (void)in;
+    reply_error(r, "already authenticated", "bad_request");
+}
 
+typedef void (*op_fn)(struct sftp_ops *o, const struct op_call *in, struct op_reply *r);
+
+#define OP_HANDLER(wire, e, param, binary, handler) [e] = handler,
 static const op_fn ops[M_COUNT] = {
-    [M_STAT] = op_stat,
-    [M_LIST] = op_list,
-    [M_FS_INFO] = op_fs_info,
-    [M_MKDIR] = op_mkdir,
-    [M_DELETE] = op_delete,
-    [M_RENAME] = op_rename,
-    [M_READ] = op_read,
-    [M_WRITE_OPEN] = op_write_open,
-    [M_WRITE_CHUNK] = op_write_chunk,
-    [M_WRITE_CLOSE] = op_write_close,
-    [M_WRITE_ABORT] = op_write_abort,
-    [M_READ_OPEN] = op_read_open,
-    [M_READ_CHUNK] = op_read_chunk,
-    [M_READ_CLOSE] = op_read_close,
+    PROTO_VERBS(OP_HANDLER)
 };
+#undef OP_HANDLER
 
 void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req, const uint8_t *data,
                   size_t len, struct op_reply *r)
 {
+    const struct op_call in = {req, data, len};
+
     memset(r, 0, sizeof(*r));
     if (req->error) {
         reply_error(r, req->error, req->code);
-        return;
-    }
-    if (req->method == M_WRITE) {
-        op_write(o, req, data, len, r);
         return;
     }
     if (req->method <= M_UNKNOWN || req->method >= M_COUNT || !ops[req->method]) {
         reply_error(r, "unknown method", "unknown_method");
         return;
     }
-    ops[req->method](o, req, r);
+    ops[req->method](o, &in, r);
     if (!r->result && !r->error && !r->streamed)
         reply_error(r, "out of memory", "io");
 }

@@ -185,10 +185,6 @@ static int run_request(struct worker *w, struct job *j)
     char *text;
     int rc = 0;
 
-    if (j->req.method == M_AUTH) {
-        post_text(w->s, proto_error(j->req.id, "already authenticated", "bad_request"));
-        return 0;
-    }
     sftp_ops_run(w->ops, &j->req, j->data, j->len, &r);
     if (r.streamed) {
         if (r.error || r.fatal) {

@@ -14,6 +14,7 @@
 
 #include "check.h"
 #include "config.h"
+#include "netguard.h"
 
 static const char *const vars[] = {
     "BIND_ADDR", "TLS_CERT", "TLS_KEY", "ALLOW_PLAINTEXT", "BYO_DOMAIN", "SPA_DIR",
@@ -542,6 +543,80 @@ static void test_env_file(void)
     reset_env();
 }
 
+/* The start-up log shows each value as parsed, not as written in the
+ * environment, and never the signing key. */
+static void test_effective_values(void)
+{
+    static const char key[] = "0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    struct config c;
+    char v[256], line[8192];
+    FILE *cap;
+    size_t got;
+    int saved;
+
+    reset_env();
+    setenv("BIND_ADDR", "[::1]:9000", 1);
+    setenv("BYO_DOMAIN", "App.Example.COM", 1);
+    setenv("SFTP_ALLOWED_PORTS", " 22 , 2222", 1);
+    setenv("SFTP_HOST_ALLOWLIST", "*.Example.com, files.B.org", 1);
+    setenv("TRUSTED_PROXY_IPS", "10.1.2.3, 192.168.7.9/16,::ffff:10.0.0.1", 1);
+    setenv("LOG_LEVEL", "DEBUG", 1);
+    setenv("ALLOW_PLAINTEXT", "yes", 1);
+    setenv("RELAY_SIGNING_KEY", key, 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == 0);
+
+    CHECK(cfg_effective(&c, "BIND_ADDR", v, sizeof(v)) == 0);
+    CHECK_STR(v, "[::1]:9000");
+    cfg_effective(&c, "BYO_DOMAIN", v, sizeof(v));
+    CHECK_STR(v, "app.example.com");
+    cfg_effective(&c, "SFTP_ALLOWED_PORTS", v, sizeof(v));
+    CHECK_STR(v, "22,2222");
+    cfg_effective(&c, "SFTP_HOST_ALLOWLIST", v, sizeof(v));
+    CHECK_STR(v, "*.example.com,files.b.org");
+    cfg_effective(&c, "TRUSTED_PROXY_IPS", v, sizeof(v));
+    CHECK_STR(v, "10.1.2.3/32,192.168.0.0/16,10.0.0.1/32");
+    cfg_effective(&c, "SFTP_ALLOW_PRIVATE_CIDRS", v, sizeof(v));
+    CHECK_STR(v, "(empty)");
+    cfg_effective(&c, "LOG_LEVEL", v, sizeof(v));
+    CHECK_STR(v, "debug");
+    cfg_effective(&c, "ALLOW_PLAINTEXT", v, sizeof(v));
+    CHECK_STR(v, "1");
+    cfg_effective(&c, "TLS_CERT", v, sizeof(v));
+    CHECK_STR(v, "(unset)");
+    cfg_effective(&c, "SFTP_UPLOAD_BUFFER_BYTES", v, sizeof(v));
+    CHECK_STR(v, "209715200");
+    cfg_effective(&c, "RELAY_SIGNING_KEY", v, sizeof(v));
+    CHECK_STR(v, "(set, hidden)");
+    CHECK(cfg_effective(&c, "NO_SUCH_SETTING", v, sizeof(v)) == -1);
+    /* A value longer than the buffer is cut, and says so. */
+    cfg_effective(&c, "TRUSTED_PROXY_IPS", v, 16);
+    CHECK_STR(v, "10.1.2.3/32,...");
+
+    /* The log line itself, captured from stderr. */
+    cap = tmpfile();
+    CHECK(cap != NULL);
+    if (cap) {
+        fflush(stderr);
+        saved = dup(2);
+        dup2(fileno(cap), 2);
+        log_init(LOG_INFO);
+        cfg_log(&c);
+        fflush(stderr);
+        dup2(saved, 2);
+        close(saved);
+        rewind(cap);
+        got = fread(line, 1, sizeof(line) - 1, cap);
+        line[got] = '\0';
+        fclose(cap);
+        CHECK(strstr(line, "setting BYO_DOMAIN=app.example.com\n") != NULL);
+        CHECK(strstr(line, "setting SFTP_ALLOWED_PORTS=22,2222\n") != NULL);
+        CHECK(strstr(line, "setting RELAY_SIGNING_KEY=(set, hidden)\n") != NULL);
+        CHECK(strstr(line, key) == NULL);
+    }
+    cfg_free(&c);
+    reset_env();
+}
+
 int main(void)
 {
     reset_env();
@@ -553,6 +628,7 @@ int main(void)
     test_signing_key();
     test_empty_values();
     test_env_file();
+    test_effective_values();
     cfg_free(&defaults);
     CHECK_DONE();
 }
