@@ -87,14 +87,19 @@ static ssize_t read_full(LIBSSH2_SFTP_HANDLE *h, char *buf, size_t want)
     return (ssize_t)n;
 }
 
-/* As the relay's write_full(): a call returns after the first acknowledged
- * packet of its pipelined batch. */
+/* As the relay's write_full() on loopback: at most WRITE_WINDOW in flight
+ * per call (relay/sftp_ops.c says why: a larger burst makes sshd grow its
+ * input buffer at great cost), and a call returns after the first
+ * acknowledged packet of its pipelined batch. */
+#define WRITE_WINDOW (512u * 1024)
+
 static int write_full(LIBSSH2_SFTP_HANDLE *h, const char *data, size_t len)
 {
     size_t off = 0;
 
     while (off < len) {
-        ssize_t rc = libssh2_sftp_write(h, data + off, len - off);
+        size_t n = len - off < WRITE_WINDOW ? len - off : WRITE_WINDOW;
+        ssize_t rc = libssh2_sftp_write(h, data + off, n);
         if (rc < 0)
             return (int)rc;
         off += (size_t)rc;
