@@ -353,10 +353,7 @@ def rss_limit_kib():
 
 
 def asan_env():
-    if not procinfo.is_asan_binary(relay_binary()):
-        return {}
-    opts = os.environ.get("ASAN_OPTIONS", "")
-    return {"ASAN_OPTIONS": (opts + ":" if opts else "") + "quarantine_size_mb=16"}
+    return procinfo.asan_env(relay_binary())
 
 
 def watch_rss(pid, secs):

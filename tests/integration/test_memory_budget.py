@@ -35,9 +35,7 @@ def pipelined_upload(s, handle, data, answers, errors):
 
 def test_stalled_uploads_stay_within_the_budget(relay_factory, sshd, workdir):
     asan = procinfo.is_asan_binary(relay_binary())
-    env = {"RELAY_MEMORY_BUDGET_MIB": BUDGET_MIB}
-    if asan:
-        env["ASAN_OPTIONS"] = "quarantine_size_mb=16"
+    env = dict(procinfo.asan_env(relay_binary()), RELAY_MEMORY_BUDGET_MIB=BUDGET_MIB)
     relay = relay_factory(**env)
     pid = relay.proc.pid
     assert "memory budget for buffered bytes: %d MiB" % BUDGET_MIB in relay.log_text()

@@ -21,10 +21,7 @@ RSS_GROWTH_LIMIT_KIB = (100 if ASAN else 40) * 1024
 
 
 def asan_env():
-    if not ASAN:
-        return {}
-    opts = os.environ.get("ASAN_OPTIONS", "")
-    return {"ASAN_OPTIONS": (opts + ":" if opts else "") + "quarantine_size_mb=16"}
+    return procinfo.asan_env(relay_binary())
 
 
 def reset_peak_rss(pid):

@@ -11,7 +11,7 @@ import time
 import procinfo
 from helpers import login, pattern, wait_until
 from relay import relay_binary
-from wsclient import MiB
+
 
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 MASK = b"\x11\x22\x33\x44"
@@ -111,7 +111,7 @@ def test_error_answers_to_a_slow_reader_stay_bounded(relay_factory, sshd):
     so the relay's memory stays flat however long the browser keeps
     sending (it grew by ~10 MiB/s before)."""
     asan = procinfo.is_asan_binary(relay_binary())
-    relay = relay_factory()
+    relay = relay_factory(**procinfo.asan_env(relay_binary()))
     pid = relay.proc.pid
     s = login(relay, sshd)
     bad = "wh-" + "0" * 32
