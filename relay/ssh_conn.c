@@ -137,13 +137,50 @@ static int closed_before_banner(char *err, size_t errlen)
     return SSH_E_CLOSED_BEFORE_BANNER;
 }
 
+/* How long a server that sent something other than a banner gets to hang
+ * up, which makes it a refusal rather than a non-SSH server. */
+#define REFUSAL_HANGUP_MS 500
+#define REFUSAL_TEXT_MAX 80
+
+/* One short line of text followed by a hang-up is how OpenSSH refuses a
+ * source address ("Not allowed at this time" for PerSourcePenalties,
+ * "Exceeded MaxStartups"). Returns 1 and the closed_before_banner error,
+ * with the server's words, when `buf` is such a line and the server hangs
+ * up within REFUSAL_HANGUP_MS; else 0. */
+static int refused_with_line(int fd, const char *buf, size_t n, char *err, size_t errlen)
+{
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    char text[REFUSAL_TEXT_MAX + 1];
+    size_t i;
+
+    for (i = 0; i < n && buf[i] != '\r' && buf[i] != '\n'; i++)
+        if ((unsigned char)buf[i] < 0x20 || (unsigned char)buf[i] > 0x7e || i >= REFUSAL_TEXT_MAX)
+            return 0;
+    size_t end = i;
+
+    if (end < n && buf[end] == '\r')
+        end++;
+    if (end < n && buf[end] == '\n')
+        end++;
+    if (i == 0 || end == i || end != n)
+        return 0;  /* not exactly one short line (an HTTP answer has more) */
+    if (poll(&p, 1, REFUSAL_HANGUP_MS) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP)))
+        return 0;
+    memcpy(text, buf, i);
+    text[i] = '\0';
+    snprintf(err, errlen, "the server closed the connection before sending its SSH banner "
+             "(it said \"%s\"): it is probably refusing or rate-limiting connections from "
+             "this relay (OpenSSH PerSourcePenalties or MaxStartups, fail2ban)", text);
+    return 1;
+}
+
 /* Peek (never consume: libssh2 must read the banner itself) until the first
  * bytes prove an SSH server, however the banner is split into packets. */
 static int check_banner(int fd, int secs, char *err, size_t errlen)
 {
     struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
     struct timespec deadline;
-    char buf[16];
+    char buf[REFUSAL_TEXT_MAX + 2];
 
     deadline_in(&deadline, secs);
     for (;;) {
@@ -170,6 +207,8 @@ static int check_banner(int fd, int secs, char *err, size_t errlen)
         if (m == 1)
             return 0;
         if (m < 0) {
+            if (refused_with_line(fd, buf, (size_t)n, err, errlen))
+                return SSH_E_CLOSED_BEFORE_BANNER;
             snprintf(err, errlen, "the server is not an SSH server");
             return SSH_E_NOT_SSH;
         }

@@ -55,3 +55,30 @@ def test_something_else_is_still_not_ssh(relay_factory):
         assert frame["error"] == "the server is not an SSH server", frame
     finally:
         server.close()
+
+
+def test_openssh_refusal_line_then_close_is_closed_before_banner(relay_factory):
+    """OpenSSH >= 9.8 writes one line before it hangs up on a penalised
+    source ("Not allowed at this time"; "Exceeded MaxStartups" for
+    MaxStartups): still a refusal, not a non-SSH server, with its words."""
+    for line in (b"Not allowed at this time\r\n", b"Exceeded MaxStartups\r\n"):
+        server = fakeservers.FakeServer([("send", line), ("close",)])
+        try:
+            relay = relay_factory(extra_ports=[server.port])
+            frame = setup_error(relay, server.port)
+            assert frame["code"] == "closed_before_banner", frame
+            assert line.strip().decode() in frame["error"], frame
+            assert "PerSourcePenalties" in frame["error"], frame
+        finally:
+            server.close()
+
+
+def test_one_line_without_hangup_is_still_not_ssh(relay_factory):
+    """The same line from a server that stays connected is not a refusal."""
+    server = fakeservers.FakeServer([("send", b"Not allowed at this time\r\n"), ("sleep", 5)])
+    try:
+        relay = relay_factory(extra_ports=[server.port])
+        frame = setup_error(relay, server.port)
+        assert frame["code"] == "not_ssh", frame
+    finally:
+        server.close()
