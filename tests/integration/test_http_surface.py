@@ -13,6 +13,7 @@ import time
 import pytest
 import websockets
 import websockets.exceptions
+import websockets.version
 
 from helpers import LOCAL, login
 from wsclient import COOKIE_NAME, get_cookie, upgrade_status
@@ -72,14 +73,25 @@ def assert_refusal(status_line, headers, body, status):
     assert b"<html" not in body.lower() and body.strip(), body
 
 
+# websockets 14 (Debian 13) renamed the header argument and reports a
+# refused upgrade as InvalidStatus; 10.4 (Debian 12) has InvalidStatusCode.
+_NEW_WEBSOCKETS = int(websockets.version.version.split(".")[0]) >= 14
+_REFUSED = tuple(getattr(websockets.exceptions, name)
+                 for name in ("InvalidStatus", "InvalidStatusCode")
+                 if hasattr(websockets.exceptions, name))
+
+
 def ws_status(url, headers=(), origin=None):
     """Status of an upgrade through the `websockets` library (not ours)."""
+    key = "additional_headers" if _NEW_WEBSOCKETS else "extra_headers"
+
     async def attempt():
         try:
-            ws = await websockets.connect(url, extra_headers=list(headers), origin=origin,
-                                          open_timeout=5)
-        except websockets.exceptions.InvalidStatusCode as e:
-            return e.status_code
+            ws = await websockets.connect(url, origin=origin, open_timeout=5,
+                                          **{key: list(headers)})
+        except _REFUSED as e:
+            response = getattr(e, "response", None)
+            return response.status_code if response is not None else e.status_code
         await ws.close()
         return 101
     return asyncio.run(attempt())
