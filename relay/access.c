@@ -2,6 +2,7 @@
  * endpoints and the WebSocket upgrade gate, each a function from request
  * strings to an HTTP status, on top of auth_cookie, ratelimit and netguard. */
 #include "access.h"
+#include "clock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -82,11 +83,9 @@ static void key_of(const char *client_ip, char key[CLIENT_IP_MAX])
 struct access_time access_time_now(void)
 {
     struct access_time t;
-    struct timespec ts;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     t.wall = time(NULL);
-    t.mono_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    t.mono_ms = clock_now_ms();
     return t;
 }
 

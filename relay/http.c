@@ -3,6 +3,7 @@
  * yet upgraded. Decisions are made by access.c, the upgrade by gate.c;
  * this file routes requests and moves bytes for the decisions. */
 #include "http.h"
+#include "clock.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -36,21 +37,13 @@ size_t http_pss_size(void)
     return sizeof(struct http_pss);
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* lws re-arms its body timeout on every chunk, so a body sent a byte at a
  * time would hold its connection for hours: keep our own deadline for the
  * whole body and give lws only what is left of it. Returns -1 when the
  * deadline has passed (the connection is closed). */
 static int body_deadline(struct lws *wsi, struct http_pss *pss)
 {
-    int64_t left = pss->deadline_ms - now_ms();
+    int64_t left = pss->deadline_ms - clock_now_ms();
 
     if (left <= 0)
         return -1;
@@ -117,7 +110,7 @@ static int auth_start(struct lws *wsi, struct http_pss *pss)
     if ((unsigned long long)len > server_of(wsi)->cfg->auth_max_body_bytes)
         return http_refuse(wsi, 413, NULL, NULL);
     pss->is_auth = 1;
-    pss->deadline_ms = now_ms() + HTTP_REQUEST_DEADLINE_SECS * 1000;
+    pss->deadline_ms = clock_now_ms() + HTTP_REQUEST_DEADLINE_SECS * 1000;
     return body_deadline(wsi, pss);  /* the body follows */
 }
 

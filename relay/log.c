@@ -1,6 +1,7 @@
 /* stderr logging, one record per write() so lines from worker threads do
  * not interleave; control bytes escaped, identical records folded. */
 #include "log.h"
+#include "clock.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -75,14 +76,6 @@ static void emit(enum log_level level, const char *text)
     }
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The last record written, to fold identical ones that follow it: a
  * failure that repeats in a loop (accept at the descriptor limit) must not
  * fill the disk. Guarded by `repeat_mu`: workers log too. */
@@ -104,7 +97,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
     vsnprintf(raw, sizeof(raw), fmt, ap);
     va_end(ap);
     escape(raw, text, sizeof(text));
-    now = mono_ms();
+    now = clock_now_ms();
 
     pthread_mutex_lock(&repeat_mu);
     if (level == last_level && strcmp(text, last_text) == 0 &&

@@ -2,6 +2,7 @@
  * with its signal handling and graceful drain. Everything here runs on the
  * one service thread. */
 #include "server.h"
+#include "clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,14 +90,6 @@ static unsigned server_fd_table(const struct config *cfg, char *err, size_t errl
         return 0;
     }
     return (unsigned)(rl.rlim_cur - fds_outside_lws(cfg));
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void lws_log_cb(int level, const char *line)
@@ -281,7 +274,7 @@ static void tls_reload(struct server *srv)
  * close them as they go idle, and cut whatever is left at the deadline. */
 static int drain_step(struct server *srv)
 {
-    int64_t now = now_ms();
+    int64_t now = clock_now_ms();
 
     if (!srv->draining) {
         srv->draining = 1;

@@ -3,6 +3,7 @@
  * still has to clean up (remove a partial upload), and is freed by the last
  * reference, always dropped on the service thread. */
 #include "session.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -47,10 +48,7 @@ void job_free(struct job *j)
 
 int64_t session_now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_now_ms();
 }
 
 /* One number from a file such as /proc/meminfo's line or cgroup's
