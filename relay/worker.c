@@ -53,7 +53,8 @@ static int pin_target(struct worker *w)
 
     if (s->pinned)
         return 0;
-    rc = netguard_resolve(w->cfg, s->host, s->port, &s->addr, &s->addrlen, err, sizeof(err));
+    rc = netguard_resolve(w->cfg->allow_private, w->cfg->n_allow_private, s->host, s->port,
+                          &s->addr, &s->addrlen, err, sizeof(err));
     if (rc == 0) {
         s->pinned = 1;
         return 0;
