@@ -150,7 +150,7 @@ static int authenticate(struct worker *w, struct job *j)
     }
     post_text(s, proto_result_empty(j->req.id));
     session_set_phase(s, PH_READY);
-    log_debug("session %s: authenticated", s->id);
+    log_debug("session %s: authenticated; SFTP reads of %zu bytes", s->id, w->c.read_size);
     return 0;
 }
 
