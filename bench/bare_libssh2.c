@@ -181,6 +181,14 @@ int main(int argc, char **argv)
     sftp = libssh2_sftp_init(ssh);
     if (!sftp)
         die_ssh(ssh, "sftp");
+#ifdef LIBSSH2_SFTP_HAS_READ_SIZE
+    /* As the relay does (ssh_conn.c): reads of the size the server promised. */
+    {
+        LIBSSH2_SFTP_LIMITS lim;
+        if (libssh2_sftp_limits(sftp, &lim) == 0 && lim.max_read_length > 0)
+            libssh2_sftp_set_read_size(sftp, (size_t)lim.max_read_length);
+    }
+#endif
     cs = libssh2_session_methods(ssh, LIBSSH2_METHOD_CRYPT_CS);
     sc = libssh2_session_methods(ssh, LIBSSH2_METHOD_CRYPT_SC);
 

@@ -803,6 +803,7 @@ class Bench:
             ("memory", mem),
             ("kernel", platform.release()),
             ("libssh2", getattr(self, "libssh2_version", "?")),
+            ("relay --version", cmd([self.relay_bin, "--version"])),
             ("OpenSSH", cmd(["ssh", "-V"])),
             ("libwebsockets", cmd(["pkg-config", "--modversion", "libwebsockets"])),
             ("negotiated cipher", "%s (both directions; sshd pinned to Ciphers %s)"

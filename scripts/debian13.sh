@@ -70,7 +70,7 @@ inside() {
   local env=(env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash
              TERM="${TERM:-dumb}" LANG=C.UTF-8
              PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-             WC_TEST_QUICK="${WC_TEST_QUICK:-0}")
+             WC_TEST_QUICK="${WC_TEST_QUICK:-0}" WC_LIBSSH2="${WC_LIBSSH2:-}")
   if [ "$mode" = shell ]; then
     chroot "$root" "${env[@]}" /bin/bash -l
   elif [ "$mode" = bench ]; then

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what wattcloud-relay needs to build (and, with --test, to run its
-# tests) on Debian 12 or 13, and makes sure a libssh2 >= 1.11 is available:
-# the system one where Debian ships it, else a private static build.
+# tests) on Debian 12 or 13, and builds our libssh2: Debian 13's libssh2
+# 1.11.1 source with our patches (scripts/libssh2-patches/), static, in a
+# private prefix.
 #
 # Usage: scripts/deps.sh [--test]
 # Safe to re-run: every step checks first, so a second run only reads state.
 # Env: LIBSSH2_PRIVATE_PREFIX (default /opt/wattcloud-deps/libssh2), which
-#      must match the CMake cache variable of the same name.
+#      must match the CMake cache variable of the same name;
+#      WC_LIBSSH2=system takes the system's libssh2 (>= 1.11: Debian 13)
+#      instead, without our patches (CMake reads the same variable).
 set -euo pipefail
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 
 want_test=0
 case "${1:-}" in
@@ -296,39 +299,55 @@ check_no_trixie_binaries() {
   fi
 }
 
-# Sets LIBSSH2_USED to a description of the libssh2 the build will take,
-# choosing the same way our CMakeLists does: system first, then private.
-ensure_libssh2() {
+# 1 when this system is Debian 13 or later: trixie's packages are its own,
+# and the checks against pulling them into Debian 12 do not apply.
+host_is_trixie_or_later() {
+  local v
+  v="$(sed -n 's/^VERSION_ID=//p' /etc/os-release 2>/dev/null | tr -d '"')"
+  [ -n "$v" ] && [ "${v%%.*}" -ge 13 ] 2>/dev/null
+}
+
+# The system's libssh2 (WC_LIBSSH2=system): 1.11 or newer from Debian, or
+# a clear refusal.
+use_system_libssh2() {
   local v cand
   v="$(pkg-config --modversion libssh2 2>/dev/null || true)"
-  if version_ok "$v"; then
-    LIBSSH2_USED="system libssh2 $v (pkg-config)"
-    return 0
-  fi
-
-  # Debian 13 and later ship a new enough one; prefer it to building.
-  cand="$(candidate libssh2-1-dev)"
-  if [ -z "$cand" ] && [ "$apt_updated" -eq 0 ]; then
-    apt_update_once
+  if ! version_ok "$v"; then
     cand="$(candidate libssh2-1-dev)"
-  fi
-  if version_ok "$cand"; then
+    if [ -z "$cand" ] && [ "$apt_updated" -eq 0 ]; then
+      apt_update_once
+      cand="$(candidate libssh2-1-dev)"
+    fi
+    version_ok "$cand" ||
+      die "WC_LIBSSH2=system, but this system's libssh2 is ${cand:-not available}" \
+          "(1.11 or newer is needed); unset WC_LIBSSH2 to build our own"
     install_pkgs libssh2-1-dev
     v="$(pkg-config --modversion libssh2)"
     version_ok "$v" || die "libssh2-1-dev $cand installed but pkg-config says '$v'"
-    LIBSSH2_USED="system libssh2 $v (libssh2-1-dev)"
-    return 0
   fi
+  LIBSSH2_USED="system libssh2 $v, without our patches (WC_LIBSSH2=system)"
+}
 
+# Sets LIBSSH2_USED to a description of the libssh2 the build will take,
+# choosing the same way our CMakeLists does: by default our private static
+# build of Debian 13's libssh2 with our patches (on Debian 12 and 13 alike:
+# the patches are what make the relay faster than OpenSSH's sftp,
+# bench/RESULTS.md); with WC_LIBSSH2=system the system's own.
+ensure_libssh2() {
+  case "${WC_LIBSSH2:-}" in
+    system) use_system_libssh2; return 0 ;;
+    ""|private) ;;
+    *) die "WC_LIBSSH2 must be 'private', 'system' or unset, not '$WC_LIBSSH2'" ;;
+  esac
   if private_build_ok; then
     log "private libssh2 in $PREFIX is current; not rebuilding"
-    check_no_trixie_binaries
+    host_is_trixie_or_later || check_no_trixie_binaries
   else
     build_private_libssh2
-    check_no_trixie_binaries --upgrade
+    host_is_trixie_or_later || check_no_trixie_binaries --upgrade
   fi
   LIBSSH2_USED="private static libssh2 $(header_version "$PREFIX/include/libssh2.h")"
-  LIBSSH2_USED+=" in $PREFIX (system candidate ${cand:-none} is too old)"
+  LIBSSH2_USED+=" with our patches in $PREFIX"
 }
 
 # ---------------------------------------------------------------- main
