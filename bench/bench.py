@@ -795,8 +795,12 @@ class Bench:
             for line in f:
                 if line.startswith("MemTotal"):
                     mem = "%.1f GiB" % (int(line.split()[1]) / 1024 / 1024)
-        commit = cmd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-        dirty = cmd(["git", "-C", ROOT, "status", "--porcelain", "--", "relay", "proto"])
+        # scripts/debian13.sh runs us in a copy without .git and says which
+        # commit it copied (and whether relay/ or proto/ had changes).
+        commit = os.environ.get("WC_BENCH_COMMIT") or cmd(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+        dirty = os.environ.get("WC_BENCH_DIRTY") if "WC_BENCH_COMMIT" in os.environ \
+            else cmd(["git", "-C", ROOT, "status", "--porcelain", "--", "relay", "proto"])
         return [
             ("nproc", str(os.cpu_count())),
             ("CPU", cpu),
@@ -958,6 +962,8 @@ class Bench:
                                          debian_release())
         if self.args.cipher != DEFAULT_CIPHER:
             name += ", " + self.args.cipher
+        if os.environ.get("WC_LIBSSH2") == "system":
+            name += ", system libssh2 (without our patches)"
         return name
 
     def write_results(self, report):

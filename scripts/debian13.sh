@@ -70,7 +70,8 @@ inside() {
   local env=(env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash
              TERM="${TERM:-dumb}" LANG=C.UTF-8
              PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-             WC_TEST_QUICK="${WC_TEST_QUICK:-0}" WC_LIBSSH2="${WC_LIBSSH2:-}")
+             WC_TEST_QUICK="${WC_TEST_QUICK:-0}" WC_LIBSSH2="${WC_LIBSSH2:-}"
+             WC_BENCH_COMMIT="${WC_BENCH_COMMIT:-}" WC_BENCH_DIRTY="${WC_BENCH_DIRTY:-}")
   if [ "$mode" = shell ]; then
     chroot "$root" "${env[@]}" /bin/bash -l
   elif [ "$mode" = bench ]; then
@@ -291,6 +292,10 @@ main() {
     exec "${ns[@]}" bash "$0" --inside shell "$WORK"
   fi
 
+  # The copy has no .git: bench.py is told which commit it measures.
+  WC_BENCH_COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  WC_BENCH_DIRTY="$(git -C "$ROOT" status --porcelain -- relay proto 2>/dev/null || true)"
+  export WC_BENCH_COMMIT WC_BENCH_DIRTY
   what="scripts/test.sh"
   [ "$mode" = bench ] && what="bench/run.sh ${bench_args[*]}"
   log "running $what in Debian 13 (log: $LOG)"
