@@ -751,7 +751,11 @@ class Bench:
             return
         for kind in ("download", "upload"):
             data = os.path.join(self.work, "perf-%s.data" % kind)
-            perf = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph",
+            # --profile-faults: where the relay takes its page faults (every
+            # one recorded) instead of where it spends CPU.
+            what = (["-e", "minor-faults", "-c", "1"] if self.args.profile_faults
+                    else ["-F", "999"])
+            perf = subprocess.Popen(["perf", "record", *what, "--call-graph",
                                      "dwarf,16384", "-o", data, "-p", str(relay.proc.pid)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
@@ -1053,6 +1057,8 @@ def main():
                    "GLIBC_TUNABLES=glibc.malloc.arena_max=2 (repeatable)")
     p.add_argument("--profile", action="store_true",
                    help="also perf-record the relay during a download and an upload")
+    p.add_argument("--profile-faults", action="store_true",
+                   help="with --profile: record page faults instead of CPU time")
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: must run as root (creates the user wctest, starts sshd)")

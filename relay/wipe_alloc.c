@@ -6,8 +6,12 @@
 #include "wipe_alloc.h"
 
 #include <malloc.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -128,4 +132,28 @@ __attribute__((noinline)) void wipe_thread_residue(void)
 {
     wipe_vector_regs();
     wipe_dead_stack();
+}
+
+/* The frame of this function and the libc calls it makes live in the pages
+ * just below the caller's frame: keep STACK_KEEP_PAGES of them. */
+#define STACK_KEEP_PAGES 4
+
+__attribute__((noinline)) void wipe_release_stack(void)
+{
+    pthread_attr_t attr;
+    void *lo;
+    size_t size;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    uintptr_t start, end;
+
+    if (pthread_getattr_np(pthread_self(), &attr) != 0)
+        return;
+    if (pthread_attr_getstack(&attr, &lo, &size) == 0) {
+        start = ((uintptr_t)lo + page - 1) & ~(page - 1);
+        end = (here & ~(page - 1));
+        if (end > start + STACK_KEEP_PAGES * page)
+            (void)madvise((void *)start, end - STACK_KEEP_PAGES * page - start, MADV_DONTNEED);
+    }
+    pthread_attr_destroy(&attr);
 }

@@ -34,4 +34,11 @@ void wipe_ssh_free(void *p, void **abstract);
 #define WIPE_STACK_BYTES (64u * 1024)
 void wipe_thread_residue(void);
 
+/* Give the pages of the calling thread's stack below its current frame back
+ * to the kernel (they read as zeros afterwards). Call it last thing before
+ * a thread ends: glibc keeps the stacks of ended threads for reuse (up to
+ * 40 MiB of them), with every page they ever touched, so without this a
+ * burst of sessions would leave its stacks' pages resident. */
+void wipe_release_stack(void);
+
 #endif

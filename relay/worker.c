@@ -333,5 +333,6 @@ out:
     session_set_sock(w.s, -1);
     ssh_close(&w.c);
     session_worker_exit(w.s, w.reason);
+    wipe_release_stack();
     return NULL;
 }
