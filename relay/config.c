@@ -488,6 +488,9 @@ static const struct setting settings[] = {
     {.name = "TRUSTED_PROXY_IPS", .def = "", .kind = &K_CIDRS,
      .off = OFF(trusted_proxies), .off2 = OFF(n_trusted_proxies),
      .help = "reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs)"},
+    {.name = "METRICS_ALLOW", .def = "127.0.0.0/8,::1", .kind = &K_CIDRS,
+     .off = OFF(metrics_allow), .off2 = OFF(n_metrics_allow),
+     .help = "client addresses (IPs or CIDRs) that may read GET /metrics; others get 403"},
     {.name = "LOG_LEVEL", .def = "info", .kind = &K_LEVEL, .off = OFF(log_level),
      .help = "error, warn, info or debug"},
     {.name = "MAX_SESSIONS", .def = "512", .kind = &K_INT, .off = OFF(max_sessions),
@@ -668,6 +671,7 @@ void cfg_free(struct config *c)
     free(c->host_allowlist);
     free(c->allow_private);
     free(c->trusted_proxies);
+    free(c->metrics_allow);
     wipe_mem(c->signing_key, sizeof(c->signing_key));
     memset(c, 0, sizeof(*c));
 }

@@ -45,6 +45,8 @@ struct config {
     int n_allow_private;
     struct cidr *trusted_proxies;  /* TRUSTED_PROXY_IPS (single IPs or CIDRs) */
     int n_trusted_proxies;
+    struct cidr *metrics_allow;    /* METRICS_ALLOW: clients that may read /metrics */
+    int n_metrics_allow;
 
     /* Sessions and timeouts (PROTOCOL §3, §4). */
     int max_concurrent_per_ip;     /* SFTP_MAX_CONCURRENT_PER_IP */

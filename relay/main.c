@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 #include "signals.h"
 #include "ssh_conn.h"
@@ -108,6 +109,7 @@ int main(int argc, char **argv)
         cfg_free(&cfg);
         return 1;
     }
+    metrics_set_libssh2_version(ssh_version());
     rc = server_run(&cfg, worker_main);
     ssh_global_exit();
     cfg_free(&cfg);
