@@ -397,12 +397,14 @@ def test_session_through_proxy_sees_forwarded_client_ip(proxied, sshd, workdir):
     assert SPOOFED_XFF not in log
 
 
-def test_health_and_ready_not_public(proxied):
+def test_health_ready_and_metrics_not_public(proxied):
     relay, _, endpoint = proxied
-    for path in ("/health", "/ready"):
+    for path in ("/health", "/ready", "/metrics", "/metrics?x=1", "/relay/../metrics"):
         status, _, body = endpoint.http("GET", path)
         assert status == 404 and b"ok" not in body and b"ready" not in body, (path, status)
+        assert b"wattcloud_relay" not in body, path
     assert relay.http("GET", "/ready")[0] == 200  # still there on the loopback
+    assert relay.http("GET", "/metrics")[0] == 200
 
 
 def test_app_served_by_proxy_with_headers(proxied):
