@@ -45,6 +45,7 @@ import sshd as sshd_mod  # noqa: E402
 from relay import Relay  # noqa: E402
 
 DEFAULT_OUT = os.path.join(HERE, "RESULTS.md")
+DEFAULT_CIPHER = "chacha20-poly1305@openssh.com"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -949,6 +950,15 @@ class Bench:
             out += ["", "### Notes", ""] + ["- " + n for n in self.notes]
         return "\n".join(out)
 
+    def section_name(self):
+        """The RESULTS.md section this run replaces: one per mode, Debian
+        release and cipher, so a Debian 13 or an AES run keeps the others."""
+        name = "## %s run, Debian %s" % ("Full" if self.args.full else "Quick",
+                                         debian_release())
+        if self.args.cipher != DEFAULT_CIPHER:
+            name += ", " + self.args.cipher
+        return name
+
     def write_results(self, report):
         """Replace this mode's section of RESULTS.md. The other mode's
         section and any hand-written section (## Analysis, ...) stay."""
@@ -963,29 +973,49 @@ class Bench:
         if self.args.only and path == DEFAULT_OUT:
             # A partial run must not replace the results of a whole one.
             path = os.path.join(self.work, "RESULTS.md")
-        section = "## %s run" % ("Full" if self.args.full else "Quick")
+        section = self.section_name()
         header = ("# Relay benchmark results\n\n"
                   "Written by `bench/run.sh` (see bench/README.md for what each row "
                   "measures). Ratios are relay / direct: above 1 is better for "
-                  "throughput, below 1 is better for CPU. Sections other than the two "
-                  "runs are kept as they are.\n")
+                  "throughput, below 1 is better for CPU. Each run section (mode, "
+                  "Debian release, cipher when not the default) is replaced by the "
+                  "next run of its kind; other sections are kept as they are.\n")
         sections = []
         if os.path.exists(path):
             with open(path) as f:
                 text = f.read()
             for m in re.finditer(r"^(## .*?)\n(.*?)(?=^## |\Z)", text, re.M | re.S):
                 sections.append((m.group(1), m.group(2).strip()))
-        runs = dict(s for s in sections if s[0] in ("## Quick run", "## Full run"))
+        runs = dict(s for s in sections if RUN_SECTION.match(s[0]))
         runs[section] = report
         with open(path, "w") as f:
             f.write(header)
-            for name in ("## Quick run", "## Full run"):
-                if name in runs:
-                    f.write("\n%s\n\n%s\n" % (name, runs[name]))
+            for name in sorted(runs, key=run_order):
+                f.write("\n%s\n\n%s\n" % (name, runs[name]))
             for name, body in sections:
-                if name not in ("## Quick run", "## Full run"):
+                if not RUN_SECTION.match(name):
                     f.write("\n%s\n\n%s\n" % (name, body))
         log("wrote %s" % path)
+
+
+RUN_SECTION = re.compile(r"^## (Quick|Full) run\b")
+
+
+def run_order(name):
+    """Quick before Full, then by release and cipher."""
+    return (0 if name.startswith("## Quick") else 1, name)
+
+
+def debian_release():
+    """VERSION_ID of /etc/os-release ("12", "13"), or "?"."""
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("VERSION_ID="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "?"
 
 
 def main():
@@ -997,7 +1027,7 @@ def main():
     p.add_argument("--work-dir", help="logs, keys, sshd config (default: a new /tmp dir)")
     p.add_argument("--data-dir", help="where test files live (default /dev/shm, a tmpfs, "
                    "so the disk does not blur the comparison)")
-    p.add_argument("--cipher", default="chacha20-poly1305@openssh.com",
+    p.add_argument("--cipher", default=DEFAULT_CIPHER,
                    help="the one cipher sshd offers (default: libssh2's and OpenSSH's first)")
     p.add_argument("--sessions", type=int, default=50, help="concurrent sessions (50)")
     p.add_argument("--idle-sessions", type=int, default=200, help="idle sessions (200)")

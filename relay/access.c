@@ -592,7 +592,8 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
     }
 
     /* 10. An IP literal is judged now; a name by the worker, after DNS. */
-    if (t->pinned && netguard_check_addr(a->cfg, (struct sockaddr *)&t->addr) != 0) {
+    if (t->pinned && netguard_check_addr(a->cfg->allow_private, a->cfg->n_allow_private,
+                                         (struct sockaddr *)&t->addr) != 0) {
         status = 403;
         goto fail;
     }

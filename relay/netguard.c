@@ -260,14 +260,14 @@ int netguard_is_blocked(const struct sockaddr *sa)
     return blocked_reason(sa) != NULL;
 }
 
-int netguard_check_addr(const struct config *cfg, const struct sockaddr *sa)
+int netguard_check_addr(const struct cidr *allow, int n_allow,
+                       const struct sockaddr *sa)
 {
     if (!sa)
         return -1;
-    if (cfg)
-        for (int i = 0; i < cfg->n_allow_private; i++)
-            if (netguard_cidr_contains(&cfg->allow_private[i], sa))
-                return 0;
+    for (int i = 0; allow && i < n_allow; i++)
+        if (netguard_cidr_contains(&allow[i], sa))
+            return 0;
     return netguard_is_blocked(sa) ? -1 : 0;
 }
 
@@ -341,12 +341,12 @@ static void set_port(struct sockaddr_storage *ss, int port)
 
 /* Judge one resolved address: NETGUARD_E_BLOCKED (with `err` filled) when
  * blocked. */
-static int judge(const struct config *cfg, const struct sockaddr *sa,
+static int judge(const struct cidr *allow, int n_allow, const struct sockaddr *sa,
                  const char *host, char *err, size_t errlen)
 {
     char text[NETGUARD_ADDRSTRLEN];
 
-    if (netguard_check_addr(cfg, sa) == 0)
+    if (netguard_check_addr(allow, n_allow, sa) == 0)
         return 0;
     if (err && errlen) {
         if (netguard_ntop(sa, text, sizeof(text)) != 0)
@@ -357,7 +357,7 @@ static int judge(const struct config *cfg, const struct sockaddr *sa,
     return NETGUARD_E_BLOCKED;
 }
 
-int netguard_pick(const struct config *cfg, const struct addrinfo *res,
+int netguard_pick(const struct cidr *allow, int n_allow, const struct addrinfo *res,
                   const char *host, int port, struct sockaddr_storage *out,
                   socklen_t *outlen, char *err, size_t errlen)
 {
@@ -379,7 +379,7 @@ int netguard_pick(const struct config *cfg, const struct addrinfo *res,
         if (!ai->ai_addr || ai->ai_addrlen > sizeof(ss) ||
             ai->ai_addr->sa_family != ai->ai_family)
             continue;
-        if (judge(cfg, ai->ai_addr, host, err, errlen) != 0)
+        if (judge(allow, n_allow, ai->ai_addr, host, err, errlen) != 0)
             return NETGUARD_E_BLOCKED;
         if (!found) {
             /* getaddrinfo() already sorted by RFC 6724: pin the first. */
@@ -399,7 +399,7 @@ int netguard_pick(const struct config *cfg, const struct addrinfo *res,
     return 0;
 }
 
-int netguard_resolve(const struct config *cfg, const char *host, int port,
+int netguard_resolve(const struct cidr *allow, int n_allow, const char *host, int port,
                      struct sockaddr_storage *out, socklen_t *outlen,
                      char *err, size_t errlen)
 {
@@ -417,7 +417,7 @@ int netguard_resolve(const struct config *cfg, const char *host, int port,
     }
 
     if (netguard_literal(host, &ss, &sslen)) {
-        if (judge(cfg, (struct sockaddr *)&ss, host, err, errlen) != 0)
+        if (judge(allow, n_allow, (struct sockaddr *)&ss, host, err, errlen) != 0)
             return NETGUARD_E_BLOCKED;
         set_port(&ss, port);
         *out = ss;
@@ -439,7 +439,7 @@ int netguard_resolve(const struct config *cfg, const char *host, int port,
                      gai_strerror(rc));
         return NETGUARD_E_UNRESOLVED;
     }
-    rc = netguard_pick(cfg, res, host, port, out, outlen, err, errlen);
+    rc = netguard_pick(allow, n_allow, res, host, port, out, outlen, err, errlen);
     freeaddrinfo(res);
     return rc;
 }

@@ -9,10 +9,10 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-#include "config.h"
-
 /* An address range: SFTP_ALLOW_PRIVATE_CIDRS and TRUSTED_PROXY_IPS are
- * lists of these (struct config holds them; netguard_parse_cidr fills them). */
+ * lists of these (struct config holds them; netguard_parse_cidr fills them).
+ * The guard takes its exemptions as a plain array and count, not the
+ * config, so that it stays a leaf the config parser can use. */
 struct cidr {
     int family;            /* AF_INET or AF_INET6 */
     uint8_t addr[16];      /* network address, 4 or 16 bytes used */
@@ -44,10 +44,12 @@ int netguard_cidr_contains(const struct cidr *c, const struct sockaddr *sa);
 int netguard_is_blocked(const struct sockaddr *sa);
 
 /* The SSRF decision for one address: 0 allowed, -1 blocked. An address in
- * one of cfg->allow_private is allowed whatever its class. The exemption
+ * one of the `n_allow` ranges of `allow` (SFTP_ALLOW_PRIVATE_CIDRS; NULL
+ * with 0 for none) is allowed whatever its class. The exemption
  * matches the address itself (an IPv4-mapped one by its IPv4), never the
  * IPv4 inside a 6to4 or NAT64 address: those stay blocked. */
-int netguard_check_addr(const struct config *cfg, const struct sockaddr *sa);
+int netguard_check_addr(const struct cidr *allow, int n_allow,
+                       const struct sockaddr *sa);
 
 /* 1 when `host` is an IP literal — a strict dotted quad, or an IPv6 address
  * with or without [brackets] — and then fills `out`/`outlen` (port 0);
@@ -69,8 +71,8 @@ int netguard_ntop(const struct sockaddr *sa, char *out, size_t outlen);
  * (a name that resolves to public and private addresses alike is refused;
  * `err` names the address and why), or NETGUARD_E_UNRESOLVED when the name
  * does not resolve (`err` says why). */
-int netguard_resolve(const struct config *cfg, const char *host, int port,
-                     struct sockaddr_storage *out, socklen_t *outlen,
+int netguard_resolve(const struct cidr *allow, int n_allow, const char *host,
+                     int port, struct sockaddr_storage *out, socklen_t *outlen,
                      char *err, size_t errlen);
 
 /* The decision part of netguard_resolve(), on an addrinfo list it got
@@ -78,8 +80,9 @@ int netguard_resolve(const struct config *cfg, const char *host, int port,
  * NETGUARD_E_BLOCKED if any AF_INET/AF_INET6 entry is blocked,
  * NETGUARD_E_UNRESOLVED if there is none, else 0 with the first one
  * pinned, `port` set. Non-blocking. */
-int netguard_pick(const struct config *cfg, const struct addrinfo *res,
-                  const char *host, int port, struct sockaddr_storage *out,
-                  socklen_t *outlen, char *err, size_t errlen);
+int netguard_pick(const struct cidr *allow, int n_allow,
+                  const struct addrinfo *res, const char *host, int port,
+                  struct sockaddr_storage *out, socklen_t *outlen, char *err,
+                  size_t errlen);
 
 #endif

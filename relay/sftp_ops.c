@@ -369,20 +369,24 @@ static int list_put_entry(struct listing *l, json_t *e)
     return 0;
 }
 
+/* Why list_flush() could not send. */
+#define LIST_E_GONE  (-1)  /* the browser is gone */
+#define LIST_E_NOMEM (-2)
+
 /* Send what is buffered as the next fragment; `last` ends the message.
- * Returns 0, -1 when the browser is gone, -2 when out of memory. */
+ * Returns 0, LIST_E_GONE or LIST_E_NOMEM. */
 static int list_flush(struct sftp_ops *o, struct listing *l, int last)
 {
     struct frame *f = frame_new(0, l->len);
 
     if (!f)
-        return -2;
+        return LIST_E_NOMEM;
     memcpy(frame_data(f), l->buf, l->len);
     f->cont = l->started;
     f->more = !last;
     l->started = 1;
     l->len = 0;
-    return emit(o, f, NULL);
+    return emit(o, f, NULL) < 0 ? LIST_E_GONE : 0;
 }
 
 /* The listing is streamed while the directory is read, so its memory is
@@ -432,7 +436,7 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
         if (n < 0)
             goto nomem;
         sent = l.len >= LIST_FRAGMENT_BYTES ? list_flush(o, &l, 0) : 0;
-        if (sent == -2)
+        if (sent == LIST_E_NOMEM)
             goto nomem;
         if (sent < 0)
             goto gone;
@@ -445,7 +449,7 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
         reply_sftp_error(o, rc, r);
         goto failed;
     }
-    if (list_put(&l, "]}}", 3) < 0 || list_flush(o, &l, 1) == -2)
+    if (list_put(&l, "]}}", 3) < 0 || list_flush(o, &l, 1) == LIST_E_NOMEM)
         goto nomem;
     goto gone;
 nomem:

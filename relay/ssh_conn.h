@@ -40,6 +40,7 @@ struct ssh_conn {
     char fingerprint[64];      /* "SHA256:" + 43 base64 chars */
     const char *key_type;      /* "ssh-ed25519", ... (static) */
     const char *kbd_password;  /* only during keyboard-interactive auth */
+    size_t read_size;          /* bytes per SFTP READ request (set at login) */
 };
 
 /* Short code for the setup error frame, e.g. "connect_refused". */
@@ -78,6 +79,11 @@ void ssh_global_exit(void);
 
 /* The libssh2 version the relay runs with ("1.11.1"). */
 const char *ssh_version(void);
+
+/* 1 when this libssh2 sizes its SFTP READ requests by the server's
+ * limits@openssh.com answer (our patch, scripts/libssh2-patches/), else 0:
+ * then every read asks for libssh2's fixed 30000 bytes. */
+int ssh_read_size_settable(void);
 
 /* libssh2's text for the last error on `c` (static or owned by libssh2;
  * valid until the next call on `c`). Never NULL. */

@@ -139,20 +139,24 @@ static int path_refusal(const char *uri)
     return 0;
 }
 
-/* `path` resolved; 0 when it is a regular file inside `root`, with the
- * resolved name in `out` (PATH_MAX bytes). */
+/* Why resolve_inside() refuses a path. */
+#define RESOLVE_E_MISSING (-1)  /* it does not exist (or cannot be read) */
+#define RESOLVE_E_OUTSIDE (-2)  /* it resolves outside root: a symlink out */
+
+/* `path` resolved, with the resolved name in `out` (PATH_MAX bytes) and
+ * its stat in `st`: 0, RESOLVE_E_MISSING or RESOLVE_E_OUTSIDE. */
 static int resolve_inside(const char *root, const char *path, char *out, struct stat *st)
 {
     size_t rlen = strlen(root);
 
     if (!realpath(path, out))
-        return -1;
+        return RESOLVE_E_MISSING;
     /* root "/" (a strange but valid SPA_DIR) contains everything. */
     if (!(rlen == 1 || (strncmp(out, root, rlen) == 0 &&
                         (out[rlen] == '/' || out[rlen] == '\0'))))
-        return -2;
+        return RESOLVE_E_OUTSIDE;
     if (stat(out, st) < 0)
-        return -1;
+        return RESOLVE_E_MISSING;
     return 0;
 }
 
@@ -211,14 +215,14 @@ int static_serve(struct lws *wsi, const char *uri)
     if (n < 0 || (size_t)n >= sizeof(want))
         return refuse(wsi, 404);
     rc = resolve_inside(root, want, real, &st);
-    if (rc == -2)
+    if (rc == RESOLVE_E_OUTSIDE)
         return refuse(wsi, 404);  /* a symlink out of SPA_DIR */
     if (rc == 0 && S_ISDIR(st.st_mode)) {
         n = snprintf(want, sizeof(want), "%s/index.html", real);
         if (n < 0 || (size_t)n >= sizeof(want))
             return refuse(wsi, 404);
         rc = resolve_inside(root, want, real, &st);
-        if (rc == -2)
+        if (rc == RESOLVE_E_OUTSIDE)
             return refuse(wsi, 404);
     }
     if (rc == 0 && S_ISREG(st.st_mode))

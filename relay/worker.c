@@ -55,7 +55,8 @@ static int pin_target(struct worker *w)
 
     if (s->pinned)
         return 0;
-    rc = netguard_resolve(w->cfg, s->host, s->port, &s->addr, &s->addrlen, err, sizeof(err));
+    rc = netguard_resolve(w->cfg->allow_private, w->cfg->n_allow_private, s->host, s->port,
+                          &s->addr, &s->addrlen, err, sizeof(err));
     if (rc == 0) {
         s->pinned = 1;
         return 0;
@@ -155,7 +156,7 @@ static int authenticate(struct worker *w, struct job *j)
     }
     post_text(s, proto_result_empty(j->req.id));
     session_set_phase(s, PH_READY);
-    log_debug("session %s: authenticated", s->id);
+    log_debug("session %s: authenticated; SFTP reads of %zu bytes", s->id, w->c.read_size);
     return 0;
 }
 
@@ -181,10 +182,14 @@ static void log_session_end(struct worker *w, const struct job *j, const struct 
     }
 }
 
-/* Run one request and post its answer. Returns 0; -1 when the SSH
- * connection is unusable; -2 when a streamed answer was cut short (the
- * WebSocket is closing and nothing may follow the unfinished message).
- * Either way the session ends. */
+/* Why run_request() ends the session. */
+#define RUN_E_SSH     (-1)  /* the SSH connection is unusable */
+#define RUN_E_CUT     (-2)  /* a streamed answer was cut short: the WebSocket
+                               is closing and nothing may follow the
+                               unfinished message */
+
+/* Run one request and post its answer. Returns 0, RUN_E_SSH or RUN_E_CUT;
+ * either error ends the session. */
 static int run_request(struct worker *w, struct job *j)
 {
     struct op_reply r;
@@ -195,7 +200,7 @@ static int run_request(struct worker *w, struct job *j)
     if (r.streamed) {
         if (r.error || r.fatal) {
             log_session_end(w, j, &r);
-            rc = -2;
+            rc = RUN_E_CUT;
         }
         op_reply_clear(&r);
         return rc;
@@ -218,14 +223,14 @@ static int run_request(struct worker *w, struct job *j)
             r.code = wrc == SSH_E_TIMEOUT ? "timeout" : "io";
             r.error = "write failed";
             log_session_end(w, j, &r);
-            return -1;
+            return RUN_E_SSH;
         }
     }
     if (r.read_ahead)
         sftp_ops_read_ahead(w->ops, j->req.handle);
     if (r.fatal) {
         log_session_end(w, j, &r);
-        rc = -1;
+        rc = RUN_E_SSH;
     }
     op_reply_clear(&r);
     return rc;
@@ -301,7 +306,7 @@ static void serve(struct worker *w)
         if (rc < 0) {
             /* run_request logged why. After a cut-short answer nothing may
              * be posted: the message it began is unfinished. */
-            if (rc == -1)
+            if (rc == RUN_E_SSH)
                 fail_queued(w);
             return;
         }

@@ -6,10 +6,12 @@
 # it. Must run as root on a Debian host (it uses debootstrap, chroot and
 # mount namespaces).
 #
-# Usage: scripts/debian13.sh [--reuse] [--shell]
+# Usage: scripts/debian13.sh [--reuse] [--shell | --bench [BENCH_ARGS...]]
 #   --reuse   keep the packages installed by the previous run (skips the
 #             ~2 min install; the default starts from the bare debootstrap)
 #   --shell   open a shell in the prepared root instead of running the tests
+#   --bench   run bench/run.sh BENCH_ARGS there instead of the tests, and
+#             copy its bench/RESULTS.md back into this checkout
 # Env: WC_DEB13_CACHE (default /var/cache/wattcloud-deb13) holds the rootfs,
 #      the downloaded .debs and the last run's log; WC_TEST_QUICK=1 is passed
 #      on to scripts/test.sh; WC_DEB13_MAX_AGE_DAYS (default 7) is how old
@@ -44,6 +46,7 @@ die() { printf 'debian13: ERROR: %s\n' "$*" >&2; exit 1; }
 # order is clean while we still run.
 inside() {
   local mode="$1" root="$2"
+  shift 2
   INSIDE_ROOT="$root"
   umount_all() {
     local m
@@ -70,6 +73,9 @@ inside() {
              WC_TEST_QUICK="${WC_TEST_QUICK:-0}")
   if [ "$mode" = shell ]; then
     chroot "$root" "${env[@]}" /bin/bash -l
+  elif [ "$mode" = bench ]; then
+    chroot "$root" "${env[@]}" /bin/bash -c 'cd "$0" && exec bash bench/run.sh "$@"' \
+      "$CHECKOUT" "$@"
   else
     local rc=0
     chroot "$root" "${env[@]}" /bin/bash -c "cd $CHECKOUT && exec bash scripts/test.sh" || rc=$?
@@ -90,13 +96,16 @@ fi
 
 reuse=0
 mode=test
-for arg in "$@"; do
-  case "$arg" in
+bench_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
     --reuse) reuse=1 ;;
     --shell) mode=shell ;;
+    --bench) mode=bench; shift; bench_args=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
+  shift
 done
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot and mount need it)"
@@ -282,14 +291,22 @@ main() {
     exec "${ns[@]}" bash "$0" --inside shell "$WORK"
   fi
 
-  log "running scripts/test.sh in Debian 13 (log: $LOG)"
-  "${ns[@]}" bash "$0" --inside test "$WORK" > >(tee "$LOG") 2>&1 &
+  what="scripts/test.sh"
+  [ "$mode" = bench ] && what="bench/run.sh ${bench_args[*]}"
+  log "running $what in Debian 13 (log: $LOG)"
+  "${ns[@]}" bash "$0" --inside "$mode" "$WORK" "${bench_args[@]}" > >(tee "$LOG") 2>&1 &
   ns_pid=$!
   rc=0
   wait "$ns_pid" || rc=$?
   ns_pid=""
   check_nothing_mounted
-  log "scripts/test.sh in Debian 13 finished in $((SECONDS - started)) s, exit $rc"
+  if [ "$mode" = bench ] && [ -f "$WORK$CHECKOUT/bench/RESULTS.md" ]; then
+    # bench.py kept the other sections of the file it was given (this
+    # checkout's, copied in): copying it back loses nothing.
+    cp "$WORK$CHECKOUT/bench/RESULTS.md" "$ROOT/bench/RESULTS.md"
+    log "bench/RESULTS.md copied back from Debian 13"
+  fi
+  log "$what in Debian 13 finished in $((SECONDS - started)) s, exit $rc"
   exit "$rc"
 }
 

@@ -9,22 +9,17 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "config.h"
 #include "fuzz_common.h"
 #include "netguard.h"
 
-static struct config cfg;
 static struct cidr allow[2];
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
-    memset(&cfg, 0, sizeof(cfg));
     if (netguard_parse_cidr("127.0.0.0/8", &allow[0]) != 0 ||
         netguard_parse_cidr("fd00::/8", &allow[1]) != 0)
         __builtin_trap();
-    cfg.allow_private = allow;
-    cfg.n_allow_private = 2;
     return 0;
 }
 
@@ -53,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (len > sizeof(ss))
             __builtin_trap();
         (void)netguard_is_blocked(sa);
-        (void)netguard_check_addr(&cfg, sa);
+        (void)netguard_check_addr(allow, 2, sa);
         if (netguard_ntop(sa, text, sizeof(text)) != 0)
             __builtin_trap();
         if (have_cidr)
@@ -63,7 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ai.ai_socktype = SOCK_STREAM;
         ai.ai_addr = (struct sockaddr *)&ss;
         ai.ai_addrlen = len;
-        (void)netguard_pick(&cfg, &ai, f[0], 22, &pinned, &plen, err, sizeof(err));
+        (void)netguard_pick(allow, 2, &ai, f[0], 22, &pinned, &plen, err, sizeof(err));
     }
     fuzz_fields_free(f, 2);
     return 0;

@@ -30,6 +30,7 @@ import time
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 TEST_USER = "wctest"
 TEST_PASSWORD = "Wc-test-pass-1"
@@ -217,6 +218,9 @@ VARIANTS = {
     # shared servers: its penalties would spoil every later test using it.
     "penalties": dict(host_keys=("ed25519",), kbd_only=False, host_key_algorithms=None,
                       penalties=True),
+    # The SFTP server logs every request (with its length) into sshd.log.
+    "sftp_debug": dict(host_keys=("ed25519",), kbd_only=False, host_key_algorithms=None,
+                       sftp_log_level="DEBUG1"),
 }
 
 # Variants every run starts once (sshd_servers); the others are started by
@@ -283,11 +287,13 @@ class Sshd:
         self.kbd_only = spec["kbd_only"]
         self.host_key_algorithms = spec["host_key_algorithms"]
         self.penalties = spec.get("penalties", False)
+        self.sftp_log_level = spec.get("sftp_log_level")
         self.authorized_keys_file = authorized_keys_file
         self.port = None
         self.proc = None
         self.config_path = os.path.join(directory, "sshd_config")
         self.log_path = os.path.join(directory, "sshd.log")
+        self.sftp_log_path = os.path.join(directory, "sftp-server.log")
         self.pid_path = os.path.join(directory, "sshd.pid")
         os.makedirs(directory, exist_ok=True)
         os.chmod(directory, 0o755)
@@ -299,6 +305,26 @@ class Sshd:
 
     def host_fingerprint(self, key_type):
         return fingerprint(self.host_key_paths[key_type] + ".pub")
+
+    def _subsystem_line(self):
+        """internal-sftp, or for the sftp_debug variant the sftp-server
+        program logging at sftp_log_level into sftp_log_path. internal-sftp
+        cannot do that: the session child's log goes to syslog or to the
+        channel's stderr, never to sshd's -E file. sshd runs a subsystem
+        command through the user's shell, so the redirection works."""
+        if not self.sftp_log_level:
+            return "Subsystem sftp internal-sftp"
+        with open(self.sftp_log_path, "ab"):
+            pass
+        pw = pwd.getpwnam(TEST_USER)
+        os.chown(self.sftp_log_path, pw.pw_uid, pw.pw_gid)
+        return "Subsystem sftp %s -e -l %s 2>>%s" % (SFTP_SERVER, self.sftp_log_level,
+                                                     self.sftp_log_path)
+
+    def sftp_log(self):
+        """What the sftp_debug variant's SFTP server logged so far."""
+        with open(self.sftp_log_path, errors="replace") as f:
+            return f.read()
 
     def _config(self):
         lines = [
@@ -314,7 +340,7 @@ class Sshd:
             "MaxAuthTries 30",
             "MaxSessions 20",
             "MaxStartups 100:30:200",
-            "Subsystem sftp internal-sftp",
+            self._subsystem_line(),
         ]
         if self.host_key_algorithms:
             lines.append("HostKeyAlgorithms %s" % self.host_key_algorithms)

@@ -3,7 +3,8 @@
 # SSH side names libssh2, only the web side names libwebsockets, and the
 # web side does not include the SSH side's headers (it gets the worker's
 # entry point from main.c through server_run()). Comment lines are not
-# read. Run by ctest; exits 1 naming each crossing.
+# read. Also: no include cycle between units of relay/ and proto/ (a unit
+# is x.c with x.h). Run by ctest; exits 1 naming each crossing or cycle.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root/relay"
@@ -46,5 +47,20 @@ for f in *.c *.h; do
         fi
     fi
 done
+
+# Every quoted include as an edge "unit included-unit"; tsort reports any
+# loop. A unit including its own header is not an edge.
+edges=$(cd "$root" && for f in relay/*.[ch] proto/*.[ch]; do
+    from=$(basename "$f" | sed 's/\.[ch]$//')
+    sed -n 's/^#include "\([^"]*\)\.h".*/\1/p' "$f" | while read -r to; do
+        if [ "$to" != "$from" ]; then printf "%s %s\n" "$from" "$to"; fi
+    done
+done)
+if ! printf '%s\n' "$edges" | tsort >/dev/null 2>/tmp/wc-tsort.$$; then
+    printf 'include cycle between units:\n%s\n' "$(cat /tmp/wc-tsort.$$)"
+    bad=1
+fi
+rm -f /tmp/wc-tsort.$$
+
 [ "$bad" = 0 ] && echo "boundaries ok"
 exit "$bad"
