@@ -20,7 +20,6 @@
 #include <openssl/crypto.h>
 
 #include "proto.h"
-#include "session.h"
 
 typedef _Atomic uint64_t counter_t;
 typedef _Atomic int64_t gauge_t;
@@ -42,14 +41,13 @@ static void gauge_add(gauge_t *g, int64_t n)
 
 /* ---- label tables: every label value there can be --------------------- */
 
-#define N_PHASES (PH_CLOSING + 1)
-static const char *const phase_labels[N_PHASES] = {
-    [PH_CONNECTING] = "connecting",
-    [PH_WAIT_HOSTKEY] = "wait_host_key",
-    [PH_WAIT_AUTH] = "wait_auth",
-    [PH_READY] = "ready",
-    [PH_CLOSING] = "closing",
+/* In enum session_phase order (session.c checks the order: this file does
+ * not include session.h, which would make the two units include each
+ * other). */
+static const char *const phase_labels[METRICS_N_PHASES] = {
+    "connecting", "wait_host_key", "wait_auth", "ready", "closing",
 };
+#define N_PHASES METRICS_N_PHASES
 
 /* Close reasons are the texts of the session's end log line; each maps to
  * one of a few labels. The last label, "other", takes any text not listed. */

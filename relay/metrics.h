@@ -22,6 +22,9 @@
 void metrics_set_libssh2_version(const char *version);
 void metrics_set_lws_version(const char *version);
 
+/* Phases of enum session_phase, labelled in its order. */
+#define METRICS_N_PHASES 5
+
 /* A session moved from phase `from` to `to` (enum session_phase values);
  * -1 for "none": a new session has from = -1, a freed one to = -1. */
 void metrics_session_phase(int from, int to);

@@ -37,6 +37,10 @@
  * should not reserve 8 MiB of address space each. */
 #define WORKER_STACK_BYTES (512u * 1024)
 
+_Static_assert(PH_CONNECTING == 0 && PH_WAIT_HOSTKEY == 1 && PH_WAIT_AUTH == 2 &&
+               PH_READY == 3 && PH_CLOSING == 4 && METRICS_N_PHASES == 5,
+               "metrics.c labels the phases in this order");
+
 void job_free(struct job *j)
 {
     if (!j)

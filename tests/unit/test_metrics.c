@@ -11,7 +11,7 @@
 #include "check.h"
 #include "metrics.h"
 #include "proto.h"
-#include "session.h"
+#include "session.h"  /* PH_*: the phases as metrics_session_phase() takes them */
 
 static char buf[METRICS_BODY_MAX];
 
