@@ -511,6 +511,16 @@ int access_target(const char *host, const char *port, struct upgrade_target *t)
     return 0;
 }
 
+const char *access_target_refused_by(const struct config *cfg,
+                                     const struct upgrade_target *t)
+{
+    if (!port_allowed(cfg, t->port))
+        return "SFTP_ALLOWED_PORTS";
+    if (!host_allowed(cfg, t->host))
+        return "SFTP_HOST_ALLOWLIST";
+    return NULL;
+}
+
 int access_check_upgrade(struct access *a, const struct upgrade_req *r,
                          struct access_time now, struct upgrade_target *t)
 {

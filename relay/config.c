@@ -636,6 +636,42 @@ void cfg_print_help(void)
                settings[i].def ? (*settings[i].def ? settings[i].def : "(empty)") : "(unset)");
 }
 
+/* Text for roff: a backslash would start an escape and a line starting
+ * with '.' or '\'' would be a request. */
+static void man_text(FILE *out, const char *s)
+{
+    if (*s == '.' || *s == '\'')
+        fputs("\\&", out);
+    for (; *s; s++) {
+        if (*s == '\\')
+            fputs("\\e", out);
+        else if (*s == '-')
+            fputs("\\-", out);
+        else
+            fputc(*s, out);
+    }
+}
+
+void cfg_print_man(FILE *out)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const char *def = settings[i].def;
+        fputs(".TP\n.B ", out);
+        man_text(out, settings[i].name);
+        fputc('\n', out);
+        man_text(out, settings[i].help);
+        fputs("\n.br\nDefault: ", out);
+        if (def && *def) {
+            fputs("\\fB", out);
+            man_text(out, def);
+            fputs("\\fR", out);
+        } else {
+            fputs(def ? "(empty)" : "(unset)", out);
+        }
+        fputc('\n', out);
+    }
+}
+
 int cfg_effective(const struct config *c, const char *name, char *out, size_t outlen)
 {
     for (size_t i = 0; i < N_SETTINGS; i++) {

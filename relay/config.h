@@ -5,6 +5,7 @@
 #define WC_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "log.h"
@@ -79,6 +80,10 @@ int cfg_load_env_file(const char *path, char *err, size_t errlen);
 
 /* Print the settings table (name, default, meaning) for --help. */
 void cfg_print_help(void);
+
+/* Print the same table as the body of the man page's SETTINGS section
+ * (roff, one .TP entry per setting), so the two cannot differ. */
+void cfg_print_man(FILE *out);
 
 /* Write the effective value of setting `name` into `out`: the value as
  * parsed (a lowercased domain, "[::1]:8443", ranges as network/prefix),

@@ -173,6 +173,11 @@ def test_install_into_root(tmp_path):
     assert mode(binary) == 0o755 and mode(unit) == 0o644 and mode(env) == 0o600
     assert binary.read_bytes() == open(relay_binary(), "rb").read()
     assert unit.read_text() == open(UNIT).read()
+    # The manual page, as the binary prints it.
+    man = root / "usr/local/share/man/man8/wattcloud-relay.8"
+    assert mode(man) == 0o644
+    assert man.read_bytes() == run([relay_binary(), "--man"]).stdout
+    assert man.read_bytes().startswith(b".TH WATTCLOUD-RELAY 8 ")
     text = env.read_text()
     keys = re.findall(r"^RELAY_SIGNING_KEY=(.*)$", text, re.M)
     assert len(keys) == 1 and re.fullmatch(r"[A-Za-z0-9+/]{43}=", keys[0]), keys
