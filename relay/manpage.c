@@ -130,7 +130,7 @@ static const char tail[] =
     "Do not create the probe file.\n"
     ".SH SIGNALS\n"
     ".TP\n"
-    ".BR SIGTERM ", " SIGINT\n"
+    ".BR SIGTERM \", \" SIGINT\n"
     "Stop gracefully: new sessions are refused (upgrade 503), \\fB/ready\\fR answers\n"
     "503, idle sessions close at once, sessions in an operation get\n"
     "\\fBSHUTDOWN_GRACE_SECS\\fR to finish it; whatever runs 5 seconds after that is\n"

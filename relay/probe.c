@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -122,11 +121,10 @@ static json_t *step_obj(struct probe *p, const char *step)
 
 /* ---- arguments and secrets ------------------------------------------------ */
 
-static int usage_error(const char *fmt, const char *arg)
+/* "wattcloud-relay probe: <what><arg>", then the usage. */
+static int usage_error(const char *what, const char *arg)
 {
-    fprintf(stderr, "wattcloud-relay probe: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n%s", probe_usage);
+    fprintf(stderr, "wattcloud-relay probe: %s%s\n%s", what, arg, probe_usage);
     return PROBE_EXIT_USAGE;
 }
 
@@ -151,7 +149,7 @@ static int parse_args(int argc, char **argv, struct probe_opts *o, char *err_env
         }
         if (strcmp(a, "--env-file") == 0) {
             if (i + 1 >= argc)
-                return usage_error("%s needs a value", a);
+                return usage_error("a value is missing after ", a);
             if (cfg_load_env_file(argv[++i], err_env, errlen) < 0) {
                 fprintf(stderr, "wattcloud-relay probe: %s\n", err_env);
                 return PROBE_EXIT_USAGE;
@@ -170,24 +168,24 @@ static int parse_args(int argc, char **argv, struct probe_opts *o, char *err_env
             value = &o->path;
         if (value) {
             if (i + 1 >= argc || !argv[i + 1][0])
-                return usage_error("%s needs a value", a);
+                return usage_error("a value is missing after ", a);
             *value = argv[++i];
             continue;
         }
         if (a[0] == '-' || o->target)
-            return usage_error("unexpected argument %s", a);
+            return usage_error("unexpected argument ", a);
         o->target = a;
     }
     if (!o->target)
-        return usage_error("%s", "HOST[:PORT] missing");
+        return usage_error("HOST[:PORT] missing", "");
     if (o->key_file && o->password_file)
-        return usage_error("%s", "--key and --password-file exclude each other");
+        return usage_error("--key and --password-file exclude each other", "");
     if ((o->key_file || o->password_file) && !o->user)
-        return usage_error("%s", "--key and --password-file need --user");
+        return usage_error("--key and --password-file need --user", "");
     if (o->passphrase_file && !o->key_file)
-        return usage_error("%s", "--passphrase-file needs --key");
+        return usage_error("--passphrase-file needs --key", "");
     if ((o->path || o->read_only) && !o->key_file && !o->password_file)
-        return usage_error("%s", "--path and --read-only need --key or --password-file");
+        return usage_error("--path and --read-only need --key or --password-file", "");
     return 0;
 }
 
@@ -296,10 +294,10 @@ static int parse_target(struct probe *p, struct upgrade_target *t)
 
     snprintf(port, sizeof(port), "%d", PROBE_DEFAULT_PORT);
     if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (close && close[1] == ':')
-            snprintf(port, sizeof(port), "%s", close + 2);
-        hlen = close ? (size_t)(close + 1 - s) : hlen;
+        const char *rb = strchr(s, ']');
+        if (rb && rb[1] == ':')
+            snprintf(port, sizeof(port), "%s", rb + 2);
+        hlen = rb ? (size_t)(rb + 1 - s) : hlen;
     } else if (colon && strchr(s, ':') == colon) {
         snprintf(port, sizeof(port), "%s", colon + 1);
         hlen = (size_t)(colon - s);
@@ -322,7 +320,7 @@ static int parse_target(struct probe *p, struct upgrade_target *t)
 static int check_settings(struct probe *p, const struct upgrade_target *t)
 {
     const char *setting = access_target_refused_by(&p->cfg, t);
-    char value[512], msg[768];
+    char value[512], msg[1024];
 
     if (!setting) {
         json_object_set_new(p->report, "settings", json_string("allowed"));
@@ -608,7 +606,7 @@ static int random_name(char *out, size_t n)
 
 static void extensions(struct probe *p, json_t *ext, const char *dir)
 {
-    char from[PROBE_PATH_MAX], to[PROBE_PATH_MAX], name[64];
+    char from[PROBE_PATH_MAX], to[PROBE_PATH_MAX + 16], name[64];
     const char *limits = "unknown (this libssh2 cannot ask)";
     int rc;
 
@@ -716,7 +714,10 @@ static int sftp_checks(struct probe *p)
         rc = -1;
         goto refused;
     }
-    snprintf(handle, sizeof(handle), "%s", json_string_value(json_object_get(r.result, "handle")));
+    {
+        const char *h = json_string_value(json_object_get(r.result, "handle"));
+        snprintf(handle, sizeof(handle), "%s", h ? h : "");
+    }
     op_reply_clear(&r);
     verb(p, request("write_chunk", "handle", handle), payload, sizeof(payload), &r);
     op_reply_clear(&r);

@@ -85,7 +85,7 @@ def test_signals_and_exit_statuses(rendered):
         assert sig in signals
     statuses = section(rendered, "EXIT STATUS")
     for code in ("0", "1", "2"):
-        assert re.search(r"^ {7}%s\n" % code, statuses, re.M), code
+        assert re.search(r"^ {7}%s\s" % code, statuses, re.M), code
     files = section(rendered, "FILES")
     assert "/etc/wattcloud/wattcloud.env" in files
     assert "/usr/local/share/man/man8/wattcloud-relay.8" in files

@@ -9,9 +9,11 @@ without root and without a daemon."""
 import glob
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -305,9 +307,17 @@ def test_read_only_and_unwritable_path(sshd, workdir, client_keys):
     assert report["error_code"] == "not_found"
 
 
-def test_runs_without_root(sshd, client_keys, tmp_path):
+def test_runs_without_root(sshd, client_keys):
     """As nobody, with a copy of the binary nobody can run and a key nobody
     can read: the probe needs no privilege and no daemon."""
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="wc-probe-nobody-"))
+    try:
+        run_as_nobody(sshd, client_keys, tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def run_as_nobody(sshd, client_keys, tmp_path):
     tmp_path.chmod(0o755)
     binary = tmp_path / "wattcloud-relay"
     shutil.copy(relay_binary(), binary)
