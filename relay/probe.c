@@ -402,6 +402,17 @@ static const char *method(struct probe *p, int which)
     return m ? m : "?";
 }
 
+/* An AEAD cipher authenticates itself: the MAC libssh2 negotiated in the
+ * key exchange is then not used. */
+static const char *mac_used(struct probe *p)
+{
+    const char *cipher = method(p, LIBSSH2_METHOD_CRYPT_CS);
+
+    if (strstr(cipher, "poly1305") || strstr(cipher, "gcm@openssh.com"))
+        return "implicit (AEAD cipher)";
+    return method(p, LIBSSH2_METHOD_MAC_CS);
+}
+
 static int connect_ssh(struct probe *p, struct sockaddr_storage *ss, socklen_t sslen)
 {
     json_t *o = step_obj(p, "connect");
@@ -421,7 +432,7 @@ static int connect_ssh(struct probe *p, struct sockaddr_storage *ss, socklen_t s
     set(o, "kex", json_string(method(p, LIBSSH2_METHOD_KEX)));
     set(o, "host_key_algorithm", json_string(method(p, LIBSSH2_METHOD_HOSTKEY)));
     set(o, "cipher", json_string(method(p, LIBSSH2_METHOD_CRYPT_CS)));
-    set(o, "mac", json_string(method(p, LIBSSH2_METHOD_MAC_CS)));
+    set(o, "mac", json_string(mac_used(p)));
     json_object_set_new(p->report, "host_key",
                         json_pack("{s:s,s:s}", "type", p->c.key_type, "fingerprint",
                                   p->c.fingerprint));
@@ -429,8 +440,7 @@ static int connect_ssh(struct probe *p, struct sockaddr_storage *ss, socklen_t s
     say(p, "banner", "%s", banner ? banner : "?");
     say(p, "key exchange", "%s, host key algorithm %s", method(p, LIBSSH2_METHOD_KEX),
         method(p, LIBSSH2_METHOD_HOSTKEY));
-    say(p, "cipher", "%s, MAC %s", method(p, LIBSSH2_METHOD_CRYPT_CS),
-        method(p, LIBSSH2_METHOD_MAC_CS));
+    say(p, "cipher", "%s, MAC %s", method(p, LIBSSH2_METHOD_CRYPT_CS), mac_used(p));
     say(p, "host key", "%s %s (what the app shows)", p->c.key_type, p->c.fingerprint);
     return 0;
 }
@@ -464,18 +474,30 @@ static void other_host_keys(struct probe *p, struct sockaddr_storage *ss, sockle
     }
 }
 
-static void auth_methods(struct probe *p)
+/* Asked on a connection of its own: libssh2 keeps only the last answer to
+ * libssh2_userauth_list() and leaks an earlier one, and the password login
+ * (ssh_login) asks again on its connection. */
+static void auth_methods(struct probe *p, struct sockaddr_storage *ss, socklen_t sslen)
 {
-    const char *list = libssh2_userauth_list(p->c.ssh, p->o.user, (unsigned)strlen(p->o.user));
+    struct ssh_conn c;
+    char err[512];
+    const char *list;
 
-    if (!list && libssh2_userauth_authenticated(p->c.ssh)) {
+    if (ssh_open(&c, (struct sockaddr *)ss, sslen, &p->t, NULL, NULL, err, sizeof(err)) < 0) {
+        json_object_set_new(p->report, "auth_methods", json_string("?"));
+        say(p, "auth methods", "? (a second connection failed: %s)", err);
+        return;
+    }
+    list = libssh2_userauth_list(c.ssh, p->o.user, (unsigned)strlen(p->o.user));
+    if (!list && libssh2_userauth_authenticated(c.ssh)) {
         json_object_set_new(p->report, "auth_methods", json_string("none"));
         say(p, "auth methods", "none needed: the server let %s in without credentials",
             p->o.user);
-        return;
+    } else {
+        json_object_set_new(p->report, "auth_methods", json_string(list ? list : "?"));
+        say(p, "auth methods", "%s", list ? list : "? (the server did not say)");
     }
-    json_object_set_new(p->report, "auth_methods", json_string(list ? list : "?"));
-    say(p, "auth methods", "%s", list ? list : "? (the server did not say)");
+    ssh_close(&c);
 }
 
 static int login(struct probe *p)
@@ -772,7 +794,7 @@ static int run(struct probe *p)
     other_host_keys(p, &ss, sslen);
     if (!p->o.user)
         return 0;
-    auth_methods(p);
+    auth_methods(p, &ss, sslen);
     if (!p->o.key_file && !p->o.password_file)
         return 0;
     if (login(p) < 0)
