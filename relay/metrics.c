@@ -21,6 +21,11 @@
 
 #include "proto.h"
 
+/* CMake defines the version; a build outside it (the fuzz targets) says so. */
+#ifndef WC_VERSION
+#define WC_VERSION "unknown"
+#endif
+
 typedef _Atomic uint64_t counter_t;
 typedef _Atomic int64_t gauge_t;
 
