@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs wattcloud-relay as a systemd service: builds it, installs the
-# binary and the unit, creates the settings file once, then enables and
-# starts the service.
+# binary, its manual page and the unit, creates the settings file once, then
+# enables and starts the service.
 #
 # Usage: deploy/install.sh [--root DIR] [--dry-run] [--binary PATH] [--domain NAME]
 #   --root DIR     install under DIR instead of / (staging, packaging, tests);
@@ -19,6 +19,7 @@ readonly repo
 readonly UNIT_NAME=wattcloud-relay.service
 readonly BIN_REL=usr/local/bin/wattcloud-relay
 readonly UNIT_REL=etc/systemd/system/$UNIT_NAME
+readonly MAN_REL=usr/local/share/man/man8/wattcloud-relay.8
 readonly ENV_DIR_REL=etc/wattcloud
 readonly ENV_REL=$ENV_DIR_REL/wattcloud.env
 
@@ -99,6 +100,21 @@ install_file() {
 
 install_file "$binary" "$root$BIN_REL" 0755
 install_file "$repo/systemd/$UNIT_NAME" "$root$UNIT_REL" 0644
+
+# The manual page, as the binary prints it (its settings come from the same
+# table as --help). It changes only with the binary: it restarts nothing.
+if [ "$dry_run" -eq 1 ]; then
+  run install -D -m 0644 "<(wattcloud-relay --man)" "$root$MAN_REL"
+else
+  man_tmp="$(mktemp)"
+  trap 'rm -f "$man_tmp"' EXIT
+  "$binary" --man >"$man_tmp" || die "$binary --man failed"
+  changed_before_man=$changed
+  install_file "$man_tmp" "$root$MAN_REL" 0644
+  changed=$changed_before_man
+  rm -f "$man_tmp"
+  trap - EXIT
+fi
 
 # The settings file: created once from the example, with a fresh signing key
 # and the values a same-host reverse proxy needs. Never overwritten: it is

@@ -17,6 +17,7 @@
 
 #include "auth_cookie.h"
 #include "client_ip.h"
+#include "metrics.h"
 #include "netguard.h"
 #include "wipe.h"
 
@@ -268,15 +269,17 @@ int access_http_redeem(struct access *a, const char *body, size_t len,
         return 500;
     set_cookie[0] = '\0';
     if (len > a->cfg->auth_max_body_bytes)
-        return 413;
+        return metrics_redeem_refused(MR_REDEEM_TOO_LARGE), 413;
     if (!body || parse_answer(body, len, nonce_id, sizeof(nonce_id), &answer) != 0)
-        return 400;
+        return metrics_redeem_refused(MR_REDEEM_MALFORMED), 400;
     if (auth_challenge_take(a->challenges, nonce_id, now.mono_ms, &c) != 0)
-        return 400;  /* unknown, used, forgotten or expired */
+        return metrics_redeem_refused(MR_REDEEM_UNKNOWN), 400;  /* unknown, used, expired */
 
     /* The challenge is used up from here on, whatever the answer. */
     if (strcmp(c.client_ip, client_ip) != 0 ||
         !auth_pow_ok(c.nonce, c.purpose, answer, a->cfg->pow_difficulty_bits)) {
+        metrics_redeem_refused(strcmp(c.client_ip, client_ip) ? MR_REDEEM_WRONG_CLIENT
+                                                              : MR_REDEEM_WORK);
         status = 403;
         goto out;
     }
@@ -312,6 +315,8 @@ int access_http_redeem(struct access *a, const char *body, size_t len,
     }
     status = 204;
 out:
+    if (status != 204 && status != 403)
+        metrics_redeem_refused(status == 503 ? MR_REDEEM_STORE_FULL : MR_REDEEM_INTERNAL);
     wipe_mem(&c, sizeof(c));
     return status;
 }
@@ -506,6 +511,16 @@ int access_target(const char *host, const char *port, struct upgrade_target *t)
     return 0;
 }
 
+const char *access_target_refused_by(const struct config *cfg,
+                                     const struct upgrade_target *t)
+{
+    if (!port_allowed(cfg, t->port))
+        return "SFTP_ALLOWED_PORTS";
+    if (!host_allowed(cfg, t->host))
+        return "SFTP_HOST_ALLOWLIST";
+    return NULL;
+}
+
 int access_check_upgrade(struct access *a, const struct upgrade_req *r,
                          struct access_time now, struct upgrade_target *t)
 {
@@ -532,7 +547,7 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
                              token, now.wall, &claims);
     wipe_mem(token, sizeof(token));
     if (rc != 0)
-        return 401;
+        return metrics_cookie_refused(MR_COOKIE_INVALID), 401;
 
     /* 3. host and port well-formed. */
     if (access_target(r->host, r->port, t) < 0)
@@ -555,6 +570,7 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
         goto fail;
     }
     if (strcmp(purpose, claims.purpose) != 0) {
+        metrics_cookie_refused(MR_COOKIE_WRONG_TARGET);
         status = 403;
         goto fail;
     }
@@ -562,6 +578,7 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
     /* 7. Single use: recorded as used now, whatever follows. */
     rc = auth_jti_use(a->jtis, claims.jti, (time_t)claims.exp, now.wall);
     if (rc != 0) {
+        metrics_cookie_refused(rc == -ENOSPC ? MR_COOKIE_STORE_FULL : MR_COOKIE_REUSED);
         status = rc == -ENOSPC ? 503 : 403;
         goto fail;
     }

@@ -106,6 +106,13 @@ struct upgrade_target {
  * `t` zeroed. The gate and the WebSocket side both read the target here. */
 int access_target(const char *host, const char *port, struct upgrade_target *t);
 
+/* Checks 4 and 5 of the gate for a target `t` from access_target(),
+ * outside any request (the probe command): NULL when its port and host are
+ * allowed, else the name of the setting that refuses them
+ * ("SFTP_ALLOWED_PORTS", "SFTP_HOST_ALLOWLIST"). */
+const char *access_target_refused_by(const struct config *cfg,
+                                     const struct upgrade_target *t);
+
 /* The upgrade gate, PROTOCOL §1.2 checks 1-10 in order; the first failure
  * answers. Returns 0 (upgrade, `t` filled) or the HTTP status:
  *   1  Origin                                    403

@@ -488,6 +488,9 @@ static const struct setting settings[] = {
     {.name = "TRUSTED_PROXY_IPS", .def = "", .kind = &K_CIDRS,
      .off = OFF(trusted_proxies), .off2 = OFF(n_trusted_proxies),
      .help = "reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs)"},
+    {.name = "METRICS_ALLOW", .def = "127.0.0.0/8,::1", .kind = &K_CIDRS,
+     .off = OFF(metrics_allow), .off2 = OFF(n_metrics_allow),
+     .help = "client addresses (IPs or CIDRs) that may read GET /metrics; others get 403"},
     {.name = "LOG_LEVEL", .def = "info", .kind = &K_LEVEL, .off = OFF(log_level),
      .help = "error, warn, info or debug"},
     {.name = "MAX_SESSIONS", .def = "512", .kind = &K_INT, .off = OFF(max_sessions),
@@ -633,6 +636,42 @@ void cfg_print_help(void)
                settings[i].def ? (*settings[i].def ? settings[i].def : "(empty)") : "(unset)");
 }
 
+/* Text for roff: a backslash would start an escape and a line starting
+ * with '.' or '\'' would be a request. */
+static void man_text(FILE *out, const char *s)
+{
+    if (*s == '.' || *s == '\'')
+        fputs("\\&", out);
+    for (; *s; s++) {
+        if (*s == '\\')
+            fputs("\\e", out);
+        else if (*s == '-')
+            fputs("\\-", out);
+        else
+            fputc(*s, out);
+    }
+}
+
+void cfg_print_man(FILE *out)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const char *def = settings[i].def;
+        fputs(".TP\n.B ", out);
+        man_text(out, settings[i].name);
+        fputc('\n', out);
+        man_text(out, settings[i].help);
+        fputs("\n.br\nDefault: ", out);
+        if (def && *def) {
+            fputs("\\fB", out);
+            man_text(out, def);
+            fputs("\\fR", out);
+        } else {
+            fputs(def ? "(empty)" : "(unset)", out);
+        }
+        fputc('\n', out);
+    }
+}
+
 int cfg_effective(const struct config *c, const char *name, char *out, size_t outlen)
 {
     for (size_t i = 0; i < N_SETTINGS; i++) {
@@ -668,6 +707,7 @@ void cfg_free(struct config *c)
     free(c->host_allowlist);
     free(c->allow_private);
     free(c->trusted_proxies);
+    free(c->metrics_allow);
     wipe_mem(c->signing_key, sizeof(c->signing_key));
     memset(c, 0, sizeof(*c));
 }

@@ -5,6 +5,7 @@
 #define WC_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "log.h"
@@ -45,6 +46,8 @@ struct config {
     int n_allow_private;
     struct cidr *trusted_proxies;  /* TRUSTED_PROXY_IPS (single IPs or CIDRs) */
     int n_trusted_proxies;
+    struct cidr *metrics_allow;    /* METRICS_ALLOW: clients that may read /metrics */
+    int n_metrics_allow;
 
     /* Sessions and timeouts (PROTOCOL §3, §4). */
     int max_concurrent_per_ip;     /* SFTP_MAX_CONCURRENT_PER_IP */
@@ -77,6 +80,10 @@ int cfg_load_env_file(const char *path, char *err, size_t errlen);
 
 /* Print the settings table (name, default, meaning) for --help. */
 void cfg_print_help(void);
+
+/* Print the same table as the body of the man page's SETTINGS section
+ * (roff, one .TP entry per setting), so the two cannot differ. */
+void cfg_print_man(FILE *out);
 
 /* Write the effective value of setting `name` into `out`: the value as
  * parsed (a lowercased domain, "[::1]:8443", ranges as network/prefix),

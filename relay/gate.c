@@ -17,6 +17,7 @@
 #include "conn_limit.h"
 #include "http_wire.h"
 #include "log.h"
+#include "metrics.h"
 #include "server_ctx.h"
 #include "wipe.h"
 
@@ -184,6 +185,7 @@ static int refuse_upgrade(struct lws *wsi, const char *ip, int status, const cha
 {
     log_info("upgrade refused: client=%s status=%d%s%s", ip ? ip : "?", status,
              why ? " reason=" : "", why ? why : "");
+    metrics_upgrade_refused(status);
     http_refuse(wsi, status, why, NULL);
     return -1;  /* lws: hang up once the answer is out */
 }

@@ -19,6 +19,8 @@
 #include "gate.h"
 #include "http_wire.h"
 #include "log.h"
+#include "metrics.h"
+#include "netguard.h"
 #include "server_ctx.h"
 #include "signals.h"
 #include "static_files.h"
@@ -68,6 +70,7 @@ static int challenge(struct lws *wsi)
     status = access_http_challenge(srv->access, p, ip, access_time_now(), body, sizeof(body));
     if (status != 200)
         return http_refuse(wsi, status, NULL, NULL);
+    metrics_challenge_issued();
     return http_respond(wsi, 200, "application/json", body, NULL);
 }
 
@@ -77,8 +80,10 @@ static int redeem(struct lws *wsi, struct http_pss *pss)
     char ip[CLIENT_IP_MAX], cookie[ACCESS_SET_COOKIE_MAX], extra[ACCESS_SET_COOKIE_MAX + 32];
     int status, rc;
 
-    if (pss->too_big)
+    if (pss->too_big) {
+        metrics_redeem_refused(MR_REDEEM_TOO_LARGE);
         return http_refuse(wsi, 413, NULL, NULL);
+    }
     if ((status = gate_client_ip_status(wsi, ip, sizeof(ip))) != 0)
         return http_refuse(wsi, status, "client address", NULL);
     status = access_http_redeem(srv->access, pss->body ? pss->body : "", pss->len, ip,
@@ -87,6 +92,7 @@ static int redeem(struct lws *wsi, struct http_pss *pss)
         return http_refuse(wsi, status, ACCESS_STORE_FULL_TEXT, NULL);
     if (status != 204)
         return http_refuse(wsi, status, NULL, NULL);
+    metrics_cookie_issued();
     snprintf(extra, sizeof(extra), "Set-Cookie: %s\r\n", cookie);
     rc = http_respond_body_read(wsi, 204, "text/plain", NULL, extra);
     wipe_mem(cookie, sizeof(cookie));
@@ -102,16 +108,61 @@ static int auth_start(struct lws *wsi, struct http_pss *pss)
     long long len;
 
     if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0 ||
-        lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0)
+        lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0) {
+        metrics_redeem_refused(MR_REDEEM_MALFORMED);
         return http_refuse(wsi, 411, "Content-Length required", NULL);
+    }
     len = http_content_length(wsi);
-    if (len < 0)
+    if (len < 0) {
+        metrics_redeem_refused(MR_REDEEM_MALFORMED);
         return http_refuse(wsi, 400, "invalid Content-Length", NULL);
-    if ((unsigned long long)len > server_of(wsi)->cfg->auth_max_body_bytes)
+    }
+    if ((unsigned long long)len > server_of(wsi)->cfg->auth_max_body_bytes) {
+        metrics_redeem_refused(MR_REDEEM_TOO_LARGE);
         return http_refuse(wsi, 413, NULL, NULL);
+    }
     pss->is_auth = 1;
     pss->deadline_ms = clock_now_ms() + HTTP_REQUEST_DEADLINE_SECS * 1000;
     return body_deadline(wsi, pss);  /* the body follows */
+}
+
+/* Whether the client of this request may read /metrics: its address (the
+ * TCP peer, or what a trusted proxy reports) lies in METRICS_ALLOW. The
+ * proxy's report counts, not the proxy: a proxy that passed /metrics on
+ * would otherwise publish it to everyone as a loopback client. */
+static int metrics_allowed(struct lws *wsi)
+{
+    const struct config *cfg = server_of(wsi)->cfg;
+    char ip[CLIENT_IP_MAX];
+    struct sockaddr_storage sa;
+    socklen_t salen;
+
+    if (gate_client_ip(wsi, ip, sizeof(ip)) != 0 || !netguard_literal(ip, &sa, &salen))
+        return 0;
+    for (int i = 0; i < cfg->n_metrics_allow; i++)
+        if (netguard_cidr_contains(&cfg->metrics_allow[i], (struct sockaddr *)&sa))
+            return 1;
+    return 0;
+}
+
+/* GET /metrics: the exposition is written into one buffer and sent whole,
+ * so no session waits for a scrape (metrics.c takes no lock). */
+static int metrics(struct lws *wsi)
+{
+    char *body;
+    long n;
+    int rc;
+
+    if (!metrics_allowed(wsi))
+        return http_refuse(wsi, 403, "not in METRICS_ALLOW", NULL);
+    body = malloc(METRICS_BODY_MAX);
+    if (!body)
+        return http_refuse(wsi, 503, "out of memory", NULL);
+    n = metrics_format(body, METRICS_BODY_MAX);
+    rc = n < 0 ? http_refuse(wsi, 500, "metrics too large", NULL)
+               : http_respond_len(wsi, 200, METRICS_CONTENT_TYPE, body, (size_t)n);
+    free(body);
+    return rc;
 }
 
 static int http_request(struct lws *wsi, struct http_pss *pss, const char *uri)
@@ -129,6 +180,8 @@ static int http_request(struct lws *wsi, struct http_pss *pss, const char *uri)
     if (uri_is(uri, "/ready"))
         return srv->draining ? http_refuse(wsi, 503, "draining", NULL)
                              : http_respond(wsi, 200, "text/plain", "ready\n", NULL);
+    if (uri_is(uri, "/metrics"))
+        return is_get ? metrics(wsi) : http_refuse(wsi, 405, NULL, "Allow: GET\r\n");
     if (uri_is(uri, "/relay/auth/challenge"))
         return is_get ? challenge(wsi) : http_refuse(wsi, 405, NULL, "Allow: GET\r\n");
     if (uri_is(uri, "/relay/auth"))

@@ -43,6 +43,26 @@ int http_has_body(struct lws *wsi)
            strtoull(v, NULL, 10) > 0;
 }
 
+/* The head of a response (status line and headers) for a body of `blen`
+ * bytes. Returns its length, or -1 when it does not fit in `room`. */
+static int head_of(char *p, size_t room, int status, const char *type,
+                   size_t blen, const char *extra, int close_after)
+{
+    int n = snprintf(p, room,
+                     "HTTP/1.1 %d %s\r\n"
+                     "Content-Type: %s\r\n"
+                     "Content-Length: %zu\r\n"
+                     "%s"
+                     "X-Content-Type-Options: nosniff\r\n"
+                     "%s%s\r\n",
+                     status, http_reason(status), type ? type : "text/plain", blen,
+                     extra && strcasestr(extra, "cache-control:") ? ""
+                                                                  : "Cache-Control: no-store\r\n",
+                     close_after ? "Connection: close\r\n" : "", extra ? extra : "");
+
+    return n < 0 || (size_t)n >= room ? -1 : n;
+}
+
 /* A body nobody read keeps the connection from being reused: only POST
  * /relay/auth reads its own, and says so with `body_read`. */
 static int respond(struct lws *wsi, int status, const char *type, const char *body,
@@ -57,17 +77,8 @@ static int respond(struct lws *wsi, int status, const char *type, const char *bo
 
     if (blen > HTTP_BODY_MAX || (extra && strlen(extra) > HTTP_EXTRA_MAX))
         return -1;
-    n = snprintf(p, room,
-                 "HTTP/1.1 %d %s\r\n"
-                 "Content-Type: %s\r\n"
-                 "Content-Length: %zu\r\n"
-                 "%s"
-                 "X-Content-Type-Options: nosniff\r\n"
-                 "%s%s\r\n",
-                 status, http_reason(status), type ? type : "text/plain", blen,
-                 extra && strcasestr(extra, "cache-control:") ? "" : "Cache-Control: no-store\r\n",
-                 close_after ? "Connection: close\r\n" : "", extra ? extra : "");
-    if (n < 0 || (size_t)n >= room - blen)
+    n = head_of(p, room - blen, status, type, blen, extra, close_after);
+    if (n < 0)
         return -1;
     p += n;
     if (blen && !head) {
@@ -80,6 +91,32 @@ static int respond(struct lws *wsi, int status, const char *type, const char *bo
     if (close_after)
         return -1;  /* lws sends what it still holds, then closes */
     return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+int http_respond_len(struct lws *wsi, int status, const char *type, const char *body,
+                     size_t len)
+{
+    size_t room = 512 + len;
+    unsigned char *buf = malloc(LWS_PRE + room);
+    char *start = buf ? (char *)buf + LWS_PRE : NULL;
+    int close_after = status >= 400 || http_has_body(wsi);
+    int head = lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0;
+    int n, rc = -1;
+
+    if (!buf)
+        return -1;
+    n = head_of(start, room - len, status, type, len, NULL, close_after);
+    if (n < 0)
+        goto out;
+    if (!head)
+        memcpy(start + n, body, len);
+    n += head ? 0 : (int)len;
+    if (lws_write(wsi, (unsigned char *)start, (size_t)n, LWS_WRITE_HTTP_FINAL) != n)
+        goto out;
+    rc = close_after || lws_http_transaction_completed(wsi) ? -1 : 0;
+out:
+    free(buf);
+    return rc;
 }
 
 int http_respond(struct lws *wsi, int status, const char *type, const char *body,

@@ -36,6 +36,11 @@ int http_respond(struct lws *wsi, int status, const char *type, const char *body
 int http_respond_body_read(struct lws *wsi, int status, const char *type, const char *body,
                            const char *extra);
 
+/* http_respond() for a body of `len` bytes of any size (GET /metrics):
+ * the response is assembled in one heap buffer and handed to lws whole. */
+int http_respond_len(struct lws *wsi, int status, const char *type, const char *body,
+                     size_t len);
+
 /* A refusal: `status` with a text/plain body naming the reason
  * ("forbidden: <why>" or the reason phrase alone). Returns -1. */
 int http_refuse(struct lws *wsi, int status, const char *why, const char *extra);

@@ -10,6 +10,9 @@
 
 #include "config.h"
 #include "log.h"
+#include "manpage.h"
+#include "metrics.h"
+#include "probe.h"
 #include "server.h"
 #include "signals.h"
 #include "ssh_conn.h"
@@ -24,11 +27,13 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: wattcloud-relay [--env-file PATH] [--check-config] [--version] [--help]\n"
+            "       wattcloud-relay probe HOST[:PORT] [options]  (probe --help)\n"
             "\n"
             "WebSocket-to-SFTP relay for the Wattcloud browser app.\n"
             "  --env-file PATH  read KEY=VALUE settings from PATH (the environment wins)\n"
             "  --check-config   validate the settings and exit (0 valid, 2 invalid)\n"
             "  --version        print the version and exit\n"
+            "  --man            print the manual page wattcloud-relay(8) (roff) and exit\n"
             "\n");
 }
 
@@ -47,6 +52,15 @@ int main(int argc, char **argv)
     char err[512];
     int check_only = 0, rc;
 
+    /* The probe command runs in the foreground: Ctrl-C must stop it, so it
+     * is dispatched before the daemon blocks its signals. It may hold a
+     * private key: no core dumps either. */
+    if (argc > 1 && strcmp(argv[1], "probe") == 0) {
+        wipe_alloc_install_jansson();
+        if (no_core_dumps() < 0)
+            fprintf(stderr, "wattcloud-relay probe: cannot disable core dumps\n");
+        return probe_main(argc - 1, argv + 1);
+    }
     /* Before any thread exists, so that every thread inherits the mask. */
     signals_block();
     /* Before any JSON exists: auth frames are parsed by jansson. */
@@ -87,6 +101,9 @@ int main(int argc, char **argv)
             printf("wattcloud-relay %s (libssh2 %s%s)\n", WC_VERSION, ssh_version(),
                    ssh_read_size_settable() ? ", SFTP read size from limits@openssh.com" : "");
             return 0;
+        } else if (strcmp(argv[i], "--man") == 0) {
+            manpage_print(stdout);
+            return 0;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             cfg_print_help();
@@ -118,6 +135,7 @@ int main(int argc, char **argv)
         cfg_free(&cfg);
         return 1;
     }
+    metrics_set_libssh2_version(ssh_version());
     rc = server_run(&cfg, worker_main);
     ssh_global_exit();
     cfg_free(&cfg);

@@ -22,6 +22,7 @@
 #include "http_wire.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "server_ctx.h"
 #include "signals.h"
@@ -368,6 +369,7 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
         return 1;
     }
     session_hub_init(&srv.hub, cfg, srv.access);
+    metrics_set_lws_version(lws_get_library_version());
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_cb);
     if (check_listenable(cfg) < 0) {
         log_error("cannot listen on %s port %d: %s", cfg->bind_host, cfg->bind_port,

@@ -20,6 +20,7 @@
 #include "access.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 
 /* A frame larger than SESSION_OUT_HIGH_WATER (a legacy `read`) still goes
  * when the queue is empty. */
@@ -35,6 +36,10 @@
 /* Worker thread stack: libssh2 and OpenSSL need little; many sessions
  * should not reserve 8 MiB of address space each. */
 #define WORKER_STACK_BYTES (512u * 1024)
+
+_Static_assert(PH_CONNECTING == 0 && PH_WAIT_HOSTKEY == 1 && PH_WAIT_AUTH == 2 &&
+               PH_READY == 3 && PH_CLOSING == 4 && METRICS_N_PHASES == 5,
+               "metrics.c labels the phases in this order");
 
 void job_free(struct job *j)
 {
@@ -297,6 +302,7 @@ struct session *session_new(struct session_hub *h, const char *client_ip,
     h->live = s;
     h->n_live++;
     pthread_mutex_unlock(&h->mu);
+    metrics_session_phase(-1, PH_CONNECTING);
     return s;
 }
 
@@ -317,6 +323,9 @@ static void session_free(struct session *s)
              (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
              (long)((session_now_ms() - s->started_ms) / 1000),
              s->close_reason[0] ? s->close_reason : "closed");
+    metrics_session_ended(s->close_reason[0] ? s->close_reason : "closed");
+    metrics_session_phase((int)s->phase, -1);
+    metrics_unwritten_sub(s->in_bytes);
     if (s->ip_counted && h->access)
         access_session_close(h->access, s->client_ip);
 
@@ -439,6 +448,7 @@ void session_push_job(struct session *s, struct job *j)
     s->n_jobs++;
     s->in_bytes += j->len;
     budget_add(s, j->len);
+    metrics_unwritten_add(j->len);
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -492,6 +502,7 @@ void session_ws_gone(struct session *s, const char *reason)
         if (!s->close_reason[0] && reason)
             snprintf(s->close_reason, sizeof(s->close_reason), "%s", reason);
     }
+    metrics_session_phase((int)s->phase, PH_CLOSING);
     s->phase = PH_CLOSING;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
@@ -513,6 +524,7 @@ void session_set_phase(struct session *s, enum session_phase p)
 {
     pthread_mutex_lock(&s->mu);
     if (s->phase != PH_CLOSING) {
+        metrics_session_phase((int)s->phase, (int)p);
         s->phase = p;
         s->phase_since_ms = session_now_ms();
     }
@@ -600,6 +612,7 @@ void session_job_done(struct session *s, struct job *j)
     pthread_mutex_lock(&s->mu);
     s->in_bytes -= j->len;
     budget_sub(s, j->len);
+    metrics_unwritten_sub(j->len);
     s->bytes_up += j->len;
     s->busy = 0;
     /* The spare only serves the chunks of an upload in progress: once an

@@ -14,7 +14,9 @@
 
 #include <openssl/rand.h>
 
+#include "clock.h"
 #include "config.h"
+#include "metrics.h"
 #include "proto.h"
 
 #define FILE_MODE (LIBSSH2_SFTP_S_IRUSR | LIBSSH2_SFTP_S_IWUSR | \
@@ -844,7 +846,7 @@ static void op_write_open(struct sftp_ops *o, const struct op_call *in, struct o
  * This holds for an upload opened with "resume" too (PROTOCOL §3): it keeps
  * its partial file only when the connection drops, not after a write the
  * server refused, since the browser abandons that upload. */
-static void fail_write(struct sftp_ops *o, struct whandle *w, int rc)
+static const char *fail_write(struct sftp_ops *o, struct whandle *w, int rc)
 {
     struct failed_write *fw = &o->failed[o->n_failed++ % FAILED_WRITES_KEPT];
     struct op_reply tmp = {0};
@@ -857,6 +859,7 @@ static void fail_write(struct sftp_ops *o, struct whandle *w, int rc)
     if (!tmp.fatal)
         remove_file(o, w->path);
     drop_write(w);
+    return fw->code;
 }
 
 static void op_write_chunk(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
@@ -875,15 +878,17 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *q, const uint
                    size_t len)
 {
     struct whandle *w = find_write(o, q->handle);
+    int64_t t0 = clock_now_us();
     int rc;
 
     if (!w)
         return 0;
     rc = write_full(w->h, data, len, write_window(o->c));
     if (rc < 0) {
-        fail_write(o, w, rc);
+        metrics_sftp_op(M_WRITE_CHUNK, fail_write(o, w, rc), clock_now_us() - t0);
         return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? 0 : rc;
     }
+    metrics_sftp_op(M_WRITE_CHUNK, NULL, clock_now_us() - t0);
     return 0;
 }
 
@@ -1056,10 +1061,12 @@ void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req, const uin
                   size_t len, struct op_reply *r)
 {
     const struct op_call in = {req, data, len};
+    int64_t t0 = clock_now_us();
 
     memset(r, 0, sizeof(*r));
     if (req->error) {
         reply_error(r, req->error, req->code);
+        metrics_sftp_op(req->method, r->code ? r->code : "bad_request", 0);
         return;
     }
     if (req->method <= M_UNKNOWN || req->method >= M_COUNT || !ops[req->method]) {
@@ -1069,6 +1076,11 @@ void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req, const uin
     ops[req->method](o, &in, r);
     if (!r->result && !r->error && !r->streamed)
         reply_error(r, "out of memory", "io");
+    /* A write_chunk answered early is counted when its bytes are written
+     * (sftp_ops_flush), with the time the write took. */
+    if (!r->write_pending)
+        metrics_sftp_op(req->method, r->error ? (r->code ? r->code : "io") : NULL,
+                        clock_now_us() - t0);
 }
 
 struct sftp_ops *sftp_ops_new(struct ssh_conn *c, const struct sftp_sink *sink,

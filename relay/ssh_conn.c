@@ -17,6 +17,7 @@
 
 #include <openssl/evp.h>
 
+#include "clock.h"
 #include "keyformat.h"
 #include "wipe_alloc.h"
 
@@ -279,7 +280,9 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
     }
     if (on_socket)
         on_socket(c->sock, arg);
+    c->connect_us = clock_now_us();
     rc = tcp_connect(c->sock, sa, salen, t->connect_secs, err, errlen);
+    c->connect_us = clock_now_us() - c->connect_us;
     if (rc < 0)
         goto out;
     setsockopt(c->sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -297,7 +300,8 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
     }
     libssh2_session_set_blocking(c->ssh, 1);
     libssh2_session_set_timeout(c->ssh, (long)t->connect_secs * 1000);
-    if (libssh2_session_method_pref(c->ssh, LIBSSH2_METHOD_HOSTKEY, HOSTKEY_PREFS) < 0) {
+    if (libssh2_session_method_pref(c->ssh, LIBSSH2_METHOD_HOSTKEY,
+                                    t->hostkey_prefs ? t->hostkey_prefs : HOSTKEY_PREFS) < 0) {
         last_error(c->ssh, "host key preferences", err, errlen);
         goto out;
     }

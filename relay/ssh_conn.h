@@ -6,6 +6,7 @@
 #define WC_SSH_CONN_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include <libssh2.h>
@@ -31,6 +32,7 @@ struct ssh_timeouts {
     int connect_secs;   /* TCP connect and key exchange */
     int banner_secs;    /* first bytes from the server */
     int op_secs;        /* any later blocking call */
+    const char *hostkey_prefs;  /* host key algorithms to offer; NULL: OpenSSH's order */
 };
 
 struct ssh_conn {
@@ -41,6 +43,7 @@ struct ssh_conn {
     const char *key_type;      /* "ssh-ed25519", ... (static) */
     const char *kbd_password;  /* only during keyboard-interactive auth */
     size_t read_size;          /* bytes per SFTP READ request (set at login) */
+    int64_t connect_us;        /* how long the TCP connect took */
 };
 
 /* Short code for the setup error frame, e.g. "connect_refused". */

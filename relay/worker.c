@@ -10,8 +10,10 @@
 #include <time.h>
 
 #include "access.h"
+#include "clock.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "netguard.h"
 #include "session.h"
 #include "sftp_ops.h"
@@ -73,6 +75,7 @@ static int connect_target(struct worker *w)
         .op_secs = w->cfg->op_timeout_secs,
     };
     char err[256];
+    int64_t t0 = clock_now_us();
     int rc = ssh_open(&w->c, (struct sockaddr *)&w->s->addr, w->s->addrlen, &t, on_socket,
                       w->s, err, sizeof(err));
 
@@ -82,6 +85,7 @@ static int connect_target(struct worker *w)
         log_info("session %s: %s", w->s->id, err);
         return -1;
     }
+    metrics_ssh_connect(clock_now_us() - t0);
     return 0;
 }
 
@@ -121,6 +125,7 @@ static int authenticate(struct worker *w, struct job *j)
     int rc;
 
     if (access_auth_attempt(s->hub->access, s->client_ip, access_time_now()) != 0) {
+        metrics_ssh_auth((int)j->auth.type, "blocked");
         proto_auth_wipe(&j->auth);
         post_text(s, proto_error(j->req.id, "authentication failed", "blocked"));
         w->reason = "auth blocked";
@@ -128,6 +133,7 @@ static int authenticate(struct worker *w, struct job *j)
         return -1;
     }
     rc = ssh_login(&w->c, &j->auth, err, sizeof(err));
+    metrics_ssh_auth((int)j->auth.type, rc == 0 ? "ok" : ssh_err_code(rc));
     proto_auth_wipe(&j->auth);
     /* libssh2 and OpenSSL leave key material in dead stack and in vector
      * registers (wipe_alloc.h). */

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "gate.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "server_ctx.h"
 #include "wipe.h"
@@ -336,6 +337,7 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
     int keep = pss->pend.active && !pss->pend.error;
     int rc;
 
+    metrics_bytes_from_browser(len);
     if (pss->closing)
         return;
     pss->last_rx_ms = session_now_ms();
@@ -436,6 +438,7 @@ static int send_next(struct lws *wsi, struct ws_pss *pss)
     if (lws_write(wsi, frame_data(f) + f->sent, chunk, (enum lws_write_protocol)flags) <
         (int)chunk)
         return -1;
+    metrics_bytes_to_browser(chunk);
     f->sent += chunk;
     if (f->sent < f->len) {
         lws_callback_on_writable(wsi);

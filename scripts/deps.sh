@@ -35,6 +35,9 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
 # metapackage follows clang's default version: 14 on Debian 12) builds the
 # fuzz targets of tests/fuzz/; llvm brings llvm-symbolizer for readable
 # sanitizer stack traces.
+# python3-prometheus-client parses /metrics and python3-yaml the scrape job
+# example (test_metrics.py); man-db and groff-base render the manual page
+# (test_manpage.py).
 # caddy and nginx are the reverse proxies of deploy/ (test_deploy.py runs the
 # relay behind each); systemd brings systemd-analyze to check the unit file;
 # openssl makes the test certificates. chromium runs the browser end-to-end
@@ -42,7 +45,8 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
 # fontconfig dependency brings a font, so the screenshots show text.
 TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-timeout
            python3-websocket python3-websockets valgrind clang libclang-rt-dev llvm caddy nginx
-           systemd openssl chromium iproute2)
+           systemd openssl chromium iproute2 python3-prometheus-client python3-yaml man-db
+           groff-base)
 
 # shellcheck source=scripts/apt-mirror.sh
 . "$ROOT/scripts/apt-mirror.sh"

@@ -33,7 +33,7 @@ command -v "$cc" >/dev/null || { echo "run.sh: $cc not found (scripts/deps.sh --
 sources_for() {
   case "$1" in
     fuzz_proto) echo "proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
-    fuzz_access) echo "relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c proto/wipe.c" ;;
+    fuzz_access) echo "relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c relay/metrics.c proto/wipe.c" ;;
     fuzz_keyformat) echo "relay/keyformat.c" ;;
     fuzz_netguard) echo "relay/netguard.c" ;;
     fuzz_wsframe) echo "relay/wsframe.c proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;

@@ -173,6 +173,11 @@ def test_install_into_root(tmp_path):
     assert mode(binary) == 0o755 and mode(unit) == 0o644 and mode(env) == 0o600
     assert binary.read_bytes() == open(relay_binary(), "rb").read()
     assert unit.read_text() == open(UNIT).read()
+    # The manual page, as the binary prints it.
+    man = root / "usr/local/share/man/man8/wattcloud-relay.8"
+    assert mode(man) == 0o644
+    assert man.read_bytes() == run([relay_binary(), "--man"]).stdout
+    assert man.read_bytes().startswith(b".TH WATTCLOUD-RELAY 8 ")
     text = env.read_text()
     keys = re.findall(r"^RELAY_SIGNING_KEY=(.*)$", text, re.M)
     assert len(keys) == 1 and re.fullmatch(r"[A-Za-z0-9+/]{43}=", keys[0]), keys
@@ -397,12 +402,14 @@ def test_session_through_proxy_sees_forwarded_client_ip(proxied, sshd, workdir):
     assert SPOOFED_XFF not in log
 
 
-def test_health_and_ready_not_public(proxied):
+def test_health_ready_and_metrics_not_public(proxied):
     relay, _, endpoint = proxied
-    for path in ("/health", "/ready"):
+    for path in ("/health", "/ready", "/metrics", "/metrics?x=1", "/relay/../metrics"):
         status, _, body = endpoint.http("GET", path)
         assert status == 404 and b"ok" not in body and b"ready" not in body, (path, status)
+        assert b"wattcloud_relay" not in body, path
     assert relay.http("GET", "/ready")[0] == 200  # still there on the loopback
+    assert relay.http("GET", "/metrics")[0] == 200
 
 
 def test_app_served_by_proxy_with_headers(proxied):

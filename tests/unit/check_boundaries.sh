@@ -10,7 +10,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root/relay"
 
 # The files allowed to name each library.
-ssh_side="ssh_conn.c ssh_conn.h sftp_ops.c sftp_ops.h"
+ssh_side="ssh_conn.c ssh_conn.h sftp_ops.c sftp_ops.h probe.c"
 web_side="server.c server_ctx.h http.c http.h http_wire.c http_wire.h gate.c gate.h
 ws.c ws.h static_files.c static_files.h"
 
