@@ -201,7 +201,7 @@ static char *take_secret(json_t *params, const char *key)
 void proto_auth_wipe(struct proto_auth *a)
 {
     char **fields[] = {&a->username, &a->password, &a->private_key, &a->passphrase,
-                       &a->public_key};
+                       &a->public_key, &a->algorithm};
 
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         if (*fields[i]) {
@@ -235,6 +235,7 @@ int proto_auth_take(struct proto_request *req, struct proto_auth *out,
         /* Not a secret, but one copy to wipe is simpler than two rules. */
         out->type = AUTH_PUBLICKEY_SIGN;
         out->public_key = take_secret(params, "publicKey");
+        out->algorithm = take_secret(params, "algorithm");
     } else {
         /* Wipe whatever secrets came along before refusing. */
         char *junk[] = {take_secret(params, "password"),
@@ -267,6 +268,8 @@ int proto_auth_take(struct proto_request *req, struct proto_auth *out,
         *errmsg = "invalid auth request: passphrase too long";
     else if (out->public_key && strlen(out->public_key) > PROTO_MAX_PUBLIC_KEY_BYTES)
         *errmsg = "invalid auth request: publicKey too long";
+    else if (out->algorithm && strlen(out->algorithm) > PROTO_MAX_ALGORITHM_BYTES)
+        *errmsg = "invalid auth request: algorithm too long";
     if (*errmsg) {
         proto_auth_wipe(out);
         return -1;

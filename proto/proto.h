@@ -28,6 +28,8 @@
 /* One authorized_keys line (`sign` extension): an RSA 16384-bit public key
  * is about 2.8 KiB of base64. */
 #define PROTO_MAX_PUBLIC_KEY_BYTES (8u * 1024)
+/* Its optional signature algorithm name ("rsa-sha2-256"). */
+#define PROTO_MAX_ALGORITHM_BYTES 64u
 
 /* Wire limits that are not settings: they are part of the contract. */
 #define PROTO_MAX_FRAME_BYTES   (16u * 1024 * 1024)  /* one binary frame */
@@ -77,6 +79,7 @@ struct proto_auth {
     char *private_key;      /* AUTH_PUBLICKEY, NUL-terminated */
     char *passphrase;       /* AUTH_PUBLICKEY, NULL when none */
     char *public_key;       /* AUTH_PUBLICKEY_SIGN: one authorized_keys line */
+    char *algorithm;        /* AUTH_PUBLICKEY_SIGN: the signature algorithm, or NULL */
 };
 
 /* Parse one text frame. Returns 0 when it is a request (check req->error),

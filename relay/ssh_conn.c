@@ -472,11 +472,11 @@ static int login_sign(struct ssh_conn *c, const struct proto_auth *a,
     void *abstract = c;
     int rc;
 
-    /* RSA only with SHA-2 (RFC 8332), preferring SHA-512: libssh2 picks
-     * the first of these the server lists in server-sig-algs. */
-    if (k->type == SSHSIG_RSA &&
-        libssh2_session_method_pref(c->ssh, LIBSSH2_METHOD_SIGN_ALGO,
-                                    "rsa-sha2-512,rsa-sha2-256") < 0) {
+    /* RSA only with SHA-2 (RFC 8332), SHA-512 first unless the browser
+     * named one: libssh2 picks the first of these the server lists in
+     * server-sig-algs. */
+    if (sshsig_rsa_prefs(k) &&
+        libssh2_session_method_pref(c->ssh, LIBSSH2_METHOD_SIGN_ALGO, sshsig_rsa_prefs(k)) < 0) {
         last_error(c->ssh, "signature algorithm preferences", err, errlen);
         return SSH_E_IO;
     }
@@ -496,8 +496,9 @@ static int login_sign(struct ssh_conn *c, const struct proto_auth *a,
         return c->sign_rc;
     }
     if (rc == LIBSSH2_ERROR_METHOD_NONE) {
-        snprintf(err, errlen, "the server accepts neither rsa-sha2-512 nor rsa-sha2-256 "
-                 "signatures; the relay never asks for SHA-1 (ssh-rsa) signatures");
+        snprintf(err, errlen, "the server accepts no RSA signature algorithm the relay "
+                 "offers (%s); the relay never asks for SHA-1 (ssh-rsa) signatures",
+                 sshsig_rsa_prefs(k));
         return SSH_E_KEY;
     }
     if (rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED) {

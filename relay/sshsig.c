@@ -294,16 +294,47 @@ size_t sshsig_kex_hash_len(const char *kex)
     return 0;
 }
 
+static const char *const rsa_algs[] = {"rsa-sha2-512", "rsa-sha2-256"};
+
+int sshsig_set_algorithm(struct sshsig_key *k, const char *alg, char *err, size_t errlen)
+{
+    char shown[48];
+
+    k->alg = NULL;
+    if (!alg)
+        return 0;
+    if (k->type == SSHSIG_RSA) {
+        for (size_t i = 0; i < 2; i++)
+            if (strcmp(alg, rsa_algs[i]) == 0)
+                k->alg = rsa_algs[i];
+    } else if (strcmp(alg, k->name) == 0) {
+        k->alg = k->name;
+    }
+    if (k->alg)
+        return 0;
+    printable(shown, sizeof(shown), alg, strlen(alg));
+    snprintf(err, errlen, "unsupported signature algorithm \"%s\" for a %s key: use %s", shown,
+             k->name, k->type == SSHSIG_RSA ? "rsa-sha2-256 or rsa-sha2-512" : k->name);
+    return -1;
+}
+
+const char *sshsig_rsa_prefs(const struct sshsig_key *k)
+{
+    if (k->type != SSHSIG_RSA)
+        return NULL;
+    return k->alg ? k->alg : "rsa-sha2-512,rsa-sha2-256";
+}
+
 /* The signature algorithm named in the data, if this key may use it. */
 static const char *allowed_alg(const struct sshsig_key *k, const uint8_t *s, size_t n)
 {
-    static const char *const rsa[] = {"rsa-sha2-512", "rsa-sha2-256"};
-
+    if (k->alg)
+        return str_is(s, n, k->alg) ? k->alg : NULL;
     if (k->type != SSHSIG_RSA)
         return str_is(s, n, k->name) ? k->name : NULL;
     for (size_t i = 0; i < 2; i++)
-        if (str_is(s, n, rsa[i]))
-            return rsa[i];
+        if (str_is(s, n, rsa_algs[i]))
+            return rsa_algs[i];
     return NULL;
 }
 

@@ -29,12 +29,24 @@ struct sshsig_key {
     uint8_t blob[SSHSIG_MAX_BLOB_BYTES];
     size_t blob_len;
     size_t sig_len;            /* bytes WebCrypto's signature must have */
+    const char *alg;           /* the one algorithm to sign with, or NULL for any */
     char fingerprint[64];      /* "SHA256:" + unpadded base64, as ssh-keygen -l */
 };
 
 /* Parse one authorized_keys line ("type base64 [comment]"). Returns 0, or
  * -1 with a message for the browser in `err` that names the problem. */
 int sshsig_parse_pubkey(const char *line, struct sshsig_key *k, char *err, size_t errlen);
+
+/* Restrict the signature algorithm to `alg` (NULL: any the key may use,
+ * for RSA rsa-sha2-512 before rsa-sha2-256). A WebCrypto RSA key is bound
+ * to one hash, so a browser holding one names the algorithm it can sign.
+ * Returns 0, or -1 with `err` naming the problem. */
+int sshsig_set_algorithm(struct sshsig_key *k, const char *alg, char *err, size_t errlen);
+
+/* For RSA keys, the signature algorithms to offer, best first, as
+ * libssh2's LIBSSH2_METHOD_SIGN_ALGO preference takes them; NULL for the
+ * other types, which have one algorithm each. */
+const char *sshsig_rsa_prefs(const struct sshsig_key *k);
 
 /* Hash length of the key exchange `kex` negotiated (libssh2's method name),
  * which is the session id's length; 0 when unknown. */

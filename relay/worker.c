@@ -155,7 +155,8 @@ static int sign_setup(struct worker *w, struct job *j, struct ssh_signer *signer
     const struct sshsig_key *key = &w->key;
     char err[256];
 
-    if (sshsig_parse_pubkey(j->auth.public_key, &w->key, err, sizeof(err)) < 0) {
+    if (sshsig_parse_pubkey(j->auth.public_key, &w->key, err, sizeof(err)) < 0 ||
+        sshsig_set_algorithm(&w->key, j->auth.algorithm, err, sizeof(err)) < 0) {
         proto_auth_wipe(&j->auth);
         post_text(w->s, proto_error(j->req.id, err, "bad_key"));
         w->reason = "bad_key";

@@ -457,6 +457,7 @@ static void check_empty_auth(const struct proto_auth *a)
     CHECK(a->private_key == NULL);
     CHECK(a->passphrase == NULL);
     CHECK(a->public_key == NULL);
+    CHECK(a->algorithm == NULL);
 }
 
 static const char *const test_key =
@@ -550,6 +551,15 @@ static void test_auth_take(void)
     CHECK_STR(a.username, "dave");
     CHECK_STR(a.public_key, "ssh-ed25519 AAAA dave@laptop");
     CHECK(a.password == NULL && a.private_key == NULL && a.passphrase == NULL);
+    CHECK(a.algorithm == NULL);
+    proto_auth_wipe(&a);
+    check_empty_auth(&a);
+    proto_request_free(&req);
+    CHECK(auth_request("{\"type\":\"publickey-sign\",\"username\":\"dave\","
+                       "\"publicKey\":\"ssh-rsa AAAA\",\"algorithm\":\"rsa-sha2-256\"}",
+                       &req) == 0);
+    CHECK(proto_auth_take(&req, &a, &err) == 0);
+    CHECK_STR(a.algorithm, "rsa-sha2-256");
     proto_auth_wipe(&a);
     check_empty_auth(&a);
     proto_request_free(&req);
@@ -653,6 +663,8 @@ static void test_auth_caps(void)
          "invalid auth request: passphrase too long"},
         {"publickey-sign", "publicKey", PROTO_MAX_PUBLIC_KEY_BYTES,
          "invalid auth request: publicKey too long"},
+        {"publickey-sign", "algorithm", PROTO_MAX_ALGORITHM_BYTES,
+         "invalid auth request: algorithm too long"},
     };
     struct proto_request req;
     struct proto_auth a;
@@ -679,8 +691,10 @@ static void test_auth_caps(void)
                      f[i].type, strcmp(f[i].field, "username") == 0 ? v : "u",
                      strcmp(f[i].field, "username") == 0 ? "password" : f[i].field,
                      strcmp(f[i].field, "username") == 0 ? "pw" : v,
-                     pw || strcmp(f[i].field, "privateKey") == 0 ? ""
-                                                                   : ",\"privateKey\":\"KEY\"");
+                     pw || strcmp(f[i].field, "privateKey") == 0 ||
+                             strcmp(f[i].field, "publicKey") == 0 ? ""
+                     : strcmp(f[i].type, "publickey-sign") == 0 ? ",\"publicKey\":\"KEY\""
+                                                                : ",\"privateKey\":\"KEY\"");
             CHECK(text && proto_parse_request(text, strlen(text), &req) == 0);
             CHECK(req.error == NULL);
             memset(&a, 0x5a, sizeof(a));

@@ -257,6 +257,27 @@ static void test_check_data(void)
                    "asks only for rsa-sha2-256 or rsa-sha2-512");
     CHECK(alg == NULL);
 
+    /* The browser names the one algorithm its RSA CryptoKey can sign. */
+    CHECK(sshsig_rsa_prefs(&rsa) != NULL);
+    CHECK_STR(sshsig_rsa_prefs(&rsa), "rsa-sha2-512,rsa-sha2-256");
+    CHECK(sshsig_set_algorithm(&rsa, "rsa-sha2-256", err, sizeof(err)) == 0);
+    CHECK_STR(sshsig_rsa_prefs(&rsa), "rsa-sha2-256");
+    userauth_data(&w, 32, "bob", "rsa-sha2-512", &rsa);
+    CHECK(sshsig_check_data(&rsa, "bob", 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    userauth_data(&w, 32, "bob", "rsa-sha2-256", &rsa);
+    CHECK(sshsig_check_data(&rsa, "bob", 32, w.b, w.n, &alg, err, sizeof(err)) == 0);
+    CHECK_STR(alg, "rsa-sha2-256");
+    CHECK(sshsig_set_algorithm(&rsa, "ssh-rsa", err, sizeof(err)) == -1);
+    CHECK_STR(err, "unsupported signature algorithm \"ssh-rsa\" for a ssh-rsa key: use "
+                   "rsa-sha2-256 or rsa-sha2-512");
+    CHECK(rsa.alg == NULL);
+    CHECK(sshsig_set_algorithm(&rsa, NULL, err, sizeof(err)) == 0);
+    CHECK(sshsig_rsa_prefs(&ed) == NULL);
+    CHECK(sshsig_set_algorithm(&ed, "ssh-ed25519", err, sizeof(err)) == 0);
+    CHECK(sshsig_set_algorithm(&ed, "rsa-sha2-256", err, sizeof(err)) == -1);
+    CHECK_STR(err, "unsupported signature algorithm \"rsa-sha2-256\" for a ssh-ed25519 key: "
+                   "use ssh-ed25519");
+
     /* Session id lengths of libssh2's key exchanges. */
     CHECK(sshsig_kex_hash_len("curve25519-sha256") == 32);
     CHECK(sshsig_kex_hash_len("ecdh-sha2-nistp384") == 48);
