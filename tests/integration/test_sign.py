@@ -364,6 +364,12 @@ BAD_LINES = [
      "file), the private key stays with you"),
     ("ssh-ed25519 AAAA a\nssh-ed25519 AAAA b",
      "unsupported public key: expected one authorized_keys line"),
+    # An Ed25519 key under an ECDSA type.
+    ("ecdsa-sha2-nistp256 " + ClientKey("x", ed25519.Ed25519PrivateKey.generate()).line.split()[1],
+     "unsupported public key: the key data is not a ecdsa-sha2-nistp256 key"),
+    # RSA under OpenSSH's RequiredRSASize.
+    (ClientKey("short", rsa.generate_private_key(65537, 768)).line,
+     "unsupported public key: not a usable RSA key (at least 1024 bits)"),
 ]
 
 
