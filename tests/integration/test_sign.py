@@ -198,12 +198,14 @@ def answer(s, frame, signature):
 
 
 def sign_login(relay, server, key, algorithm=None):
-    """A session logged in by `key`; returns (session, its sign_request)."""
+    """A session logged in by `key`; returns (session, its sign_request with
+    the signature sent added as "signature")."""
     s = accepted(relay, server)
     try:
         send_auth(s, key.line, algorithm=algorithm)
         frame, data = expect_sign_request(s)
-        answer(s, frame, key.sign(frame["algorithm"], data))
+        frame["signature"] = key.sign(frame["algorithm"], data)
+        answer(s, frame, frame["signature"])
         resp = s.response(1)
         assert resp == {"id": 1, "result": {}}, "auth failed: %r" % resp
     except BaseException:
@@ -253,6 +255,7 @@ def test_sign_login_full_session(sign_relay, sign_servers, keys, workdir, name):
         re.escape(frame["algorithm"]), re.escape(key.type), re.escape(key.fingerprint)), log)
     assert "publickey-sign login succeeded with %s key %s" % (key.type, key.fingerprint) in log
     assert frame["data"] not in log and frame["data"][:40] not in log
+    assert base64.b64encode(frame["signature"]).decode()[:40] not in log
     assert key.fingerprint == sshd_mod.run([sshd_mod.SSH_KEYGEN, "-lf", "-"],
                                            input=key.line.encode()).split()[1]
 
