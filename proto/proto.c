@@ -8,7 +8,8 @@
 
 #include "wipe.h"
 
-const char *const proto_features[] = {"write-through", "fsync", "resume", "codes", NULL};
+const char *const proto_features[] = {"write-through", "fsync", "resume", "codes", "sign",
+                                      NULL};
 
 /* What each method needs. `param` names the required string parameter whose
  * absence is answered "missing <param>"; rename checks its two itself. */
@@ -149,6 +150,38 @@ int proto_is_host_key_accepted(const char *text, size_t len)
     return ok;
 }
 
+int proto_parse_sign(const char *text, size_t len, uint32_t *request, char **signature)
+{
+    json_t *root, *jreq;
+    const char *type, *sig;
+    json_int_t id;
+    int rc = -1;
+
+    *request = 0;
+    *signature = NULL;
+    if (len > PROTO_MAX_TEXT_BYTES)
+        return -1;
+    root = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
+    type = json_string_value(json_object_get(root, "type"));
+    jreq = json_object_get(root, "request");
+    if (!type || strcmp(type, "sign") != 0 || !json_is_integer(jreq))
+        goto out;
+    id = json_integer_value(jreq);
+    if (id < 1 || id > (json_int_t)UINT32_MAX)
+        goto out;
+    sig = json_string_value(json_object_get(root, "signature"));
+    if (sig) {
+        *signature = strdup(sig);
+        if (!*signature)
+            goto out;
+    }
+    *request = (uint32_t)id;
+    rc = 0;
+out:
+    json_decref(root);
+    return rc;
+}
+
 /* Duplicate a credential string, then wipe the original inside the JSON
  * tree. jansson keeps the length next to the string, so overwriting in
  * place with zeros is safe for its later free. */
@@ -167,7 +200,8 @@ static char *take_secret(json_t *params, const char *key)
 
 void proto_auth_wipe(struct proto_auth *a)
 {
-    char **fields[] = {&a->username, &a->password, &a->private_key, &a->passphrase};
+    char **fields[] = {&a->username, &a->password, &a->private_key, &a->passphrase,
+                       &a->public_key, &a->algorithm};
 
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         if (*fields[i]) {
@@ -197,6 +231,11 @@ int proto_auth_take(struct proto_request *req, struct proto_auth *out,
         out->type = AUTH_PUBLICKEY;
         out->private_key = take_secret(params, "privateKey");
         out->passphrase = take_secret(params, "passphrase");
+    } else if (strcmp(type, "publickey-sign") == 0) {
+        /* Not a secret, but one copy to wipe is simpler than two rules. */
+        out->type = AUTH_PUBLICKEY_SIGN;
+        out->public_key = take_secret(params, "publicKey");
+        out->algorithm = take_secret(params, "algorithm");
     } else {
         /* Wipe whatever secrets came along before refusing. */
         char *junk[] = {take_secret(params, "password"),
@@ -217,6 +256,8 @@ int proto_auth_take(struct proto_request *req, struct proto_auth *out,
         *errmsg = "invalid auth request: missing password";
     else if (out->type == AUTH_PUBLICKEY && (!out->private_key || !*out->private_key))
         *errmsg = "invalid auth request: missing privateKey";
+    else if (out->type == AUTH_PUBLICKEY_SIGN && (!out->public_key || !*out->public_key))
+        *errmsg = "invalid auth request: missing publicKey";
     else if (strlen(out->username) > PROTO_MAX_USERNAME_BYTES)
         *errmsg = "invalid auth request: username too long";
     else if (out->password && strlen(out->password) > PROTO_MAX_PASSWORD_BYTES)
@@ -225,6 +266,10 @@ int proto_auth_take(struct proto_request *req, struct proto_auth *out,
         *errmsg = "invalid auth request: privateKey too long";
     else if (out->passphrase && strlen(out->passphrase) > PROTO_MAX_PASSPHRASE_BYTES)
         *errmsg = "invalid auth request: passphrase too long";
+    else if (out->public_key && strlen(out->public_key) > PROTO_MAX_PUBLIC_KEY_BYTES)
+        *errmsg = "invalid auth request: publicKey too long";
+    else if (out->algorithm && strlen(out->algorithm) > PROTO_MAX_ALGORITHM_BYTES)
+        *errmsg = "invalid auth request: algorithm too long";
     if (*errmsg) {
         proto_auth_wipe(out);
         return -1;
@@ -291,4 +336,10 @@ char *proto_host_key(const char *fingerprint, const char *key_type)
     if (o && key_type)
         json_object_set_new(o, "key_type", json_string(key_type));
     return dump(o);
+}
+
+char *proto_sign_request(uint32_t request, const char *alg, const char *data_b64)
+{
+    return dump(json_pack("{s:s,s:I,s:s,s:s}", "type", "sign_request", "request",
+                          (json_int_t)request, "algorithm", alg, "data", data_b64));
 }

@@ -25,6 +25,11 @@
 #define PROTO_MAX_PASSWORD_BYTES   (4u * 1024)
 #define PROTO_MAX_PASSPHRASE_BYTES (4u * 1024)
 #define PROTO_MAX_PRIVATE_KEY_BYTES (16u * 1024)
+/* One authorized_keys line (`sign` extension): an RSA 16384-bit public key
+ * is about 2.8 KiB of base64. */
+#define PROTO_MAX_PUBLIC_KEY_BYTES (8u * 1024)
+/* Its optional signature algorithm name ("rsa-sha2-256"). */
+#define PROTO_MAX_ALGORITHM_BYTES 64u
 
 /* Wire limits that are not settings: they are part of the contract. */
 #define PROTO_MAX_FRAME_BYTES   (16u * 1024 * 1024)  /* one binary frame */
@@ -44,7 +49,9 @@ enum proto_method {
 };
 #undef PROTO_VERB_ENUM
 
-enum proto_auth_type { AUTH_PASSWORD, AUTH_PUBLICKEY };
+/* AUTH_PUBLICKEY_SIGN is the `sign` extension: the browser sends only
+ * its public key and signs what the relay asks it to (sign_request). */
+enum proto_auth_type { AUTH_PASSWORD, AUTH_PUBLICKEY, AUTH_PUBLICKEY_SIGN };
 
 /* A parsed request. String pointers point into `root` and live as long as
  * the request; release with proto_request_free(). When the frame was a
@@ -71,6 +78,8 @@ struct proto_auth {
     char *password;         /* AUTH_PASSWORD */
     char *private_key;      /* AUTH_PUBLICKEY, NUL-terminated */
     char *passphrase;       /* AUTH_PUBLICKEY, NULL when none */
+    char *public_key;       /* AUTH_PUBLICKEY_SIGN: one authorized_keys line */
+    char *algorithm;        /* AUTH_PUBLICKEY_SIGN: the signature algorithm, or NULL */
 };
 
 /* Parse one text frame. Returns 0 when it is a request (check req->error),
@@ -85,6 +94,13 @@ const char *proto_method_name(enum proto_method m);
 /* 1 when the frame is exactly {"type":"host_key_accepted"} (more fields
  * tolerated), else 0. */
 int proto_is_host_key_accepted(const char *text, size_t len);
+
+/* The browser's answer to a sign_request:
+ * {"type":"sign","request":K,"signature":"<base64>"}. Returns 0 when the
+ * frame is a sign answer with an integer request id 1..2^32-1 (*request
+ * set; *signature a malloc'd copy the caller frees, or NULL when the field
+ * is missing or not a string, which the waiting login reports), else -1. */
+int proto_parse_sign(const char *text, size_t len, uint32_t *request, char **signature);
 
 /* Copy and validate the credentials of an auth request. Returns 0, or -1
  * with *errmsg set to the answer for the browser (code bad_request): a
@@ -102,6 +118,8 @@ char *proto_result_empty(uint32_t id);
 char *proto_error(uint32_t id, const char *msg, const char *code);
 char *proto_setup_error(const char *code, const char *msg);
 char *proto_host_key(const char *fingerprint, const char *key_type);
+/* {"type":"sign_request","request":K,"algorithm":alg,"data":data_b64}. */
+char *proto_sign_request(uint32_t request, const char *alg, const char *data_b64);
 
 /* Features this relay advertises in the host_key frame (§5). */
 extern const char *const proto_features[];

@@ -55,6 +55,7 @@ struct config {
     size_t upload_buffer_bytes;    /* SFTP_UPLOAD_BUFFER_BYTES (200 MiB) */
     int idle_timeout_secs;         /* SFTP_IDLE_TIMEOUT_SECS (1800) */
     int host_key_timeout_secs;     /* HOST_KEY_TIMEOUT_SECS (30) */
+    int sign_timeout_secs;         /* SIGN_TIMEOUT_SECS (30): browser's sign answer */
     int ws_ping_interval_secs;     /* WS_PING_INTERVAL_SECS (10) */
     int connect_timeout_secs;      /* SSH_CONNECT_TIMEOUT_SECS (10) */
     int banner_timeout_secs;       /* SSH_BANNER_TIMEOUT_SECS (3) */

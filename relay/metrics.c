@@ -130,7 +130,8 @@ static const char *const cookie_labels[MR_COOKIE_COUNT] = {
 static const char *const auth_methods[] = {
     [AUTH_PASSWORD] = "password",
     [AUTH_PUBLICKEY] = "publickey",
-    [AUTH_PUBLICKEY + 1] = "other",
+    [AUTH_PUBLICKEY_SIGN] = "publickey-sign",
+    [AUTH_PUBLICKEY_SIGN + 1] = "other",
 };
 #define N_AUTH_METHODS (sizeof(auth_methods) / sizeof(auth_methods[0]))
 

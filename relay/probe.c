@@ -533,7 +533,7 @@ static int login(struct probe *p)
             a.passphrase = read_tty_passphrase(p->o.key_file);
         }
     }
-    rc = ssh_login(&p->c, &a, err, sizeof(err));
+    rc = ssh_login(&p->c, &a, NULL, err, sizeof(err));
     json_object_set_new(p->report, "login",
                         json_pack("{s:s,s:s}", "method",
                                   a.type == AUTH_PASSWORD ? "password" : "publickey",

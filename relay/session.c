@@ -360,6 +360,7 @@ static void session_free(struct session *s)
         s->held = f->next;
         frame_free(f);
     }
+    free(s->sign_answer);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -723,6 +724,63 @@ void session_set_sock(struct session *s, int fd)
     pthread_mutex_lock(&s->mu);
     s->sock = fd;
     pthread_mutex_unlock(&s->mu);
+}
+
+uint32_t session_sign_open(struct session *s)
+{
+    uint32_t id = ++s->sign_last;
+
+    if (id == 0)
+        id = s->sign_last = 1;
+    pthread_mutex_lock(&s->mu);
+    s->sign_request = id;
+    s->sign_answered = 0;
+    free(s->sign_answer);
+    s->sign_answer = NULL;
+    pthread_mutex_unlock(&s->mu);
+    return id;
+}
+
+int session_sign_wait(struct session *s, uint32_t request, int timeout_ms, char **answer)
+{
+    struct timespec until;
+    int rc = 0, out;
+
+    *answer = NULL;
+    add_ms(&until, timeout_ms);
+    pthread_mutex_lock(&s->mu);
+    while (!s->sign_answered && !s->ws_gone && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&s->cv, &s->mu, &until);
+    if (s->sign_answered && s->sign_request == request) {
+        *answer = s->sign_answer;
+        s->sign_answer = NULL;
+        out = 0;
+    } else {
+        out = s->ws_gone ? SESSION_SIGN_GONE : SESSION_SIGN_TIMEOUT;
+    }
+    s->sign_request = 0;
+    s->sign_answered = 0;
+    free(s->sign_answer);
+    s->sign_answer = NULL;
+    pthread_mutex_unlock(&s->mu);
+    return out;
+}
+
+int session_sign_answer(struct session *s, uint32_t request, char *signature)
+{
+    int taken = 0;
+
+    pthread_mutex_lock(&s->mu);
+    if (request != 0 && s->sign_request == request && !s->sign_answered) {
+        s->sign_answered = 1;
+        s->sign_answer = signature;
+        signature = NULL;
+        taken = 1;
+        pthread_cond_broadcast(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(signature);
+    return taken ? 0 : -1;
 }
 
 void session_worker_exit(struct session *s, const char *reason)

@@ -99,6 +99,13 @@ struct session {
     size_t spare_len;               /* mu: its usable size */
     int64_t spare_ms;               /* mu: when it was kept */
     char close_reason[48];          /* mu */
+    /* The one sign_request in flight (`sign` extension, worker.c): its id
+     * while the worker waits for the browser, 0 otherwise, and the answer
+     * once it came. An answer for any other id is dropped. */
+    uint32_t sign_request;          /* mu */
+    int sign_answered;              /* mu */
+    char *sign_answer;              /* mu: the base64 signature, malloc'd, or NULL */
+    uint32_t sign_last;             /* worker: the last id handed out */
 
     int notified;                   /* hub mutex: on the hub's notify list */
     struct session *notify_next;    /* hub mutex */
@@ -264,6 +271,25 @@ void session_job_done(struct session *s, struct job *j);
 int session_post(struct session *s, struct frame *a, struct frame *b);
 int session_is_gone(struct session *s);
 void session_set_sock(struct session *s, int fd);
+/* --- The `sign` extension: a signature the browser makes --- */
+
+/* Worker: a new signature request id (never 0), now awaited. */
+uint32_t session_sign_open(struct session *s);
+
+#define SESSION_SIGN_TIMEOUT (-1)
+#define SESSION_SIGN_GONE (-2)
+/* Worker: wait up to `timeout_ms` for the browser's answer to `request`.
+ * Returns 0 with *answer (the caller frees it; NULL when the answer had no
+ * signature), SESSION_SIGN_TIMEOUT, or SESSION_SIGN_GONE when the browser
+ * left. Either way the request is closed: a later answer is ignored, so no
+ * request outlives the wait, nor the session. */
+int session_sign_wait(struct session *s, uint32_t request, int timeout_ms, char **answer);
+
+/* Service thread: the browser answered `request`; takes `signature`
+ * (malloc'd or NULL). Returns 0 when the worker waits for exactly that
+ * request and had no answer yet, else -1 (the answer is dropped). */
+int session_sign_answer(struct session *s, uint32_t request, char *signature);
+
 /* Mark the worker finished and notify; the last thing a worker does. */
 void session_worker_exit(struct session *s, const char *reason);
 

@@ -19,6 +19,7 @@
 
 #include "clock.h"
 #include "keyformat.h"
+#include "sshsig.h"
 #include "wipe_alloc.h"
 
 /* OpenSSH's own host key order, so the fingerprint we show is the one the
@@ -38,6 +39,8 @@ const char *ssh_err_code(int err)
     case SSH_E_AUTH: return "auth_failed";
     case SSH_E_KEY: return "bad_key";
     case SSH_E_SFTP: return "sftp_unavailable";
+    case SSH_E_SIGN: return "bad_signature";
+    case SSH_E_SIGN_TIMEOUT: return "sign_timeout";
     default: return "io";
     }
 }
@@ -446,10 +449,120 @@ int ssh_read_size_settable(void)
 #endif
 }
 
-int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t errlen)
+/* libssh2's signing callback (the hook its ssh-agent support uses): the
+ * data must be this session's userauth request for this user and key, the
+ * browser signs it, and we turn WebCrypto's bytes into SSH's signature.
+ * libssh2 puts it into the signature blob (string algorithm, string
+ * signature) itself, and frees it with the session's allocator. */
+static int sign_cb(LIBSSH2_SESSION *session, unsigned char **sig, size_t *sig_len,
+                   const unsigned char *data, size_t data_len, void **abstract)
 {
-    int rc = a->type == AUTH_PASSWORD ? login_password(c, a, err, errlen)
-                                      : login_key(c, a, err, errlen);
+    struct ssh_conn *c = *abstract;
+    const struct ssh_signer *sg = c->signer;
+    const char *kex = libssh2_session_methods(session, LIBSSH2_METHOD_KEX);
+    uint8_t out[SSHSIG_MAX_SIG_BYTES + 16];
+    size_t outlen;
+    char *answer = NULL;
+    const char *alg = NULL;
+    int rc = SSH_E_SIGN;
+
+    /* libssh2 retries with another algorithm when a callback says it
+     * cannot sign; one login asks the browser for one signature. */
+    if (c->sign_calls++ > 0) {
+        snprintf(c->sign_err, sizeof(c->sign_err),
+                 "signature request refused: one signature per login");
+        goto out;
+    }
+    rc = sshsig_check_data(sg->key, c->sign_user, sshsig_kex_hash_len(kex), data, data_len,
+                           &alg, c->sign_err, sizeof(c->sign_err));
+    if (rc < 0) {
+        rc = rc == SSHSIG_E_ALG ? SSH_E_KEY : SSH_E_SIGN;
+        goto out;
+    }
+    rc = sg->ask(sg->arg, alg, data, data_len, &answer, c->sign_err, sizeof(c->sign_err));
+    if (rc < 0)
+        goto out;
+    rc = SSH_E_SIGN;
+    if (sshsig_convert(sg->key, alg, answer, out, &outlen, c->sign_err,
+                       sizeof(c->sign_err)) < 0)
+        goto out;
+    *sig = wipe_malloc(outlen);
+    if (!*sig) {
+        snprintf(c->sign_err, sizeof(c->sign_err), "out of memory");
+        rc = SSH_E_IO;
+        goto out;
+    }
+    memcpy(*sig, out, outlen);
+    *sig_len = outlen;
+    rc = 0;
+out:
+    free(answer);
+    c->sign_rc = rc;
+    return rc == 0 ? 0 : -1;
+}
+
+static int login_sign(struct ssh_conn *c, const struct proto_auth *a,
+                      const struct ssh_signer *sg, char *err, size_t errlen)
+{
+    const struct sshsig_key *k = sg->key;
+    void *abstract = c;
+    int rc;
+
+    /* RSA only with SHA-2 (RFC 8332), SHA-512 first unless the browser
+     * named one: libssh2 picks the first of these the server lists in
+     * server-sig-algs. */
+    if (sshsig_rsa_prefs(k) &&
+        libssh2_session_method_pref(c->ssh, LIBSSH2_METHOD_SIGN_ALGO, sshsig_rsa_prefs(k)) < 0) {
+        last_error(c->ssh, "signature algorithm preferences", err, errlen);
+        return SSH_E_IO;
+    }
+    c->signer = sg;
+    c->sign_user = a->username;
+    c->sign_calls = 0;
+    c->sign_rc = 0;
+    c->sign_err[0] = '\0';
+    rc = libssh2_userauth_publickey(c->ssh, a->username, k->blob, k->blob_len, sign_cb,
+                                    &abstract);
+    c->signer = NULL;
+    c->sign_user = NULL;
+    if (rc == 0)
+        return 0;
+    if (c->sign_rc < 0) {
+        snprintf(err, errlen, "%s", c->sign_err);
+        return c->sign_rc;
+    }
+    if (rc == LIBSSH2_ERROR_METHOD_NONE) {
+        snprintf(err, errlen, "the server accepts no RSA signature algorithm the relay "
+                 "offers (%s); the relay never asks for SHA-1 (ssh-rsa) signatures",
+                 sshsig_rsa_prefs(k));
+        return SSH_E_KEY;
+    }
+    if (rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED) {
+        /* libssh2 asks first whether the server would take the key, and
+         * only then for the signature. */
+        snprintf(err, errlen, c->sign_calls == 0
+                 ? "authentication failed: the server does not accept this public key"
+                 : "authentication failed: the server refused the signature");
+        return SSH_E_AUTH;
+    }
+    return auth_failure(rc, c->ssh, err, errlen);
+}
+
+int ssh_login(struct ssh_conn *c, const struct proto_auth *a, const struct ssh_signer *signer,
+              char *err, size_t errlen)
+{
+    int rc;
+
+    if (a->type == AUTH_PASSWORD)
+        rc = login_password(c, a, err, errlen);
+    else if (a->type == AUTH_PUBLICKEY)
+        rc = login_key(c, a, err, errlen);
+    else if (signer)
+        rc = login_sign(c, a, signer, err, errlen);
+    else {
+        snprintf(err, errlen, "no signer for a publickey-sign login");
+        rc = SSH_E_IO;
+    }
 
     if (rc < 0)
         return rc;

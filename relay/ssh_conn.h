@@ -26,6 +26,22 @@ enum ssh_err {
     SSH_E_SFTP = -8,           /* SFTP subsystem refused */
     SSH_E_IO = -9,             /* connection lost or timed out */
     SSH_E_CLOSED_BEFORE_BANNER = -10,  /* hung up before any banner */
+    SSH_E_SIGN = -11,          /* publickey-sign: unusable signature or request */
+    SSH_E_SIGN_TIMEOUT = -12,  /* publickey-sign: the browser did not answer */
+};
+
+struct sshsig_key;
+
+/* How a publickey-sign login (the `sign` extension) gets its signature:
+ * `ask` hands the algorithm and the data to the browser and waits for its
+ * answer, the base64 of WebCrypto's signature (*answer, malloc'd, may stay
+ * NULL). Returns 0, or an ssh_err with a message for the browser in `err`.
+ * Called on the worker thread, at most once per login. */
+struct ssh_signer {
+    const struct sshsig_key *key;
+    int (*ask)(void *arg, const char *alg, const unsigned char *data, size_t len,
+               char **answer, char *err, size_t errlen);
+    void *arg;
 };
 
 struct ssh_timeouts {
@@ -44,6 +60,13 @@ struct ssh_conn {
     const char *kbd_password;  /* only during keyboard-interactive auth */
     size_t read_size;          /* bytes per SFTP READ request (set at login) */
     int64_t connect_us;        /* how long the TCP connect took */
+    /* Only during a publickey-sign login: libssh2's signing callback
+     * reaches the signer and reports why it failed through these. */
+    const struct ssh_signer *signer;
+    const char *sign_user;
+    int sign_calls;
+    int sign_rc;
+    char sign_err[256];
 };
 
 /* Short code for the setup error frame, e.g. "connect_refused". */
@@ -59,9 +82,12 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
              void *arg, char *err, size_t errlen);
 
 /* Authenticate with the credentials in `a` (the caller wipes them), then
- * open the SFTP subsystem. Returns 0, SSH_E_AUTH, SSH_E_KEY, SSH_E_SFTP or
+ * open the SFTP subsystem. `signer` makes the signature of an
+ * AUTH_PUBLICKEY_SIGN login (NULL for the other types). Returns 0,
+ * SSH_E_AUTH, SSH_E_KEY, SSH_E_SFTP, SSH_E_SIGN, SSH_E_SIGN_TIMEOUT or
  * SSH_E_IO with the message for the browser in `err`. */
-int ssh_login(struct ssh_conn *c, const struct proto_auth *a, char *err, size_t errlen);
+int ssh_login(struct ssh_conn *c, const struct proto_auth *a, const struct ssh_signer *signer,
+              char *err, size_t errlen);
 
 /* A round trip to the server that proves it is still there. 0, or the
  * negative libssh2 error (SSH_E_TIMEOUT: no answer in time). */

@@ -18,6 +18,7 @@
 #include "session.h"
 #include "sftp_ops.h"
 #include "ssh_conn.h"
+#include "sshsig.h"
 #include "wipe_alloc.h"
 
 struct worker {
@@ -27,6 +28,7 @@ struct worker {
     struct sftp_ops *ops;
     struct sftp_sink sink;  /* how ops stream large answers: session_post */
     const char *reason;     /* why the session ended, for the log */
+    struct sshsig_key key;  /* the public key of a publickey-sign login */
 };
 
 static int sink_post(void *arg, struct frame *a, struct frame *b)
@@ -116,14 +118,80 @@ static struct job *wait_for(struct worker *w, enum job_kind kind)
     }
 }
 
+/* The signer of a publickey-sign login (ssh_conn.h): send the browser a
+ * sign_request and wait, at most SIGN_TIMEOUT_SECS, for its answer. The
+ * request id is awaited before the frame goes out, so a fast answer is
+ * never dropped; once the wait ends, any answer is ignored. */
+static int ask_browser(void *arg, const char *alg, const unsigned char *data, size_t len,
+                       char **answer, char *err, size_t errlen)
+{
+    struct worker *w = arg;
+    char *b64 = sshsig_b64encode(data, len);
+    uint32_t id;
+    int rc;
+
+    if (!b64) {
+        snprintf(err, errlen, "out of memory");
+        return SSH_E_IO;
+    }
+    id = session_sign_open(w->s);
+    session_post(w->s, frame_from_text(proto_sign_request(id, alg, b64)), NULL);
+    free(b64);
+    log_info("session %s: sign_request %u sent: %s with %s key %s", w->s->id, id, alg,
+             w->key.name, w->key.fingerprint);
+    rc = session_sign_wait(w->s, id, w->cfg->sign_timeout_secs * 1000, answer);
+    if (rc == SESSION_SIGN_TIMEOUT) {
+        snprintf(err, errlen, "signature timeout: the browser did not answer the "
+                 "sign_request within %d s", w->cfg->sign_timeout_secs);
+        return SSH_E_SIGN_TIMEOUT;
+    }
+    if (rc == SESSION_SIGN_GONE) {
+        snprintf(err, errlen, "the browser left before it answered the sign_request");
+        return SSH_E_IO;
+    }
+    return 0;
+}
+
+/* A publickey-sign login names its key before anything is counted: a key
+ * the relay cannot use is the request's fault, not a failed login. Fills
+ * `signer` and returns 0, or answers the error and returns -1. */
+static int sign_setup(struct worker *w, struct job *j, struct ssh_signer *signer)
+{
+    const struct sshsig_key *key = &w->key;
+    char err[256];
+
+    if (sshsig_parse_pubkey(j->auth.public_key, &w->key, err, sizeof(err)) < 0 ||
+        sshsig_set_algorithm(&w->key, j->auth.algorithm, err, sizeof(err)) < 0) {
+        proto_auth_wipe(&j->auth);
+        post_text(w->s, proto_error(j->req.id, err, "bad_key"));
+        w->reason = "bad_key";
+        log_info("session %s: publickey-sign refused: %s", w->s->id, err);
+        return -1;
+    }
+    log_info("session %s: publickey-sign login with %s key %s", w->s->id, key->name,
+             key->fingerprint);
+    signer->key = key;
+    signer->ask = ask_browser;
+    signer->arg = w;
+    return 0;
+}
+
 /* Count the attempt before trying and refund it on success, so parallel
- * guesses cannot exceed the failure budget (PROTOCOL §4). */
+ * guesses cannot exceed the failure budget (PROTOCOL §4). A publickey-sign
+ * login is one attempt too, whatever the browser answers: a timeout or a
+ * bad signature is not refunded. */
 static int authenticate(struct worker *w, struct job *j)
 {
     struct session *s = w->s;
+    struct ssh_signer signer = {0}, *sg = NULL;
     char err[256];
     int rc;
 
+    if (j->auth.type == AUTH_PUBLICKEY_SIGN) {
+        if (sign_setup(w, j, &signer) < 0)
+            return -1;
+        sg = &signer;
+    }
     if (access_auth_attempt(s->hub->access, s->client_ip, access_time_now()) != 0) {
         metrics_ssh_auth((int)j->auth.type, "blocked");
         proto_auth_wipe(&j->auth);
@@ -132,7 +200,7 @@ static int authenticate(struct worker *w, struct job *j)
         log_info("session %s: client %s is blocked after failed logins", s->id, s->client_ip);
         return -1;
     }
-    rc = ssh_login(&w->c, &j->auth, err, sizeof(err));
+    rc = ssh_login(&w->c, &j->auth, sg, err, sizeof(err));
     metrics_ssh_auth((int)j->auth.type, rc == 0 ? "ok" : ssh_err_code(rc));
     proto_auth_wipe(&j->auth);
     /* libssh2 and OpenSSL leave key material in dead stack and in vector
@@ -154,6 +222,9 @@ static int authenticate(struct worker *w, struct job *j)
         w->reason = "out of memory";
         return -1;
     }
+    if (sg)
+        log_info("session %s: publickey-sign login succeeded with %s key %s", s->id,
+                 w->key.name, w->key.fingerprint);
     post_text(s, proto_result_empty(j->req.id));
     session_set_phase(s, PH_READY);
     log_debug("session %s: authenticated; SFTP reads of %zu bytes", s->id, w->c.read_size);

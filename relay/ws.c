@@ -198,6 +198,21 @@ static void on_auth(struct lws *wsi, struct ws_pss *pss, const char *text, size_
     push(wsi, pss, j);
 }
 
+/* The browser's answer to a sign_request (`sign` extension) goes to the
+ * worker waiting for it; an answer nobody waits for (unknown, late, or a
+ * second one) is dropped. */
+static void on_sign_answer(struct ws_pss *pss, const char *text, size_t len)
+{
+    uint32_t request;
+    char *signature;
+
+    if (proto_parse_sign(text, len, &request, &signature) < 0)
+        return;
+    if (session_sign_answer(pss->s, request, signature) < 0)
+        log_debug("session %s: answer to sign_request %u ignored: not awaited", pss->s->id,
+                  request);
+}
+
 static void on_request(struct lws *wsi, struct ws_pss *pss, const char *text, size_t len)
 {
     struct job *j = job_new(JOB_REQUEST);
@@ -205,7 +220,9 @@ static void on_request(struct lws *wsi, struct ws_pss *pss, const char *text, si
     if (!j)
         return;
     if (proto_parse_request(text, len, &j->req) < 0) {
-        job_free(j);  /* not a request: ignored, as PROTOCOL §3 says */
+        job_free(j);
+        /* Not a request: a sign answer, or else ignored (PROTOCOL §3). */
+        on_sign_answer(pss, text, len);
         return;
     }
     if (!proto_method_takes_binary(j->req.method)) {

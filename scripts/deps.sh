@@ -46,7 +46,7 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
 TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-timeout
            python3-websocket python3-websockets valgrind clang libclang-rt-dev llvm caddy nginx
            systemd openssl chromium iproute2 python3-prometheus-client python3-yaml man-db
-           groff-base)
+           groff-base python3-cryptography)
 
 # shellcheck source=scripts/apt-mirror.sh
 . "$ROOT/scripts/apt-mirror.sh"

@@ -3,7 +3,8 @@
  *
  * Parameters come in the URL hash (never sent to the server), read once
  * and then removed from the address bar:
- *   scenario  e2e (default) | reuse | origin | origin_control | hostkey
+ *   scenario  e2e (default) | reuse | origin | origin_control | hostkey |
+ *             sign_key | sign (the `sign` extension, sshsign.js)
  *   host      SFTP target host (default 127.0.0.1)
  *   port      SFTP target port
  *   fp        the host key fingerprint the "vault" has pinned (SHA256:...)
@@ -14,6 +15,9 @@
  *   relay     host:port of the relay to open the WebSocket on (default:
  *             this page's own; the "origin" scenario points it elsewhere)
  *   size_mib, chunk_mib   upload size and write_chunk size (50 and 8)
+ *   keyname   sign_key / sign: the IndexedDB name of the browser's SSH key
+ *   answer    sign: how to answer the sign_request: sign (default), never,
+ *             garbage (random bytes of the right length)
  *
  * The result: document.title "PASS <scenario> ..." or "FAIL <scenario>: why",
  * the #result element, a step log in #log, and window.__result (an object
@@ -439,9 +443,102 @@ async function scenarioHostKey() {
          { fingerprint: hk.fingerprint, pinned: cfg.fp, closeCode: sock.closed.code });
 }
 
+// ---------------------------------------------------------------- `sign`
+
+/* Make (or load) the browser's SSH key and show its authorized_keys line,
+ * as the app's settings page would for the user to paste on the server. */
+async function scenarioSignKey() {
+  const key = await SshSign.loadOrCreate(params.get("keyname") || "default");
+  log(`${key.fresh ? "generated" : "loaded from IndexedDB"} a non-extractable ${key.type} ` +
+      `key (${key.fingerprint}); private key extractable: ${key.privateKey.extractable}`);
+  need(key.privateKey.extractable === false, "the private key is extractable");
+  document.getElementById("scenario").textContent = key.line;
+  finish(true, key.fingerprint, { line: key.line, keyType: key.type,
+                                  fingerprint: key.fingerprint, fresh: key.fresh });
+}
+
+/* Log in with the key from IndexedDB: publickey-sign, answer the
+ * sign_request in the page, then a session (mkdir, upload, download,
+ * compare). A refused login is a result too: the driver checks its error. */
+async function scenarioSign() {
+  need(cfg.dir && cfg.user && cfg.fp, "missing parameters");
+  const how = params.get("answer") || "sign";
+  const key = await SshSign.loadOrCreate(params.get("keyname") || "default");
+  log(`${key.fresh ? "generated" : "loaded from IndexedDB"} ${key.type} key ${key.fingerprint}`);
+  await getCookie(cfg.host, cfg.port);
+  const sock = await openSession();
+  const hk = await hostKeyStep(sock);
+  need(hk.fingerprint === cfg.fp, `host key ${hk.fingerprint} is not the pinned ${cfg.fp}`);
+  need((hk.features || []).includes("sign"), "the relay does not offer the sign extension");
+  sock.send({ type: "host_key_accepted" });
+  const id = sock.nextId++;
+  sock.send({ id, method: "auth", params: SshSign.authParams(key, cfg.user) });
+  let frame = await sock.nextText("auth");
+  let signRequests = 0;
+  if (frame.type === "sign_request") {
+    signRequests++;
+    log(`sign_request ${frame.request}: ${frame.algorithm}, ${atob(frame.data).length} bytes`);
+    if (how === "sign") {
+      sock.send(await SshSign.answer(key, frame, cfg.user));
+      log("answered with a WebCrypto signature");
+    } else if (how === "garbage") {
+      // 64 bytes: as long as an Ed25519 or a P-256 signature.
+      const junk = crypto.getRandomValues(new Uint8Array(64));
+      sock.send({ type: "sign", request: frame.request,
+                  signature: btoa(String.fromCharCode(...junk)) });
+      log("answered with random bytes");
+    } else {
+      log("not answering");
+    }
+    frame = await sock.nextText("auth");
+  }
+  need(frame.id === id, "expected the auth answer, got " + JSON.stringify(frame));
+  const base = { keyType: key.type, fingerprint: key.fingerprint, line: key.line,
+                 fresh: key.fresh, signRequests, features: hk.features };
+  if (frame.error !== undefined) {
+    log(`auth refused: ${frame.error} (${frame.code})`);
+    await sock.close();
+    return finish(true, "refused: " + frame.error,
+                  Object.assign(base, { authError: frame.error, authCode: frame.code }));
+  }
+  log(`authenticated as ${cfg.user} with ${key.type} key ${key.fingerprint}, ` +
+      "the private key never left this page");
+
+  const folder = cfg.dir + "/signed-" + Date.now();
+  need(await ensureDir(sock, folder), "mkdir " + folder);
+  const data = new Uint8Array(300 * KiB);
+  for (let off = 0; off < data.length; off += 64 * KiB)  // getRandomValues' cap
+    crypto.getRandomValues(data.subarray(off, off + 64 * KiB));
+  const digest = hex(await crypto.subtle.digest("SHA-256", data));
+  const path = folder + "/blob.bin";
+  const { result: wo } = await sock.request("write_open", { path });
+  await sock.request("write_chunk", { handle: wo.handle }, { binary: data });
+  await sock.request("write_close", { handle: wo.handle });
+  const { result: ro } = await sock.request("read_open", { path });
+  const parts = [];
+  for (;;) {
+    const r = await sock.request("read_chunk", { handle: ro.handle });
+    const f = await sock.next();
+    need(f.kind === "binary" && f.data.byteLength === r.result.size, "read_chunk frame");
+    if (r.result.size === 0) break;
+    parts.push(new Uint8Array(f.data));
+  }
+  await sock.request("read_close", { handle: ro.handle });
+  const back = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) { back.set(p, off); off += p.length; }
+  const backDigest = hex(await crypto.subtle.digest("SHA-256", back));
+  need(backDigest === digest, `downloaded SHA-256 ${backDigest} != uploaded ${digest}`);
+  log(`uploaded and downloaded ${data.length} bytes in ${folder}, SHA-256 ${digest}`);
+  await sock.close();
+  finish(true, `signed in with ${key.type}, sha256=${digest}`,
+         Object.assign(base, { path, sha256: digest, size: data.length }));
+}
+
 const SCENARIOS = {
   e2e: scenarioE2E, reuse: scenarioReuse, origin: scenarioOrigin,
   origin_control: scenarioOriginControl, hostkey: scenarioHostKey,
+  sign_key: scenarioSignKey, sign: scenarioSign,
 };
 
 async function main() {

@@ -51,6 +51,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 (void)strlen(auth.private_key);
             if (auth.passphrase)
                 (void)strlen(auth.passphrase);
+            if (auth.public_key)
+                (void)strlen(auth.public_key);
+            if (auth.algorithm)
+                (void)strlen(auth.algorithm);
             proto_auth_wipe(&auth);
         } else if (!err) {
             __builtin_trap();  /* a refusal must say why */

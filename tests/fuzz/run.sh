@@ -4,7 +4,8 @@
 #
 # Usage: tests/fuzz/run.sh [SECONDS] [TARGET...]
 #   SECONDS  per target, default 30 (scripts/test.sh uses 10)
-#   TARGET   fuzz_proto, fuzz_access, fuzz_keyformat, fuzz_netguard, fuzz_wsframe (all
+#   TARGET   fuzz_proto, fuzz_access, fuzz_keyformat, fuzz_netguard, fuzz_wsframe,
+#            fuzz_sshsig (all
 #            when none is named)
 # Env: FUZZ_BUILD_DIR (default build-fuzz in the repository), FUZZ_JOBS
 #      (parallel runs of one target, default 1), CC (default clang).
@@ -23,7 +24,8 @@ secs="${1:-30}"
 shift || true
 case "$secs" in ''|*[!0-9]*) echo "run.sh: SECONDS must be a number" >&2; exit 2 ;; esac
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(fuzz_proto fuzz_access fuzz_keyformat fuzz_netguard fuzz_wsframe)
+[ "${#targets[@]}" -gt 0 ] || targets=(fuzz_proto fuzz_access fuzz_keyformat fuzz_netguard fuzz_wsframe
+                                       fuzz_sshsig)
 out="${FUZZ_BUILD_DIR:-$root/build-fuzz}"
 cc="${CC:-clang}"
 command -v "$cc" >/dev/null || { echo "run.sh: $cc not found (scripts/deps.sh --test installs clang)" >&2; exit 1; }
@@ -37,6 +39,7 @@ sources_for() {
     fuzz_keyformat) echo "relay/keyformat.c" ;;
     fuzz_netguard) echo "relay/netguard.c" ;;
     fuzz_wsframe) echo "relay/wsframe.c proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
+    fuzz_sshsig) echo "relay/sshsig.c proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
     *) echo "run.sh: unknown target $1" >&2; return 1 ;;
   esac
 }
@@ -47,6 +50,7 @@ max_len_for() {
   case "$1" in
     fuzz_proto) echo 16384 ;;
     fuzz_keyformat) echo 16384 ;;
+    fuzz_sshsig) echo 12288 ;;
     *) echo 4096 ;;
   esac
 }

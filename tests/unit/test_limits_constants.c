@@ -23,7 +23,7 @@ static const char *const known_vars[] = {
     "TRUSTED_PROXY_IPS", "LOG_LEVEL", "MAX_SESSIONS", "SFTP_UPLOAD_BUFFER_BYTES",
     "SFTP_IDLE_TIMEOUT_SECS", "HOST_KEY_TIMEOUT_SECS", "WS_PING_INTERVAL_SECS",
     "SSH_CONNECT_TIMEOUT_SECS", "SSH_BANNER_TIMEOUT_SECS", "SSH_KEEPALIVE_SECS",
-    "SSH_KEEPALIVE_COUNT", "SFTP_OP_TIMEOUT_SECS", "SHUTDOWN_GRACE_SECS",
+    "SSH_KEEPALIVE_COUNT", "SFTP_OP_TIMEOUT_SECS", "SHUTDOWN_GRACE_SECS", "SIGN_TIMEOUT_SECS",
 };
 
 /* The table may grow: also unset every name cfg_print_help() lists (lines
@@ -133,6 +133,8 @@ static void test_defaults(void)
     CHECK(c.keepalive_secs == 15);
     CHECK(c.keepalive_count == 4);
     CHECK(c.op_timeout_secs == 60);
+    /* `sign` extension: 30 s for the browser's signature (README). */
+    CHECK(c.sign_timeout_secs == 30);
     /* §6 LOG_LEVEL info. */
     CHECK(c.log_level == LOG_INFO);
     /* §1.1 no RELAY_SIGNING_KEY: a random key for this process. */

@@ -456,6 +456,8 @@ static void check_empty_auth(const struct proto_auth *a)
     CHECK(a->password == NULL);
     CHECK(a->private_key == NULL);
     CHECK(a->passphrase == NULL);
+    CHECK(a->public_key == NULL);
+    CHECK(a->algorithm == NULL);
 }
 
 static const char *const test_key =
@@ -540,6 +542,28 @@ static void test_auth_take(void)
         proto_request_free(&req);
     }
 
+    /* publickey-sign (`sign` extension): only a public key line. */
+    CHECK(auth_request("{\"type\":\"publickey-sign\",\"username\":\"dave\","
+                       "\"publicKey\":\"ssh-ed25519 AAAA dave@laptop\"}", &req) == 0);
+    CHECK(proto_auth_take(&req, &a, &err) == 0);
+    CHECK(err == NULL);
+    CHECK(a.type == AUTH_PUBLICKEY_SIGN);
+    CHECK_STR(a.username, "dave");
+    CHECK_STR(a.public_key, "ssh-ed25519 AAAA dave@laptop");
+    CHECK(a.password == NULL && a.private_key == NULL && a.passphrase == NULL);
+    CHECK(a.algorithm == NULL);
+    proto_auth_wipe(&a);
+    check_empty_auth(&a);
+    proto_request_free(&req);
+    CHECK(auth_request("{\"type\":\"publickey-sign\",\"username\":\"dave\","
+                       "\"publicKey\":\"ssh-rsa AAAA\",\"algorithm\":\"rsa-sha2-256\"}",
+                       &req) == 0);
+    CHECK(proto_auth_take(&req, &a, &err) == 0);
+    CHECK_STR(a.algorithm, "rsa-sha2-256");
+    proto_auth_wipe(&a);
+    check_empty_auth(&a);
+    proto_request_free(&req);
+
     /* Unknown type: refused, and the secrets that came along are wiped. */
     CHECK(auth_request("{\"type\":\"keyboard-interactive\",\"username\":\"u\","
                        "\"password\":\"pw-unknown\",\"passphrase\":\"pp-unknown\"}", &req) == 0);
@@ -571,6 +595,12 @@ static void test_auth_take(void)
          "invalid auth request: missing privateKey", NULL, NULL},
         {"{\"type\":\"publickey\",\"privateKey\":\"KEY-5\"}",
          "invalid auth request: missing username", "privateKey", "KEY-5"},
+        {"{\"type\":\"publickey-sign\",\"username\":\"u\"}",
+         "invalid auth request: missing publicKey", NULL, NULL},
+        {"{\"type\":\"publickey-sign\",\"username\":\"u\",\"publicKey\":\"\"}",
+         "invalid auth request: missing publicKey", NULL, NULL},
+        {"{\"type\":\"publickey-sign\",\"username\":\"u\",\"publicKey\":7}",
+         "invalid auth request: missing publicKey", NULL, NULL},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         CHECK(auth_request(bad[i].params, &req) == 0);
@@ -631,6 +661,10 @@ static void test_auth_caps(void)
          "invalid auth request: privateKey too long"},
         {"publickey", "passphrase", PROTO_MAX_PASSPHRASE_BYTES,
          "invalid auth request: passphrase too long"},
+        {"publickey-sign", "publicKey", PROTO_MAX_PUBLIC_KEY_BYTES,
+         "invalid auth request: publicKey too long"},
+        {"publickey-sign", "algorithm", PROTO_MAX_ALGORITHM_BYTES,
+         "invalid auth request: algorithm too long"},
     };
     struct proto_request req;
     struct proto_auth a;
@@ -657,8 +691,10 @@ static void test_auth_caps(void)
                      f[i].type, strcmp(f[i].field, "username") == 0 ? v : "u",
                      strcmp(f[i].field, "username") == 0 ? "password" : f[i].field,
                      strcmp(f[i].field, "username") == 0 ? "pw" : v,
-                     pw || strcmp(f[i].field, "privateKey") == 0 ? ""
-                                                                   : ",\"privateKey\":\"KEY\"");
+                     pw || strcmp(f[i].field, "privateKey") == 0 ||
+                             strcmp(f[i].field, "publicKey") == 0 ? ""
+                     : strcmp(f[i].type, "publickey-sign") == 0 ? ",\"publicKey\":\"KEY\""
+                                                                : ",\"privateKey\":\"KEY\"");
             CHECK(text && proto_parse_request(text, strlen(text), &req) == 0);
             CHECK(req.error == NULL);
             memset(&a, 0x5a, sizeof(a));
@@ -723,11 +759,11 @@ static void test_builders(void)
     /* host_key: byte-exact, then field by field. */
     CHECK_FRAME(proto_host_key("SHA256:abc", "ssh-ed25519"),
                 "{\"type\":\"host_key\",\"fingerprint\":\"SHA256:abc\",\"relay_version\":3,"
-                "\"features\":[\"write-through\",\"fsync\",\"resume\",\"codes\"],"
+                "\"features\":[\"write-through\",\"fsync\",\"resume\",\"codes\",\"sign\"],"
                 "\"key_type\":\"ssh-ed25519\"}");
     CHECK_FRAME(proto_host_key("SHA256:abc", NULL),
                 "{\"type\":\"host_key\",\"fingerprint\":\"SHA256:abc\",\"relay_version\":3,"
-                "\"features\":[\"write-through\",\"fsync\",\"resume\",\"codes\"]}");
+                "\"features\":[\"write-through\",\"fsync\",\"resume\",\"codes\",\"sign\"]}");
 
     char *hk = proto_host_key("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
                               "ecdsa-sha2-nistp256");
@@ -740,18 +776,64 @@ static void test_builders(void)
     CHECK(json_integer_value(json_object_get(o, "relay_version")) == 3);
     CHECK_STR(json_string_value(json_object_get(o, "key_type")), "ecdsa-sha2-nistp256");
     json_t *f = json_object_get(o, "features");
-    const char *want[] = {"write-through", "fsync", "resume", "codes"};
-    CHECK(json_is_array(f) && json_array_size(f) == 4);
-    for (size_t i = 0; i < 4; i++)
+    const char *want[] = {"write-through", "fsync", "resume", "codes", "sign"};
+    CHECK(json_is_array(f) && json_array_size(f) == 5);
+    for (size_t i = 0; i < 5; i++)
         CHECK_STR(json_string_value(json_array_get(f, i)), want[i]);
     CHECK(json_object_get(o, "id") == NULL);  /* a type frame, not an id frame */
     json_decref(o);
     free(hk);
 
     /* The exported feature list matches the frame. */
-    for (size_t i = 0; i < 4; i++)
+    for (size_t i = 0; i < 5; i++)
         CHECK_STR(proto_features[i], want[i]);
-    CHECK(proto_features[4] == NULL);
+    CHECK(proto_features[5] == NULL);
+}
+
+/* The `sign` extension's frames: the browser's answer is recognised only
+ * with type "sign" and a request id 1..2^32-1; the signature is handed on
+ * as text (checked by the waiting login), or NULL when absent. */
+static void test_sign_frames(void)
+{
+    static const struct {
+        const char *text;
+        int rc;
+        uint32_t request;
+        const char *sig;
+    } sign_cases[] = {
+        {"{\"type\":\"sign\",\"request\":1,\"signature\":\"AAAA\"}", 0, 1, "AAAA"},
+        {"{\"type\":\"sign\",\"request\":4294967295,\"signature\":\"\"}", 0, 4294967295u, ""},
+        {"{\"type\":\"sign\",\"request\":7}", 0, 7, NULL},
+        {"{\"type\":\"sign\",\"request\":7,\"signature\":12}", 0, 7, NULL},
+        {"{\"type\":\"sign\",\"request\":0,\"signature\":\"AAAA\"}", -1, 0, NULL},
+        {"{\"type\":\"sign\",\"request\":-1,\"signature\":\"AAAA\"}", -1, 0, NULL},
+        {"{\"type\":\"sign\",\"request\":4294967296,\"signature\":\"AAAA\"}", -1, 0, NULL},
+        {"{\"type\":\"sign\",\"request\":\"1\",\"signature\":\"AAAA\"}", -1, 0, NULL},
+        {"{\"type\":\"sign\",\"signature\":\"AAAA\"}", -1, 0, NULL},
+        {"{\"type\":\"signed\",\"request\":1,\"signature\":\"AAAA\"}", -1, 0, NULL},
+        {"{\"type\":\"sign\",\"request\":1,\"request\":2}", -1, 0, NULL},
+        {"[\"sign\"]", -1, 0, NULL},
+        {"not json", -1, 0, NULL},
+    };
+
+    for (size_t i = 0; i < sizeof(sign_cases) / sizeof(sign_cases[0]); i++) {
+        uint32_t request = 99;
+        char *sig = (char *)"x";
+        int rc = proto_parse_sign(sign_cases[i].text, strlen(sign_cases[i].text), &request, &sig);
+        CHECK(rc == sign_cases[i].rc);
+        CHECK(request == sign_cases[i].request);
+        if (sign_cases[i].sig)
+            CHECK_STR(sig, sign_cases[i].sig);
+        else
+            CHECK(sig == NULL);
+        if (rc != sign_cases[i].rc)
+            fprintf(stderr, "  case %zu: %s\n", i, sign_cases[i].text);
+        free(sig);
+    }
+
+    CHECK_FRAME(proto_sign_request(3, "rsa-sha2-512", "AAECAw=="),
+                "{\"type\":\"sign_request\",\"request\":3,\"algorithm\":\"rsa-sha2-512\","
+                "\"data\":\"AAECAw==\"}");
 }
 
 static void test_constants(void)
@@ -772,6 +854,7 @@ int main(void)
     test_auth_take();
     test_auth_caps();
     test_builders();
+    test_sign_frames();
     test_constants();
     CHECK_DONE();
 }
