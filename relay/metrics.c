@@ -358,6 +358,15 @@ static void family(struct out *o, const char *name, const char *type, const char
     put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A counter family with one `reason` label, one sample per label. */
+static void by_reason(struct out *o, const char *name, const char *help,
+                      const char *const *labels, counter_t *c, size_t n)
+{
+    family(o, name, "counter", help);
+    for (size_t i = 0; i < n; i++)
+        put(o, "%s{reason=\"%s\"} %llu\n", name, labels[i], (unsigned long long)get(&c[i]));
+}
+
 /* A label value as the format wants it: backslash, quote and newline
  * escaped. Versions come from libraries; nothing else here is free text. */
 static void put_escaped(struct out *o, const char *v)
@@ -535,16 +544,11 @@ long metrics_format(char *buf, size_t len)
     family(&o, P "cookies_issued_total", "counter",
            "Relay cookies issued (POST /relay/auth answered 204).");
     put(&o, P "cookies_issued_total %llu\n", (unsigned long long)get(&m.cookies));
-    family(&o, P "cookie_requests_refused_total", "counter",
-           "POST /relay/auth requests that issued no cookie, by reason.");
-    for (size_t i = 0; i < MR_REDEEM_COUNT; i++)
-        put(&o, P "cookie_requests_refused_total{reason=\"%s\"} %llu\n", redeem_labels[i],
-            (unsigned long long)get(&m.redeem_refused[i]));
-    family(&o, P "cookies_refused_total", "counter",
-           "Cookies refused by the upgrade gate, by reason.");
-    for (size_t i = 0; i < MR_COOKIE_COUNT; i++)
-        put(&o, P "cookies_refused_total{reason=\"%s\"} %llu\n", cookie_labels[i],
-            (unsigned long long)get(&m.cookie_refused[i]));
+    by_reason(&o, P "cookie_requests_refused_total",
+              "POST /relay/auth requests that issued no cookie, by reason.", redeem_labels,
+              m.redeem_refused, MR_REDEEM_COUNT);
+    by_reason(&o, P "cookies_refused_total", "Cookies refused by the upgrade gate, by reason.",
+              cookie_labels, m.cookie_refused, MR_COOKIE_COUNT);
 
     family(&o, P "ssh_auth_total", "counter",
            "SSH authentications by method (password includes keyboard-interactive) "
