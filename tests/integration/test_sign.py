@@ -619,3 +619,18 @@ def test_no_private_key_material_in_relay_memory(sign_relay, sign_servers, keys)
         assert wait_until(lambda: procinfo.thread_count(pid) <= threads, 10)
         found = procinfo.find_in_memory(pid, list(needles.values()))
         assert not found, "private key bytes in the relay after the session: %r" % found
+
+
+def test_sign_logins_counted_under_their_own_method(sign_relay, sign_servers, keys):
+    """/metrics counts publickey-sign logins apart from the private-key ones
+    (ssh_auth_total's method label), ok and refused alike."""
+    from test_metrics import P, delta, scrape
+    relay = sign_relay()
+    before = scrape(relay)
+    s, _ = sign_login(relay, sign_servers["any"], keys["ed25519"])
+    s.close()
+    after = scrape(relay)
+    assert delta(after, before, P + "ssh_auth_total", method="publickey-sign",
+                 result="ok") == 1
+    assert delta(after, before, P + "ssh_auth_total", method="publickey",
+                 result="ok") == 0
