@@ -84,9 +84,14 @@ static int challenge_answer(struct lws *wsi, struct store_req *r)
 {
     struct server *srv = server_of(wsi);
     char body[HTTP_BODY_MAX];
-    int status = access_challenge_end(srv->access, r, body, sizeof(body));
+    char id[AUTH_UUID_LEN + 1];
+    int status;
 
-    log_debug("challenge: client=%s -> %d", r->client_ip, status);
+    /* The nonce_id is public (the client gets it) and makes each line
+     * its own, so logs show which relay issued which challenge. */
+    memcpy(id, r->ch.nonce_id, sizeof(id));
+    status = access_challenge_end(srv->access, r, body, sizeof(body));
+    log_debug("challenge: client=%s nonce_id=%s -> %d", r->client_ip, id[0] ? id : "-", status);
     if (status == 503)
         return store_unavailable(wsi, "challenge", r->client_ip);
     if (status != 200)
@@ -101,7 +106,7 @@ static int redeem_answer(struct lws *wsi, struct store_req *r)
     int status, rc;
 
     status = access_redeem_end(srv->access, r, cookie, sizeof(cookie));
-    log_debug("cookie: client=%s -> %d", r->client_ip, status);
+    log_debug("cookie: client=%s nonce_id=%s -> %d", r->client_ip, r->nonce_id, status);
     if (status == 503 && store_shared(access_store(srv->access)))
         return store_unavailable(wsi, "cookie", r->client_ip);
     if (status == 503)

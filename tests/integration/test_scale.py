@@ -10,6 +10,7 @@ what is certain; the full flow and the rolling restart go through HAProxy.
 import base64
 import os
 import secrets
+import socket
 import threading
 import time
 
@@ -164,13 +165,36 @@ def logged_in(relay, sshd, cookie=None):
 
 
 def refused(relay, host, port, cookie):
-    """The HTTP status and body text of an upgrade the relay refuses."""
-    try:
-        ws = connect(relay, host, port, cookie=cookie)
-    except websocket.WebSocketBadStatusException as e:
-        return e.status_code, (e.resp_body or b"").decode("utf-8", "replace")
-    ws.close(timeout=1)
-    return 101, ""
+    """The HTTP status and body text of an upgrade: 101 and "" when the
+    relay upgraded (the connection is then closed)."""
+    key = base64.b64encode(secrets.token_bytes(16)).decode()
+    req = ("GET /relay/ws?mode=sftp&host=%s&port=%s HTTP/1.1\r\n"
+           "Host: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n"
+           "Cookie: relay_auth_sftp=%s\r\n\r\n" % (host, port, relay.port, key, cookie))
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sk:
+        sk.sendall(req.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sk.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status == 101:
+            return 101, ""
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            chunk = sk.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status, body.decode("utf-8", "replace")
 
 
 def count(relay, needle):
@@ -194,10 +218,9 @@ def test_challenge_answer_upgrade_on_three_relays(nodes, sshd, workdir):
 
 def test_full_flow_through_haproxy_round_robin(nodes, sshd, workdir):
     ha = nodes.haproxy
-    before = [(count(r, "challenge: client=127.0.0.1 -> 200"),
-               count(r, "cookie: client=127.0.0.1 -> 204"),
-               count(r, "-> 0\n") + count(r, "-> 0\r\n")) for r in nodes.relays]
-    for i in range(6):
+    marks = [r.log_size() for r in nodes.relays]
+    flows = 6
+    for i in range(flows):
         s = open_session(ha, LOCAL, sshd.port)
         try:
             s.expect_host_key()
@@ -208,16 +231,24 @@ def test_full_flow_through_haproxy_round_robin(nodes, sshd, workdir):
             assert s.download(workdir + "/ha%d.bin" % i) == data
         finally:
             s.close()
-    after = [(count(r, "challenge: client=127.0.0.1 -> 200"),
-              count(r, "cookie: client=127.0.0.1 -> 204"),
-              count(r, "session ") and r.log_text().count(" start: client=127.0.0.1"))
-             for r in nodes.relays]
-    challenged = [i for i in range(3) if after[i][0] > before[i][0]]
-    answered = [i for i in range(3) if after[i][1] > before[i][1]]
-    # Round robin over three relays and three requests per flow: every
-    # flow's challenge, answer and upgrade went to three different relays.
-    assert len(challenged) >= 1 and len(answered) >= 1
-    assert not set(challenged) & set(answered), (challenged, answered)
+    logs = [r.log_since(m) for r, m in zip(nodes.relays, marks)]
+    issued = {}   # nonce_id -> relay that issued it
+    answered = {}  # nonce_id -> relay that took the answer
+    started = [log.count(" start: client=127.0.0.1 ") for log in logs]
+    for i, log in enumerate(logs):
+        for line in log.splitlines():
+            if "debug challenge: client=127.0.0.1 nonce_id=" in line and line.endswith("-> 200"):
+                issued[line.split("nonce_id=")[1].split()[0]] = i
+            if "debug cookie: client=127.0.0.1 nonce_id=" in line and line.endswith("-> 204"):
+                answered[line.split("nonce_id=")[1].split()[0]] = i
+    assert len(issued) == flows and set(answered) == set(issued), (issued, answered)
+    assert sum(started) == flows, started
+    # Round robin over three relays, three requests per flow: each flow's
+    # challenge, answer and upgrade landed on three different relays.
+    for nonce_id, at in issued.items():
+        assert answered[nonce_id] != at, (nonce_id, issued, answered)
+        upgraded = [i for i in range(3) if started[i]]
+        assert at not in upgraded and answered[nonce_id] not in upgraded, (issued, started)
 
 
 def test_cookie_reuse_on_another_relay(nodes, sshd):
