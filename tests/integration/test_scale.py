@@ -450,3 +450,32 @@ def test_rolling_restart_fails_no_new_session(nodes, sshd):
         t.join(30)
     assert not failures, failures
     assert len(done) >= 5
+
+
+def test_haproxy_example_is_valid_and_does_what_the_readme_says(tmp_path):
+    """deploy/haproxy.cfg.example passes `haproxy -c` (with a throwaway
+    certificate and paths of this machine) and holds the rules the README
+    lists."""
+    import re
+    import subprocess
+    repo = os.path.join(os.path.dirname(__file__), "..", "..")
+    with open(os.path.join(repo, "deploy", "haproxy.cfg.example")) as f:
+        text = f.read()
+    key, crt = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(crt), "-days", "1", "-subj", "/CN=app.example.com"],
+                   check=True, capture_output=True)
+    pem = tmp_path / "both.pem"
+    pem.write_bytes(crt.read_bytes() + key.read_bytes())
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text.replace("/etc/haproxy/certs/app.example.com.pem", str(pem))
+                   .replace("/run/haproxy/admin.sock", str(tmp_path / "admin.sock")))
+    res = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", str(cfg)], capture_output=True)
+    assert res.returncode == 0, res.stderr.decode() + res.stdout.decode()
+    assert re.search(r"^\s+balance leastconn$", text, re.M)
+    assert re.search(r"^\s+option httpchk GET /ready$", text, re.M)
+    assert re.search(r"^\s+http-request set-header X-Forwarded-For %\[src\]$", text, re.M)
+    assert re.search(r"^\s+retry-on .*\b503\b", text, re.M)
+    tunnel = int(re.search(r"^\s+timeout tunnel (\d+)s$", text, re.M).group(1))
+    assert tunnel > 1800, "timeout tunnel must be above SFTP_IDLE_TIMEOUT_SECS (1800)"
+    assert "ssl crt" in text and "STATE_URL=" in text and "TRUSTED_PROXY_IPS=" in text
