@@ -19,13 +19,13 @@
 #include "client_ip.h"
 #include "metrics.h"
 #include "netguard.h"
+#include "ratelimit.h"
+#include "store.h"
 #include "wipe.h"
 
 struct access {
     const struct config *cfg;        /* borrowed */
-    struct ratelimit *limits;
-    struct auth_challenges *challenges;
-    struct auth_jtis *jtis;
+    struct store *store;             /* embedded or shared (STATE_URL) */
     int localhost;                   /* BYO_DOMAIN is "localhost" */
     char *origin;                    /* "https://" BYO_DOMAIN */
 };
@@ -49,11 +49,8 @@ struct access *access_new(const struct config *cfg)
     a->origin = malloc(n);
     if (a->origin)
         snprintf(a->origin, n, "https://%s", domain);
-    a->limits = ratelimit_new(cfg);
-    a->challenges = auth_challenges_new();
-    a->jtis = auth_jtis_new(cfg->cookie_store_size > 0 ? (size_t)cfg->cookie_store_size
-                                                       : AUTH_JTI_CAPACITY);
-    if (!a->origin || !a->limits || !a->challenges || !a->jtis) {
+    a->store = cfg->state.kind == STATE_EMBEDDED ? store_embedded_new(cfg) : store_redis_new(cfg);
+    if (!a->origin || !a->store) {
         access_free(a);
         return NULL;
     }
@@ -64,16 +61,19 @@ void access_free(struct access *a)
 {
     if (!a)
         return;
-    auth_jtis_free(a->jtis);
-    auth_challenges_free(a->challenges);
-    ratelimit_free(a->limits);
+    store_free(a->store);
     free(a->origin);
     free(a);
 }
 
 struct ratelimit *access_ratelimit(struct access *a)
 {
-    return a ? a->limits : NULL;
+    return a ? store_ratelimit(a->store) : NULL;
+}
+
+struct store *access_store(struct access *a)
+{
+    return a ? a->store : NULL;
 }
 
 static void key_of(const char *client_ip, char key[CLIENT_IP_MAX])
@@ -90,44 +90,83 @@ struct access_time access_time_now(void)
     return t;
 }
 
-/* The limits table counts whole seconds of the monotonic clock: its
- * windows are a minute and longer. */
-static time_t mono_secs(struct access_time now)
+/* ---- GET /relay/auth/challenge ----------------------------------------- */
+
+/* The request every entry point starts from. */
+static void req_init(struct store_req *r, enum store_op op, const char *client_ip,
+                     struct access_time now)
 {
-    return (time_t)(now.mono_ms / 1000);
+    memset(r, 0, sizeof(*r));
+    r->op = op;
+    key_of(client_ip, r->key);
+    snprintf(r->client_ip, sizeof(r->client_ip), "%s", client_ip);
+    r->now_ms = now.mono_ms;
+    r->wall = now.wall;
 }
 
-/* ---- GET /relay/auth/challenge ----------------------------------------- */
+/* A request the embedded store answers at once; a shared store is only
+ * reached through the begin/end pairs (the caller waits for the answer). */
+static int submit_now(struct access *a, struct store_req *r)
+{
+    if (store_submit(a->store, r) != STORE_DONE)
+        return -1;
+    return 0;
+}
+
+int access_challenge_begin(struct access *a, const char *purpose_query,
+                           const char *client_ip, struct access_time now,
+                           struct store_req *r)
+{
+    if (!a || !client_ip || !r || strlen(client_ip) >= CLIENT_IP_MAX)
+        return 500;
+    req_init(r, STORE_CHALLENGE, client_ip, now);
+    r->valid = auth_purpose_valid(purpose_query);
+    if (r->valid && auth_challenge_make(purpose_query, client_ip, now.mono_ms, &r->ch) != 0)
+        return 500;
+    return 0;
+}
+
+int access_challenge_end(struct access *a, struct store_req *r, char *body, size_t bodylen)
+{
+    char nonce[2 * AUTH_NONCE_BYTES + 1];
+    int n, status = r->status;
+
+    if (!body || bodylen == 0) {
+        status = 500;
+        goto out;
+    }
+    body[0] = '\0';
+    if (status != 200)
+        goto out;
+    for (int i = 0; i < AUTH_NONCE_BYTES; i++)
+        snprintf(nonce + 2 * i, 3, "%02x", r->ch.nonce[i]);
+    n = snprintf(body, bodylen,
+                 "{\"nonce_id\":\"%s\",\"nonce\":\"%s\",\"difficulty\":%d}",
+                 r->ch.nonce_id, nonce, a->cfg->pow_difficulty_bits);
+    if (n < 0 || (size_t)n >= bodylen) {
+        body[0] = '\0';
+        status = 500;
+    }
+out:
+    wipe_mem(&r->ch, sizeof(r->ch));
+    return status;
+}
 
 int access_http_challenge(struct access *a, const char *purpose_query,
                           const char *client_ip, struct access_time now,
                           char *body, size_t bodylen)
 {
-    char key[CLIENT_IP_MAX], nonce[2 * AUTH_NONCE_BYTES + 1];
-    struct auth_challenge c;
-    int over, n;
+    struct store_req r;
+    int status;
 
-    if (!a || !client_ip || !body || bodylen == 0)
+    if (!a || !body || bodylen == 0)
         return 500;
-    key_of(client_ip, key);
-    over = ratelimit_challenge(a->limits, key, mono_secs(now));  /* every request counts */
-    if (!auth_purpose_valid(purpose_query))
-        return 400;
-    if (over)
-        return 429;
-    if (auth_challenge_issue(a->challenges, purpose_query, client_ip, now.mono_ms, &c) != 0)
+    status = access_challenge_begin(a, purpose_query, client_ip, now, &r);
+    if (status)
+        return status;
+    if (submit_now(a, &r) != 0)
         return 500;
-    for (int i = 0; i < AUTH_NONCE_BYTES; i++)
-        snprintf(nonce + 2 * i, 3, "%02x", c.nonce[i]);
-    n = snprintf(body, bodylen,
-                 "{\"nonce_id\":\"%s\",\"nonce\":\"%s\",\"difficulty\":%d}",
-                 c.nonce_id, nonce, a->cfg->pow_difficulty_bits);
-    wipe_mem(&c, sizeof(c));
-    if (n < 0 || (size_t)n >= bodylen) {
-        body[0] = '\0';
-        return 500;
-    }
-    return 200;
+    return access_challenge_end(a, &r, body, bodylen);
 }
 
 /* ---- POST /relay/auth --------------------------------------------------- */
@@ -256,49 +295,65 @@ static int parse_answer(const char *body, size_t len, char *nonce_id,
     return rc;
 }
 
-int access_http_redeem(struct access *a, const char *body, size_t len,
-                       const char *client_ip, struct access_time now,
-                       char *set_cookie, size_t n)
+int access_redeem_begin(struct access *a, const char *body, size_t len,
+                        const char *client_ip, struct access_time now, struct store_req *r)
 {
-    char nonce_id[AUTH_UUID_LEN + 2], jwt[AUTH_JWT_MAX], jti[AUTH_UUID_LEN + 1];
-    struct auth_challenge c;
     uint64_t answer;
-    int rc, status, w;
 
-    if (!a || !client_ip || !set_cookie || n == 0)
+    if (!a || !client_ip || !r || strlen(client_ip) >= CLIENT_IP_MAX)
         return 500;
-    set_cookie[0] = '\0';
+    req_init(r, STORE_TAKE, client_ip, now);
     if (len > a->cfg->auth_max_body_bytes)
         return metrics_redeem_refused(MR_REDEEM_TOO_LARGE), 413;
-    if (!body || parse_answer(body, len, nonce_id, sizeof(nonce_id), &answer) != 0)
+    if (!body || parse_answer(body, len, r->nonce_id, sizeof(r->nonce_id), &answer) != 0)
         return metrics_redeem_refused(MR_REDEEM_MALFORMED), 400;
-    if (auth_challenge_take(a->challenges, nonce_id, now.mono_ms, &c) != 0)
-        return metrics_redeem_refused(MR_REDEEM_UNKNOWN), 400;  /* unknown, used, expired */
+    /* The answer waits in the request for the challenge to come back. */
+    r->exp = (int64_t)answer;
+    return 0;
+}
 
+int access_redeem_end(struct access *a, struct store_req *r, char *set_cookie, size_t n)
+{
+    char jwt[AUTH_JWT_MAX], jti[AUTH_UUID_LEN + 1];
+    const struct auth_challenge *c = &r->ch;
+    uint64_t answer = (uint64_t)r->exp;
+    int rc, status, w;
+
+    if (!set_cookie || n == 0) {
+        status = 500;
+        goto out;
+    }
+    set_cookie[0] = '\0';
+    if (r->status != 200) {
+        status = r->status == 503 ? 503 : r->status == 500 ? 500 : 400;
+        if (status == 400)
+            metrics_redeem_refused(MR_REDEEM_UNKNOWN);
+        goto out;  /* unknown, used, forgotten or expired; or no store */
+    }
     /* The challenge is used up from here on, whatever the answer. */
-    if (strcmp(c.client_ip, client_ip) != 0 ||
-        !auth_pow_ok(c.nonce, c.purpose, answer, a->cfg->pow_difficulty_bits)) {
-        metrics_redeem_refused(strcmp(c.client_ip, client_ip) ? MR_REDEEM_WRONG_CLIENT
-                                                              : MR_REDEEM_WORK);
+    if (strcmp(c->client_ip, r->client_ip) != 0 ||
+        !auth_pow_ok(c->nonce, c->purpose, answer, a->cfg->pow_difficulty_bits)) {
+        metrics_redeem_refused(strcmp(c->client_ip, r->client_ip) ? MR_REDEEM_WRONG_CLIENT
+                                                                  : MR_REDEEM_WORK);
         status = 403;
         goto out;
     }
-    /* The cookie's id takes its slot in the store now, so that its one
-     * use can never be refused; a full store refuses to issue instead. */
+    /* The cookie's id takes its slot in the (embedded) store now, so that
+     * its one use can never be refused; a full store refuses to issue. */
     do {
         if (auth_uuid_new(jti) != 0) {
             status = 500;
             goto out;
         }
-        rc = auth_jti_reserve(a->jtis, jti, now.wall + a->cfg->cookie_ttl_secs, now.wall);
+        rc = store_jti_reserve(a->store, jti, r->wall + a->cfg->cookie_ttl_secs, r->wall);
     } while (rc == -EEXIST);
     if (rc != 0) {
         status = rc == -ENOSPC ? 503 : 500;
         goto out;
     }
-    if (auth_jwt_sign(a->cfg->signing_key, a->cfg->signing_key_len, jti, c.purpose,
-                      now.wall, a->cfg->cookie_ttl_secs, jwt, sizeof(jwt)) != 0) {
-        auth_jti_unreserve(a->jtis, jti);
+    if (auth_jwt_sign(a->cfg->signing_key, a->cfg->signing_key_len, jti, c->purpose,
+                      r->wall, a->cfg->cookie_ttl_secs, jwt, sizeof(jwt)) != 0) {
+        store_jti_unreserve(a->store, jti);
         status = 500;
         goto out;
     }
@@ -307,7 +362,7 @@ int access_http_redeem(struct access *a, const char *body, size_t len,
                  "Path=/relay; Max-Age=%d", jwt, a->cfg->cookie_ttl_secs);
     wipe_mem(jwt, sizeof(jwt));
     if (w < 0 || (size_t)w >= n) {
-        auth_jti_unreserve(a->jtis, jti);
+        store_jti_unreserve(a->store, jti);
         wipe_mem(set_cookie, n);
         set_cookie[0] = '\0';
         status = 500;
@@ -315,10 +370,28 @@ int access_http_redeem(struct access *a, const char *body, size_t len,
     }
     status = 204;
 out:
-    if (status != 204 && status != 403)
+    if (status != 204 && status != 403 && status != 400)
         metrics_redeem_refused(status == 503 ? MR_REDEEM_STORE_FULL : MR_REDEEM_INTERNAL);
-    wipe_mem(&c, sizeof(c));
+    wipe_mem(&r->ch, sizeof(r->ch));
     return status;
+}
+
+int access_http_redeem(struct access *a, const char *body, size_t len,
+                       const char *client_ip, struct access_time now,
+                       char *set_cookie, size_t n)
+{
+    struct store_req r;
+    int status;
+
+    if (!a || !client_ip || !set_cookie || n == 0)
+        return 500;
+    set_cookie[0] = '\0';
+    status = access_redeem_begin(a, body, len, client_ip, now, &r);
+    if (status)
+        return status;
+    if (submit_now(a, &r) != 0)
+        return 500;
+    return access_redeem_end(a, &r, set_cookie, n);
 }
 
 /* ---- The upgrade gate --------------------------------------------------- */
@@ -521,19 +594,19 @@ const char *access_target_refused_by(const struct config *cfg,
     return NULL;
 }
 
-int access_check_upgrade(struct access *a, const struct upgrade_req *r,
-                         struct access_time now, struct upgrade_target *t)
+int access_upgrade_begin(struct access *a, const struct upgrade_req *r,
+                         struct access_time now, struct upgrade_target *t,
+                         struct store_req *sr)
 {
     char token[AUTH_JWT_MAX + 1], purpose[AUTH_PURPOSE_BUF];
-    char key[CLIENT_IP_MAX];
     struct jwt_claims claims;
     int port, rc, status;
 
-    if (!a || !r || !t || !r->client_ip)
+    if (!a || !r || !t || !sr || !r->client_ip || strlen(r->client_ip) >= CLIENT_IP_MAX)
         return 500;
     memset(t, 0, sizeof(*t));
     memset(&claims, 0, sizeof(claims));
-    key_of(r->client_ip, key);
+    req_init(sr, STORE_UPGRADE, r->client_ip, now);
 
     /* 1. Origin. */
     if (!origin_ok(a, r->origin))
@@ -575,38 +648,16 @@ int access_check_upgrade(struct access *a, const struct upgrade_req *r,
         goto fail;
     }
 
-    /* 7. Single use: recorded as used now, whatever follows. */
-    rc = auth_jti_use(a->jtis, claims.jti, (time_t)claims.exp, now.wall);
-    if (rc != 0) {
-        metrics_cookie_refused(rc == -ENOSPC ? MR_COOKIE_STORE_FULL : MR_COOKIE_REUSED);
-        status = rc == -ENOSPC ? 503 : 403;
-        goto fail;
-    }
-
-    /* 8. Not blocked for auth failures or spray. */
-    if (ratelimit_blocked(a->limits, key, mono_secs(now))) {
-        status = 429;
-        goto fail;
-    }
-
-    /* 9. Under the live-session limit. */
-    if (!ratelimit_session_can_open(a->limits, key)) {
-        status = 429;
-        goto fail;
-    }
-
-    /* Spray: every target that got this far counts, allowed or not. */
-    if (ratelimit_record_target(a->limits, key, t->host, mono_secs(now))) {
-        status = 429;
-        goto fail;
-    }
-
-    /* 10. An IP literal is judged now; a name by the worker, after DNS. */
-    if (t->pinned && netguard_check_addr(a->cfg->allow_private, a->cfg->n_allow_private,
-                                         (struct sockaddr *)&t->addr) != 0) {
-        status = 403;
-        goto fail;
-    }
+    /* 7-9 and spray are the store's (STORE_UPGRADE). Check 10 for an IP
+     * literal is known now, but answers only after them: probing private
+     * targets counts as spraying too. A name is judged by the worker,
+     * after DNS. */
+    memcpy(sr->jti, claims.jti, sizeof(sr->jti));
+    sr->exp = claims.exp;
+    snprintf(sr->host, sizeof(sr->host), "%s", t->host);
+    sr->target_refused =
+        t->pinned && netguard_check_addr(a->cfg->allow_private, a->cfg->n_allow_private,
+                                         (struct sockaddr *)&t->addr) != 0;
     return 0;
 
 fail:
@@ -614,24 +665,64 @@ fail:
     return status;
 }
 
-int access_session_open(struct access *a, const char *client_ip)
+int access_upgrade_end(struct access *a, const struct store_req *sr, struct upgrade_target *t)
+{
+    (void)a;
+    if (sr->status != 0) {
+        /* The store's 403 is the cookie's spent single use, unless it is
+         * check 10's verdict on an IP literal; its 503 may be the store
+         * being away, which is no cookie's fault. */
+        if (sr->status == 403 && !sr->target_refused)
+            metrics_cookie_refused(MR_COOKIE_REUSED);
+        memset(t, 0, sizeof(*t));
+        return sr->status;
+    }
+    return 0;
+}
+
+int access_check_upgrade(struct access *a, const struct upgrade_req *r,
+                         struct access_time now, struct upgrade_target *t)
+{
+    struct store_req sr;
+    int status = access_upgrade_begin(a, r, now, t, &sr);
+
+    if (status)
+        return status;
+    if (submit_now(a, &sr) != 0) {
+        memset(t, 0, sizeof(*t));
+        return 503;
+    }
+    return access_upgrade_end(a, &sr, t);
+}
+
+int access_session_open_lease(struct access *a, const char *client_ip, const char *lease)
 {
     char key[CLIENT_IP_MAX];
 
     if (!a || !client_ip)
         return -1;
     key_of(client_ip, key);
-    return ratelimit_session_open(a->limits, key);
+    return store_session_open(a->store, key, lease);
 }
 
-void access_session_close(struct access *a, const char *client_ip)
+void access_session_close_lease(struct access *a, const char *client_ip, const char *lease)
 {
     char key[CLIENT_IP_MAX];
 
     if (!a || !client_ip)
         return;
     key_of(client_ip, key);
-    ratelimit_session_close(a->limits, key);
+    store_session_close(a->store, key, lease);
+}
+
+int access_session_open(struct access *a, const char *client_ip)
+{
+    return access_session_open_lease(a, client_ip, "");
+}
+
+void access_session_close(struct access *a, const char *client_ip)
+{
+    access_session_close_lease(a, client_ip, "");
 }
 
 int access_auth_attempt(struct access *a, const char *client_ip,
@@ -642,7 +733,7 @@ int access_auth_attempt(struct access *a, const char *client_ip,
     if (!a || !client_ip)
         return -1;
     key_of(client_ip, key);
-    return ratelimit_auth_attempt(a->limits, key, mono_secs(now)) == 0 ? 0 : -1;
+    return store_auth_attempt(a->store, key, now.mono_ms) == 0 ? 0 : -1;
 }
 
 void access_auth_refund(struct access *a, const char *client_ip,
@@ -653,5 +744,5 @@ void access_auth_refund(struct access *a, const char *client_ip,
     if (!a || !client_ip)
         return;
     key_of(client_ip, key);
-    ratelimit_auth_refund(a->limits, key, mono_secs(now));
+    store_auth_refund(a->store, key, now.mono_ms);
 }

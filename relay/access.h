@@ -46,6 +46,8 @@ struct access_time access_time_now(void);
  * are bound to the exact address.
  */
 struct access;
+struct store;
+struct store_req;
 
 /* Owns the limits table and the challenge and cookie-id stores. `cfg` is
  * borrowed and must outlive the result. Returns NULL when out of memory,
@@ -158,7 +160,37 @@ int access_auth_attempt(struct access *a, const char *client_ip,
 void access_auth_refund(struct access *a, const char *client_ip,
                         struct access_time now);
 
-/* The limits table (owned by `a`), for metrics and tests. */
+/* The limits table (owned by `a`'s embedded store; NULL with a shared
+ * store), for metrics and tests. */
 struct ratelimit *access_ratelimit(struct access *a);
+
+/* The state store (owned by `a`): embedded, or shared when STATE_URL is
+ * set (store.h). */
+struct store *access_store(struct access *a);
+
+/*
+ * The three decisions above, split around their store request, for a
+ * store that answers later (store.h: STORE_PENDING). Each begin returns 0
+ * with `r` ready for store_submit(), or the HTTP status that answers now
+ * (then `r` is not submitted). Each end reads the answered `r` and returns
+ * the status exactly as the one-call function does. access_http_challenge,
+ * access_http_redeem and access_check_upgrade are begin, submit, end.
+ */
+int access_challenge_begin(struct access *a, const char *purpose_query,
+                           const char *client_ip, struct access_time now,
+                           struct store_req *r);
+int access_challenge_end(struct access *a, struct store_req *r, char *body, size_t bodylen);
+int access_redeem_begin(struct access *a, const char *body, size_t len,
+                        const char *client_ip, struct access_time now, struct store_req *r);
+int access_redeem_end(struct access *a, struct store_req *r, char *set_cookie, size_t n);
+int access_upgrade_begin(struct access *a, const struct upgrade_req *req,
+                         struct access_time now, struct upgrade_target *t,
+                         struct store_req *r);
+int access_upgrade_end(struct access *a, const struct store_req *r, struct upgrade_target *t);
+
+/* Live sessions with a shared store's lease (the one STORE_UPGRADE took;
+ * "" for the embedded store): as access_session_open/close. */
+int access_session_open_lease(struct access *a, const char *client_ip, const char *lease);
+void access_session_close_lease(struct access *a, const char *client_ip, const char *lease);
 
 #endif

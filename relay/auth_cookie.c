@@ -486,37 +486,61 @@ void auth_challenges_free(struct auth_challenges *s)
     free(s);
 }
 
-int auth_challenge_issue(struct auth_challenges *s, const char *purpose,
-                         const char *client_ip, int64_t now_ms,
-                         struct auth_challenge *out)
+int auth_challenge_make(const char *purpose, const char *client_ip, int64_t now_ms,
+                        struct auth_challenge *out)
 {
     struct auth_challenge c;
-    int32_t i;
     int rc;
 
-    if (!s || !auth_purpose_valid(purpose) || !client_ip ||
+    if (!out || !auth_purpose_valid(purpose) || !client_ip ||
         strlen(client_ip) >= sizeof(c.client_ip))
         return -EINVAL;
     memset(&c, 0, sizeof(c));
-    do {
-        if ((rc = auth_uuid_new(c.nonce_id)) != 0)
-            return rc;
-    } while (ix_find(&s->ix, c.nonce_id) != NONE);
+    if ((rc = auth_uuid_new(c.nonce_id)) != 0)
+        return rc;
     if (RAND_bytes(c.nonce, sizeof(c.nonce)) != 1)
         return -EIO;
     memcpy(c.purpose, purpose, AUTH_PURPOSE_LEN + 1);
     memcpy(c.client_ip, client_ip, strlen(client_ip) + 1);
     c.expires_ms = now_ms + AUTH_CHALLENGE_TTL_MS;
+    *out = c;
+    wipe_mem(&c, sizeof(c));
+    return 0;
+}
 
+int auth_challenge_put(struct auth_challenges *s, const struct auth_challenge *c)
+{
+    int32_t i;
+
+    if (!s || !c || ix_find(&s->ix, c->nonce_id) != NONE)
+        return -EEXIST;
     /* The slot at the head is the oldest one issued: reuse it. */
     i = s->head;
     s->head = (s->head + 1) % AUTH_CHALLENGE_CAPACITY;
     if (ix_used(&s->ix, i))
         ix_del(&s->ix, i);
-    s->slot[i] = c;
-    ix_add(&s->ix, i, c.nonce_id);
+    s->slot[i] = *c;
+    ix_add(&s->ix, i, c->nonce_id);
+    return 0;
+}
+
+int auth_challenge_issue(struct auth_challenges *s, const char *purpose,
+                         const char *client_ip, int64_t now_ms,
+                         struct auth_challenge *out)
+{
+    struct auth_challenge c;
+    int rc;
+
+    if (!s)
+        return -EINVAL;
+    do {
+        if ((rc = auth_challenge_make(purpose, client_ip, now_ms, &c)) != 0)
+            return rc;
+        rc = auth_challenge_put(s, &c);
+    } while (rc == -EEXIST);  /* a random id that is taken: draw again */
     if (out)
         *out = c;
+    wipe_mem(&c, sizeof(c));
     return 0;
 }
 

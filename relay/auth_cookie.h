@@ -124,6 +124,18 @@ int auth_challenge_issue(struct auth_challenges *s, const char *purpose,
                          const char *client_ip, int64_t now_ms,
                          struct auth_challenge *out);
 
+/* A fresh challenge (random nonce_id and nonce, expiry now_ms +
+ * AUTH_CHALLENGE_TTL_MS) for `purpose` and `client_ip` into `out`, not
+ * remembered anywhere: auth_challenge_put() or a shared store does that.
+ * Returns 0, -EINVAL, -EIO (no random bytes). */
+int auth_challenge_make(const char *purpose, const char *client_ip, int64_t now_ms,
+                        struct auth_challenge *out);
+
+/* Remember the challenge `c` (made by auth_challenge_make()) in the ring,
+ * as auth_challenge_issue() does. Returns 0 or -EEXIST (its nonce_id is
+ * taken). */
+int auth_challenge_put(struct auth_challenges *s, const struct auth_challenge *c);
+
 /* Find the challenge `nonce_id`, remove it (single use) and copy it to
  * `out`. Returns 0, -ENOENT (unknown, already taken, or forgotten), or
  * -ETIMEDOUT (expired: now_ms >= expires_ms; removed all the same). */

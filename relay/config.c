@@ -425,6 +425,148 @@ static void s_key(const struct config *c, const struct setting *s, char *out, si
     snprintf(out, n, "%s", c->signing_key_random ? "(random per process)" : "(set, hidden)");
 }
 
+
+/* Percent-decode [v, v+n) into `out` (`outlen` bytes with the NUL): the
+ * user and password of a URL may hold any byte written as %XX. 0 or -1. */
+static int hexval(char c)
+{
+    return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10;
+}
+
+static int url_decode(const char *v, size_t n, char *out, size_t outlen)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)v[i];
+        if (c == '%') {
+            if (i + 2 >= n || !isxdigit((unsigned char)v[i + 1]) ||
+                !isxdigit((unsigned char)v[i + 2]))
+                return -1;
+            c = hexval(v[i + 1]) << 4 | hexval(v[i + 2]);
+            i += 2;
+        }
+        if (c == 0 || o + 1 >= outlen)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+#define STATE_URL_FORMS "expected redis://[user:password@]host:port/db or unix:///path/to/redis.sock"
+
+/* STATE_URL: redis://[user[:password]@]host[:port][/db] (host a name, an
+ * IPv4 address or [IPv6]) or unix:///absolute/path. */
+static int p_state(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
+{
+    struct state_url *u = AT(c, s, struct state_url);
+    const char *p, *at, *hs, *he, *slash;
+    long x;
+
+    memset(u, 0, sizeof(*u));
+    if (strncmp(v, "unix://", 7) == 0) {
+        p = v + 7;
+        if (p[0] != '/' || strlen(p) >= sizeof(u->path) || strpbrk(p, "?#"))
+            return bad(err, n, s, STATE_URL_FORMS " (an absolute socket path, under 108 bytes)");
+        memcpy(u->path, p, strlen(p) + 1);
+        u->kind = STATE_REDIS_UNIX;
+        return 0;
+    }
+    if (strncmp(v, "redis://", 8) != 0)
+        return bad(err, n, s, STATE_URL_FORMS);
+    p = v + 8;
+    slash = strchr(p, '/');
+    at = memrchr(p, '@', slash ? (size_t)(slash - p) : strlen(p));
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *ue = colon ? colon : at;
+        if (url_decode(p, (size_t)(ue - p), u->user, sizeof(u->user)) < 0 ||
+            (colon && url_decode(colon + 1, (size_t)(at - colon - 1), u->password,
+                                 sizeof(u->password)) < 0)) {
+            wipe_mem(u, sizeof(*u));
+            return bad(err, n, s, "the user or password is too long or badly %-encoded");
+        }
+        p = at + 1;
+    }
+    he = slash ? slash : p + strlen(p);
+    hs = p;
+    u->port = 6379;
+    if (*hs == '[') {
+        const char *rb = memchr(hs, ']', (size_t)(he - hs));
+        unsigned char tmp[16];
+        if (!rb || (size_t)(rb - hs - 1) >= sizeof(u->host))
+            goto bad_url;
+        memcpy(u->host, hs + 1, (size_t)(rb - hs - 1));
+        if (inet_pton(AF_INET6, u->host, tmp) != 1)
+            goto bad_url;
+        p = rb + 1;
+    } else {
+        const char *colon = memchr(hs, ':', (size_t)(he - hs));
+        const char *e = colon ? colon : he;
+        if (e == hs || (size_t)(e - hs) >= sizeof(u->host))
+            goto bad_url;
+        for (const char *q = hs; q < e; q++)
+            if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' && *q != '_')
+                goto bad_url;
+        memcpy(u->host, hs, (size_t)(e - hs));
+        p = e;
+    }
+    if (p < he && *p == ':') {
+        char port[8];
+        size_t pl = (size_t)(he - p - 1);
+        if (pl == 0 || pl >= sizeof(port))
+            goto bad_url;
+        memcpy(port, p + 1, pl);
+        port[pl] = '\0';
+        if (parse_long(port, &x) < 0 || x < 1 || x > 65535)
+            goto bad_url;
+        u->port = (int)x;
+    } else if (p != he) {
+        goto bad_url;
+    }
+    if (slash && slash[1]) {
+        if (parse_long(slash + 1, &x) < 0 || x < 0 || x > 100000)
+            goto bad_url;
+        u->db = (int)x;
+    }
+    u->kind = STATE_REDIS_TCP;
+    return 0;
+bad_url:
+    wipe_mem(u, sizeof(*u));
+    return bad(err, n, s, STATE_URL_FORMS);
+}
+
+/* The URL as parsed, the password masked. */
+static void s_state(const struct config *c, const struct setting *s, char *out, size_t n)
+{
+    const struct state_url *u = CAT(c, s, struct state_url);
+    int v6 = strchr(u->host, ':') != NULL;
+
+    if (u->kind == STATE_REDIS_UNIX)
+        snprintf(out, n, "unix://%s", u->path);
+    else if (u->kind == STATE_REDIS_TCP)
+        snprintf(out, n, "redis://%s%s%s%s%s%s:%d/%d", u->user,
+                 u->password[0] ? ":***" : "", u->user[0] || u->password[0] ? "@" : "",
+                 v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, u->db);
+    else
+        snprintf(out, n, "(unset: state kept in this process)");
+}
+
+/* KEY_PREFIX: printable ASCII without blanks, so keys stay readable in
+ * redis-cli and never need quoting. */
+static int p_prefix(struct config *c, const struct setting *s, const char *v, char *err, size_t n)
+{
+    size_t len = strlen(v);
+
+    if (len == 0 || len > 64)
+        return bad(err, n, s, "expected 1 to 64 characters");
+    for (const char *p = v; *p; p++)
+        if (*p <= ' ' || *p > '~')
+            return bad(err, n, s, "expected printable ASCII without blanks");
+    return p_str(c, s, v, err, n);
+}
+
 static const struct kind K_INT = {p_int, s_int, 0};
 static const struct kind K_SIZE = {p_size, s_size, 0};
 static const struct kind K_BOOL = {p_bool, s_bool, 0};
@@ -436,6 +578,8 @@ static const struct kind K_HOSTS = {p_hosts, s_hosts, 1};
 static const struct kind K_CIDRS = {p_cidrs, s_cidrs, 1};
 static const struct kind K_LEVEL = {p_level, s_level, 0};
 static const struct kind K_KEY = {p_key, s_key, 0};
+static const struct kind K_STATE = {p_state, s_state, 0};
+static const struct kind K_PREFIX = {p_prefix, s_str, 0};
 
 #define MIB (1024L * 1024)
 
@@ -534,6 +678,13 @@ static const struct setting settings[] = {
     {.name = "SFTP_LIST_MAX_ENTRIES", .def = "10000000", .kind = &K_INT,
      .off = OFF(list_max_entries), .min = 1, .max = 1000000000,
      .help = "entries of one `list` before it fails as `directory too large`"},
+    {.name = "STATE_URL", .kind = &K_STATE, .off = OFF(state),
+     .help = "shared state of several relays: redis://[user:password@]host:port/db or "
+             "unix:///path/to/redis.sock (Redis or Valkey); unset keeps it in this process"},
+    {.name = "STATE_PASSWORD_FILE", .kind = &K_STR, .off = OFF(state_password_file),
+     .help = "file holding the STATE_URL password (instead of writing it in the URL)"},
+    {.name = "KEY_PREFIX", .def = "wattcloud:", .kind = &K_PREFIX, .off = OFF(key_prefix),
+     .help = "prefix of every key the relay writes to the STATE_URL store"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -541,6 +692,45 @@ static const struct setting settings[] = {
 static int loopback_bind(const struct config *c)
 {
     return strncmp(c->bind_host, "127.", 4) == 0 || strcmp(c->bind_host, "::1") == 0;
+}
+
+/* STATE_PASSWORD_FILE: the whole file, one trailing newline dropped. */
+static int state_password_read(struct config *c, char *err, size_t n)
+{
+    FILE *f;
+    size_t len;
+    int extra;
+
+    if (c->state.kind == STATE_EMBEDDED) {
+        snprintf(err, n, "invalid STATE_PASSWORD_FILE: set without STATE_URL");
+        return -1;
+    }
+    if (c->state.password[0]) {
+        snprintf(err, n, "invalid STATE_PASSWORD_FILE: STATE_URL holds a password too; "
+                 "give it in one place");
+        return -1;
+    }
+    f = fopen(c->state_password_file, "r");
+    if (!f) {
+        snprintf(err, n, "invalid STATE_PASSWORD_FILE: cannot read %s: %s",
+                 c->state_password_file, strerror(errno));
+        return -1;
+    }
+    len = fread(c->state.password, 1, sizeof(c->state.password) - 1, f);
+    extra = fgetc(f);
+    fclose(f);
+    c->state.password[len] = '\0';
+    if (len > 0 && c->state.password[len - 1] == '\n')
+        c->state.password[--len] = '\0';
+    if (len > 0 && c->state.password[len - 1] == '\r')
+        c->state.password[--len] = '\0';
+    if (extra != EOF || len == 0 || strlen(c->state.password) != len) {
+        wipe_mem(c->state.password, sizeof(c->state.password));
+        snprintf(err, n, "invalid STATE_PASSWORD_FILE: %s must hold one password of 1 to %zu "
+                 "bytes (no NUL)", c->state_password_file, sizeof(c->state.password) - 1);
+        return -1;
+    }
+    return 0;
 }
 
 static int check_combination(struct config *c, char *err, size_t n)
@@ -553,6 +743,20 @@ static int check_combination(struct config *c, char *err, size_t n)
         snprintf(err, n, "invalid BIND_ADDR: %s is not a loopback address and TLS is off; "
                  "set TLS_CERT/TLS_KEY, or ALLOW_PLAINTEXT=1 behind a TLS reverse proxy",
                  c->bind_host);
+        return -1;
+    }
+    if (c->state_password_file && state_password_read(c, err, n) < 0)
+        return -1;
+    if (c->state.kind != STATE_EMBEDDED && c->tls_cert) {
+        /* gate.c answers a deferred upgrade by handing the connection's
+         * socket back to lws, which only works below TLS. */
+        snprintf(err, n, "invalid STATE_URL: relays sharing a store run behind a "
+                 "TLS-terminating proxy (HAProxy); unset TLS_CERT/TLS_KEY");
+        return -1;
+    }
+    if (c->state.kind != STATE_EMBEDDED && c->signing_key_len == 0) {
+        snprintf(err, n, "invalid STATE_URL: relays sharing a store must share "
+                 "RELAY_SIGNING_KEY too; set it");
         return -1;
     }
     if (c->signing_key_len == 0) {
@@ -711,6 +915,9 @@ void cfg_free(struct config *c)
     free(c->allow_private);
     free(c->trusted_proxies);
     free(c->metrics_allow);
+    free(c->state_password_file);
+    free(c->key_prefix);
+    wipe_mem(&c->state, sizeof(c->state));
     wipe_mem(c->signing_key, sizeof(c->signing_key));
     memset(c, 0, sizeof(*c));
 }

@@ -17,6 +17,25 @@
  * settings only hold lists of them. */
 struct cidr;
 
+/* Where the shared state lives (STATE_URL). */
+enum state_kind {
+    STATE_EMBEDDED = 0,            /* unset: in this process (one relay) */
+    STATE_REDIS_TCP,               /* redis://[user:password@]host:port/db */
+    STATE_REDIS_UNIX,              /* unix:///path/to/redis.sock */
+};
+
+/* STATE_URL as parsed. The password (from the URL or STATE_PASSWORD_FILE)
+ * is a secret: never logged, wiped by cfg_free(). */
+struct state_url {
+    enum state_kind kind;
+    char host[256];                /* TCP: name or IP literal, no brackets */
+    int port;                      /* TCP: 1-65535, default 6379 */
+    int db;                        /* SELECT db, default 0 */
+    char path[108];                /* UNIX: the socket path */
+    char user[128];                /* ACL user, "" for none */
+    char password[256];            /* "" for none */
+};
+
 struct config {
     /* Listener. */
     char bind_host[64];            /* BIND_ADDR host part, no brackets */
@@ -67,6 +86,11 @@ struct config {
     int memory_budget_mib;         /* RELAY_MEMORY_BUDGET_MIB, 0 = derived */
 
     enum log_level log_level;      /* LOG_LEVEL */
+
+    /* Shared state of several relays (README "Several relays"). */
+    struct state_url state;        /* STATE_URL */
+    char *state_password_file;     /* STATE_PASSWORD_FILE, NULL when unset */
+    char *key_prefix;              /* KEY_PREFIX, "wattcloud:" */
 };
 
 /* Fill `cfg` from the environment. On error writes a message naming the

@@ -5,11 +5,13 @@
  * both the HTTP and the WebSocket callback route here. */
 #include "gate.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "access.h"
 #include "client_ip.h"
@@ -19,6 +21,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "server_ctx.h"
+#include "store.h"
 #include "wipe.h"
 
 /* All Cookie header lines of one request together. */
@@ -27,6 +30,10 @@
 #define WS_VERSION "13"
 /* The WebSocket protocol our sessions run on (server.c's table). */
 #define SFTP_PROTOCOL "wattcloud-sftp"
+/* The request line and headers an upgrade is handed back to lws with
+ * (see "Waiting for a shared store" below): the Cookie and
+ * X-Forwarded-For the gate accepts at most, and room for the rest. */
+#define GATE_HEAD_MAX (COOKIE_HEADER_MAX + CLIENT_IP_XFF_MAX + 4096)
 
 int gate_client_ip(struct lws *wsi, char *out, size_t outlen)
 {
@@ -190,6 +197,429 @@ static int refuse_upgrade(struct lws *wsi, const char *ip, int status, const cha
     return -1;  /* lws: hang up once the answer is out */
 }
 
+/* ---- Waiting for a shared store --------------------------------------------
+ *
+ * With a shared store (STATE_URL) checks 7-9 need a round trip, and lws
+ * asks LWS_CALLBACK_HTTP_CONFIRM_UPGRADE for an answer on the spot: it has
+ * no way to hold an upgrade and answer it later, and answering it with
+ * "yes" sends 101 at once. So the gate takes the client's socket out of
+ * lws instead: the descriptor is duplicated, a stand-in socket whose peer
+ * is already gone takes its number (lws closes that one), and the request
+ * is written down again from the headers lws parsed. When the store has
+ * answered, the socket goes back to lws with that request as if it had
+ * just been read (lws_adopt_socket_vhost_readbuf); lws parses it and asks
+ * the gate again, and this time the answer is there. Every check runs
+ * again on the second pass, so every answer is the HTTP status it always
+ * was (PROTOCOL §1.2), and a second pass that does not see the same cookie,
+ * client and target as the first refuses with 400. This needs the socket
+ * to carry plain HTTP: a relay with a shared store runs behind a TLS proxy
+ * (config.c refuses TLS_CERT with STATE_URL).
+ */
+
+/* Upgrades waiting for the store or for lws at once; more answer 503. */
+#define GATE_WAITS_MAX 256
+/* decide(): the upgrade waits for the store, nothing to answer now. */
+#define GATE_DEFERRED (-2)
+
+struct gate_wait {
+    struct store_req req;          /* the store's answer comes back here */
+    int fd;                        /* the client's socket, ours until handed back */
+    int handed;                    /* handed back to lws, answer not yet read */
+    int answered_now;              /* the store refused without queueing */
+    struct lws *wsi;               /* the connection lws made of it */
+    struct sockaddr_storage peer;
+    char *head;                    /* the request written down again */
+    size_t len;
+    struct gate_wait *next;
+};
+
+static void wait_free(struct gate_wait *w)
+{
+    if (!w)
+        return;
+    if (w->fd >= 0)
+        close(w->fd);
+    if (w->head) {
+        wipe_mem(w->head, w->len);
+        free(w->head);
+    }
+    wipe_mem(&w->req, sizeof(w->req));
+    free(w);
+}
+
+static void wait_unlink(struct server *srv, struct gate_wait *w)
+{
+    for (struct gate_wait **pp = &srv->gate_waits; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            srv->n_gate_waits--;
+            return;
+        }
+    }
+}
+
+/* The answered wait of the connection lws is asking about, taken off the
+ * list; NULL when it has none. Matched by descriptor while lws is still
+ * inside lws_adopt_socket_vhost_readbuf() (w->wsi not known yet), by
+ * connection after. */
+static struct gate_wait *wait_take(struct server *srv, struct lws *wsi)
+{
+    int fd = lws_get_socket_fd(wsi);
+
+    for (struct gate_wait *w = srv->gate_waits; w; w = w->next) {
+        if (w->handed && w->fd == fd && (!w->wsi || w->wsi == wsi)) {
+            wait_unlink(srv, w);
+            w->fd = -1;  /* lws owns it now */
+            return w;
+        }
+    }
+    return NULL;
+}
+
+/* Percent-encode `in` into `out` at *o, keeping the first '=' (a query
+ * argument as lws split and decoded it). -1 when it does not fit. */
+static int put_arg(char *out, size_t outlen, size_t *o, const char *in)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    int eq = 0;
+
+    for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
+        int plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                    (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_' ||
+                    *p == '~' || (*p == '=' && !eq);
+        if (*p == '=')
+            eq = 1;
+        if (*o + 4 > outlen)
+            return -1;
+        if (plain) {
+            out[(*o)++] = (char)*p;
+        } else {
+            out[(*o)++] = '%';
+            out[(*o)++] = hex[*p >> 4];
+            out[(*o)++] = hex[*p & 15];
+        }
+    }
+    return 0;
+}
+
+/* Append "Name: <header h>\r\n" when the request has it. -1 when it does
+ * not fit. */
+static int put_header(struct lws *wsi, char *out, size_t outlen, size_t *o, const char *name,
+                      enum lws_token_indexes h)
+{
+    int n = lws_hdr_total_length(wsi, h);
+    size_t nl = strlen(name);
+
+    if (n <= 0)
+        return 0;
+    if (*o + nl + 2 + (size_t)n + 3 > outlen)
+        return -1;
+    memcpy(out + *o, name, nl);
+    memcpy(out + *o + nl, ": ", 2);
+    *o += nl + 2;
+    if (lws_hdr_copy(wsi, out + *o, (int)(outlen - *o), h) != n)
+        return -1;
+    *o += (size_t)n;
+    memcpy(out + *o, "\r\n", 2);
+    *o += 2;
+    return 0;
+}
+
+/* The upgrade request again, from what lws parsed: everything the gate and
+ * the WebSocket handshake read, nothing else. NULL when it does not fit in
+ * GATE_HEAD_MAX (431) or no memory. */
+static char *rebuild_request(struct lws *wsi, const char *cookie, size_t *len)
+{
+    char *out = malloc(GATE_HEAD_MAX), frag[1024];
+    size_t o = 0;
+    int ok = out != NULL;
+
+    if (ok) {
+        memcpy(out, "GET /relay/ws", 13);
+        o = 13;
+    }
+    for (int i = 0; ok; i++) {
+        int n = lws_hdr_copy_fragment(wsi, frag, sizeof(frag), WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n < 0 || (n == 0 && lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i) <= 0))
+            break;
+        out[o++] = i ? '&' : '?';
+        ok = put_arg(out, GATE_HEAD_MAX, &o, frag) == 0;
+    }
+    if (ok && o + 64 < GATE_HEAD_MAX) {
+        static const char line[] = " HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+        memcpy(out + o, line, sizeof(line) - 1);
+        o += sizeof(line) - 1;
+    } else {
+        ok = 0;
+    }
+    ok = ok && put_header(wsi, out, GATE_HEAD_MAX, &o, "Host", WSI_TOKEN_HOST) == 0 &&
+         put_header(wsi, out, GATE_HEAD_MAX, &o, "Origin", WSI_TOKEN_ORIGIN) == 0 &&
+         put_header(wsi, out, GATE_HEAD_MAX, &o, "Sec-WebSocket-Version", WSI_TOKEN_VERSION) == 0 &&
+         put_header(wsi, out, GATE_HEAD_MAX, &o, "Sec-WebSocket-Key", WSI_TOKEN_KEY) == 0 &&
+         put_header(wsi, out, GATE_HEAD_MAX, &o, "Sec-WebSocket-Protocol", WSI_TOKEN_PROTOCOL) == 0 &&
+         put_header(wsi, out, GATE_HEAD_MAX, &o, "X-Forwarded-For",
+                    WSI_TOKEN_X_FORWARDED_FOR) == 0;
+    if (ok && cookie && cookie[0]) {
+        size_t cl = strlen(cookie);
+        ok = o + cl + 12 < GATE_HEAD_MAX;
+        if (ok) {
+            memcpy(out + o, "Cookie: ", 8);
+            memcpy(out + o + 8, cookie, cl);
+            memcpy(out + o + 8 + cl, "\r\n", 2);
+            o += cl + 10;
+        }
+    }
+    if (ok && o + 3 < GATE_HEAD_MAX) {
+        memcpy(out + o, "\r\n", 2);
+        o += 2;
+    } else {
+        ok = 0;
+    }
+    wipe_mem(frag, sizeof(frag));
+    if (!ok) {
+        if (out) {
+            wipe_mem(out, GATE_HEAD_MAX);
+            free(out);
+        }
+        return NULL;
+    }
+    *len = o;
+    return out;
+}
+
+/* Take the client's socket away from lws: returns our own descriptor of
+ * it, or -1. lws keeps its descriptor number, now a socket whose peer has
+ * gone, and closes it as it closes any refused upgrade. */
+static int steal_socket(struct lws *wsi)
+{
+    int fd = lws_get_socket_fd(wsi), keep, sp[2];
+
+    if (fd < 0)
+        return -1;
+    keep = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (keep < 0)
+        return -1;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sp) < 0) {
+        close(keep);
+        return -1;
+    }
+    if (dup3(sp[0], fd, O_CLOEXEC) < 0) {
+        close(sp[0]);
+        close(sp[1]);
+        close(keep);
+        return -1;
+    }
+    close(sp[0]);
+    close(sp[1]);
+    return keep;
+}
+
+/* The lease of an accepted upgrade, for ESTABLISHED (ws.c) to adopt; a
+ * lease no ESTABLISHED took (lws failed the handshake after the gate) is
+ * given back here. */
+static void hand_lease(struct server *srv, struct lws *wsi, const struct store_req *r)
+{
+    if (srv->lease_wsi && srv->lease_id[0])
+        store_lease_drop(access_store(srv->access), srv->lease_key, srv->lease_id);
+    srv->lease_wsi = NULL;
+    srv->lease_id[0] = '\0';
+    if (!r->lease[0])
+        return;
+    srv->lease_wsi = wsi;
+    snprintf(srv->lease_key, sizeof(srv->lease_key), "%s", r->key);
+    snprintf(srv->lease_id, sizeof(srv->lease_id), "%s", r->lease);
+}
+
+static const char *store_down_why(struct server *srv, char *buf, size_t n)
+{
+    snprintf(buf, n, "state store %s unavailable", store_name(access_store(srv->access)));
+    return buf;
+}
+
+/* The second pass's request must be the first's. */
+static int same_request(const struct store_req *a, const struct store_req *b)
+{
+    return strcmp(a->key, b->key) == 0 && strcmp(a->client_ip, b->client_ip) == 0 &&
+           strcmp(a->jti, b->jti) == 0 && strcmp(a->host, b->host) == 0 &&
+           a->target_refused == b->target_refused;
+}
+
+/* Checks 1-10: 0 to upgrade, a status, or GATE_DEFERRED. */
+static int decide(struct lws *wsi, const struct upgrade_req *req, const char *cookie,
+                  struct upgrade_target *t, const char **why, char *whybuf, size_t whylen)
+{
+    struct server *srv = server_of(wsi);
+    struct store *st = access_store(srv->access);
+    struct gate_wait *w = wait_take(srv, wsi);
+    struct store_req sr;
+    int status, rc;
+
+    status = access_upgrade_begin(srv->access, req, access_time_now(), t, &sr);
+    if (w) {
+        /* Second pass: the store has answered. */
+        if (status == 0 && !same_request(&w->req, &sr)) {
+            status = 400;
+            *why = "request changed while the store answered";
+        }
+        if (status == 0) {
+            status = access_upgrade_end(srv->access, &w->req, t);
+            if (status == 503)
+                *why = store_down_why(srv, whybuf, whylen);
+        }
+        if (status == 0)
+            hand_lease(srv, wsi, &w->req);
+        else
+            store_lease_drop(st, w->req.key, w->req.lease);
+        wait_free(w);
+        wipe_mem(&sr, sizeof(sr));
+        return status;
+    }
+    if (status)
+        return status;
+    if (!store_shared(st)) {
+        store_submit(st, &sr);  /* the embedded store answers at once */
+        return access_upgrade_end(srv->access, &sr, t);
+    }
+    if (!store_ready(st)) {
+        *why = store_down_why(srv, whybuf, whylen);
+        return 503;
+    }
+    if (srv->n_gate_waits >= GATE_WAITS_MAX) {
+        *why = "too many upgrades waiting for the state store";
+        return 503;
+    }
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return 503;
+    w->fd = -1;
+    w->req = sr;
+    wipe_mem(&sr, sizeof(sr));
+    w->req.owner = w;
+    w->req.owner_kind = GATE_OWNER_UPGRADE;
+    w->head = rebuild_request(wsi, cookie, &w->len);
+    if (!w->head) {
+        wait_free(w);
+        return 431;
+    }
+    {
+        socklen_t sl = sizeof(w->peer);
+        getpeername(lws_get_socket_fd(wsi), (struct sockaddr *)&w->peer, &sl);
+    }
+    w->fd = steal_socket(wsi);
+    if (w->fd < 0) {
+        wait_free(w);
+        *why = "cannot hold the connection";
+        return 503;
+    }
+    w->next = srv->gate_waits;
+    srv->gate_waits = w;
+    srv->n_gate_waits++;
+    rc = store_submit(st, &w->req);
+    if (rc == STORE_DONE) {
+        /* Refused at once (queue full, store just went away): the answer
+         * goes the same way as a late one, on the next service turn. */
+        w->answered_now = 1;
+        lws_cancel_service(lws_get_context(wsi));
+    }
+    return GATE_DEFERRED;
+}
+
+/* Hand an answered upgrade back to lws, which asks the gate again at once
+ * (or, when it has no header table free, as soon as it has one). */
+static void hand_back(struct server *srv, struct gate_wait *w)
+{
+    struct lws_vhost *vh = lws_get_vhost_by_name(srv->ctx, "default");
+    struct lws *wsi;
+    int fd = w->fd;
+
+    w->handed = 1;
+    memcpy(&srv->admit_peer, &w->peer, sizeof(srv->admit_peer));
+    srv->admit_ready = 1;  /* counted per client again (http.c created()) */
+    wsi = vh ? lws_adopt_socket_vhost_readbuf(vh, fd, w->head, w->len) : NULL;
+    srv->admit_ready = 0;
+    /* `w` may be gone now: the gate read its answer during the call. If it
+     * is still listed, lws has not asked yet, or failed (and closed the
+     * socket) before it did. */
+    for (struct gate_wait *x = srv->gate_waits; x; x = x->next) {
+        if (!x->handed || x->wsi || x->fd != fd)
+            continue;
+        if (wsi) {
+            x->wsi = wsi;
+        } else {
+            wait_unlink(srv, x);
+            x->fd = -1;
+            store_lease_drop(access_store(srv->access), x->req.key, x->req.lease);
+            wait_free(x);
+        }
+        break;
+    }
+}
+
+void gate_store_answers(struct server *srv)
+{
+    struct store *st = access_store(srv->access);
+    struct store_req *r = store_take_done(st), *next;
+
+    for (; r; r = next) {
+        next = r->next;
+        if (r->owner_kind == GATE_OWNER_HTTP)
+            srv->http_store_answer(srv, r);
+        else
+            hand_back(srv, r->owner);
+    }
+    /* Upgrades the store refused at once (decide()). Handing one back
+     * changes the list: start over after each. */
+    for (int again = 1; again;) {
+        again = 0;
+        for (struct gate_wait *w = srv->gate_waits; w; w = w->next) {
+            if (!w->handed && w->answered_now) {
+                w->answered_now = 0;
+                hand_back(srv, w);
+                again = 1;
+                break;
+            }
+        }
+    }
+}
+
+void gate_forget(struct server *srv, struct lws *wsi)
+{
+    for (struct gate_wait *w = srv->gate_waits; w; w = w->next) {
+        if (w->handed && w->wsi == wsi) {
+            wait_unlink(srv, w);
+            w->fd = -1;  /* closed by lws */
+            store_lease_drop(access_store(srv->access), w->req.key, w->req.lease);
+            wait_free(w);
+            return;
+        }
+    }
+    if (srv->lease_wsi == wsi) {
+        store_lease_drop(access_store(srv->access), srv->lease_key, srv->lease_id);
+        srv->lease_wsi = NULL;
+    }
+}
+
+void gate_shutdown(struct server *srv)
+{
+    struct store *st = access_store(srv->access);
+    struct store_req *r, *next;
+
+    /* The store is stopped: what it answered last is not handed back. */
+    for (r = st ? store_take_done(st) : NULL; r; r = next) {
+        next = r->next;
+        if (r->owner_kind == GATE_OWNER_HTTP)
+            srv->http_store_answer(srv, r);
+    }
+    while (srv->gate_waits) {
+        struct gate_wait *w = srv->gate_waits;
+        srv->gate_waits = w->next;
+        if (w->wsi)
+            w->fd = -1;
+        wait_free(w);
+    }
+    srv->n_gate_waits = 0;
+}
+
 /* PROTOCOL §1.2, answered with a status before anything is upgraded. */
 static int confirm_upgrade(struct lws *wsi)
 {
@@ -197,6 +627,7 @@ static int confirm_upgrade(struct lws *wsi)
     char uri[64], ip[CLIENT_IP_MAX], origin[512], host[512], port[512], mode[64];
     char *cookie = NULL;
     const char *why = NULL, *m;
+    char store_why[STORE_NAME_MAX + 32];
     struct upgrade_req req;
     struct upgrade_target target;
     int status, n;
@@ -228,14 +659,17 @@ static int confirm_upgrade(struct lws *wsi)
         req.cookie_header = cookie;
     req.host = lws_get_urlarg_by_name(wsi, "host=", host, sizeof(host));
     req.port = lws_get_urlarg_by_name(wsi, "port=", port, sizeof(port));
-    status = n < 0 ? 431 : access_check_upgrade(srv->access, &req, access_time_now(), &target);
+    status = n < 0 ? 431 : decide(wsi, &req, cookie, &target, &why, store_why,
+                                   sizeof(store_why));
     log_debug("gate: host=%s port=%s origin=%s cookie=%s -> %d", req.host ? req.host : "(none)",
               req.port ? req.port : "(none)", req.origin ? req.origin : "(none)",
               req.cookie_header ? "present" : "absent", status);
     wipe_mem(cookie, COOKIE_HEADER_MAX);
     free(cookie);
+    if (status == GATE_DEFERRED)
+        return -1;  /* lws closes a stand-in socket: the client's waits with us */
     if (status)
-        return refuse_upgrade(wsi, ip, status, NULL);
+        return refuse_upgrade(wsi, ip, status, why);
     /* From here the connection is a session (or closes): it no longer
      * counts among the client's unupgraded connections. */
     conn_limit_remove(srv->conns, wsi);

@@ -25,4 +25,22 @@ int gate_client_ip(struct lws *wsi, char *out, size_t outlen);
  * (X-Forwarded-For longer than the relay reads). */
 int gate_client_ip_status(struct lws *wsi, char *ip, size_t iplen);
 
+/* Who a store request belongs to (store_req.owner_kind). */
+#define GATE_OWNER_UPGRADE 1   /* an upgrade waiting here */
+#define GATE_OWNER_HTTP    2   /* a cookie request waiting in http.c */
+
+struct server;
+
+/* The shared store has answered: hand waiting upgrades back to lws and
+ * pass cookie requests to http.c. Service thread, on
+ * LWS_CALLBACK_EVENT_WAIT_CANCELLED. */
+void gate_store_answers(struct server *srv);
+
+/* lws is done with `wsi` (LWS_CALLBACK_WSI_DESTROY): forget an answer or a
+ * lease still kept for it. */
+void gate_forget(struct server *srv, struct lws *wsi);
+
+/* At exit, after store_stop(): free every wait. */
+void gate_shutdown(struct server *srv);
+
 #endif

@@ -24,9 +24,23 @@
 #include "server_ctx.h"
 #include "signals.h"
 #include "static_files.h"
+#include "store.h"
 #include "wipe.h"
 
+/* A cookie request waiting for a shared store (store.h). Owned by the
+ * store between submit and answer, then by the connection; a connection
+ * that closes meanwhile leaves it `cancelled` for http_store_answer() to
+ * free. */
+struct http_wait {
+    struct store_req req;
+    struct lws *wsi;
+    int redeem;             /* POST /relay/auth, else the challenge */
+    int answered;
+    int cancelled;
+};
+
 struct http_pss {
+    struct http_wait *wait; /* a store answer this request waits for */
     char *body;             /* POST /relay/auth body, up to the cap */
     size_t len;
     int too_big;
@@ -58,36 +72,46 @@ static int uri_is(const char *in, const char *path)
     return strcmp(in, path) == 0;
 }
 
-static int challenge(struct lws *wsi)
+static int store_unavailable(struct lws *wsi, const char *what, const char *ip)
+{
+    char why[STORE_NAME_MAX + 32];
+
+    snprintf(why, sizeof(why), "state store %s unavailable",
+             store_name(access_store(server_of(wsi)->access)));
+    log_warn("%s refused: client=%s status=503 reason=%s", what, ip, why);
+    return http_refuse(wsi, 503, why, NULL);
+}
+
+static int challenge_answer(struct lws *wsi, struct store_req *r)
 {
     struct server *srv = server_of(wsi);
-    char ip[CLIENT_IP_MAX], purpose[128], body[HTTP_BODY_MAX];
-    const char *p = lws_get_urlarg_by_name(wsi, "purpose=", purpose, sizeof(purpose));
+    char body[HTTP_BODY_MAX];
+    char id[AUTH_UUID_LEN + 1];
     int status;
 
-    if ((status = gate_client_ip_status(wsi, ip, sizeof(ip))) != 0)
-        return http_refuse(wsi, status, "client address", NULL);
-    status = access_http_challenge(srv->access, p, ip, access_time_now(), body, sizeof(body));
+    /* The nonce_id is public (the client gets it) and makes each line
+     * its own, so logs show which relay issued which challenge. */
+    memcpy(id, r->ch.nonce_id, sizeof(id));
+    status = access_challenge_end(srv->access, r, body, sizeof(body));
+    log_debug("challenge: client=%s nonce_id=%s -> %d", r->client_ip, id[0] ? id : "-", status);
+    if (status == 503)
+        return store_unavailable(wsi, "challenge", r->client_ip);
     if (status != 200)
         return http_refuse(wsi, status, NULL, NULL);
     metrics_challenge_issued();
     return http_respond(wsi, 200, "application/json", body, NULL);
 }
 
-static int redeem(struct lws *wsi, struct http_pss *pss)
+static int redeem_answer(struct lws *wsi, struct store_req *r)
 {
     struct server *srv = server_of(wsi);
-    char ip[CLIENT_IP_MAX], cookie[ACCESS_SET_COOKIE_MAX], extra[ACCESS_SET_COOKIE_MAX + 32];
+    char cookie[ACCESS_SET_COOKIE_MAX], extra[ACCESS_SET_COOKIE_MAX + 32];
     int status, rc;
 
-    if (pss->too_big) {
-        metrics_redeem_refused(MR_REDEEM_TOO_LARGE);
-        return http_refuse(wsi, 413, NULL, NULL);
-    }
-    if ((status = gate_client_ip_status(wsi, ip, sizeof(ip))) != 0)
-        return http_refuse(wsi, status, "client address", NULL);
-    status = access_http_redeem(srv->access, pss->body ? pss->body : "", pss->len, ip,
-                                access_time_now(), cookie, sizeof(cookie));
+    status = access_redeem_end(srv->access, r, cookie, sizeof(cookie));
+    log_debug("cookie: client=%s nonce_id=%s -> %d", r->client_ip, r->nonce_id, status);
+    if (status == 503 && store_shared(access_store(srv->access)))
+        return store_unavailable(wsi, "cookie", r->client_ip);
     if (status == 503)
         return http_refuse(wsi, status, ACCESS_STORE_FULL_TEXT, NULL);
     if (status != 204)
@@ -98,6 +122,120 @@ static int redeem(struct lws *wsi, struct http_pss *pss)
     wipe_mem(cookie, sizeof(cookie));
     wipe_mem(extra, sizeof(extra));
     return rc;
+}
+
+/* Ask the store. The embedded one answers at once; a shared one later,
+ * through http_store_answer() and a writable callback. */
+static int ask(struct lws *wsi, struct http_pss *pss, struct http_wait *w)
+{
+    if (store_submit(access_store(server_of(wsi)->access), &w->req) == STORE_PENDING) {
+        w->wsi = wsi;
+        pss->wait = w;
+        return 0;
+    }
+    {
+        int rc = w->redeem ? redeem_answer(wsi, &w->req) : challenge_answer(wsi, &w->req);
+        wipe_mem(w, sizeof(*w));
+        free(w);
+        return rc;
+    }
+}
+
+static int challenge(struct lws *wsi, struct http_pss *pss)
+{
+    struct server *srv = server_of(wsi);
+    char ip[CLIENT_IP_MAX], purpose[128];
+    const char *p = lws_get_urlarg_by_name(wsi, "purpose=", purpose, sizeof(purpose));
+    struct http_wait *w;
+    int status;
+
+    if ((status = gate_client_ip_status(wsi, ip, sizeof(ip))) != 0)
+        return http_refuse(wsi, status, "client address", NULL);
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return http_refuse(wsi, 503, "out of memory", NULL);
+    status = access_challenge_begin(srv->access, p, ip, access_time_now(), &w->req);
+    if (status) {
+        free(w);
+        return http_refuse(wsi, status, NULL, NULL);
+    }
+    w->req.owner = w;
+    w->req.owner_kind = GATE_OWNER_HTTP;
+    return ask(wsi, pss, w);
+}
+
+static int redeem(struct lws *wsi, struct http_pss *pss)
+{
+    struct server *srv = server_of(wsi);
+    char ip[CLIENT_IP_MAX];
+    struct http_wait *w;
+    int status;
+
+    if (pss->too_big) {
+        metrics_redeem_refused(MR_REDEEM_TOO_LARGE);
+        return http_refuse(wsi, 413, NULL, NULL);
+    }
+    if ((status = gate_client_ip_status(wsi, ip, sizeof(ip))) != 0)
+        return http_refuse(wsi, status, "client address", NULL);
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return http_refuse(wsi, 503, "out of memory", NULL);
+    w->redeem = 1;
+    status = access_redeem_begin(srv->access, pss->body ? pss->body : "", pss->len, ip,
+                                 access_time_now(), &w->req);
+    if (status) {
+        free(w);
+        return http_refuse(wsi, status, NULL, NULL);
+    }
+    w->req.owner = w;
+    w->req.owner_kind = GATE_OWNER_HTTP;
+    return ask(wsi, pss, w);
+}
+
+void http_store_answer(struct server *srv, struct store_req *r)
+{
+    struct http_wait *w = r->owner;
+
+    (void)srv;
+    if (w->cancelled) {
+        wipe_mem(w, sizeof(*w));
+        free(w);
+        return;
+    }
+    w->answered = 1;
+    lws_callback_on_writable(w->wsi);
+}
+
+/* The store answered: send what it decided. */
+static int http_writeable(struct lws *wsi, struct http_pss *pss)
+{
+    struct http_wait *w = pss->wait;
+    int rc;
+
+    if (!w || !w->answered)
+        return 0;
+    pss->wait = NULL;
+    rc = w->redeem ? redeem_answer(wsi, &w->req) : challenge_answer(wsi, &w->req);
+    wipe_mem(w, sizeof(*w));
+    free(w);
+    return rc;
+}
+
+/* The connection goes: a wait still with the store is left for it to
+ * free. */
+static void drop_wait(struct http_pss *pss)
+{
+    struct http_wait *w = pss ? pss->wait : NULL;
+
+    if (!w)
+        return;
+    pss->wait = NULL;
+    if (w->answered) {
+        wipe_mem(w, sizeof(*w));
+        free(w);
+    } else {
+        w->cancelled = 1;
+    }
 }
 
 /* POST /relay/auth: the body is read only with a valid Content-Length
@@ -165,6 +303,22 @@ static int metrics(struct lws *wsi)
     return rc;
 }
 
+/* /ready: 503 while draining, and while the shared store is away, so the
+ * load balancer sends new sessions elsewhere. */
+static int ready(struct lws *wsi, struct server *srv)
+{
+    char why[STORE_NAME_MAX + 32];
+
+    if (srv->draining)
+        return http_refuse(wsi, 503, "draining", NULL);
+    if (!store_ready(access_store(srv->access))) {
+        snprintf(why, sizeof(why), "state store %s unavailable",
+                 store_name(access_store(srv->access)));
+        return http_refuse(wsi, 503, why, NULL);
+    }
+    return http_respond(wsi, 200, "text/plain", "ready\n", NULL);
+}
+
 static int http_request(struct lws *wsi, struct http_pss *pss, const char *uri)
 {
     struct server *srv = server_of(wsi);
@@ -178,12 +332,11 @@ static int http_request(struct lws *wsi, struct http_pss *pss, const char *uri)
     if (uri_is(uri, "/health"))
         return http_respond(wsi, 200, "text/plain", "ok\n", NULL);
     if (uri_is(uri, "/ready"))
-        return srv->draining ? http_refuse(wsi, 503, "draining", NULL)
-                             : http_respond(wsi, 200, "text/plain", "ready\n", NULL);
+        return ready(wsi, srv);
     if (uri_is(uri, "/metrics"))
         return is_get ? metrics(wsi) : http_refuse(wsi, 405, NULL, "Allow: GET\r\n");
     if (uri_is(uri, "/relay/auth/challenge"))
-        return is_get ? challenge(wsi) : http_refuse(wsi, 405, NULL, "Allow: GET\r\n");
+        return is_get ? challenge(wsi, pss) : http_refuse(wsi, 405, NULL, "Allow: GET\r\n");
     if (uri_is(uri, "/relay/auth"))
         return is_post ? auth_start(wsi, pss) : http_refuse(wsi, 405, NULL, "Allow: POST\r\n");
     if (uri_is(uri, "/relay/ws"))
@@ -280,6 +433,7 @@ int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
         return 0;
     case LWS_CALLBACK_WSI_DESTROY:
         conn_limit_remove(server_of(wsi)->conns, wsi);
+        gate_forget(server_of(wsi), wsi);
         return 0;
     case LWS_CALLBACK_RAW_ADOPT:
         return raw_adopted(wsi);
@@ -295,6 +449,10 @@ int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
         return body_chunk(wsi, pss, in, len);
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return redeem(wsi, pss);
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (pss && pss->wait)
+            return http_writeable(wsi, pss);
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return gate_confirm_upgrade(wsi, in);
     case LWS_CALLBACK_ESTABLISHED:
@@ -303,6 +461,7 @@ int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
         return -1;
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
     case LWS_CALLBACK_CLOSED_HTTP:
+        drop_wait(pss);
         if (pss) {
             free(pss->body);
             pss->body = NULL;

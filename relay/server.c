@@ -19,6 +19,7 @@
 #include "access.h"
 #include "config.h"
 #include "conn_limit.h"
+#include "gate.h"
 #include "http_wire.h"
 #include "http.h"
 #include "log.h"
@@ -27,6 +28,7 @@
 #include "server_ctx.h"
 #include "signals.h"
 #include "static_files.h"
+#include "store.h"
 #include "ws.h"
 
 /* WebSocket receive buffer per connection: also the most one RECEIVE
@@ -99,6 +101,14 @@ static void lws_log_cb(int level, const char *line)
 
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         n--;
+    /* lws 4.1-4.3 report every socket handed back with its request
+     * (lws_adopt_socket_vhost_readbuf, gate.c) at error level although
+     * nothing is wrong: keep that out of the error log. */
+    if (strstr(line, "adopt_socket_readbuf: calling service") ||
+        strstr(line, "adopt_socket_readbuf: deferring handling ah")) {
+        log_debug("lws: %.*s", (int)n, line);
+        return;
+    }
     log_msg(level == LLL_ERR ? LOG_ERROR : LOG_WARN, "lws: %.*s", (int)n, line);
 }
 
@@ -343,6 +353,7 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
     memset(&srv, 0, sizeof(srv));
     srv.cfg = cfg;
     srv.worker = worker;
+    srv.http_store_answer = http_store_answer;
     srv.sig_fd = -1;
     /* Files named by settings are checked here, before anything listens,
      * so a typo stops the start with status 2 naming the setting. */
@@ -387,6 +398,7 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
         goto out;
     }
     session_hub_set_wake(&srv.hub, wake, srv.ctx);
+    store_set_wake(access_store(srv.access), wake, srv.ctx);
     log_info("wattcloud-relay %s listening on %s port %d (%s, %u descriptors for lws)",
              WC_VERSION, cfg->bind_host, cfg->bind_port, cfg->tls_cert ? "TLS" : "plain HTTP",
              fd_table);
@@ -405,6 +417,7 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
     rc = 0;
 out:
     session_hub_set_wake(&srv.hub, NULL, NULL);
+    store_set_wake(access_store(srv.access), NULL, NULL);
     session_hub_for_each(&srv.hub, cut_session, NULL);
     if (srv.ctx)
         lws_context_destroy(srv.ctx);  /* closes the signalfd too */
@@ -419,6 +432,10 @@ out:
         _exit(rc);
     }
     session_hub_destroy(&srv.hub);
+    /* Requests still with the store belong to waits of the gate and the
+     * HTTP routes: stop the store, then free them. */
+    store_stop(access_store(srv.access));
+    gate_shutdown(&srv);
     access_free(srv.access);
     conn_limit_free(srv.conns);
     return rc;

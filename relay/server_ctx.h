@@ -15,6 +15,8 @@
 struct access;
 struct config;
 struct conn_limit;
+struct gate_wait;
+struct store_req;
 
 /* Everything here is touched by the service thread only, except `hub`
  * (its own lock) and `access` (see access.h). */
@@ -31,6 +33,18 @@ struct server {
     int draining;          /* SIGTERM seen: no new sessions, /ready is 503 */
     int64_t drain_deadline_ms;     /* CLOCK_MONOTONIC */
     void *(*worker)(void *);       /* a session's thread, given to server_run() */
+    /* Where the gate hands a shared store's answers to HTTP requests
+     * (http_store_answer, set by server.c): the gate is below http.c. */
+    void (*http_store_answer)(struct server *srv, struct store_req *r);
+    /* Upgrades waiting for a shared store's answer, and those answered and
+     * handed back to lws that lws has not asked about yet (gate.c). */
+    struct gate_wait *gate_waits;
+    int n_gate_waits;
+    /* The lease an accepted upgrade took, until ESTABLISHED adopts it
+     * (gate.c to ws.c, within one lws call). */
+    struct lws *lease_wsi;
+    char lease_key[64];
+    char lease_id[48];
 };
 
 /* The server a wsi belongs to. */

@@ -327,7 +327,7 @@ static void session_free(struct session *s)
     metrics_session_phase((int)s->phase, -1);
     metrics_unwritten_sub(s->in_bytes);
     if (s->ip_counted && h->access)
-        access_session_close(h->access, s->client_ip);
+        access_session_close_lease(h->access, s->client_ip, s->ip_lease);
 
     pthread_mutex_lock(&h->mu);
     if (s->hub_prev)
@@ -388,6 +388,12 @@ void session_unref(struct session *s)
 
 void session_hold_ip_slot(struct session *s)
 {
+    s->ip_counted = 1;
+}
+
+void session_hold_ip_lease(struct session *s, const char *lease)
+{
+    snprintf(s->ip_lease, sizeof(s->ip_lease), "%s", lease ? lease : "");
     s->ip_counted = 1;
 }
 

@@ -67,6 +67,8 @@ struct session {
     struct session_hub *hub;        /* fixed */
     int64_t started_ms;             /* fixed; CLOCK_MONOTONIC */
     int ip_counted;                 /* fixed: holds a per-IP slot until freed */
+    char ip_lease[48];              /* fixed once set: a shared store's lease
+                                     * (STORE_LEASE_ID_MAX), "" for none */
 
     pthread_mutex_t mu;             /* guards the fields marked mu */
     pthread_cond_t cv;              /* mu; CLOCK_MONOTONIC; worker waits: jobs, out space */
@@ -199,6 +201,10 @@ void session_unref(struct session *s);
  * when its WebSocket closes, so a session still cleaning up counts against
  * its IP. Service thread, before session_start(). */
 void session_hold_ip_slot(struct session *s);
+
+/* The same, for a slot held as a shared store's lease (store.h), released
+ * with it. */
+void session_hold_ip_lease(struct session *s, const char *lease);
 
 /* Start the worker thread running `fn(s)`; it holds a reference that the
  * service thread drops after session_join(). Returns 0 or -1. */

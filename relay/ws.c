@@ -18,6 +18,7 @@
 #include "metrics.h"
 #include "proto.h"
 #include "server_ctx.h"
+#include "store.h"
 #include "wipe.h"
 #include "wipe_alloc.h"
 #include "ws.h"
@@ -479,20 +480,26 @@ close:
 static int established(struct lws *wsi, struct ws_pss *pss)
 {
     struct server *srv = server_of(wsi);
-    char host[512], port[512];
+    char host[512], port[512], lease[sizeof(srv->lease_id)] = "";
     const char *h = lws_get_urlarg_by_name(wsi, "host=", host, sizeof(host));
     const char *p = lws_get_urlarg_by_name(wsi, "port=", port, sizeof(port));
     struct upgrade_target t;
     struct session *s;
 
+    /* A shared store took the per-IP slot, as a lease, when it said yes
+     * (gate.c); from here it is this session's to renew or give back. */
+    if (srv->lease_wsi == wsi) {
+        memcpy(lease, srv->lease_id, sizeof(lease));
+        srv->lease_wsi = NULL;
+    }
     memset(pss, 0, sizeof(*pss));
     wsframe_init(&pss->rx, PROTO_MAX_TEXT_BYTES, PROTO_MAX_FRAME_BYTES);
     if (!h || !p || access_target(h, p, &t) < 0 ||
         gate_client_ip(wsi, pss->client_ip, sizeof(pss->client_ip)) < 0)
-        return -1;
+        goto refuse;
     s = session_new(&srv->hub, pss->client_ip, t.host, t.port);
     if (!s)
-        return -1;
+        goto refuse;
     pss->s = s;
     s->wsi = wsi;
     if (t.pinned) {
@@ -502,9 +509,12 @@ static int established(struct lws *wsi, struct ws_pss *pss)
     }
     /* The gate checked the per-IP limit; this takes the slot (and refuses
      * should another upgrade have taken the last one meanwhile). */
-    if (access_session_open(srv->access, pss->client_ip) != 0)
-        return -1;
-    session_hold_ip_slot(s);
+    if (access_session_open_lease(srv->access, pss->client_ip, lease) != 0)
+        goto refuse;
+    if (lease[0])
+        session_hold_ip_lease(s, lease);
+    else
+        session_hold_ip_slot(s);
     pss->last_rx_ms = pss->last_ping_ms = session_now_ms();
     log_info("session %s start: client=%s target=%s:%d", s->id, s->client_ip, s->host,
              s->port);
@@ -514,6 +524,12 @@ static int established(struct lws *wsi, struct ws_pss *pss)
     }
     lws_set_timer_usecs(wsi, TICK_USECS);
     return 0;
+refuse:
+    if (lease[0] && pss->client_ip[0])
+        access_session_close_lease(srv->access, pss->client_ip, lease);
+    else if (lease[0])
+        store_lease_drop(access_store(srv->access), srv->lease_key, lease);
+    return -1;
 }
 
 /* The per-IP slot is not given back here: the session keeps it until it
@@ -607,8 +623,13 @@ static void drain_one(struct session *s, void *arg)
         session_cut(s);
     if (s->wsi) {
         struct ws_pss *pss = lws_wsi_user(s->wsi);
-        /* A binary frame still arriving is an operation in progress too. */
-        int receiving = pss->pend.active || wsframe_receiving(&pss->rx);
+        /* A binary frame still arriving is an operation in progress too,
+         * and so is a session still being set up: a browser that got its
+         * upgrade just before the signal finishes logging in (a rolling
+         * restart then fails no new session), bounded by the deadline. */
+        enum session_phase ph = session_phase(s, NULL);
+        int receiving = pss->pend.active || wsframe_receiving(&pss->rx) ||
+                        ph == PH_CONNECTING || ph == PH_WAIT_HOSTKEY || ph == PH_WAIT_AUTH;
         if (force || (session_idle(s) && !receiving))
             close_soon(s->wsi, pss, "server shutting down");
     }
@@ -646,6 +667,7 @@ int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
         return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         notified(lws_context_user(lws_get_context(wsi)));
+        gate_store_answers(lws_context_user(lws_get_context(wsi)));
         return 0;
     default:
         return 0;

@@ -30,7 +30,7 @@ readonly MIN_LIBSSH2=1.11
 readonly TRIXIE_SOURCES=/etc/apt/sources.list.d/wattcloud-trixie-src.sources
 
 BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
-            libssl-dev zlib1g-dev)
+            libssl-dev zlib1g-dev libhiredis-dev)
 # clang with libclang-rt-dev (libFuzzer and the sanitizer runtimes; the
 # metapackage follows clang's default version: 14 on Debian 12) builds the
 # fuzz targets of tests/fuzz/; llvm brings llvm-symbolizer for readable
@@ -43,10 +43,13 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
 # openssl makes the test certificates. chromium runs the browser end-to-end
 # test (test_browser.py, headless, driven over its DevTools protocol); its
 # fontconfig dependency brings a font, so the screenshots show text.
+# redis-server and haproxy run the several-relays tests (test_scale.py and the
+# store unit test start their own, on loopback; Debian 13 may use
+# valkey-server instead, which the tests pick when redis-server is absent).
 TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-timeout
            python3-websocket python3-websockets valgrind clang libclang-rt-dev llvm caddy nginx
            systemd openssl chromium iproute2 python3-prometheus-client python3-yaml man-db
-           groff-base python3-cryptography)
+           groff-base python3-cryptography redis-server haproxy)
 
 # shellcheck source=scripts/apt-mirror.sh
 . "$ROOT/scripts/apt-mirror.sh"

@@ -35,7 +35,7 @@ command -v "$cc" >/dev/null || { echo "run.sh: $cc not found (scripts/deps.sh --
 sources_for() {
   case "$1" in
     fuzz_proto) echo "proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
-    fuzz_access) echo "relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c relay/metrics.c proto/wipe.c" ;;
+    fuzz_access) echo "relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c relay/metrics.c proto/wipe.c relay/store.c relay/store_embedded.c relay/store_redis.c relay/config.c relay/log.c" ;;
     fuzz_keyformat) echo "relay/keyformat.c" ;;
     fuzz_netguard) echo "relay/netguard.c" ;;
     fuzz_wsframe) echo "relay/wsframe.c proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
@@ -58,7 +58,9 @@ max_len_for() {
 cflags=(-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
         -fno-sanitize-recover=undefined -D_GNU_SOURCE -Wall -Wextra
         -iquote "$root/relay" -iquote "$root/proto" -I "$here")
-libs=(-ljansson -lcrypto -lpthread)
+# hiredis: fuzz_access links the store interface, whose shared
+# implementation (never started by the fuzzer) is compiled in with it.
+libs=(-ljansson -lcrypto -lpthread -lhiredis)
 
 mkdir -p "$out/artifacts"
 # -jobs switches libFuzzer to fork mode, which writes fuzz-N.log into the

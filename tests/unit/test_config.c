@@ -25,6 +25,7 @@ static const char *const vars[] = {
     "SFTP_IDLE_TIMEOUT_SECS", "HOST_KEY_TIMEOUT_SECS", "WS_PING_INTERVAL_SECS",
     "SSH_CONNECT_TIMEOUT_SECS", "SSH_BANNER_TIMEOUT_SECS", "SSH_KEEPALIVE_SECS",
     "SSH_KEEPALIVE_COUNT", "SFTP_OP_TIMEOUT_SECS", "SHUTDOWN_GRACE_SECS", "SIGN_TIMEOUT_SECS",
+    "STATE_URL", "STATE_PASSWORD_FILE", "KEY_PREFIX",
 };
 #define N_VARS (sizeof(vars) / sizeof(vars[0]))
 
@@ -617,6 +618,87 @@ static void test_effective_values(void)
     reset_env();
 }
 
+/* STATE_URL, STATE_PASSWORD_FILE, KEY_PREFIX (the shared store). */
+static void test_state(void)
+{
+    static const char key[] = "0123456789abcdef0123456789abcdef";
+    struct config c;
+    char out[256], path[] = "/tmp/wc-cfg-pw-XXXXXX";
+    FILE *f;
+    int fd;
+
+    CHECK(defaults.state.kind == STATE_EMBEDDED);
+    CHECK_STR(defaults.key_prefix, "wattcloud:");
+
+    reset_env();
+    setenv("RELAY_SIGNING_KEY", key, 1);
+    setenv("STATE_URL", "redis://relay:s%40cret@[::1]:6380/2", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == 0);
+    CHECK(c.state.kind == STATE_REDIS_TCP && c.state.port == 6380 && c.state.db == 2);
+    CHECK_STR(c.state.host, "::1");
+    CHECK_STR(c.state.user, "relay");
+    CHECK_STR(c.state.password, "s@cret");
+    CHECK(cfg_effective(&c, "STATE_URL", out, sizeof(out)) == 0);
+    CHECK_STR(out, "redis://relay:***@[::1]:6380/2");
+    cfg_free(&c);
+
+    setenv("STATE_URL", "redis://store.internal", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == 0);
+    CHECK(c.state.port == 6379 && c.state.db == 0 && !c.state.password[0]);
+    cfg_free(&c);
+    setenv("STATE_URL", "unix:///run/redis/redis.sock", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == 0);
+    CHECK(c.state.kind == STATE_REDIS_UNIX);
+    CHECK_STR(c.state.path, "/run/redis/redis.sock");
+    cfg_free(&c);
+
+    /* The password from a file, never with one in the URL. */
+    fd = mkstemp(path);
+    f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    CHECK(f != NULL);
+    if (f) {
+        fputs("from-file\n", f);
+        fclose(f);
+    }
+    setenv("STATE_URL", "redis://127.0.0.1:6379/0", 1);
+    setenv("STATE_PASSWORD_FILE", path, 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == 0);
+    CHECK_STR(c.state.password, "from-file");
+    cfg_free(&c);
+    setenv("STATE_URL", "redis://:pw@127.0.0.1:6379/0", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == -1 && strstr(err, "STATE_PASSWORD_FILE"));
+    cfg_free(&c);
+    unlink(path);
+    setenv("STATE_URL", "redis://127.0.0.1:6379/0", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == -1 && strstr(err, "STATE_PASSWORD_FILE"));
+    cfg_free(&c);
+    unsetenv("STATE_PASSWORD_FILE");
+
+    /* A store needs a shared signing key and plain HTTP behind a proxy. */
+    unsetenv("RELAY_SIGNING_KEY");
+    CHECK(cfg_load(&c, err, sizeof(err)) == -1 && strstr(err, "STATE_URL"));
+    cfg_free(&c);
+    setenv("RELAY_SIGNING_KEY", key, 1);
+    setenv("TLS_CERT", "/etc/ssl/a.crt", 1);
+    setenv("TLS_KEY", "/etc/ssl/a.key", 1);
+    CHECK(cfg_load(&c, err, sizeof(err)) == -1 && strstr(err, "STATE_URL"));
+    cfg_free(&c);
+
+    refused_as("STATE_URL", "http://127.0.0.1:6379", "STATE_URL");
+    refused_as("STATE_URL", "redis://", "STATE_URL");
+    refused_as("STATE_URL", "redis://host:0/0", "STATE_URL");
+    refused_as("STATE_URL", "redis://host:65536", "STATE_URL");
+    refused_as("STATE_URL", "redis://host:6379/x", "STATE_URL");
+    refused_as("STATE_URL", "redis://ho st:6379", "STATE_URL");
+    refused_as("STATE_URL", "redis://u:%zz@host", "STATE_URL");
+    refused_as("STATE_URL", "unix://relative.sock", "STATE_URL");
+    refused_as("KEY_PREFIX", "has space", "KEY_PREFIX");
+    refused_as("KEY_PREFIX", "0123456789012345678901234567890123456789012345678901234567890123456789",
+               "KEY_PREFIX");
+    refused_as("STATE_PASSWORD_FILE", "/nonexistent", "STATE_PASSWORD_FILE");
+    reset_env();
+}
+
 int main(void)
 {
     reset_env();
@@ -629,6 +711,7 @@ int main(void)
     test_empty_values();
     test_env_file();
     test_effective_values();
+    test_state();
     cfg_free(&defaults);
     CHECK_DONE();
 }

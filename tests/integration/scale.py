@@ -1,0 +1,236 @@
+"""Real parts for the several-relays scenarios: a Redis (or Valkey) server
+with its own config on its own loopback port and no persistence, and a real
+HAProxy in front of N relays. Each is started and stopped by the test that
+uses it; logs go to the run directory.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from sshd import free_port
+
+HAPROXY_BIN = "/usr/sbin/haproxy"
+
+
+def store_binary():
+    """redis-server (Debian 12, 13), or valkey-server when only it is there
+    (Debian 13 ships both; they speak the same protocol)."""
+    for name in ("redis-server", "valkey-server"):
+        path = shutil.which(name, path="/usr/bin:/usr/sbin:/bin:/sbin")
+        if path:
+            return path
+    raise FileNotFoundError("neither redis-server nor valkey-server is installed "
+                            "(scripts/deps.sh --test)")
+
+
+def resp_command(port, *args, timeout=2.0):
+    """One command in RESP over a fresh connection; the raw reply bytes."""
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(out)
+        data = b""
+        while not data.endswith(b"\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        # Multi-line replies (arrays, bulk strings): read what is there.
+        s.settimeout(0.2)
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        return data
+
+
+class StoreServer:
+    """redis-server on 127.0.0.1:<port>, config in `workdir`, no RDB/AOF."""
+
+    def __init__(self, workdir, port=None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.binary = store_binary()
+        self.proc = None
+        self.conf = os.path.join(workdir, "store.conf")
+        self.log = os.path.join(workdir, "store.log")
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d/0" % self.port
+
+    def start(self, timeout=10.0):
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(self.conf, "w") as f:
+            f.write("bind 127.0.0.1\n"
+                    "port %d\n"
+                    "protected-mode yes\n"
+                    "save \"\"\n"
+                    "appendonly no\n"
+                    "dir %s\n"
+                    "logfile %s\n"
+                    "daemonize no\n"
+                    "databases 16\n" % (self.port, self.workdir, self.log))
+        self.proc = subprocess.Popen([self.binary, self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited with %d; see %s"
+                                   % (self.binary, self.proc.returncode, self.log))
+            try:
+                if resp_command(self.port, "PING").startswith(b"+PONG"):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("store not answering on port %d" % self.port)
+
+    def command(self, *args):
+        return resp_command(self.port, *args)
+
+    def flush(self):
+        assert self.command("FLUSHALL").startswith(b"+OK")
+
+    def keys(self):
+        """Every key, as text."""
+        raw = self.command("KEYS", "*").decode("utf-8", "replace")
+        lines = raw.split("\r\n")
+        return [lines[i + 1] for i in range(1, len(lines) - 1, 2)
+                if lines[i].startswith("$")]
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class HAProxy:
+    """HAProxy on 127.0.0.1:<port> in front of `backends` (ports), with the
+    health checks, retries and X-Forwarded-For handling of
+    deploy/haproxy.cfg.example (plain HTTP here: TLS is tested elsewhere).
+    `.port` and `.http()` make it usable wherever a Relay is."""
+
+    def __init__(self, workdir, backends, balance="roundrobin"):
+        self.workdir = workdir
+        self.backends = list(backends)
+        self.balance = balance
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.proc = None
+        self.cfg = os.path.join(workdir, "haproxy.cfg")
+        self.log = os.path.join(workdir, "haproxy.log")
+
+    def write_config(self):
+        servers = "".join("    server r%d 127.0.0.1:%d check\n" % (i + 1, p)
+                          for i, p in enumerate(self.backends))
+        with open(self.cfg, "w") as f:
+            f.write("""global
+    maxconn 2000
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout tunnel 2h
+    timeout http-request 5s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout 503
+    option http-buffer-request
+
+frontend fe
+    bind 127.0.0.1:%d
+    http-request set-header X-Forwarded-For %%[src]
+    default_backend relays
+
+backend relays
+    balance %s
+    option httpchk GET /ready
+    http-check expect status 200
+    default-server inter 300ms fall 1 rise 1
+%s
+listen stats
+    bind 127.0.0.1:%d
+    stats enable
+    stats uri /stats
+""" % (self.port, self.balance, servers, self.stats_port))
+
+    def start(self, timeout=10.0):
+        os.makedirs(self.workdir, exist_ok=True)
+        self.write_config()
+        subprocess.run([HAPROXY_BIN, "-c", "-f", self.cfg], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._log = open(self.log, "ab")
+        self.proc = subprocess.Popen([HAPROXY_BIN, "-db", "-f", self.cfg],
+                                     stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=self._log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("haproxy exited with %d; see %s"
+                                   % (self.proc.returncode, self.log))
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("haproxy not listening")
+
+    def servers_up(self):
+        """Names of the backend servers HAProxy sees up (its stats CSV)."""
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.stats_port, timeout=2)
+        try:
+            conn.request("GET", "/stats;csv")
+            body = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        up = []
+        for line in body.splitlines():
+            f = line.split(",")
+            if len(f) > 17 and f[0] == "relays" and f[1] not in ("BACKEND", "FRONTEND"):
+                if f[17].startswith("UP"):
+                    up.append(f[1])
+        return up
+
+    def http(self, method, path, body=None, headers=None, timeout=5):
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.getheaders(), resp.read()
+        finally:
+            conn.close()
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        try:
+            self._log.close()
+        except Exception:
+            pass
