@@ -293,7 +293,7 @@ class Sshd:
         self.proc = None
         self.config_path = os.path.join(directory, "sshd_config")
         self.log_path = os.path.join(directory, "sshd.log")
-        self.sftp_log_path = os.path.join(directory, "sftp-server.log")
+        self.sftp_log_path = None  # set by _subsystem_line() (sftp_debug)
         self.pid_path = os.path.join(directory, "sshd.pid")
         os.makedirs(directory, exist_ok=True)
         os.chmod(directory, 0o755)
@@ -314,6 +314,11 @@ class Sshd:
         command through the user's shell, so the redirection works."""
         if not self.sftp_log_level:
             return "Subsystem sftp internal-sftp"
+        # The SFTP server runs as the test user, who may not reach the
+        # checkout (under /root, mode 0700): its log lives under /tmp.
+        log_dir = tempfile.mkdtemp(prefix="wattcloud-sftplog-")
+        os.chmod(log_dir, 0o755)
+        self.sftp_log_path = os.path.join(log_dir, "sftp-server.log")
         with open(self.sftp_log_path, "ab"):
             pass
         pw = pwd.getpwnam(TEST_USER)
@@ -401,6 +406,12 @@ class Sshd:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self.sftp_log_path:
+            # Kept with the other logs of the run, then removed from /tmp.
+            shutil.copy(self.sftp_log_path, os.path.join(os.path.dirname(self.log_path),
+                                                         "sftp-server.log"))
+            shutil.rmtree(os.path.dirname(self.sftp_log_path), ignore_errors=True)
+            self.sftp_log_path = None
 
     def descendant_pids(self):
         """Pids of the per-connection processes this sshd forked."""
