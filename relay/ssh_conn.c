@@ -449,6 +449,22 @@ int ssh_read_size_settable(void)
 #endif
 }
 
+/* This session's id (the first key exchange's hash), which every
+ * signature of SSH user authentication covers first: with our libssh2
+ * patch (scripts/libssh2-patches/session-id.patch) the very bytes, so a
+ * browser is only ever asked to sign for this session; without it NULL,
+ * and the data is checked for an id of the right length only. */
+static const uint8_t *session_id(LIBSSH2_SESSION *session, size_t *len)
+{
+#ifdef LIBSSH2_HAS_SESSION_ID
+    return libssh2_session_id(session, len);
+#else
+    (void)session;
+    *len = 0;
+    return NULL;
+#endif
+}
+
 /* libssh2's signing callback (the hook its ssh-agent support uses): the
  * data must be this session's userauth request for this user and key, the
  * browser signs it, and we turn WebCrypto's bytes into SSH's signature.
@@ -464,6 +480,7 @@ static int sign_cb(LIBSSH2_SESSION *session, unsigned char **sig, size_t *sig_le
     size_t outlen;
     char *answer = NULL;
     const char *alg = NULL;
+    size_t sid_len = 0;
     int rc = SSH_E_SIGN;
 
     /* libssh2 retries with another algorithm when a callback says it
@@ -473,7 +490,8 @@ static int sign_cb(LIBSSH2_SESSION *session, unsigned char **sig, size_t *sig_le
                  "signature request refused: one signature per login");
         goto out;
     }
-    rc = sshsig_check_data(sg->key, c->sign_user, sshsig_kex_hash_len(kex), data, data_len,
+    rc = sshsig_check_data(sg->key, c->sign_user, session_id(session, &sid_len),
+                           sid_len ? sid_len : sshsig_kex_hash_len(kex), data, data_len,
                            &alg, c->sign_err, sizeof(c->sign_err));
     if (rc < 0) {
         rc = rc == SSHSIG_E_ALG ? SSH_E_KEY : SSH_E_SIGN;

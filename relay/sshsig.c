@@ -338,8 +338,8 @@ static const char *allowed_alg(const struct sshsig_key *k, const uint8_t *s, siz
     return NULL;
 }
 
-int sshsig_check_data(const struct sshsig_key *k, const char *username, size_t sid_len,
-                      const uint8_t *data, size_t len, const char **alg,
+int sshsig_check_data(const struct sshsig_key *k, const char *username, const uint8_t *sid,
+                      size_t sid_len, const uint8_t *data, size_t len, const char **alg,
                       char *err, size_t errlen)
 {
     static const char refused[] = "signature request refused: the data to sign is not "
@@ -353,6 +353,8 @@ int sshsig_check_data(const struct sshsig_key *k, const char *username, size_t s
     if (rd_string(&r, &s, &n) < 0)
         goto refuse;
     if (sid_len ? n != sid_len : (n != 20 && n != 32 && n != 48 && n != 64))
+        goto refuse;
+    if (sid && memcmp(s, sid, n) != 0)
         goto refuse;
     if (rd_byte(&r, &b) < 0 || b != SSH_MSG_USERAUTH_REQUEST)
         goto refuse;

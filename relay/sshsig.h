@@ -53,7 +53,8 @@ const char *sshsig_rsa_prefs(const struct sshsig_key *k);
 size_t sshsig_kex_hash_len(const char *kex);
 
 /* Check that `data` is what SSH public-key authentication signs for this
- * key and user, and nothing else: string session_id (of `sid_len` bytes, or
+ * key and user, and nothing else: string session_id (exactly the `sid_len`
+ * bytes at `sid` when the caller knows them; else of `sid_len` bytes, or
  * one of the known hash lengths when 0), then SSH_MSG_USERAUTH_REQUEST for
  * `username`, service "ssh-connection", method "publickey", TRUE, an
  * algorithm this key may sign with, and exactly k's blob, with nothing
@@ -63,8 +64,8 @@ size_t sshsig_kex_hash_len(const char *kex);
  * or SSHSIG_E_DATA for anything else, with `err` set. */
 #define SSHSIG_E_DATA (-1)
 #define SSHSIG_E_ALG (-2)
-int sshsig_check_data(const struct sshsig_key *k, const char *username, size_t sid_len,
-                      const uint8_t *data, size_t len, const char **alg,
+int sshsig_check_data(const struct sshsig_key *k, const char *username, const uint8_t *sid,
+                      size_t sid_len, const uint8_t *data, size_t len, const char **alg,
                       char *err, size_t errlen);
 
 /* Turn the browser's answer (base64 of WebCrypto's sign() output for

@@ -67,7 +67,7 @@ static void userauth_data(uint8_t pick, const uint8_t *data, size_t size)
     if (sshsig_parse_pubkey(lines[pick % 4], &k, err, sizeof(err)) < 0)
         __builtin_trap();
     sshsig_set_algorithm(&k, algs[(pick >> 4) % 4], err, sizeof(err));
-    if (sshsig_check_data(&k, "u", sid, data, size, &alg, err, sizeof(err)) == 0 && !alg)
+    if (sshsig_check_data(&k, "u", NULL, sid, data, size, &alg, err, sizeof(err)) == 0 && !alg)
         __builtin_trap();
 }
 

@@ -218,41 +218,52 @@ static void test_check_data(void)
     CHECK(sshsig_parse_pubkey(p256_line, &other, err, sizeof(err)) == 0);
 
     userauth_data(&w, 32, "alice", "ssh-ed25519", &ed);
-    CHECK(sshsig_check_data(&ed, "alice", 32, w.b, w.n, &alg, err, sizeof(err)) == 0);
+    CHECK(sshsig_check_data(&ed, "alice", NULL, 32, w.b, w.n, &alg, err, sizeof(err)) == 0);
     CHECK_STR(alg, "ssh-ed25519");
+    /* This very session's id, byte for byte, when the caller knows it. */
+    {
+        uint8_t sid[32], other_sid[32];
+        memset(sid, 0x5e, sizeof(sid));
+        memcpy(other_sid, sid, sizeof(sid));
+        other_sid[31] ^= 1;
+        CHECK(sshsig_check_data(&ed, "alice", sid, 32, w.b, w.n, &alg, err, sizeof(err)) == 0);
+        CHECK(sshsig_check_data(&ed, "alice", other_sid, 32, w.b, w.n, &alg, err,
+                                sizeof(err)) == SSHSIG_E_DATA);
+        CHECK_STR(err, refused);
+    }
     /* Any known hash length when the key exchange is unknown. */
-    CHECK(sshsig_check_data(&ed, "alice", 0, w.b, w.n, &alg, err, sizeof(err)) == 0);
+    CHECK(sshsig_check_data(&ed, "alice", NULL, 0, w.b, w.n, &alg, err, sizeof(err)) == 0);
     /* Wrong session id length, user, key; cut short; a byte more. */
-    CHECK(sshsig_check_data(&ed, "alice", 48, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    CHECK(sshsig_check_data(&ed, "alice", NULL, 48, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
     CHECK_STR(err, refused);
     CHECK(alg == NULL);
-    CHECK(sshsig_check_data(&ed, "alicE", 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
-    CHECK(sshsig_check_data(&ed, "alice", 32, w.b, w.n - 1, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    CHECK(sshsig_check_data(&ed, "alicE", NULL, 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    CHECK(sshsig_check_data(&ed, "alice", NULL, 32, w.b, w.n - 1, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
     w.b[w.n] = 0;
-    CHECK(sshsig_check_data(&ed, "alice", 32, w.b, w.n + 1, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    CHECK(sshsig_check_data(&ed, "alice", NULL, 32, w.b, w.n + 1, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
     for (size_t cut = 0; cut < w.n; cut++)
-        CHECK(sshsig_check_data(&ed, "alice", 32, w.b, cut, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+        CHECK(sshsig_check_data(&ed, "alice", NULL, 32, w.b, cut, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
     userauth_data(&w, 32, "alice", "ecdsa-sha2-nistp256", &other);
-    CHECK(sshsig_check_data(&ed, "alice", 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    CHECK(sshsig_check_data(&ed, "alice", NULL, 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
     userauth_data(&w, 32, "alice", "ssh-ed25519", &other);
-    CHECK(sshsig_check_data(&ed, "alice", 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    CHECK(sshsig_check_data(&ed, "alice", NULL, 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
     CHECK_STR(err, refused);
     userauth_data(&w, 0, "alice", "ssh-ed25519", &ed);
-    CHECK(sshsig_check_data(&ed, "alice", 0, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    CHECK(sshsig_check_data(&ed, "alice", NULL, 0, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
     /* Not a userauth request: another message number, service, method. */
     userauth_data(&w, 32, "alice", "ssh-ed25519", &ed);
     w.b[36] = 51;
-    CHECK(sshsig_check_data(&ed, "alice", 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    CHECK(sshsig_check_data(&ed, "alice", NULL, 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
 
     /* RSA: SHA-2 only. */
     userauth_data(&w, 64, "bob", "rsa-sha2-512", &rsa);
-    CHECK(sshsig_check_data(&rsa, "bob", 64, w.b, w.n, &alg, err, sizeof(err)) == 0);
+    CHECK(sshsig_check_data(&rsa, "bob", NULL, 64, w.b, w.n, &alg, err, sizeof(err)) == 0);
     CHECK_STR(alg, "rsa-sha2-512");
     userauth_data(&w, 20, "bob", "rsa-sha2-256", &rsa);
-    CHECK(sshsig_check_data(&rsa, "bob", 20, w.b, w.n, &alg, err, sizeof(err)) == 0);
+    CHECK(sshsig_check_data(&rsa, "bob", NULL, 20, w.b, w.n, &alg, err, sizeof(err)) == 0);
     CHECK_STR(alg, "rsa-sha2-256");
     userauth_data(&w, 32, "bob", "ssh-rsa", &rsa);
-    CHECK(sshsig_check_data(&rsa, "bob", 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_ALG);
+    CHECK(sshsig_check_data(&rsa, "bob", NULL, 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_ALG);
     CHECK_STR(err, "the server accepts RSA keys only with SHA-1 signatures (ssh-rsa); the relay "
                    "asks only for rsa-sha2-256 or rsa-sha2-512");
     CHECK(alg == NULL);
@@ -263,9 +274,9 @@ static void test_check_data(void)
     CHECK(sshsig_set_algorithm(&rsa, "rsa-sha2-256", err, sizeof(err)) == 0);
     CHECK_STR(sshsig_rsa_prefs(&rsa), "rsa-sha2-256");
     userauth_data(&w, 32, "bob", "rsa-sha2-512", &rsa);
-    CHECK(sshsig_check_data(&rsa, "bob", 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
+    CHECK(sshsig_check_data(&rsa, "bob", NULL, 32, w.b, w.n, &alg, err, sizeof(err)) == SSHSIG_E_DATA);
     userauth_data(&w, 32, "bob", "rsa-sha2-256", &rsa);
-    CHECK(sshsig_check_data(&rsa, "bob", 32, w.b, w.n, &alg, err, sizeof(err)) == 0);
+    CHECK(sshsig_check_data(&rsa, "bob", NULL, 32, w.b, w.n, &alg, err, sizeof(err)) == 0);
     CHECK_STR(alg, "rsa-sha2-256");
     CHECK(sshsig_set_algorithm(&rsa, "ssh-rsa", err, sizeof(err)) == -1);
     CHECK_STR(err, "unsupported signature algorithm \"ssh-rsa\" for a ssh-rsa key: use "
