@@ -240,15 +240,18 @@ PINNED_ALGORITHMS = (
 )
 
 
-def pinned_variant(cipher, mac=None):
-    """The VARIANTS name of sshd pinned to `cipher` (and `mac`)."""
-    return "pinned-" + cipher + ("+" + mac if mac else "")
+def pinned_variant(cipher, mac=None, rekey=True):
+    """The VARIANTS name of sshd pinned to `cipher` (and `mac`); with
+    rekey, sshd renews the keys after every MiB (RekeyLimit 1M)."""
+    return "pinned-" + cipher + ("+" + mac if mac else "") + ("" if rekey else "-norekey")
 
 
 for _cipher, _mac in PINNED_ALGORITHMS:
-    VARIANTS[pinned_variant(_cipher, _mac)] = dict(
-        host_keys=("ed25519",), kbd_only=False, host_key_algorithms=None,
-        ciphers=_cipher, macs=_mac, log_level="DEBUG1", rekey_limit="1M")
+    for _rekey in (True, False):
+        VARIANTS[pinned_variant(_cipher, _mac, _rekey)] = dict(
+            host_keys=("ed25519",), kbd_only=False, host_key_algorithms=None,
+            ciphers=_cipher, macs=_mac, log_level="DEBUG1",
+            rekey_limit="1M" if _rekey else None)
 
 # Variants every run starts once (sshd_servers); the others are started by
 # the tests that need them.
