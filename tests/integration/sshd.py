@@ -223,6 +223,36 @@ VARIANTS = {
                        sftp_log_level="DEBUG1"),
 }
 
+# sshd offering one cipher (and optionally one MAC), for test_ciphers.py: the
+# AES paths of our libssh2 are patched (scripts/libssh2-patches/), and only
+# a server that offers nothing else makes libssh2 take them. LogLevel DEBUG1
+# makes sshd log the algorithms it negotiated ("kex: client->server cipher:
+# ..."), so the test can show which ones carried the bytes.
+PINNED_ALGORITHMS = (
+    # libssh2 takes hmac-sha2-256 (MAC-then-encrypt) when it may choose;
+    # encrypt-then-MAC decrypts on another path (after the MAC check).
+    ("aes128-ctr", None),
+    ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
+    ("aes256-ctr", None),
+    ("aes128-gcm@openssh.com", None),
+    ("aes256-gcm@openssh.com", None),
+    ("chacha20-poly1305@openssh.com", None),
+)
+
+
+def pinned_variant(cipher, mac=None, rekey=True):
+    """The VARIANTS name of sshd pinned to `cipher` (and `mac`); with
+    rekey, sshd renews the keys after every MiB (RekeyLimit 1M)."""
+    return "pinned-" + cipher + ("+" + mac if mac else "") + ("" if rekey else "-norekey")
+
+
+for _cipher, _mac in PINNED_ALGORITHMS:
+    for _rekey in (True, False):
+        VARIANTS[pinned_variant(_cipher, _mac, _rekey)] = dict(
+            host_keys=("ed25519",), kbd_only=False, host_key_algorithms=None,
+            ciphers=_cipher, macs=_mac, log_level="DEBUG1",
+            rekey_limit="1M" if _rekey else None)
+
 # Variants every run starts once (sshd_servers); the others are started by
 # the tests that need them.
 SHARED_VARIANTS = ("default", "kbd", "rsa_only", "ecdsa_rsa")
@@ -288,6 +318,10 @@ class Sshd:
         self.host_key_algorithms = spec["host_key_algorithms"]
         self.penalties = spec.get("penalties", False)
         self.sftp_log_level = spec.get("sftp_log_level")
+        self.ciphers = spec.get("ciphers")
+        self.macs = spec.get("macs")
+        self.log_level = spec.get("log_level", "VERBOSE")
+        self.rekey_limit = spec.get("rekey_limit")
         self.authorized_keys_file = authorized_keys_file
         self.port = None
         self.proc = None
@@ -341,7 +375,7 @@ class Sshd:
             "StrictModes no",
             "PermitRootLogin no",
             "AllowUsers %s" % TEST_USER,
-            "LogLevel VERBOSE",
+            "LogLevel %s" % self.log_level,
             "MaxAuthTries 30",
             "MaxSessions 20",
             "MaxStartups 100:30:200",
@@ -349,6 +383,12 @@ class Sshd:
         ]
         if self.host_key_algorithms:
             lines.append("HostKeyAlgorithms %s" % self.host_key_algorithms)
+        if self.ciphers:
+            lines.append("Ciphers %s" % self.ciphers)
+        if self.macs:
+            lines.append("MACs %s" % self.macs)
+        if self.rekey_limit:
+            lines.append("RekeyLimit %s" % self.rekey_limit)
         any_key = next(iter(self.host_key_paths.values()))
         if not sshd_supports("PerSourcePenalties no", any_key):
             if self.penalties:

@@ -21,7 +21,7 @@ import pytest
 import procinfo
 from helpers import LOCAL, login, make_file, pattern, read_file, wait_until
 from relay import relay_binary
-from sshd import TEST_USER
+from sshd import TEST_USER, pinned_variant
 from wsclient import KiB, MiB, open_session
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,10 +39,9 @@ pytestmark = [
 SLOW = 120
 
 
-@pytest.fixture
-def vg_relay(relay_factory, run_dir, tmp_path):
-    """A relay running under valgrind; yields (relay, valgrind log path)."""
-    log = os.path.join(run_dir, "valgrind-%d.log" % os.getpid())
+def start_under_valgrind(relay_factory, run_dir, tmp_path, extra_ports=()):
+    """A started relay under valgrind; returns (relay, valgrind log path)."""
+    log = os.path.join(run_dir, "valgrind-%d-%s.log" % (os.getpid(), tmp_path.name))
     wrapper = tmp_path / "under-valgrind"
     wrapper.write_text(
         "#!/bin/sh\n"
@@ -51,10 +50,38 @@ def vg_relay(relay_factory, run_dir, tmp_path):
         "--num-callers=30 --suppressions=%s --log-file=%s %s \"$@\"\n"
         % (VALGRIND, SUPPRESSIONS, log, relay_binary()))
     wrapper.chmod(0o755)
-    relay = relay_factory(start=False, SHUTDOWN_GRACE_SECS=5)
+    relay = relay_factory(extra_ports=extra_ports, start=False, SHUTDOWN_GRACE_SECS=5)
     relay.binary = str(wrapper)
     relay.start(timeout=60)
-    yield relay, log
+    return relay, log
+
+
+@pytest.fixture
+def vg_relay(relay_factory, run_dir, tmp_path):
+    """A relay running under valgrind; yields (relay, valgrind log path)."""
+    yield start_under_valgrind(relay_factory, run_dir, tmp_path)
+
+
+def stop_and_check(relay, log, after_wait=None):
+    """SIGTERM the relay under valgrind and require exit status 0: no
+    valgrind error, no leak. after_wait() runs once the wait is over (or
+    failed), so a session can stay open through the drain."""
+    relay.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = relay.proc.wait(timeout=SLOW)
+    except Exception:
+        relay.kill()
+        raise AssertionError("relay under valgrind did not exit after SIGTERM:\n"
+                             + valgrind_report(log)[-4000:])
+    finally:
+        if after_wait:
+            after_wait()
+    relay.returncode = rc
+    relay.proc = None
+    relay._close_log()
+    report = valgrind_report(log)
+    assert rc == 0, "exit status %d under valgrind (99: errors or leaks):\n%s" \
+        % (rc, report[-12000:])
 
 
 def valgrind_report(log):
@@ -158,18 +185,34 @@ def test_full_session_no_errors_no_leaks(vg_relay, sshd, workdir, client_keys):
     # A live session when SIGTERM comes: it is closed by the drain.
     live = login(relay, sshd, timeout=SLOW)
     time.sleep(1)
-    relay.proc.send_signal(signal.SIGTERM)
+    stop_and_check(relay, log, after_wait=live.close)
+
+
+# The AES-CTR paths our libssh2 patch changes (aes-per-packet.patch: whole
+# packets en/decrypted in place), with MAC-then-encrypt and encrypt-then-MAC,
+# each direction a few MiB with odd sizes. Without rekeying and without GCM:
+# libssh2 1.11.1 itself leaks on every key exchange after the first (the
+# server's host key copy, kex.c) and, with AES-GCM, on every key exchange
+# (GCM's stand-in MAC method never frees its key), which no suppression
+# could tell from a leak of ours. test_ciphers.py covers GCM and rekeying.
+VALGRIND_CIPHERS = (("aes128-ctr", None), ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"))
+
+
+@pytest.mark.parametrize("cipher,mac", VALGRIND_CIPHERS,
+                         ids=[pinned_variant(c, m, rekey=False) for c, m in VALGRIND_CIPHERS])
+def test_pinned_cipher_transfers_no_errors(relay_factory, run_dir, tmp_path, sshd_variant,
+                                           workdir, cipher, mac):
+    server = sshd_variant(pinned_variant(cipher, mac, rekey=False))
+    relay, log = start_under_valgrind(relay_factory, run_dir, tmp_path,
+                                      extra_ports=[server.port])
+    s = login(relay, server, timeout=SLOW)
     try:
-        rc = relay.proc.wait(timeout=SLOW)
-    except Exception:
-        relay.kill()
-        raise AssertionError("relay under valgrind did not exit after SIGTERM:\n"
-                             + valgrind_report(log)[-4000:])
+        s.ws.settimeout(SLOW)
+        data = pattern(2 * MiB + 4097, 6)
+        path = os.path.join(workdir, "pinned.bin")
+        s.upload(path, data, chunk=1 * MiB + 3, timeout=SLOW)
+        assert read_file(path) == data
+        assert s.download(path, timeout=SLOW) == data
     finally:
-        live.close()
-    relay.returncode = rc
-    relay.proc = None
-    relay._close_log()
-    report = valgrind_report(log)
-    assert rc == 0, "exit status %d under valgrind (99: errors or leaks):\n%s" \
-        % (rc, report[-12000:])
+        s.close()
+    stop_and_check(relay, log)
