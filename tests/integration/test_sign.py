@@ -350,6 +350,21 @@ def test_password_and_private_key_logins_unchanged(sign_relay, sshd, client_keys
 # --------------------------------------------------------------------------
 # Refusals: every error string.
 
+
+def short_rsa_line(bits):
+    """An authorized_keys line of an RSA public key of `bits` bits, built by
+    hand: python3-cryptography 43 (Debian 13) refuses to make RSA keys under
+    1024 bits. The relay reads only the numbers, so n need not factor."""
+    n = (1 << (bits - 1)) | secrets.randbits(bits - 1) | 1
+
+    def mpint(v):
+        b = v.to_bytes((v.bit_length() + 8) // 8, "big")  # a 0 byte before a set top bit
+        return struct.pack(">I", len(b)) + b
+
+    blob = struct.pack(">I", 7) + b"ssh-rsa" + mpint(65537) + mpint(n)
+    return "ssh-rsa " + base64.b64encode(blob).decode() + " short"
+
+
 BAD_LINES = [
     ("ssh-dss AAAAB3NzaC1kc3MAAACBAIDuNlKF24Dg me",
      'unsupported public key type "ssh-dss": use ssh-ed25519, ecdsa-sha2-nistp256, '
@@ -371,7 +386,7 @@ BAD_LINES = [
     ("ecdsa-sha2-nistp256 " + ClientKey("x", ed25519.Ed25519PrivateKey.generate()).line.split()[1],
      "unsupported public key: the key data is not a ecdsa-sha2-nistp256 key"),
     # RSA under OpenSSH's RequiredRSASize.
-    (ClientKey("short", rsa.generate_private_key(65537, 768)).line,
+    (short_rsa_line(768),
      "unsupported public key: not a usable RSA key (at least 1024 bits)"),
 ]
 
