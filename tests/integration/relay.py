@@ -15,6 +15,29 @@ import time
 
 from sshd import free_port
 
+
+def http_request(port, method, path, body=None, headers=None, timeout=5):
+    """One plain HTTP request to 127.0.0.1:port. Returns (status, headers as
+    list, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), resp.read()
+    finally:
+        conn.close()
+
+
+def stop_process(proc, timeout=10):
+    """SIGTERM, then SIGKILL after `timeout` s; waits for the process."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
 # Variables copied from the caller's environment when set: sanitizer and
 # coverage knobs, never anything that would configure the relay itself.
 PASSTHROUGH_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS",
@@ -150,13 +173,7 @@ class Relay:
 
     def http(self, method, path, body=None, headers=None, timeout=5):
         """One plain HTTP request. Returns (status, headers as list, body bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, resp.getheaders(), resp.read()
-        finally:
-            conn.close()
+        return http_request(self.port, method, path, body, headers, timeout)
 
     def ws_url(self, host, port, mode="sftp"):
         return "ws://127.0.0.1:%d/relay/ws?mode=%s&host=%s&port=%s" % (self.port, mode, host, port)

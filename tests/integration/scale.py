@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 
+from relay import http_request, stop_process
 from sshd import free_port
 
 HAPROXY_BIN = "/usr/sbin/haproxy"
@@ -111,13 +112,7 @@ class StoreServer:
                 if lines[i].startswith("$")]
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 
@@ -212,23 +207,10 @@ listen stats
         return up
 
     def http(self, method, path, body=None, headers=None, timeout=5):
-        import http.client
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, resp.getheaders(), resp.read()
-        finally:
-            conn.close()
+        return http_request(self.port, method, path, body, headers, timeout)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
         try:
             self._log.close()
