@@ -6,7 +6,6 @@ uses it; logs go to the run directory.
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
