@@ -107,6 +107,35 @@ static int write_full(LIBSSH2_SFTP_HANDLE *h, const char *data, size_t len)
     return 0;
 }
 
+/* Each 8 MiB write timed, as wsbench times the relay's write_chunks: the
+ * slowest against the median shows what a fresh SFTP stream costs the
+ * server before it runs at speed (sshd and sftp-server are new processes
+ * whose buffers grow, page by page, during the first megabytes), with no
+ * relay in the path. */
+#define CHUNKS_TIMED 4096
+
+static int cmp_secs(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void print_chunks(double *secs, size_t n)
+{
+    size_t worst_at = 0;
+    double worst;
+
+    if (n == 0)
+        return;
+    for (size_t k = 1; k < n; k++)
+        if (secs[k] > secs[worst_at])
+            worst_at = k;
+    worst = secs[worst_at];
+    qsort(secs, n, sizeof(*secs), cmp_secs);
+    printf(" worst_chunk_secs=%.4f worst_chunk_index=%zu median_chunk_secs=%.4f", worst,
+           worst_at, secs[n / 2]);
+}
+
 static void usage(void)
 {
     fprintf(stderr,
@@ -121,6 +150,8 @@ int main(int argc, char **argv)
     const char *cs, *sc;
     int port = 22, i, sock, one = 1, fd = -1;
     unsigned long long size = 0, moved = 0;
+    static double chunk_secs[CHUNKS_TIMED];
+    size_t nchunks = 0;
     struct sockaddr_in sa;
     LIBSSH2_SESSION *ssh;
     LIBSSH2_SFTP *sftp;
@@ -234,8 +265,11 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bare_libssh2: --src file too short\n");
                 return 2;
             }
+            double w0 = now_secs();
             if (write_full(h, buf, n) < 0)
                 die_ssh(ssh, "write");
+            if (nchunks < CHUNKS_TIMED)
+                chunk_secs[nchunks++] = now_secs() - w0;
             moved += n;
         }
         /* The relay's write_close fsyncs (the "fsync" feature). */
@@ -249,10 +283,12 @@ int main(int argc, char **argv)
     t1 = now_secs();
 
     printf("mode=%s bytes=%llu secs=%.6f mbps=%.2f cpu_s=%.3f cpu_s_per_gib=%.3f "
-           "cipher_cs=%s cipher_sc=%s libssh2=%s\n",
+           "cipher_cs=%s cipher_sc=%s libssh2=%s",
            mode, moved, t1 - t0, (double)moved / (t1 - t0) / 1e6, c1 - c0,
            moved ? (c1 - c0) / ((double)moved / (1024.0 * 1024 * 1024)) : 0.0,
            cs ? cs : "?", sc ? sc : "?", libssh2_version(0));
+    print_chunks(chunk_secs, nchunks);
+    printf("\n");
     libssh2_sftp_shutdown(sftp);
     libssh2_session_disconnect(ssh, "done");
     libssh2_session_free(ssh);

@@ -93,6 +93,16 @@ def parse_kv(line):
     return out
 
 
+def worst_chunk(chunk):
+    """The worst chunk of all runs (a stall is what matters), the median of
+    the runs' median chunks, and where the worst one was."""
+    worst = [w for w in chunk["worst"] if w is not None]
+    if not worst:
+        return dict(worst=None, median=None, worst_index=None)
+    return dict(worst=max(worst), median=median([m for m in chunk["median"] if m is not None]),
+                worst_index=chunk["worst_index"][chunk["worst"].index(max(worst))])
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -427,6 +437,7 @@ class Bench:
             # less a session that moves nothing).
             faults = {v: {"client": [], "relay": []} for v in runs}
             chunk = {"worst": [], "median": [], "worst_index": []}
+            bare_chunk = {"worst": [], "median": [], "worst_index": []}
             dst = self.path("up.bin")
             for rep in range(self.mode["reps"]):
                 for variant in rotate(["relay", "sftp", "bare"], rep):
@@ -458,6 +469,10 @@ class Bench:
                         # bare_libssh2 is the relay's SSH half on its own: its
                         # own transfer-phase CPU is the floor for the relay's.
                         cpu[variant]["relay"].append(kv["cpu_s_per_gib"])
+                        if kind == "upload":
+                            bare_chunk["worst"].append(kv.get("worst_chunk_secs"))
+                            bare_chunk["median"].append(kv.get("median_chunk_secs"))
+                            bare_chunk["worst_index"].append(kv.get("worst_chunk_index"))
                         self.cipher_seen = (kv["cipher_cs"], kv["cipher_sc"])
                         self.libssh2_version = kv["libssh2"]
                     cpu[variant]["client"].append(max(0.0, client - setup[variant][0]) / gib)
@@ -472,7 +487,7 @@ class Bench:
                     kind, rep + 1, runs["relay"][-1], runs["sftp"][-1], runs["bare"][-1]))
             self.remove("up.bin")
             self.raw[kind] = dict(mbps=runs, cpu_s_per_gib=cpu, minflt_per_gib=faults,
-                                  chunk_secs=chunk)
+                                  chunk_secs=chunk, bare_chunk_secs=bare_chunk)
             self.results[kind] = {k: median(v) for k, v in runs.items()}
             self.results[kind]["relay_cpu"] = median(cpu["relay"]["relay"])
             self.results[kind]["bare_cpu"] = median(cpu["bare"]["relay"])
@@ -481,14 +496,8 @@ class Bench:
             self.results[kind]["faults"] = {v: {p: median(x) for p, x in d.items()}
                                             for v, d in faults.items()}
             if kind == "upload":
-                # The worst chunk of all runs (a stall is what matters), the
-                # median of the runs' median chunks.
-                worst = [w for w in chunk["worst"] if w is not None]
-                self.results[kind]["chunk"] = dict(
-                    worst=max(worst) if worst else None,
-                    median=median(chunk["median"]),
-                    worst_index=chunk["worst_index"][chunk["worst"].index(max(worst))]
-                    if worst else None)
+                self.results[kind]["chunk"] = worst_chunk(chunk)
+                self.results[kind]["bare_chunk"] = worst_chunk(bare_chunk)
 
     # -- 3. small operations ----------------------------------------------
 
@@ -864,6 +873,15 @@ class Bench:
                     "%.1f" % (ch["worst"] / ch["median"]),
                     "<= %.1f" % TARGETS["worst_chunk_ratio"],
                     verdict(ch["worst"] / ch["median"] <= TARGETS["worst_chunk_ratio"]))
+            # The same figure for bare libssh2 against the same sshd: what a
+            # fresh SFTP stream costs the server before it runs at speed,
+            # with no relay in the path (its chunk #0 is the relay's #1: the
+            # relay answers a chunk when it starts writing it).
+            ch = r.get("bare_chunk")
+            if ch and ch["worst"] is not None and ch["median"]:
+                row("upload, bare libssh2: worst 8 MiB write s (#%d) vs median s"
+                    % ch["worst_index"], f(ch["worst"], "%.3f"), f(ch["median"], "%.3f"),
+                    "%.1f" % (ch["worst"] / ch["median"]), "", "-")
         if "smallops" in R:
             r = R["smallops"]
             ratio = r["relay"] / r["sftp"]

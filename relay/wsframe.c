@@ -65,9 +65,24 @@ static int bin_reserve(struct wsframe *w, size_t need)
         cap = need;
     if (cap > w->max_binary)
         cap = w->max_binary;
-    grown = realloc(w->bin, cap);
-    if (!grown)
-        return -1;
+    if (cap >= 2 * HUGE_PAGE_BYTES && w->bin_cap < 2 * HUGE_PAGE_BYTES) {
+        /* Aligned, so that every 2 MiB of the buffer can be a huge page:
+         * glibc's own mapping starts a header's length past a boundary at
+         * best, leaving up to 2 MiB to 4 KiB pages (512 faults), paid on a
+         * session's first chunks. The alignment costs address space, not
+         * memory. What the small buffer held (under 4 MiB) is copied. */
+        void *p = NULL;
+        if (posix_memalign(&p, HUGE_PAGE_BYTES, cap) != 0)
+            return -1;
+        grown = p;
+        if (w->len)
+            memcpy(grown, w->bin, w->len);
+        free(w->bin);
+    } else {
+        grown = realloc(w->bin, cap);
+        if (!grown)
+            return -1;
+    }
     if (cap >= 2 * HUGE_PAGE_BYTES)
         hint_huge_pages(grown, cap);
     w->bin = grown;

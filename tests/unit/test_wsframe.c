@@ -147,6 +147,10 @@ static void caps(void)
     CHECK(feed(&w, 0, 0, 0, 1, (uint64_t)1 << 63, 1) == WSF_E_TOO_LARGE);
     CHECK(feed(&w, 4096, 1, 0, 1, 16u * 1024 * 1024 - 4096, 1) == WSF_MORE);
     CHECK(w.bin_cap == 16u * 1024 * 1024);
+    /* A buffer that large starts on a 2 MiB boundary, so that all of it can
+     * be huge pages: glibc's own mapping would leave up to 2 MiB of it to
+     * 512 faults of 4 KiB, paid on a session's first chunks. */
+    CHECK(((uintptr_t)w.bin & (2u * 1024 * 1024 - 1)) == 0);
     wsframe_free(&w);
 }
 
