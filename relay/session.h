@@ -115,6 +115,8 @@ struct session {
 
     pthread_t thread;               /* service */
     int thread_started;             /* service */
+    void *stack;                    /* service: the worker's stack mapping */
+    size_t stack_len;               /* service */
     int release_logged;             /* service: the release cut was logged */
     void *wsi;                      /* service; NULL once the WebSocket closed */
 };
