@@ -180,6 +180,13 @@ void store_stop(struct store *st);
  * to their callers. */
 void store_free(struct store *st);
 
+/* How the store's answer at the start of buf[0, len) stands (store_redis.c
+ * reads the socket itself and hands hiredis only what this took): 1
+ * complete and one we take, its length in *used (at most STORE_REPLY_MAX);
+ * 0 more bytes needed; -1 refused, *bad saying why (a static string).
+ * Exported for tests/fuzz/fuzz_store_reply.c. */
+int store_redis_scan(const char *buf, size_t len, size_t *used, const char **bad);
+
 /* The implementations behind the functions above. */
 struct store_vt {
     int (*submit)(struct store *, struct store_req *);

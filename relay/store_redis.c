@@ -632,7 +632,8 @@ static int send_all(struct store_redis *r, const char *buf, size_t len, int64_t 
 }
 
 /* A RESP number of `n` bytes at `p`: an optional '-' (when `neg`) and 1
- * to 18 digits, so that it fits an int64_t. 0, or -1. */
+ * to 18 digits, so that it fits an int64_t, written as Redis writes it
+ * (no leading zero, no "-0": hiredis refuses those). 0, or -1. */
 static int resp_number(const char *p, size_t n, int neg, long long *out)
 {
     long long v = 0;
@@ -643,7 +644,7 @@ static int resp_number(const char *p, size_t n, int neg, long long *out)
         minus = 1;
         i = 1;
     }
-    if (n - i < 1 || n - i > 18)
+    if (n - i < 1 || n - i > 18 || (p[i] == '0' && (n - i > 1 || minus)))
         return -1;
     for (; i < n; i++) {
         if (p[i] < '0' || p[i] > '9')
@@ -654,14 +655,12 @@ static int resp_number(const char *p, size_t n, int neg, long long *out)
     return 0;
 }
 
-/* Where the answer at the start of buf[0, len) stands: 1 complete, its
- * length in *used; 0 more bytes needed; -1 (with *bad) not an answer any
- * command of ours gets. Taken: a status (+), an error (-), an integer (:)
- * that fits 64 bits, a bulk string ($) of at most STORE_REPLY_MAX bytes
- * or nil. Refused: arrays (*; none of our commands answers one) and
- * whatever else a store could send. Decided from the first line, so a
- * string announced too long is refused before any of it is read. */
-static int scan_reply(const char *buf, size_t len, size_t *used, const char **bad)
+/* Taken: a status (+), an error (-), an integer (:) of at most 18 digits,
+ * a bulk string ($) that fits STORE_REPLY_MAX with its header, or nil.
+ * Refused: arrays (*; none of our commands answers one) and whatever else
+ * a store could send. Decided from the first line, so a string announced
+ * too long is refused before any of it is read. */
+int store_redis_scan(const char *buf, size_t len, size_t *used, const char **bad)
 {
     const char *cr = NULL;
     size_t line;
@@ -726,7 +725,7 @@ static redisReply *get_reply(struct store_redis *r, int64_t deadline, char *why,
     for (;;) {
         size_t used = 0;
         const char *bad = NULL;
-        int rc = scan_reply(r->in, r->in_len, &used, &bad);
+        int rc = store_redis_scan(r->in, r->in_len, &used, &bad);
         ssize_t n;
 
         if (rc < 0) {
