@@ -716,6 +716,9 @@ static int state_password_read(struct config *c, char *err, size_t n)
                  c->state_password_file, strerror(errno));
         return -1;
     }
+    /* Unbuffered: stdio would read the file into a buffer of its own and
+     * free it without wiping, leaving a copy of the password behind. */
+    setvbuf(f, NULL, _IONBF, 0);
     len = fread(c->state.password, 1, sizeof(c->state.password) - 1, f);
     extra = fgetc(f);
     fclose(f);

@@ -216,7 +216,10 @@ static int refuse_upgrade(struct lws *wsi, const char *ip, int status, const cha
  * (config.c refuses TLS_CERT with STATE_URL).
  */
 
-/* Upgrades waiting for the store or for lws at once; more answer 503. */
+/* Upgrades waiting for the store or for lws at once; more answer 503 at
+ * once. Each holds one descriptor and GATE_HEAD_MAX bytes, so a store that
+ * stops answering costs at most this many of each until the round trip
+ * times out (tests/integration/test_store_hostile.py). */
 #define GATE_WAITS_MAX 256
 /* decide(): the upgrade waits for the store, nothing to answer now. */
 #define GATE_DEFERRED (-2)

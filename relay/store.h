@@ -24,10 +24,22 @@
 /* Requests waiting for the store thread at most; past it a request is
  * refused at once (503) rather than queued without bound. */
 #define STORE_QUEUE_MAX          1024
+/* The longest answer the store may send to one command, and so the most
+ * the relay ever holds of the store's bytes at once. Nothing we ask for
+ * answers more than about 200 bytes: a 40-character script hash, a
+ * challenge ("purpose ip nonce"), integers, PONG and OK, and error lines
+ * Redis keeps to a few hundred bytes. hiredis 0.14 has no cap of its own
+ * and would allocate whatever a broken or hostile store announces (a
+ * 1 GiB string, an array of ten million elements), so store_redis.c reads
+ * the socket itself into a buffer of this size and hands hiredis only
+ * complete answers it has checked; a longer answer is a broken store
+ * (dropped, reconnected with backoff, 503s meanwhile). */
+#define STORE_REPLY_MAX          4096
 /* Requests the store thread sends in one pipeline. */
 #define STORE_BATCH_MAX          64
-/* One round trip to the store may take this long before the connection is
- * declared broken (and the requests on it answered 503). */
+/* One round trip to the store (sending the commands and reading every
+ * answer, however slowly the bytes come) may take this long before the
+ * connection is declared broken (and the requests on it answered 503). */
 #define STORE_CMD_TIMEOUT_MS     2000
 #define STORE_CONNECT_TIMEOUT_MS 1000
 /* Reconnection backoff: the first retry after this, doubling up to the max. */
@@ -167,6 +179,13 @@ void store_stop(struct store *st);
 /* Stop and free; NULL is fine. Answered requests nobody collected belong
  * to their callers. */
 void store_free(struct store *st);
+
+/* How the store's answer at the start of buf[0, len) stands (store_redis.c
+ * reads the socket itself and hands hiredis only what this took): 1
+ * complete and one we take, its length in *used (at most STORE_REPLY_MAX);
+ * 0 more bytes needed; -1 refused, *bad saying why (a static string).
+ * Exported for tests/fuzz/fuzz_store_reply.c. */
+int store_redis_scan(const char *buf, size_t len, size_t *used, const char **bad);
 
 /* The implementations behind the functions above. */
 struct store_vt {

@@ -16,6 +16,16 @@
  * a condition variable gives for free. The thread pipelines what is queued
  * (up to STORE_BATCH_MAX requests per round trip).
  *
+ * The store is a peer like any other, and may be broken or hostile: the
+ * thread does its own socket I/O (non-blocking, poll() with one deadline
+ * per round trip, so a store that drips its answer a byte at a time cannot
+ * hold it longer than STORE_CMD_TIMEOUT_MS), reads into a buffer of
+ * STORE_REPLY_MAX bytes, and gives hiredis's parser only an answer it has
+ * checked to be complete, short and of a type we can use (no arrays: no
+ * command of ours answers one). Every answer's type and value is checked
+ * again against what its command can answer. Anything else drops the
+ * connection as if the store had gone away.
+ *
  * Keys (all under KEY_PREFIX, all with a TTL):
  *   chal:<nonce_id>  challenge "purpose ip nonce"     AUTH_CHALLENGE_TTL_MS
  *   jti:<jti>        a used cookie id                 until the cookie's exp
@@ -30,12 +40,16 @@
 #include "store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
@@ -212,6 +226,9 @@ struct store_redis {
     char *argbuf;                           /* ARGS_MAX x ARG_BYTES */
     const char *argv[ARGS_MAX];
     size_t argl[ARGS_MAX];
+    /* Bytes read from the store and not parsed yet: at most one answer. */
+    char in[STORE_REPLY_MAX];
+    size_t in_len;
 };
 
 static struct store_redis *rs(struct store *st)
@@ -357,65 +374,167 @@ static int build(struct store_redis *r, struct store_req *q)
     return c.argc;
 }
 
-/* The answer `reply` to `q` into q->status (and q->ch for a take). */
-static void read_reply(struct store_redis *r, struct store_req *q, const redisReply *reply)
+/* Names for log lines about answers. */
+static const char *type_name(int type)
 {
-    int64_t v = reply->type == REDIS_REPLY_INTEGER ? (int64_t)reply->integer : -1;
-
-    switch ((int)q->op) {
-    case STORE_CHALLENGE:
-        q->status = v == 200 || v == 400 || v == 429 ? (int)v : 500;
-        break;
-    case STORE_TAKE:
-        q->status = 400;
-        memset(&q->ch, 0, sizeof(q->ch));
-        if (reply->type == REDIS_REPLY_STRING && reply->len < 200) {
-            char buf[200], *save = NULL, *purpose, *ip, *nonce;
-            memcpy(buf, reply->str, reply->len);
-            buf[reply->len] = '\0';
-            purpose = strtok_r(buf, " ", &save);
-            ip = strtok_r(NULL, " ", &save);
-            nonce = strtok_r(NULL, " ", &save);
-            if (purpose && ip && nonce && auth_purpose_valid(purpose) &&
-                strlen(ip) < sizeof(q->ch.client_ip) && strlen(nonce) == 2 * AUTH_NONCE_BYTES) {
-                int ok = 1;
-                for (int i = 0; i < AUTH_NONCE_BYTES && ok; i++) {
-                    unsigned b;
-                    ok = sscanf(nonce + 2 * i, "%2x", &b) == 1;
-                    q->ch.nonce[i] = (uint8_t)b;
-                }
-                memcpy(q->ch.purpose, purpose, AUTH_PURPOSE_LEN + 1);
-                memcpy(q->ch.client_ip, ip, strlen(ip) + 1);
-                memcpy(q->ch.nonce_id, q->nonce_id, AUTH_UUID_LEN + 1);
-                /* Expiry is the store's (PX): taken means alive. */
-                q->ch.expires_ms = 0;
-                q->status = ok ? 200 : 500;
-            }
-            wipe_mem(buf, sizeof(buf));
-        }
-        break;
-    case STORE_UPGRADE:
-        q->status = v == 0 || v == 403 || v == 429 ? (int)v : 500;
-        if (q->status != 0)
-            q->lease[0] = '\0';
-        break;
-    case OP_AUTH_ATTEMPT:
-        q->status = v == 0 ? 0 : -1;
-        break;
+    switch (type) {
+    case REDIS_REPLY_STRING:
+        return "a string";
+    case REDIS_REPLY_ARRAY:
+        return "an array";
+    case REDIS_REPLY_INTEGER:
+        return "an integer";
+    case REDIS_REPLY_NIL:
+        return "nil";
+    case REDIS_REPLY_STATUS:
+        return "a status";
+    case REDIS_REPLY_ERROR:
+        return "an error";
     default:
-        q->status = 0;
-        break;
+        return "an unknown type";
     }
+}
+
+static const char *op_name(int op)
+{
+    switch (op) {
+    case STORE_CHALLENGE:
+        return "a challenge";
+    case STORE_TAKE:
+        return "a challenge take";
+    case STORE_UPGRADE:
+        return "an upgrade";
+    case OP_AUTH_ATTEMPT:
+        return "an auth attempt";
+    case OP_AUTH_REFUND:
+        return "an auth refund";
+    case OP_RELEASE:
+        return "a lease release";
+    default:
+        return "a request";
+    }
+}
+
+/* "unexpected answer to <what>: <type> [<value>]", for `why`. */
+static void unexpected(char *why, size_t whylen, const char *what, const redisReply *reply)
+{
+    if (reply->type == REDIS_REPLY_INTEGER)
+        snprintf(why, whylen, "unexpected answer to %s: the integer %lld", what,
+                 (long long)reply->integer);
+    else if (reply->type == REDIS_REPLY_ERROR)
+        snprintf(why, whylen, "unexpected answer to %s: the error %.120s", what, reply->str);
+    else
+        snprintf(why, whylen, "unexpected answer to %s: %s", what, type_name(reply->type));
+}
+
+/* Whether `reply` is an integer among the `n` values of `allowed`. */
+static int integer_in(const redisReply *reply, const long long *allowed, int n)
+{
+    if (reply->type != REDIS_REPLY_INTEGER)
+        return 0;
+    for (int i = 0; i < n; i++)
+        if ((long long)reply->integer == allowed[i])
+            return 1;
+    return 0;
+}
+
+/* The challenge a take answered ("purpose ip nonce", as lua_challenge
+ * stored it) into q->ch: 200, or 500 when it is not that. */
+static int read_challenge(struct store_req *q, const redisReply *reply)
+{
+    char buf[200], *save = NULL, *purpose, *ip, *nonce;
+    int status = 500;
+
+    if (reply->len >= sizeof(buf))
+        return 500;
+    memcpy(buf, reply->str, reply->len);
+    buf[reply->len] = '\0';
+    purpose = strtok_r(buf, " ", &save);
+    ip = strtok_r(NULL, " ", &save);
+    nonce = strtok_r(NULL, " ", &save);
+    if (purpose && ip && nonce && auth_purpose_valid(purpose) &&
+        strlen(ip) < sizeof(q->ch.client_ip) && strlen(nonce) == 2 * AUTH_NONCE_BYTES) {
+        int ok = 1;
+        for (int i = 0; i < AUTH_NONCE_BYTES && ok; i++) {
+            unsigned b;
+            ok = sscanf(nonce + 2 * i, "%2x", &b) == 1;
+            q->ch.nonce[i] = (uint8_t)b;
+        }
+        memcpy(q->ch.purpose, purpose, AUTH_PURPOSE_LEN + 1);
+        memcpy(q->ch.client_ip, ip, strlen(ip) + 1);
+        memcpy(q->ch.nonce_id, q->nonce_id, AUTH_UUID_LEN + 1);
+        /* Expiry is the store's (PX): taken means alive. */
+        q->ch.expires_ms = 0;
+        status = ok ? 200 : 500;
+    }
+    wipe_mem(buf, sizeof(buf));
+    return status;
+}
+
+/* The answer `reply` to `q` into q->status (and q->ch for a take).
+ * Returns -1, with `why`, when the answer is of a type or value the
+ * command cannot give: the store is broken (or not a store), and the
+ * caller drops the connection. An error answer is the store's refusal of
+ * this one request (503), logged at most every ERR_LOG_MS. */
+static int read_reply(struct store_redis *r, struct store_req *q, const redisReply *reply,
+                      char *why, size_t whylen)
+{
+    static const long long challenge_ok[] = {200, 400, 429}, upgrade_ok[] = {0, 403, 429},
+                           attempt_ok[] = {0, 1}, refund_ok[] = {0}, release_ok[] = {0, 1};
+    int op = (int)q->op, ok = 0;
+
     if (reply->type == REDIS_REPLY_ERROR) {
         int64_t now = clock_now_ms();
-        q->status = (int)q->op == OP_AUTH_ATTEMPT ? -1 : 503;
-        if (q->op == STORE_UPGRADE)
+        q->status = op == OP_AUTH_ATTEMPT ? -1 : 503;
+        if (op == STORE_UPGRADE)
             q->lease[0] = '\0';
         if (now - r->last_err_log_ms >= ERR_LOG_MS) {
             r->last_err_log_ms = now;
             log_error("state store %s answered an error: %.200s", r->base.name, reply->str);
         }
+        return 0;
     }
+    switch (op) {
+    case STORE_CHALLENGE:
+        if ((ok = integer_in(reply, challenge_ok, 3)))
+            q->status = (int)reply->integer;
+        break;
+    case STORE_TAKE:
+        memset(&q->ch, 0, sizeof(q->ch));
+        if (reply->type == REDIS_REPLY_NIL) {
+            ok = 1;
+            q->status = 400;  /* unknown, used or expired */
+        } else if (reply->type == REDIS_REPLY_STRING) {
+            ok = 1;
+            q->status = read_challenge(q, reply);
+        }
+        break;
+    case STORE_UPGRADE:
+        if ((ok = integer_in(reply, upgrade_ok, 3)))
+            q->status = (int)reply->integer;
+        break;
+    case OP_AUTH_ATTEMPT:
+        if ((ok = integer_in(reply, attempt_ok, 2)))
+            q->status = reply->integer == 0 ? 0 : -1;
+        break;
+    case OP_AUTH_REFUND:
+        ok = integer_in(reply, refund_ok, 1);
+        q->status = 0;
+        break;
+    case OP_RELEASE:
+        ok = integer_in(reply, release_ok, 2);
+        q->status = 0;
+        break;
+    default:
+        break;
+    }
+    if (!ok) {
+        unexpected(why, whylen, op_name(op), reply);
+        q->status = op == OP_AUTH_ATTEMPT ? -1 : 503;
+    }
+    if (op == STORE_UPGRADE && q->status != 0)
+        q->lease[0] = '\0';
+    return ok ? 0 : -1;
 }
 
 /* ---- Connection ----------------------------------------------------------- */
@@ -433,6 +552,8 @@ static void disconnect(struct store_redis *r, const char *why)
         redisFree(r->c);
         r->c = NULL;
     }
+    wipe_mem(r->in, sizeof(r->in));
+    r->in_len = 0;
     set_ready(r, 0);
     if (!r->down_logged) {
         r->down_logged = 1;
@@ -446,28 +567,287 @@ static void disconnect(struct store_redis *r, const char *why)
                                                              : r->backoff_ms * 2;
 }
 
-/* One command and its reply, blocking (store thread). NULL and the
- * connection dropped on an I/O error. */
+/* Wait until the store's socket is ready for `events` or `deadline`
+ * passes. 1 ready, 0 not yet (call again), -1 with `why` at the deadline
+ * or on an error. */
+static int wait_io(struct store_redis *r, short events, int64_t deadline, char *why,
+                   size_t whylen)
+{
+    struct pollfd pfd = {r->c->fd, events, 0};
+    int64_t left = deadline - clock_now_ms();
+    int n;
+
+    if (left <= 0) {
+        snprintf(why, whylen, "no complete answer within %d ms", STORE_CMD_TIMEOUT_MS);
+        return -1;
+    }
+    n = poll(&pfd, 1, (int)left);
+    if (n < 0 && errno != EINTR) {
+        snprintf(why, whylen, "poll: %s", strerror(errno));
+        return -1;
+    }
+    return n > 0;
+}
+
+/* Send what hiredis has formatted (redisAppendCommandArgv) before
+ * `deadline`. 0, or -1 with `why`. */
+static int flush_out(struct store_redis *r, int64_t deadline, char *why, size_t whylen)
+{
+    int done = 0;
+
+    while (!done) {
+        int rc = wait_io(r, POLLOUT, deadline, why, whylen);
+        if (rc < 0)
+            return -1;
+        if (rc > 0 && redisBufferWrite(r->c, &done) != REDIS_OK) {
+            snprintf(why, whylen, "%s", r->c->errstr[0] ? r->c->errstr : "write failed");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Send `len` bytes of our own before `deadline`. 0, or -1 with `why`. */
+static int send_all(struct store_redis *r, const char *buf, size_t len, int64_t deadline,
+                    char *why, size_t whylen)
+{
+    size_t off = 0;
+
+    while (off < len) {
+        int rc = wait_io(r, POLLOUT, deadline, why, whylen);
+        ssize_t n;
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
+            continue;
+        n = send(r->c->fd, buf + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            snprintf(why, whylen, "write: %s", strerror(errno));
+            return -1;
+        }
+        if (n > 0)
+            off += (size_t)n;
+    }
+    return 0;
+}
+
+/* A RESP number of `n` bytes at `p`: an optional '-' (when `neg`) and 1
+ * to 18 digits, so that it fits an int64_t, written as Redis writes it
+ * (no leading zero, no "-0": hiredis refuses those). 0, or -1. */
+static int resp_number(const char *p, size_t n, int neg, long long *out)
+{
+    long long v = 0;
+    size_t i = 0;
+    int minus = 0;
+
+    if (neg && n > 0 && p[0] == '-') {
+        minus = 1;
+        i = 1;
+    }
+    if (n - i < 1 || n - i > 18 || (p[i] == '0' && (n - i > 1 || minus)))
+        return -1;
+    for (; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    *out = minus ? -v : v;
+    return 0;
+}
+
+/* Taken: a status (+), an error (-), an integer (:) of at most 18 digits,
+ * a bulk string ($) that fits STORE_REPLY_MAX with its header, or nil.
+ * Refused: arrays (*; none of our commands answers one) and whatever else
+ * a store could send. Decided from the first line, so a string announced
+ * too long is refused before any of it is read. */
+int store_redis_scan(const char *buf, size_t len, size_t *used, const char **bad)
+{
+    const char *cr = NULL;
+    size_t line;
+    long long v;
+
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (buf[i] == '\r' && buf[i + 1] == '\n') {
+            cr = buf + i;
+            break;
+        }
+    }
+    if (len > 0 && buf[0] != '+' && buf[0] != '-' && buf[0] != ':' && buf[0] != '$') {
+        *bad = buf[0] == '*' ? "an array, which no command of ours answers"
+                             : "bytes that are no RESP2 answer";
+        return -1;
+    }
+    if (!cr)
+        return 0;
+    line = (size_t)(cr - buf);
+    switch (buf[0]) {
+    case '+':
+    case '-':
+        *used = line + 2;
+        return 1;
+    case ':':
+        if (resp_number(buf + 1, line - 1, 1, &v) < 0) {
+            *bad = "an integer that is malformed or over 18 digits";
+            return -1;
+        }
+        *used = line + 2;
+        return 1;
+    default: /* '$' */
+        if (line == 3 && memcmp(buf + 1, "-1", 2) == 0) {
+            *used = line + 2;
+            return 1;
+        }
+        if (resp_number(buf + 1, line - 1, 0, &v) < 0) {
+            *bad = "a string of a malformed length";
+            return -1;
+        }
+        if (line + 4 > STORE_REPLY_MAX || v > (long long)(STORE_REPLY_MAX - line - 4)) {
+            *bad = "a string longer than STORE_REPLY_MAX";
+            return -1;
+        }
+        if (len < line + 2 + (size_t)v + 2)
+            return 0;
+        if (buf[line + 2 + v] != '\r' || buf[line + 3 + v] != '\n') {
+            *bad = "a string not ended by CRLF";
+            return -1;
+        }
+        *used = line + 2 + (size_t)v + 2;
+        return 1;
+    }
+}
+
+/* The next answer, read before `deadline` into r->in (never more than
+ * STORE_REPLY_MAX bytes) and parsed by hiredis once it is complete and
+ * checked. NULL with `why` on the deadline, a closed or failed
+ * connection, or an answer we do not take. Free it with freeReplyObject. */
+static redisReply *get_reply(struct store_redis *r, int64_t deadline, char *why, size_t whylen)
+{
+    for (;;) {
+        size_t used = 0;
+        const char *bad = NULL;
+        int rc = store_redis_scan(r->in, r->in_len, &used, &bad);
+        ssize_t n;
+
+        if (rc < 0) {
+            snprintf(why, whylen, "it sent %s", bad);
+            return NULL;
+        }
+        if (rc > 0) {
+            void *reply = NULL;
+            if (redisReaderFeed(r->c->reader, r->in, used) != REDIS_OK ||
+                redisGetReplyFromReader(r->c, &reply) != REDIS_OK || !reply) {
+                snprintf(why, whylen, "unreadable answer: %s",
+                         r->c->errstr[0] ? r->c->errstr : "incomplete");
+                if (reply)
+                    freeReplyObject(reply);
+                return NULL;
+            }
+            memmove(r->in, r->in + used, r->in_len - used);
+            r->in_len -= used;
+            wipe_mem(r->in + r->in_len, used);
+            return reply;
+        }
+        if (r->in_len == sizeof(r->in)) {
+            snprintf(why, whylen, "it sent an answer longer than STORE_REPLY_MAX (%d bytes)",
+                     STORE_REPLY_MAX);
+            return NULL;
+        }
+        if ((rc = wait_io(r, POLLIN, deadline, why, whylen)) < 0)
+            return NULL;
+        if (rc == 0)
+            continue;
+        n = read(r->c->fd, r->in + r->in_len, sizeof(r->in) - r->in_len);
+        if (n == 0) {
+            snprintf(why, whylen, "the store closed the connection");
+            return NULL;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            snprintf(why, whylen, "read: %s", strerror(errno));
+            return NULL;
+        }
+        if (n > 0)
+            r->in_len += (size_t)n;
+    }
+}
+
+/* One command and its answer within STORE_CMD_TIMEOUT_MS (store thread).
+ * NULL and the connection dropped on any failure. */
 static redisReply *command(struct store_redis *r, int argc)
 {
-    redisReply *reply = redisCommandArgv(r->c, argc, r->argv, r->argl);
+    int64_t deadline = clock_now_ms() + STORE_CMD_TIMEOUT_MS;
+    redisReply *reply = NULL;
+    char why[200];
 
-    if (!reply) {
-        char why[160];
-        snprintf(why, sizeof(why), "%s", r->c->errstr[0] ? r->c->errstr : "no answer");
+    if (redisAppendCommandArgv(r->c, argc, r->argv, r->argl) != REDIS_OK)
+        snprintf(why, sizeof(why), "out of memory");
+    else if (flush_out(r, deadline, why, sizeof(why)) == 0)
+        reply = get_reply(r, deadline, why, sizeof(why));
+    if (!reply)
         disconnect(r, why);
-    }
     return reply;
+}
+
+/* AUTH [user] password, formatted and sent by us, and its answer.
+ * hiredis would format it into its output buffer and free that without
+ * wiping, leaving the password in freed memory; our copy on this stack is
+ * wiped once sent. 0, or -1 with the connection dropped. */
+static int authenticate(struct store_redis *r)
+{
+    const struct state_url *u = &r->cfg->state;
+    char buf[sizeof(u->user) + sizeof(u->password) + 64], why[200];
+    size_t ul = strlen(u->user), pl = strlen(u->password), o;
+    int64_t deadline = clock_now_ms() + STORE_CMD_TIMEOUT_MS;
+    redisReply *reply = NULL;
+    int rc;
+
+    o = (size_t)snprintf(buf, sizeof(buf), "*%d\r\n$4\r\nAUTH\r\n", ul ? 3 : 2);
+    if (ul) {
+        o += (size_t)snprintf(buf + o, sizeof(buf) - o, "$%zu\r\n", ul);
+        memcpy(buf + o, u->user, ul);
+        memcpy(buf + o + ul, "\r\n", 2);
+        o += ul + 2;
+    }
+    o += (size_t)snprintf(buf + o, sizeof(buf) - o, "$%zu\r\n", pl);
+    memcpy(buf + o, u->password, pl);
+    memcpy(buf + o + pl, "\r\n", 2);
+    o += pl + 2;
+    rc = send_all(r, buf, o, deadline, why, sizeof(why));
+    wipe_mem(buf, sizeof(buf));
+    if (rc == 0)
+        reply = get_reply(r, deadline, why, sizeof(why));
+    if (!reply) {
+        disconnect(r, why);
+        return -1;
+    }
+    if (reply->type == REDIS_REPLY_ERROR)
+        snprintf(why, sizeof(why), "AUTH refused: %.120s", reply->str);
+    else if (reply->type != REDIS_REPLY_STATUS)
+        unexpected(why, sizeof(why), "AUTH", reply);
+    rc = reply->type == REDIS_REPLY_STATUS ? 0 : -1;
+    freeReplyObject(reply);
+    if (rc < 0)
+        disconnect(r, why);
+    return rc;
+}
+
+static int is_sha(const redisReply *reply)
+{
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 40)
+        return 0;
+    for (int i = 0; i < 40; i++)
+        if (!reply->str[i] || !strchr("0123456789abcdef", reply->str[i]))
+            return 0;
+    return 1;
 }
 
 static int connect_store(struct store_redis *r)
 {
     const struct state_url *u = &r->cfg->state;
     struct timeval tv = {STORE_CONNECT_TIMEOUT_MS / 1000, (STORE_CONNECT_TIMEOUT_MS % 1000) * 1000};
-    struct timeval cmd_tv = {STORE_CMD_TIMEOUT_MS / 1000, (STORE_CMD_TIMEOUT_MS % 1000) * 1000};
     struct cmd c = {r, 0};
     redisReply *reply;
     char why[200];
+    int fl;
 
     r->c = u->kind == STATE_REDIS_UNIX ? redisConnectUnixWithTimeout(u->path, tv)
                                        : redisConnectWithTimeout(u->host, u->port, tv);
@@ -476,34 +856,32 @@ static int connect_store(struct store_redis *r)
         disconnect(r, why);
         return -1;
     }
-    redisSetTimeout(r->c, cmd_tv);
+    /* From here we do the I/O (see the top of the file): a non-blocking
+     * socket that hiredis, told it is not blocking, leaves to us. */
+    fl = fcntl(r->c->fd, F_GETFL);
+    if (fl < 0 || fcntl(r->c->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        snprintf(why, sizeof(why), "fcntl: %s", strerror(errno));
+        disconnect(r, why);
+        return -1;
+    }
+    r->c->flags &= ~REDIS_BLOCK;
+    wipe_mem(r->in, sizeof(r->in));
+    r->in_len = 0;
     if (u->kind == STATE_REDIS_TCP)
         redisEnableKeepAlive(r->c);
-    if (u->password[0]) {
-        arg(&c, "AUTH");
-        if (u->user[0])
-            arg(&c, "%s", u->user);
-        arg(&c, "%s", u->password);
-        reply = command(r, c.argc);
-        wipe_mem(r->argbuf, (size_t)c.argc * ARG_BYTES);
-        if (!reply)
-            return -1;
-        if (reply->type == REDIS_REPLY_ERROR) {
-            snprintf(why, sizeof(why), "AUTH refused: %.120s", reply->str);
-            freeReplyObject(reply);
-            disconnect(r, why);
-            return -1;
-        }
-        freeReplyObject(reply);
-    }
+    if (u->password[0] && authenticate(r) < 0)
+        return -1;
     if (u->db) {
         c.argc = 0;
         arg(&c, "SELECT");
         arg(&c, "%d", u->db);
         if (!(reply = command(r, c.argc)))
             return -1;
-        if (reply->type == REDIS_REPLY_ERROR) {
-            snprintf(why, sizeof(why), "SELECT %d refused: %.120s", u->db, reply->str);
+        if (reply->type != REDIS_REPLY_STATUS) {
+            if (reply->type == REDIS_REPLY_ERROR)
+                snprintf(why, sizeof(why), "SELECT %d refused: %.120s", u->db, reply->str);
+            else
+                unexpected(why, sizeof(why), "SELECT", reply);
             freeReplyObject(reply);
             disconnect(r, why);
             return -1;
@@ -521,9 +899,11 @@ static int connect_store(struct store_redis *r)
         r->argl[2] = strlen(scripts[i]);
         if (!(reply = command(r, 3)))
             return -1;
-        if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
-            snprintf(why, sizeof(why), "SCRIPT LOAD refused: %.120s",
-                     reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected answer");
+        if (!is_sha(reply)) {
+            if (reply->type == REDIS_REPLY_ERROR)
+                snprintf(why, sizeof(why), "SCRIPT LOAD refused: %.120s", reply->str);
+            else
+                unexpected(why, sizeof(why), "SCRIPT LOAD", reply);
             freeReplyObject(reply);
             disconnect(r, why);
             return -1;
@@ -547,11 +927,15 @@ static int connect_store(struct store_redis *r)
 
 /* ---- The thread ----------------------------------------------------------- */
 
-/* Send the batch as one pipeline and read every answer. On an I/O error
- * the requests not answered yet get 503 (refusals, never guesses). */
+/* Send the batch as one pipeline and read every answer, all within
+ * STORE_CMD_TIMEOUT_MS. On an I/O error or an answer the store cannot
+ * have meant, the requests not answered yet get 503 (refusals, never
+ * guesses) and the connection is dropped. */
 static void run_batch(struct store_redis *r, struct store_req **b, int n)
 {
     int sent = 0, got = 0;
+    int64_t deadline;
+    char why[200];
 
     for (int i = 0; i < n; i++)
         b[i]->status = (int)b[i]->op == OP_AUTH_ATTEMPT ? -1 : 503;
@@ -563,11 +947,15 @@ static void run_batch(struct store_redis *r, struct store_req **b, int n)
             break;
     }
     wipe_mem(r->argbuf, ARGS_MAX * ARG_BYTES);
+    deadline = clock_now_ms() + STORE_CMD_TIMEOUT_MS;
+    if (sent > 0 && flush_out(r, deadline, why, sizeof(why)) < 0) {
+        disconnect(r, why);
+        sent = 0;
+    }
     for (; got < sent; got++) {
-        redisReply *reply = NULL;
-        if (redisGetReply(r->c, (void **)&reply) != REDIS_OK || !reply) {
-            char why[160];
-            snprintf(why, sizeof(why), "%s", r->c->errstr[0] ? r->c->errstr : "no answer");
+        redisReply *reply = get_reply(r, deadline, why, sizeof(why));
+        int rc;
+        if (!reply) {
             disconnect(r, why);
             break;
         }
@@ -578,8 +966,12 @@ static void run_batch(struct store_redis *r, struct store_req **b, int n)
             disconnect(r, "the store lost its scripts (NOSCRIPT)");
             break;
         }
-        read_reply(r, b[got], reply);
+        rc = read_reply(r, b[got], reply, why, sizeof(why));
         freeReplyObject(reply);
+        if (rc < 0) {
+            disconnect(r, why);
+            break;
+        }
     }
     for (int i = got; i < n; i++)
         if (b[i]->op == STORE_UPGRADE)
@@ -614,12 +1006,19 @@ static void renew(struct store_redis *r)
         for (int i = 0; i < m; i++)
             arg(&c, "%s", copy[start + i].id);
         reply = command(r, c.argc);
-        if (reply) {
-            if (reply->type == REDIS_REPLY_ERROR)
-                log_error("state store %s: lease renewal refused: %.200s", r->base.name,
-                          reply->str);
+        if (!reply)
+            break;
+        if (reply->type == REDIS_REPLY_ERROR) {
+            log_error("state store %s: lease renewal refused: %.200s", r->base.name,
+                      reply->str);
+        } else if (reply->type != REDIS_REPLY_INTEGER || reply->integer != m) {
+            char why[200];
+            unexpected(why, sizeof(why), "a lease renewal", reply);
             freeReplyObject(reply);
+            disconnect(r, why);
+            break;
         }
+        freeReplyObject(reply);
     }
     free(copy);
 }
@@ -632,8 +1031,16 @@ static void ping(struct store_redis *r)
     r->argl[0] = 4;
     r->last_ping_ms = clock_now_ms();
     reply = command(r, 1);
-    if (reply)
+    if (!reply)
+        return;
+    if (reply->type != REDIS_REPLY_STATUS || reply->len != 4 || memcmp(reply->str, "PONG", 4)) {
+        char why[200];
+        unexpected(why, sizeof(why), "PING", reply);
         freeReplyObject(reply);
+        disconnect(r, why);
+        return;
+    }
+    freeReplyObject(reply);
 }
 
 /* Hand answered requests to whoever waits for them. */

@@ -5,7 +5,7 @@
 # Usage: tests/fuzz/run.sh [SECONDS] [TARGET...]
 #   SECONDS  per target, default 30 (scripts/test.sh uses 10)
 #   TARGET   fuzz_proto, fuzz_access, fuzz_keyformat, fuzz_netguard, fuzz_wsframe,
-#            fuzz_sshsig (all
+#            fuzz_sshsig, fuzz_store_reply (all
 #            when none is named)
 # Env: FUZZ_BUILD_DIR (default build-fuzz in the repository), FUZZ_JOBS
 #      (parallel runs of one target, default 1), CC (default clang).
@@ -25,7 +25,7 @@ shift || true
 case "$secs" in ''|*[!0-9]*) echo "run.sh: SECONDS must be a number" >&2; exit 2 ;; esac
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=(fuzz_proto fuzz_access fuzz_keyformat fuzz_netguard fuzz_wsframe
-                                       fuzz_sshsig)
+                                       fuzz_sshsig fuzz_store_reply)
 out="${FUZZ_BUILD_DIR:-$root/build-fuzz}"
 cc="${CC:-clang}"
 command -v "$cc" >/dev/null || { echo "run.sh: $cc not found (scripts/deps.sh --test installs clang)" >&2; exit 1; }
@@ -40,6 +40,7 @@ sources_for() {
     fuzz_netguard) echo "relay/netguard.c" ;;
     fuzz_wsframe) echo "relay/wsframe.c proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
     fuzz_sshsig) echo "relay/sshsig.c proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
+    fuzz_store_reply) echo "relay/store_redis.c relay/store.c relay/store_embedded.c relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c relay/metrics.c proto/wipe.c relay/config.c relay/log.c" ;;
     *) echo "run.sh: unknown target $1" >&2; return 1 ;;
   esac
 }

@@ -2,7 +2,8 @@
  * test starts itself on a loopback port, with its own config and no
  * persistence: challenge rate and single use, cookie ids, live-session
  * leases across two stores (two relays), the auth budget, spray, the TTL
- * and names of every key, and the store going away and coming back. */
+ * and names of every key, the bounded queue in front of a store that
+ * stopped answering, and the store going away and coming back. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -363,6 +364,56 @@ static void test_keys(void)
     CHECK(n > 0);
 }
 
+/* STORE_QUEUE_MAX: a store that is connected but answers nothing (the
+ * real server stopped with SIGSTOP) holds at most one batch in flight and
+ * STORE_QUEUE_MAX requests queued; every request past that is refused at
+ * once with 503, the queued ones are answered 503 when the round trip
+ * times out, and the store is used again once the server runs. */
+static void test_queue_bound(struct store *a)
+{
+    const int total = STORE_QUEUE_MAX + STORE_BATCH_MAX + 200;
+    struct store_req *rq = calloc((size_t)total, sizeof(*rq));
+    int pending = 0, refused = 0, answered = 0, all_503 = 1;
+    int64_t deadline;
+
+    CHECK(rq != NULL);
+    if (!rq)
+        return;
+    CHECK(kill(server_pid, SIGSTOP) == 0);
+    for (int i = 0; i < total; i++) {
+        req(&rq[i], STORE_CHALLENGE, "198.51.100.50");
+        if (store_submit(a, &rq[i]) == STORE_PENDING) {
+            pending++;
+        } else {
+            refused++;
+            all_503 &= rq[i].status == 503;
+        }
+    }
+    /* One batch may have left the queue for the wire before it filled. */
+    CHECK(pending >= STORE_QUEUE_MAX && pending <= STORE_QUEUE_MAX + STORE_BATCH_MAX);
+    CHECK(refused == total - pending && refused >= total - STORE_QUEUE_MAX - STORE_BATCH_MAX);
+    CHECK(all_503);
+    if (pending > STORE_QUEUE_MAX + STORE_BATCH_MAX)
+        fprintf(stderr, "%d requests queued for a stopped store\n", pending);
+    deadline = clock_now_ms() + STORE_CMD_TIMEOUT_MS + 3000;
+    while (answered < pending && clock_now_ms() < deadline) {
+        struct store_req *got = store_take_done(a);
+        if (!got)
+            usleep(10 * 1000);
+        for (; got; got = got->next) {
+            answered++;
+            all_503 &= got->status == 503;
+        }
+    }
+    CHECK(answered == pending);
+    CHECK(all_503);
+    CHECK(!store_ready(a));
+    CHECK(kill(server_pid, SIGCONT) == 0);
+    CHECK(wait_ready(a, 1, STORE_BACKOFF_MAX_MS + 2 * STORE_CMD_TIMEOUT_MS + 3000));
+    CHECK(challenge(a, "198.51.100.51", 1, NULL) == 200);
+    free(rq);
+}
+
 static void test_store_away(struct store *a)
 {
     struct store_req r;
@@ -442,6 +493,7 @@ int main(void)
     test_spray(a, b);
     test_auth_budget(a, b);
     test_keys();
+    test_queue_bound(a);
     test_store_away(a);
 
     store_free(b);
