@@ -684,7 +684,8 @@ static int sftp_checks(struct probe *p)
 
     json_object_set_new(p->report, "extensions", ext);
     p->sink.post = sink_drop;
-    p->ops = sftp_ops_new(&p->c, &p->sink, p->cfg.list_max_entries);
+    p->ops = sftp_ops_new(&p->c, &p->sink, p->cfg.list_max_entries,
+                          p->cfg.op_timeout_secs);
     if (!p->ops) {
         fail(p, "sftp", "io", "out of memory");
         return -1;

@@ -74,6 +74,7 @@ struct sftp_ops {
     struct ssh_conn *c;
     const struct sftp_sink *sink;
     long max_list_entries;
+    int op_secs;          /* SFTP_OP_TIMEOUT_SECS */
     struct whandle writes[SFTP_MAX_WRITE_HANDLES];
     struct rhandle reads[PROTO_MAX_READ_HANDLES];
     struct failed_write failed[FAILED_WRITES_KEPT];
@@ -147,6 +148,13 @@ static void reply_status(int rc, unsigned long st, struct op_reply *r)
             reply_error(r, "connection to the SFTP server lost", "io");
         return;
     }
+    /* libssh2 reports the server's protocol violations (a reply too long,
+     * too short, of the wrong type or at the wrong offset) as an SFTP
+     * failure with status OK: no server said "OK, failed". */
+    if (st == LIBSSH2_FX_OK) {
+        reply_error(r, "the SFTP server sent an invalid reply", "io");
+        return;
+    }
     for (size_t i = 0; i < sizeof(sftp_status) / sizeof(sftp_status[0]); i++) {
         if (sftp_status[i].status == st) {
             reply_error(r, sftp_status[i].msg, sftp_status[i].code);
@@ -218,6 +226,33 @@ static void emit_abort(struct sftp_ops *o, int binary)
     /* Even without memory for the marker the message never completes: the
      * worker ends the session after a cut-short answer. */
     emit(o, f, NULL);
+}
+
+/* libssh2's timeout bounds one libssh2 call, but a read chunk or a list
+ * fragment takes many calls, each of which returns as soon as anything
+ * came: a server answering a little just before each timeout would make
+ * one operation last for ever. So each such step gets a deadline, and
+ * every call within it only what is left of it. Returns 0, or
+ * LIBSSH2_ERROR_TIMEOUT when the deadline has passed. */
+static int time_left(struct sftp_ops *o, int64_t deadline_ms)
+{
+    int64_t left = deadline_ms - clock_now_ms();
+
+    if (left <= 0)
+        return LIBSSH2_ERROR_TIMEOUT;
+    ssh_set_timeout(o->c, (int)((left + 999) / 1000));
+    return 0;
+}
+
+static int64_t deadline_from_now(const struct sftp_ops *o)
+{
+    return clock_now_ms() + (int64_t)o->op_secs * 1000;
+}
+
+/* Back to the whole operation timeout for the calls that follow. */
+static void time_reset(struct sftp_ops *o)
+{
+    ssh_set_timeout(o->c, o->op_secs);
 }
 
 static int sstat(struct sftp_ops *o, const char *path, int how, LIBSSH2_SFTP_ATTRIBUTES *a)
@@ -406,6 +441,7 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
     struct listing l = {0};
     size_t dirlen = strlen(q->path);
     char name[NAME_MAX_BYTES], head[64];
+    int64_t deadline = deadline_from_now(o);
     int rc, n, sent;
 
     if (!dh) {
@@ -418,7 +454,8 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
                  (unsigned long)q->id);
     if (list_put(&l, head, (size_t)n) < 0)
         goto nomem;
-    while ((rc = libssh2_sftp_readdir(dh, name, sizeof(name), &a)) > 0) {
+    while ((rc = time_left(o, deadline)) == 0 &&
+           (rc = libssh2_sftp_readdir(dh, name, sizeof(name), &a)) > 0) {
         json_t *e;
         if ((rc == 1 && name[0] == '.') || (rc == 2 && name[0] == '.' && name[1] == '.'))
             continue;
@@ -435,7 +472,11 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
         json_decref(e);
         if (n < 0)
             goto nomem;
-        sent = l.len >= LIST_FRAGMENT_BYTES ? list_flush(o, &l, 0) : 0;
+        sent = 0;
+        if (l.len >= LIST_FRAGMENT_BYTES) {
+            sent = list_flush(o, &l, 0);
+            deadline = deadline_from_now(o);
+        }
         if (sent == LIST_E_NOMEM)
             goto nomem;
         if (sent < 0)
@@ -464,6 +505,7 @@ gone:
     /* Answered in full, or the browser left: either way nothing to add. */
     r->streamed = 1;
 out:
+    time_reset(o);
     free(l.buf);
     libssh2_sftp_closedir(dh);
 }
@@ -556,21 +598,27 @@ static void op_rename(struct sftp_ops *o, const struct op_call *in, struct op_re
         reply_ok(r, NULL);
 }
 
-/* Read until `want` bytes or end of file; libssh2 returns as soon as some
- * data is there. Returns bytes read or a negative libssh2 code. */
-static ssize_t read_full(LIBSSH2_SFTP_HANDLE *h, unsigned char *buf, size_t want)
+/* Read until `want` bytes or end of file, within one operation timeout;
+ * libssh2 returns as soon as some data is there. Returns bytes read or a
+ * negative libssh2 code. */
+static ssize_t read_full(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h, unsigned char *buf,
+                         size_t want)
 {
+    int64_t deadline = deadline_from_now(o);
+    ssize_t rc = 0;
     size_t n = 0;
 
     while (n < want) {
-        ssize_t rc = libssh2_sftp_read(h, (char *)buf + n, want - n);
+        rc = time_left(o, deadline);
         if (rc < 0)
-            return rc;
-        if (rc == 0)
+            break;
+        rc = libssh2_sftp_read(h, (char *)buf + n, want - n);
+        if (rc <= 0)
             break;
         n += (size_t)rc;
     }
-    return (ssize_t)n;
+    time_reset(o);
+    return rc < 0 ? rc : (ssize_t)n;
 }
 
 /* How much upload to keep in flight on this connection. libssh2 turns
@@ -676,7 +724,7 @@ static void op_read(struct sftp_ops *o, const struct op_call *in, struct op_repl
             reply_error(r, "out of memory", "io");
             goto failed;
         }
-        n = read_full(h, frame_data(f), want);
+        n = read_full(o, h, frame_data(f), want);
         if (n < 0) {
             reply_sftp_error(o, (int)n, r);
             goto failed;
@@ -976,7 +1024,7 @@ static struct frame *read_chunk(struct sftp_ops *o, struct rhandle *rh, int *rc,
         *status = 0;
         return NULL;
     }
-    n = read_full(rh->h, frame_data(f), PROTO_READ_CHUNK_BYTES);
+    n = read_full(o, rh->h, frame_data(f), PROTO_READ_CHUNK_BYTES);
     if (n < 0) {
         frame_free(f);
         *rc = (int)n;
@@ -1084,7 +1132,7 @@ void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req, const uin
 }
 
 struct sftp_ops *sftp_ops_new(struct ssh_conn *c, const struct sftp_sink *sink,
-                              long max_list_entries)
+                              long max_list_entries, int op_secs)
 {
     struct sftp_ops *o = calloc(1, sizeof(*o));
 
@@ -1092,6 +1140,7 @@ struct sftp_ops *sftp_ops_new(struct ssh_conn *c, const struct sftp_sink *sink,
         o->c = c;
         o->sink = sink;
         o->max_list_entries = max_list_entries;
+        o->op_secs = op_secs;
     }
     return o;
 }

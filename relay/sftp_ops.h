@@ -53,12 +53,14 @@ struct op_reply {
 };
 
 /* Per-session state over `c` and `sink` (borrowed; must outlive it);
- * `max_list_entries` bounds one `list` (SFTP_LIST_MAX_ENTRIES). NULL when
+ * `max_list_entries` bounds one `list` (SFTP_LIST_MAX_ENTRIES), `op_secs`
+ * the time one operation, one 256 KiB read chunk or one list fragment may
+ * take (SFTP_OP_TIMEOUT_SECS, also set on `c`). NULL when
  * out of memory. Free with sftp_ops_free(), which closes every handle and removes
  * the files of uploads still open (they were never completed; uploads
  * opened with "resume" keep theirs for the next session to continue). */
 struct sftp_ops *sftp_ops_new(struct ssh_conn *c, const struct sftp_sink *sink,
-                              long max_list_entries);
+                              long max_list_entries, int op_secs);
 void sftp_ops_free(struct sftp_ops *o);
 
 /* Run one request; `data`/`len` is the binary payload of write verbs. */

@@ -420,6 +420,11 @@ static int login_key(struct ssh_conn *c, const struct proto_auth *a, char *err, 
 
 /* libssh2's own size of an SFTP READ request. */
 #define SFTP_READ_SIZE_DEFAULT 30000
+/* libssh2 keeps up to four read buffers' worth of READ requests in flight
+ * (1 MiB for our 256 KiB chunks), one allocation each: a server promising
+ * 1-byte reads would have it queue a million requests per chunk. A promise
+ * below this is taken for no promise at all. */
+#define SFTP_READ_SIZE_MIN 4096
 
 /* Pipelined reads only work when the server answers each request in full:
  * a short answer in the middle of a file fails the whole read. So the size
@@ -433,7 +438,7 @@ static void size_reads(struct ssh_conn *c)
 #ifdef LIBSSH2_SFTP_HAS_READ_SIZE
     LIBSSH2_SFTP_LIMITS lim;
 
-    if (libssh2_sftp_limits(c->sftp, &lim) == 0 && lim.max_read_length > 0) {
+    if (libssh2_sftp_limits(c->sftp, &lim) == 0 && lim.max_read_length >= SFTP_READ_SIZE_MIN) {
         size_t want = lim.max_read_length > SIZE_MAX ? SIZE_MAX : (size_t)lim.max_read_length;
         c->read_size = libssh2_sftp_set_read_size(c->sftp, want);
     }

@@ -216,7 +216,8 @@ static int authenticate(struct worker *w, struct job *j)
     }
     w->sink.post = sink_post;
     w->sink.arg = s;
-    w->ops = sftp_ops_new(&w->c, &w->sink, w->cfg->list_max_entries);
+    w->ops = sftp_ops_new(&w->c, &w->sink, w->cfg->list_max_entries,
+                          w->cfg->op_timeout_secs);
     if (!w->ops) {
         post_text(s, proto_error(j->req.id, "out of memory", "io"));
         w->reason = "out of memory";

@@ -46,10 +46,12 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
 # redis-server and haproxy run the several-relays tests (test_scale.py and the
 # store unit test start their own, on loopback; Debian 13 may use
 # valkey-server instead, which the tests pick when redis-server is absent).
+# python3-paramiko is the SSH side of the hostile SFTP server
+# (tests/integration/hostile_sftp.py, test_hostile_sftp.py).
 TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-timeout
            python3-websocket python3-websockets valgrind clang libclang-rt-dev llvm caddy nginx
            systemd openssl chromium iproute2 python3-prometheus-client python3-yaml man-db
-           groff-base python3-cryptography redis-server haproxy)
+           groff-base python3-cryptography redis-server haproxy python3-paramiko)
 
 # shellcheck source=scripts/apt-mirror.sh
 . "$ROOT/scripts/apt-mirror.sh"

@@ -1,0 +1,592 @@
+"""A hostile SFTP server (hostile_sftp.py: paramiko for SSH, SFTP written by
+hand) must not make the relay's memory, threads or descriptors grow without
+bound, stop its service thread or crash it: every length from the network
+is checked (by libssh2 or the relay), every wait ends. Each scenario asserts
+the exact answer the browser gets, that the relay stays healthy (/health,
+and a session on the real sshd still works) and that RSS, threads and
+descriptors come back."""
+
+import json
+import struct
+import time
+import threading
+
+import pytest
+import websocket
+
+import hostile_sftp as hs
+import procinfo
+from helpers import LOCAL, login
+from relay import relay_binary
+from wsclient import open_session
+
+ASAN = procinfo.is_asan_binary(relay_binary())
+# RSS growth allowed across a scenario (ASan keeps up to 16 MiB of freed
+# memory in quarantine here; see procinfo.asan_env).
+RSS_SLACK_KIB = (48 if ASAN else 24) * 1024
+# The operation timeout of the relays of this module: long enough for a
+# loaded machine, short enough that the stalls of this file take seconds.
+OP_TIMEOUT_SECS = 3
+LOST = {"error": "connection to the SFTP server lost", "code": "io"}
+TIMEOUT = {"error": "the SFTP server did not answer in time", "code": "timeout"}
+INVALID = {"error": "the SFTP server sent an invalid reply", "code": "io"}
+MiB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------
+# Scenarios: the user name of the login picks one.
+
+class EndlessReaddir(hs.Scenario):
+    """Every READDIR answers 100 new names: the directory never ends."""
+    def on_readdir(self, rid, p):
+        n = self.dir_sent.get(b"n", 0)
+        self.dir_sent[b"n"] = n + 100
+        names = b"".join(hs.name_entry("n%d" % (n + i)) for i in range(100))
+        self.send(hs.NAME, rid, hs.u32(100) + names)
+
+
+class MillionEntries(hs.Scenario):
+    """1,000,000 entries, 1000 per NAME packet, then EOF."""
+    TOTAL = 1000000
+    PER = 1000
+
+    def on_readdir(self, rid, p):
+        n = self.dir_sent.get(b"n", 0)
+        if n >= self.TOTAL:
+            self.status(rid, hs.FX_EOF, "eof")
+            return
+        self.dir_sent[b"n"] = n + self.PER
+        names = b"".join(hs.name_entry("m%07d" % (n + i)) for i in range(self.PER))
+        self.send(hs.NAME, rid, hs.u32(self.PER) + names)
+
+
+class LongName(hs.Scenario):
+    """One name of 256 KiB (the NAME packet is over libssh2's 256 KiB
+    packet limit, which READDIR answers are exempt from)."""
+    def on_readdir(self, rid, p):
+        self.send(hs.NAME, rid, hs.u32(1) + hs.name_entry("L" * (256 * 1024)))
+
+
+class CountLie(hs.Scenario):
+    """NAME says 2^31 entries and carries one."""
+    def on_readdir(self, rid, p):
+        self.send(hs.NAME, rid, hs.u32(1 << 31) + hs.name_entry("only"))
+
+
+class HugeNamePacket(hs.Scenario):
+    """A NAME packet of 2^32-1 bytes that keeps coming: libssh2 exempts
+    READDIR answers from its 256 KiB packet limit."""
+    FLOOD = 512 * MiB
+
+    def on_readdir(self, rid, p):
+        self.send_raw(hs.u32(0xFFFFFFFF) + bytes([hs.NAME]) + hs.u32(rid) + hs.u32(1))
+        block = b"\0" * MiB
+        for _ in range(self.FLOOD // MiB):
+            self.send_raw(block)
+
+
+class StatLengthMax(hs.Scenario):
+    def on_stat(self, rid, p):
+        self.send_raw(hs.u32(0xFFFFFFFF) + bytes([hs.ATTRS]) + hs.u32(rid) + b"\0" * 64)
+
+
+class StatLengthShort(hs.Scenario):
+    def on_stat(self, rid, p):
+        self.send_raw(hs.u32(3) + bytes([hs.ATTRS]) + hs.u32(rid) + b"\0" * 64)
+
+
+class StatWrongId(hs.Scenario):
+    def on_stat(self, rid, p):
+        self.send(hs.ATTRS, rid + 1000, hs.attrs(is_dir=True))
+
+
+class StatUnsolicitedFlood(hs.Scenario):
+    """Before each STAT answer, 256 MiB of DATA replies to requests never
+    sent (ids far ahead of any the relay used)."""
+    FLOOD = 256 * MiB
+    PACKET = 200 * 1024
+
+    def on_stat(self, rid, p):
+        payload = hs.sstr(b"\0" * self.PACKET)
+        for i in range(self.FLOOD // self.PACKET):
+            self.send(hs.DATA, 0x40000000 + i, payload)
+        super().on_stat(rid, p)
+
+
+class StaleRepliesFlood(hs.Scenario):
+    """Before each STAT answer, 256 MiB of DATA replies again carrying the
+    ids of requests already answered."""
+    FLOOD = 256 * MiB
+    PACKET = 200 * 1024
+
+    def on_stat(self, rid, p):
+        payload = hs.sstr(b"\0" * self.PACKET)
+        for i in range(self.FLOOD // self.PACKET):
+            self.send(hs.DATA, i % max(rid, 1), payload)
+        super().on_stat(rid, p)
+
+
+class DuplicateReplies(hs.Scenario):
+    """Every reply is sent twice."""
+    def send(self, ptype, rid, payload=b""):
+        super().send(ptype, rid, payload)
+        super().send(ptype, rid, payload)
+
+
+class ReadTooMuch(hs.Scenario):
+    """READ answers 100 bytes more than asked (a file of 100 MiB)."""
+    file_size = 100 * MiB
+
+    def on_read(self, rid, p):
+        h, off = self.string(p)
+        _, length = struct.unpack(">QI", p[off:off + 12])
+        self.send(hs.DATA, rid, hs.sstr(b"y" * (length + 100)))
+
+
+class DataLengthLie(hs.Scenario):
+    """DATA whose string length is larger than its packet."""
+    file_size = 100 * MiB
+
+    def on_read(self, rid, p):
+        h, off = self.string(p)
+        _, length = struct.unpack(">QI", p[off:off + 12])
+        self.send(hs.DATA, rid, hs.u32(length + 1000) + b"y" * length)
+
+
+class LimitsTiny(hs.Scenario):
+    """limits@openssh.com promising 1-byte reads; the file is 1 MiB."""
+    limits = (1, 1, 1, 1)
+    file_size = MiB
+
+
+class LimitsHuge(hs.Scenario):
+    limits = (2 ** 64 - 1,) * 4
+    file_size = MiB
+
+
+class StatvfsZero(hs.Scenario):
+    def statvfs(self):
+        return hs.u64(0) * 11
+
+
+class StatvfsMax(hs.Scenario):
+    def statvfs(self):
+        return hs.u64(2 ** 64 - 1) * 11
+
+
+class HugeHandle(hs.Scenario):
+    """OPEN answers a 1 MiB handle."""
+    def on_open(self, rid, p):
+        self.send(hs.HANDLE, rid, hs.sstr(b"H" * MiB))
+
+
+class StatusOkNoHandle(hs.Scenario):
+    """OPEN answers STATUS OK and then never the HANDLE libssh2 waits for;
+    a HANDLE arrives for another request id instead."""
+    def on_open(self, rid, p):
+        self.status(rid, hs.FX_OK, "ok")
+        self.send(hs.HANDLE, rid + 7, hs.sstr(b"h"))
+
+
+class ReadStall(hs.Scenario):
+    """READ is never answered (the server stops mid-transfer)."""
+    file_size = 10 * MiB
+
+    def on_read(self, rid, p):
+        pass
+
+
+class ReadDrip(hs.Scenario):
+    """Each READ answer trickles in at one byte a second."""
+    file_size = 10 * MiB
+
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.stop = threading.Event()
+
+    def on_read(self, rid, p):
+        h, off = self.string(p)
+        _, length = struct.unpack(">QI", p[off:off + 12])
+        body = bytes([hs.DATA]) + hs.u32(rid) + hs.sstr(b"z" * length)
+        packet = hs.u32(len(body)) + body
+        for i in range(len(packet)):
+            self.send_raw(packet[i:i + 1])
+            if self.stop.wait(1):
+                return
+
+
+class ListDrip(hs.Scenario):
+    """READDIR answers one name a second: each wait is short, the listing
+    never ends."""
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.n = 0
+        self.stop = threading.Event()
+
+    def on_readdir(self, rid, p):
+        if self.stop.wait(1):
+            return
+        self.n += 1
+        self.send(hs.NAME, rid, hs.u32(1) + hs.name_entry("drip%d" % self.n))
+
+
+SCENARIOS = {cls.__name__: cls for cls in [
+    hs.Scenario, EndlessReaddir, MillionEntries, LongName, CountLie, HugeNamePacket,
+    StatLengthMax, StatLengthShort, StatWrongId, StatUnsolicitedFlood, StaleRepliesFlood,
+    DuplicateReplies, ReadTooMuch, DataLengthLie, LimitsTiny, LimitsHuge, StatvfsZero,
+    StatvfsMax, HugeHandle, StatusOkNoHandle, ReadStall, ReadDrip, ListDrip]}
+
+
+# --------------------------------------------------------------------------
+# Fixtures and checks.
+
+@pytest.fixture(scope="module")
+def hostile():
+    server = hs.HostileServer(SCENARIOS)
+    yield server
+    server.close()
+    assert not server.errors, server.errors
+
+
+@pytest.fixture
+def relay(relay_factory, hostile):
+    return relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=OP_TIMEOUT_SECS,
+                         **procinfo.asan_env(relay_binary()))
+
+
+def attack(relay, hostile, scenario):
+    """A logged-in session on the hostile server playing `scenario`."""
+    s = open_session(relay, LOCAL, hostile.port)
+    try:
+        s.expect_host_key()
+        s.accept_host_key()
+        assert s.auth_password(scenario, "any") == {"id": 1, "result": {}}
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class Usage:
+    """RSS, threads and descriptors of the relay before a scenario."""
+
+    def __init__(self, relay):
+        self.pid = relay.proc.pid
+        self.rss = procinfo.rss_kib(self.pid)
+        self.threads = procinfo.thread_count(self.pid)
+        self.fds = procinfo.fd_count(self.pid)
+
+    def check(self, relay, sshd, slack_kib=RSS_SLACK_KIB):
+        """The relay is healthy, serves a real server, and is back to about
+        the memory, threads and descriptors it had."""
+        status, _, _ = relay.http("GET", "/health")
+        assert status == 200
+        s = login(relay, sshd)
+        try:
+            assert s.ok("stat", path="/")["isDir"] is True
+        finally:
+            s.close()
+        pid = self.pid
+        from helpers import wait_until
+        assert wait_until(lambda: procinfo.thread_count(pid) <= self.threads, 10), \
+            (self.threads, procinfo.thread_count(pid))
+        assert wait_until(lambda: procinfo.fd_count(pid) <= self.fds, 10), \
+            (self.fds, procinfo.fd_targets(pid))
+        rss = procinfo.rss_kib(pid)
+        peak = procinfo.status_field(pid, "VmHWM")
+        print("RSS %d -> %d KiB, peak %d KiB" % (self.rss, rss, peak))
+        assert peak < self.rss + slack_kib, (self.rss, peak)
+
+
+def strip_id(resp):
+    return {k: v for k, v in resp.items() if k != "id"}
+
+
+# --------------------------------------------------------------------------
+# The honest baseline: the fake server itself works through the relay.
+
+def test_honest_fake_server_works(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "Scenario")
+    assert s.ok("stat", path="/f") == {"mtime": hs.MTIME, "size": 1000, "isDir": False}
+    entries = s.ok("list", path="/d")["entries"]
+    assert [e["name"] for e in entries] == ["e0", "e1", "e2"]
+    assert s.ok("fs_info", path="/") == {"supported": True, "freeBytes": 500 * 4096,
+                                         "totalBytes": 1000 * 4096}
+    assert s.download("/f") == b"x" * 1000
+    s.close()
+    use.check(relay, sshd)
+
+
+def expect_fatal(s, resp, want):
+    """`resp` is `want`, and the relay then ends the session."""
+    assert strip_id(resp) == want, resp
+    assert s.expect_closed(timeout=15) == []
+
+
+def timed_call(s, method, **params):
+    t0 = time.monotonic()
+    resp = s.call(method, params, timeout=OP_TIMEOUT_SECS * 4 + 10)
+    return resp, time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------
+# list: complete or an error, memory bounded whatever the server sends.
+
+def test_endless_directory_fails_as_too_large(relay_factory, hostile, sshd):
+    relay = relay_factory(extra_ports=(hostile.port,), SFTP_LIST_MAX_ENTRIES=1000,
+                          **procinfo.asan_env(relay_binary()))
+    use = Usage(relay)
+    s = attack(relay, hostile, "EndlessReaddir")
+    assert strip_id(s.call("list", path="/d", timeout=30)) == \
+        {"error": "directory too large", "code": "limit"}
+    assert s.ok("stat", path="/f")["size"] == 1000   # the session goes on
+    s.close()
+    use.check(relay, sshd)
+
+
+def test_endless_directory_past_a_fragment_is_cut_never_complete(relay_factory, hostile, sshd):
+    """Past the first 256 KiB fragment an error can no longer be an answer:
+    the message is cut and the WebSocket closes (no complete message)."""
+    relay = relay_factory(extra_ports=(hostile.port,), SFTP_LIST_MAX_ENTRIES=20000,
+                          **procinfo.asan_env(relay_binary()))
+    use = Usage(relay)
+    s = attack(relay, hostile, "EndlessReaddir")
+    s.send_request("list", {"path": "/d"})
+    assert s.expect_closed(timeout=60) == []
+    use.check(relay, sshd)
+
+
+def recv_message(s, timeout):
+    """The next data message, read frame by frame: websocket-client joins
+    fragments by appending (quadratic for ~100 MiB, holding the GIL the
+    hostile server's threads in this process need too)."""
+    s.ws.settimeout(timeout)
+    parts = []
+    while True:
+        f = s.ws.recv_frame()
+        if f.opcode == websocket.ABNF.OPCODE_PING:
+            s.ws.pong(f.data)
+            continue
+        if f.opcode == websocket.ABNF.OPCODE_PONG:
+            continue
+        assert f.opcode != websocket.ABNF.OPCODE_CLOSE, "closed after %d frames" % len(parts)
+        parts.append(f.data)
+        if f.fin:
+            return b"".join(parts)
+
+
+def test_million_entries_are_listed_whole_in_bounded_memory(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "MillionEntries")
+    rid = s.send_request("list", {"path": "/d"})
+    frame = json.loads(recv_message(s, timeout=300))
+    assert frame["id"] == rid and set(frame) == {"id", "result"}, str(frame)[:300]
+    entries = frame["result"]["entries"]
+    assert len(entries) == MillionEntries.TOTAL
+    assert entries[0] == {"name": "m0000000", "path": "/d/m0000000", "size": 0,
+                          "mtime": hs.MTIME, "isDir": False}
+    assert entries[-1]["name"] == "m%07d" % (MillionEntries.TOTAL - 1)
+    del frame, entries
+    s.close()
+    use.check(relay, sshd)
+
+
+def test_name_of_256_kib_is_an_error(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "LongName")
+    assert strip_id(s.call("list", path="/d", timeout=30)) == \
+        {"error": "a name in the directory is too long", "code": "io"}
+    assert s.ok("stat", path="/f")["size"] == 1000
+    s.close()
+    use.check(relay, sshd)
+
+
+def test_name_count_of_2_31_with_one_name_is_an_error(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "CountLie")
+    assert strip_id(s.call("list", path="/d", timeout=30)) == \
+        {"error": "a name in the directory is too long", "code": "io"}
+    assert s.ok("stat", path="/f")["size"] == 1000
+    s.close()
+    use.check(relay, sshd)
+
+
+def test_name_packet_of_4_gib_is_refused_before_it_is_held(relay, hostile, sshd):
+    """libssh2 exempts READDIR answers from its 256 KiB packet limit; our
+    patch bounds them (LIBSSH2_SFTP_READDIR_PACKET_MAXLEN) instead of
+    allocating and filling 2^32-1 bytes."""
+    use = Usage(relay)
+    s = attack(relay, hostile, "HugeNamePacket")
+    expect_fatal(s, s.call("list", path="/d", timeout=120), LOST)
+    use.check(relay, sshd)
+
+
+# --------------------------------------------------------------------------
+# Packet framing and request ids.
+
+def test_packet_length_2_32_minus_1_ends_the_session(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "StatLengthMax")
+    expect_fatal(s, s.call("stat", path="/f", timeout=30), LOST)
+    use.check(relay, sshd)
+
+
+def test_packet_shorter_than_its_header_ends_the_session(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "StatLengthShort")
+    expect_fatal(s, s.call("stat", path="/f", timeout=30), LOST)
+    use.check(relay, sshd)
+
+
+def test_answer_with_a_wrong_request_id_times_out(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "StatWrongId")
+    resp, secs = timed_call(s, "stat", path="/f")
+    assert OP_TIMEOUT_SECS - 1 <= secs < OP_TIMEOUT_SECS * 2 + 2, secs
+    expect_fatal(s, resp, TIMEOUT)
+    use.check(relay, sshd)
+
+
+def flood_relay(relay_factory, hostile):
+    """Sending 256 MiB through paramiko takes longer than OP_TIMEOUT_SECS."""
+    return relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=60,
+                         **procinfo.asan_env(relay_binary()))
+
+
+def test_flood_of_replies_to_requests_never_sent_is_dropped(relay_factory, hostile, sshd):
+    """256 MiB of DATA for ids the relay never used: dropped as they come
+    (our libssh2 patch), the real answer still arrives."""
+    relay = flood_relay(relay_factory, hostile)
+    use = Usage(relay)
+    s = attack(relay, hostile, "StatUnsolicitedFlood")
+    assert s.ok("stat", path="/f", timeout=120)["size"] == 1000
+    s.close()
+    use.check(relay, sshd)
+
+
+def test_flood_of_stale_replies_ends_the_session_in_bounded_memory(relay_factory, hostile, sshd):
+    """256 MiB of DATA again for an id already answered: libssh2 would keep
+    them all; with the patch the session fails at 64 MiB unclaimed."""
+    relay = flood_relay(relay_factory, hostile)
+    use = Usage(relay)
+    s = attack(relay, hostile, "StaleRepliesFlood")
+    expect_fatal(s, s.call("stat", path="/f", timeout=120), LOST)
+    use.check(relay, sshd, slack_kib=RSS_SLACK_KIB + 64 * 1024)
+
+
+def test_duplicated_replies_are_harmless(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "DuplicateReplies")
+    for _ in range(100):
+        assert s.ok("stat", path="/f") == {"mtime": hs.MTIME, "size": 1000, "isDir": False}
+    assert [e["name"] for e in s.ok("list", path="/d")["entries"]] == ["e0", "e1", "e2"]
+    assert s.download("/f") == b"x" * 1000
+    s.close()
+    use.check(relay, sshd)
+
+
+# --------------------------------------------------------------------------
+# READ answers.
+
+def read_first_chunk(s):
+    h = s.read_open("/f")
+    return s.call("read_chunk", handle=h, timeout=30)
+
+
+def test_read_answering_more_than_asked_is_refused_without_leaking(relay, hostile, sshd):
+    """libssh2 refuses the reply (FXP_READ response too big); the relay
+    answers an error, not a frame over 256 KiB, and the session goes on.
+    Unpatched libssh2 leaked each refused reply (255 KiB)."""
+    use = Usage(relay)
+    s = attack(relay, hostile, "ReadTooMuch")
+    for _ in range(300):
+        assert strip_id(read_first_chunk(s)) == INVALID
+    s.close()
+    use.check(relay, sshd)
+
+
+def test_data_length_past_its_packet_is_refused_without_leaking(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "DataLengthLie")
+    for _ in range(300):
+        assert strip_id(read_first_chunk(s)) == INVALID
+    s.close()
+    use.check(relay, sshd)
+
+
+@pytest.mark.parametrize("scenario", ["LimitsTiny", "LimitsHuge"])
+def test_absurd_read_limits_still_read_in_256_kib_frames(relay, hostile, sshd, scenario):
+    """limits@openssh.com promising 1-byte reads would have libssh2 queue a
+    million READ requests per chunk; 2^64-1 is clamped to 255 KiB."""
+    use = Usage(relay)
+    s = attack(relay, hostile, scenario)
+    h = s.read_open("/f")
+    sizes, data = s.read_chunks(h, timeout=60)
+    assert sizes == [256 * 1024] * 4 + [0]
+    assert data == b"x" * MiB
+    s.close()
+    use.check(relay, sshd)
+
+
+@pytest.mark.parametrize("scenario,want", [
+    ("StatvfsZero", {"supported": True, "freeBytes": 0, "totalBytes": 0}),
+    # Products past 2^63-1 saturate (sftp_ops_bytes): JSON cannot carry more.
+    ("StatvfsMax", {"supported": True, "freeBytes": 2 ** 63 - 1, "totalBytes": 2 ** 63 - 1}),
+])
+def test_absurd_statvfs_values(relay, hostile, sshd, scenario, want):
+    use = Usage(relay)
+    s = attack(relay, hostile, scenario)
+    assert s.ok("fs_info", path="/") == want
+    s.close()
+    use.check(relay, sshd)
+
+
+# --------------------------------------------------------------------------
+# OPEN answers.
+
+def test_handle_of_1_mib_ends_the_session(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "HugeHandle")
+    expect_fatal(s, s.call("read_open", path="/f", timeout=30), LOST)
+    use.check(relay, sshd)
+
+
+def test_status_ok_instead_of_a_handle_times_out(relay, hostile, sshd):
+    use = Usage(relay)
+    s = attack(relay, hostile, "StatusOkNoHandle")
+    resp, secs = timed_call(s, "read_open", path="/f")
+    assert secs < OP_TIMEOUT_SECS * 2 + 2, secs
+    expect_fatal(s, resp, TIMEOUT)
+    use.check(relay, sshd)
+
+
+# --------------------------------------------------------------------------
+# Servers that stop, or crawl.
+
+@pytest.mark.parametrize("scenario", ["ReadStall", "ReadDrip"])
+def test_server_stopping_or_dripping_mid_read_times_out(relay, hostile, sshd, scenario):
+    use = Usage(relay)
+    s = attack(relay, hostile, scenario)
+    h = s.read_open("/f")
+    resp, secs = timed_call(s, "read_chunk", handle=h)
+    assert secs < OP_TIMEOUT_SECS * 2 + 2, secs
+    expect_fatal(s, resp, TIMEOUT)
+    for run in hostile.runs:
+        if hasattr(run, "stop"):
+            run.stop.set()
+    use.check(relay, sshd)
+
+
+def test_listing_dripping_a_name_a_second_times_out(relay, hostile, sshd):
+    """Each READDIR answers within the operation timeout, the listing would
+    never end: one list fragment gets one operation timeout."""
+    use = Usage(relay)
+    s = attack(relay, hostile, "ListDrip")
+    resp, secs = timed_call(s, "list", path="/d")
+    assert secs < OP_TIMEOUT_SECS * 2 + 2, secs
+    expect_fatal(s, resp, TIMEOUT)
+    for run in hostile.runs:
+        if hasattr(run, "stop"):
+            run.stop.set()
+    use.check(relay, sshd)
