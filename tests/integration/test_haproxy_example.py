@@ -291,14 +291,17 @@ def starts(log):
 
 
 def test_example_changed_only_where_the_test_must(tmp_path):
-    """The substitution itself: a line that changes beyond what it names,
-    or an expected line that is gone, fails."""
+    """The substitution itself fails on a string found more than once, on
+    one not found, and on two that change the same line."""
     with open(EXAMPLE) as f:
         text = f.read()
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="exactly once"):
         substitute_lines(text, [("10.0.0.1", "127.0.0.1")])  # in four lines
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="exactly once"):
         substitute_lines(text, [("bind :8443", "bind :1")])  # not there
+    with pytest.raises(AssertionError):
+        substitute_lines(text, [("server relay1 ", "server r1 "), ("relay1 10.0.0.11", "x")])
+    assert substitute_lines(text, []) == text
 
 
 def test_haproxy_example_is_valid_and_does_what_the_readme_says(tmp_path):
