@@ -389,6 +389,16 @@ def test_log_has_client_and_path_but_no_query_or_cookie(dep, sshd):
     assert "host=" not in text and "purpose=" not in text and "mode=sftp" not in text
 
 
+def test_tunnel_timeout_above_the_relay_default_idle_timeout():
+    with open(EXAMPLE) as f:
+        text = f.read()
+    out = subprocess.run([relay_binary(), "--help"], stdout=subprocess.PIPE).stdout.decode()
+    default_idle = int(re.search(r"^  SFTP_IDLE_TIMEOUT_SECS .*\n +default: (\d+)$",
+                                 out, re.M).group(1))
+    tunnel = int(re.search(r"^\s+timeout tunnel (\d+)s$", text, re.M).group(1))
+    assert tunnel > default_idle, (tunnel, default_idle)
+
+
 def test_quiet_session_outlives_haproxy_timeouts_until_the_relay_ends_it(dep, sshd):
     with open(EXAMPLE) as f:
         text = f.read()
@@ -397,12 +407,6 @@ def test_quiet_session_outlives_haproxy_timeouts_until_the_relay_ends_it(dep, ss
     for name in ("client", "server"):
         secs = int(re.search(r"^\s+timeout %s (\d+)s$" % name, text, re.M).group(1))
         assert secs < IDLE_SECS - 2, (name, secs)
-    # And the tunnel timeout is above the relay's default idle timeout.
-    out = subprocess.run([relay_binary(), "--help"], stdout=subprocess.PIPE).stdout.decode()
-    default_idle = int(re.search(r"^  SFTP_IDLE_TIMEOUT_SECS .*\n +default: (\d+)$",
-                                 out, re.M).group(1))
-    tunnel = int(re.search(r"^\s+timeout tunnel (\d+)s$", text, re.M).group(1))
-    assert tunnel > default_idle, (tunnel, default_idle)
 
     marks = [r.log_size() for r in dep.relays]
     s = dep.client.connect(LOCAL, sshd.port)
@@ -418,7 +422,8 @@ def test_quiet_session_outlives_haproxy_timeouts_until_the_relay_ends_it(dep, ss
         s.close()
     assert elapsed >= IDLE_SECS - 1, "closed after %.1f s" % elapsed
     # The relay logs the end once the SSH side is closed too.
-    end = re.compile(r'session \S+ end: client=%s .*reason="idle timeout"' % re.escape(CLIENT_ADDR))
+    end = re.compile(r'session \S+ end: client=%s .*reason="idle timeout"'
+                     % re.escape(CLIENT_ADDR))
     assert wait_until(lambda: end.search("".join(r.log_since(m) for r, m in
                                                  zip(dep.relays, marks))), 5), \
         "".join(r.log_since(m) for r, m in zip(dep.relays, marks))
