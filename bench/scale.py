@@ -15,8 +15,9 @@
 The target of every upgrade is 127.0.0.1 on a port where nothing listens:
 the gate says yes, the session fails to connect and ends at once, so only
 the HTTP side and the store are measured. Starts its own redis-server (or
-valkey-server) and relays; needs nothing else. Prints a table; writes it to
-bench/RESULTS.md only with --write-results (run that on an idle machine).
+valkey-server with --engine) and relays; needs nothing else. Prints a
+table; writes it to bench/RESULTS.md only with --write-results (run that on
+an idle machine).
 
     bench/scale.py [--relay build-bench/wattcloud-relay] [--n 300] [--rate 200]
 """
@@ -168,6 +169,8 @@ def main():
     ap.add_argument("--n", type=int, default=300, help="samples per variant")
     ap.add_argument("--rate", type=int, default=200, help="upgrades per second, 3 relays")
     ap.add_argument("--secs", type=int, default=10)
+    ap.add_argument("--engine", choices=("redis-server", "valkey-server"),
+                    default="redis-server", help="the store to measure against")
     ap.add_argument("--write-results", action="store_true",
                     help="append the table to bench/RESULTS.md (idle machine only)")
     args = ap.parse_args()
@@ -177,7 +180,7 @@ def main():
     work = tempfile.mkdtemp(prefix="wcbench-scale-")
     key = base64.b64encode(secrets.token_bytes(32)).decode()
     target = free_port()  # nothing listens there
-    store = StoreServer(os.path.join(work, "store")).start()
+    store = StoreServer(os.path.join(work, "store"), args.engine).start()
     relays = []
     try:
         emb = Relay(args.relay, relay_env(free_port(), target, key=key),

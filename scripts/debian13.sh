@@ -6,12 +6,15 @@
 # it. Must run as root on a Debian host (it uses debootstrap, chroot and
 # mount namespaces).
 #
-# Usage: scripts/debian13.sh [--reuse] [--shell | --bench [BENCH_ARGS...]]
+# Usage: scripts/debian13.sh [--reuse] [--shell | --bench [BENCH_ARGS...] |
+#                                       --tests [TEST_ARGS...]]
 #   --reuse   keep the packages installed by the previous run (skips the
 #             ~2 min install; the default starts from the bare debootstrap)
 #   --shell   open a shell in the prepared root instead of running the tests
 #   --bench   run bench/run.sh BENCH_ARGS there instead of the tests, and
 #             copy its bench/RESULTS.md back into this checkout
+#   --tests   run scripts/test.sh TEST_ARGS (a subset: [--ctest REGEX]
+#             [PYTEST_ARGS...], see scripts/test.sh) instead of all tests
 # Env: WC_DEB13_CACHE (default /var/cache/wattcloud-deb13) holds the rootfs,
 #      the downloaded .debs and the last run's log; WC_TEST_QUICK=1 is passed
 #      on to scripts/test.sh; WC_DEB13_MAX_AGE_DAYS (default 7) is how old
@@ -33,7 +36,7 @@ readonly DEBS="$CACHE/debs"
 readonly LOG="$CACHE/last-run.log"
 readonly CHECKOUT=/root/wattcloud
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 log() { printf 'debian13: %s\n' "$*" >&2; }
 die() { printf 'debian13: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -79,7 +82,8 @@ inside() {
       "$CHECKOUT" "$@"
   else
     local rc=0
-    chroot "$root" "${env[@]}" /bin/bash -c "cd $CHECKOUT && exec bash scripts/test.sh" || rc=$?
+    chroot "$root" "${env[@]}" /bin/bash -c 'cd "$0" && exec bash scripts/test.sh "$@"' \
+      "$CHECKOUT" "$@" || rc=$?
     # The .deb cache is kept between runs: drop the versions the mirror no
     # longer has, so it does not grow with every point release.
     chroot "$root" "${env[@]}" apt-get -qq autoclean >/dev/null 2>&1 || true
@@ -97,12 +101,14 @@ fi
 
 reuse=0
 mode=test
-bench_args=()
+# The arguments of --bench (for bench/run.sh) or --tests (for scripts/test.sh).
+mode_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --reuse) reuse=1 ;;
     --shell) mode=shell ;;
-    --bench) mode=bench; shift; bench_args=("$@"); break ;;
+    --bench) mode=bench; shift; mode_args=("$@"); break ;;
+    --tests) mode=test; shift; mode_args=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -296,10 +302,10 @@ main() {
   WC_BENCH_COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
   WC_BENCH_DIRTY="$(git -C "$ROOT" status --porcelain -- relay proto 2>/dev/null || true)"
   export WC_BENCH_COMMIT WC_BENCH_DIRTY
-  what="scripts/test.sh"
-  [ "$mode" = bench ] && what="bench/run.sh ${bench_args[*]}"
+  what="scripts/test.sh${mode_args[*]:+ ${mode_args[*]}}"
+  [ "$mode" = bench ] && what="bench/run.sh ${mode_args[*]}"
   log "running $what in Debian 13 (log: $LOG)"
-  "${ns[@]}" bash "$0" --inside "$mode" "$WORK" "${bench_args[@]}" > >(tee "$LOG") 2>&1 &
+  "${ns[@]}" bash "$0" --inside "$mode" "$WORK" "${mode_args[@]}" > >(tee "$LOG") 2>&1 &
   ns_pid=$!
   rc=0
   wait "$ns_pid" || rc=$?

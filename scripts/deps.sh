@@ -28,6 +28,8 @@ case "$PREFIX" in /*) ;; *) echo "deps: LIBSSH2_PRIVATE_PREFIX must be absolute"
 readonly MIN_LIBSSH2=1.11
 # Our own file, so the trixie entry can be found, checked and removed as one.
 readonly TRIXIE_SOURCES=/etc/apt/sources.list.d/wattcloud-trixie-src.sources
+# Debian 12's backports, for valkey-server only (install_valkey).
+readonly BACKPORTS_SOURCES=/etc/apt/sources.list.d/wattcloud-bookworm-backports.sources
 
 BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
             libssl-dev zlib1g-dev libhiredis-dev)
@@ -44,8 +46,9 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
 # test (test_browser.py, headless, driven over its DevTools protocol); its
 # fontconfig dependency brings a font, so the screenshots show text.
 # redis-server and haproxy run the several-relays tests (test_scale.py and the
-# store unit test start their own, on loopback; Debian 13 may use
-# valkey-server instead, which the tests pick when redis-server is absent).
+# store unit test start their own, on loopback). The store tests run against
+# every engine the relay supports, so valkey-server is needed too: Debian 13
+# has it; Debian 12 only in bookworm-backports, see install_valkey below.
 # python3-paramiko is the SSH side of the hostile SFTP server
 # (tests/integration/hostile_sftp.py, test_hostile_sftp.py).
 TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-timeout
@@ -141,6 +144,51 @@ install_pkgs() {
     apt_update_once
     apt_get install -y --no-install-recommends "${missing[@]}"
   fi
+  unblock_service_starts
+}
+
+# ---------------------------------------------------------------- valkey
+
+# Debian 13 ships valkey-server; Debian 12 has it only in bookworm-backports
+# (8.0, built for bookworm: it adds valkey-tools and nothing else). A
+# backports entry is safe to leave in place: its packages have priority 100,
+# so apt takes from it only what is asked for by name and the upgrades of
+# those, never a newer version of anything else.
+write_backports_sources() {
+  local content mirror
+  mirror="$(apt_mirror_for_suite bookworm)"
+  [ -n "$mirror" ] || die "no 'deb' entry for suite bookworm in /etc/apt/sources.list(.d):" \
+    "cannot tell which Debian mirror to take bookworm-backports from"
+  content="# Written by wattcloud scripts/deps.sh: valkey-server for the store tests
+# (Debian 12 has it only in backports). apt takes nothing else from here
+# unless asked by name.
+Types: deb
+URIs: $mirror
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"
+  if [ "$(cat "$BACKPORTS_SOURCES" 2>/dev/null)" != "${content%$'\n'}" ]; then
+    log "writing $BACKPORTS_SOURCES"
+    printf '%s' "$content" | as_root tee "$BACKPORTS_SOURCES" >/dev/null
+    as_root chmod 0644 "$BACKPORTS_SOURCES"
+  fi
+}
+
+install_valkey() {
+  is_installed valkey-server && return 0
+  if [ "$(apt_host_codename)" != bookworm ]; then
+    install_pkgs valkey-server
+    return 0
+  fi
+  write_backports_sources
+  log "apt-get update (bookworm-backports only)"
+  apt_get update -o Dir::Etc::SourceList="$BACKPORTS_SOURCES" \
+                 -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0
+  log "installing valkey-server from bookworm-backports"
+  block_service_starts
+  apt_get install -y --no-install-recommends \
+    valkey-server/bookworm-backports valkey-tools/bookworm-backports
   unblock_service_starts
 }
 
@@ -364,6 +412,7 @@ ensure_libssh2() {
 install_pkgs "${BUILD_PKGS[@]}"
 if [ "$want_test" -eq 1 ]; then
   install_pkgs "${TEST_PKGS[@]}"
+  install_valkey
   # sshd refuses to start without its privilege-separation directory, and
   # /run is a tmpfs, so this is needed after every boot.
   as_root install -d -m 0755 /run/sshd

@@ -4,10 +4,26 @@
 # the integration tests (pytest) against each build, then a short fuzzing
 # pass (tests/fuzz/run.sh 10). The soak test (tests/soak/) is not part of it.
 #
-# Usage: scripts/test.sh
+# Usage: scripts/test.sh [--ctest REGEX] [PYTEST_ARGS...]
+#   With arguments only a subset runs, in both passes: the unit tests whose
+#   names match REGEX (ctest -R; none without --ctest) and pytest with
+#   PYTEST_ARGS instead of tests/integration (none without them); the
+#   fuzzing pass is skipped. E.g. the store tests against every engine:
+#     scripts/test.sh --ctest store_redis tests/integration/test_scale.py
 # Env: WC_TEST_QUICK=1 skips the sanitizer pass and the fuzzing pass.
 # Exit status is non-zero when any step failed; both passes always run.
 set -euo pipefail
+
+ctest_regex=""
+subset=0
+if [ "${1:-}" = --ctest ]; then
+  [ $# -ge 2 ] || { sed -n '7,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+  ctest_regex="$2"
+  subset=1
+  shift 2
+fi
+pytest_args=("$@")
+[ "${#pytest_args[@]}" -eq 0 ] || subset=1
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -42,16 +58,28 @@ run_pass() {
   fi
   record "$name: build" PASS
 
-  echo "===== $name: unit tests (ctest)"
-  if ctest --test-dir "$dir" --output-on-failure; then
-    record "$name: unit tests" PASS
+  if [ "$subset" -eq 1 ] && [ -z "$ctest_regex" ]; then
+    record "$name: unit tests" "SKIP (not in the subset)"
   else
-    record "$name: unit tests" FAIL
+    echo "===== $name: unit tests (ctest${ctest_regex:+ -R $ctest_regex})"
+    if ctest --test-dir "$dir" --output-on-failure ${ctest_regex:+-R "$ctest_regex"}; then
+      record "$name: unit tests" PASS
+    else
+      record "$name: unit tests" FAIL
+    fi
   fi
 
+  if [ "$subset" -eq 1 ] && [ "${#pytest_args[@]}" -eq 0 ]; then
+    record "$name: integration tests" "SKIP (not in the subset)"
+    return 0
+  fi
   echo "===== $name: integration tests (pytest)"
   rc=0
-  RELAY_BIN="$dir/wattcloud-relay" "$PY" -m pytest -q tests/integration || rc=$?
+  if [ "$subset" -eq 1 ]; then
+    RELAY_BIN="$dir/wattcloud-relay" "$PY" -m pytest -q "${pytest_args[@]}" || rc=$?
+  else
+    RELAY_BIN="$dir/wattcloud-relay" "$PY" -m pytest -q tests/integration || rc=$?
+  fi
   case "$rc" in
     0) record "$name: integration tests" PASS ;;
     # pytest's "no tests collected": the suite is still being written.
@@ -78,6 +106,8 @@ fi
 # built with ASan+UBSan. Long runs: tests/fuzz/run.sh 600.
 if [ "${WC_TEST_QUICK:-0}" = 1 ]; then
   record "fuzz" "SKIP (WC_TEST_QUICK=1)"
+elif [ "$subset" -eq 1 ]; then
+  record "fuzz" "SKIP (a subset was asked for)"
 else
   echo "===== fuzz (10 s per target)"
   if FUZZ_BUILD_DIR="$root/build-fuzz" bash tests/fuzz/run.sh 10; then

@@ -1,4 +1,4 @@
-"""Real parts for the several-relays scenarios: a Redis (or Valkey) server
+"""Real parts for the several-relays scenarios: a Redis or Valkey server
 with its own config on its own loopback port and no persistence, and a real
 HAProxy in front of N relays. Each is started and stopped by the test that
 uses it; logs go to the run directory.
@@ -16,15 +16,24 @@ from sshd import free_port
 HAPROXY_BIN = "/usr/sbin/haproxy"
 
 
-def store_binary():
-    """redis-server (Debian 12, 13), or valkey-server when only it is there
-    (Debian 13 ships both; they speak the same protocol)."""
-    for name in ("redis-server", "valkey-server"):
-        path = shutil.which(name, path="/usr/bin:/usr/sbin:/bin:/sbin")
-        if path:
-            return path
-    raise FileNotFoundError("neither redis-server nor valkey-server is installed "
-                            "(scripts/deps.sh --test)")
+# Every engine the relay supports as its STATE_URL store (README "Several
+# relays"). The store tests run against each; scripts/deps.sh --test
+# installs both, on Debian 12 (valkey-server from bookworm-backports) and 13.
+ENGINES = ("redis-server", "valkey-server")
+# What each engine calls itself in INFO server (Valkey keeps redis_version
+# for clients that check it, so server_name is what tells them apart).
+ENGINE_NAMES = {"redis-server": "redis", "valkey-server": "valkey"}
+
+
+def store_binary(engine):
+    """The path of `engine`. A missing engine fails the test that wanted
+    it: skipping would let a machine without Valkey pass unseen."""
+    assert engine in ENGINES, engine
+    path = shutil.which(engine, path="/usr/bin:/usr/sbin:/bin:/sbin")
+    if path is None:
+        raise FileNotFoundError("%s is not installed (scripts/deps.sh --test installs it)"
+                                % engine)
+    return path
 
 
 def resp_command(port, *args, timeout=2.0):
@@ -55,12 +64,14 @@ def resp_command(port, *args, timeout=2.0):
 
 
 class StoreServer:
-    """redis-server on 127.0.0.1:<port>, config in `workdir`, no RDB/AOF."""
+    """`engine` (redis-server or valkey-server) on 127.0.0.1:<port>, config
+    in `workdir`, no RDB/AOF."""
 
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, engine, port=None):
         self.workdir = workdir
+        self.engine = engine
         self.port = port or free_port()
-        self.binary = store_binary()
+        self.binary = store_binary(engine)
         self.proc = None
         self.conf = os.path.join(workdir, "store.conf")
         self.log = os.path.join(workdir, "store.log")
@@ -99,6 +110,19 @@ class StoreServer:
 
     def command(self, *args):
         return resp_command(self.port, *args)
+
+    def info_server(self):
+        """INFO server as a dict."""
+        raw = self.command("INFO", "server").decode("utf-8", "replace")
+        return dict(line.split(":", 1) for line in raw.split("\r\n")
+                    if ":" in line and not line.startswith(("$", "#")))
+
+    def identity(self):
+        """(server name, version) as the running server reports them:
+        ("redis", "7.0.15") or ("valkey", "8.0.1")."""
+        info = self.info_server()
+        name = info.get("server_name", "redis")
+        return name, info.get(name + "_version", info.get("redis_version"))
 
     def flush(self):
         assert self.command("FLUSHALL").startswith(b"+OK")

@@ -1,9 +1,12 @@
-/* store_redis: the shared store against a real Redis (or Valkey) that this
+/* store_redis: the shared store against a real Redis or Valkey that this
  * test starts itself on a loopback port, with its own config and no
  * persistence: challenge rate and single use, cookie ids, live-session
  * leases across two stores (two relays), the auth budget, spray, the TTL
  * and names of every key, the bounded queue in front of a store that
- * stopped answering, and the store going away and coming back. */
+ * stopped answering, and the store going away and coming back.
+ * Usage: test_store_redis SERVER-BINARY [EXPECTED-SERVER-NAME]; CMake runs
+ * it once per engine (redis-server, valkey-server), and a missing engine
+ * fails that run. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +32,9 @@ static struct config cfg;
 static char dir[] = "/tmp/wc-store-test-XXXXXX";
 static int port;
 static pid_t server_pid = -1;
+/* The engine's binary and the name it gives in INFO server (argv). */
+static const char *server_bin;
+static const char *server_name;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -41,16 +47,6 @@ static void wake_cb(void *arg)
     woken++;
     pthread_cond_broadcast(&cv);
     pthread_mutex_unlock(&mu);
-}
-
-static const char *server_binary(void)
-{
-    static const char *const names[] = {"/usr/bin/redis-server", "/usr/bin/valkey-server"};
-
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (access(names[i], X_OK) == 0)
-            return names[i];
-    return NULL;
 }
 
 static int free_port(void)
@@ -86,12 +82,8 @@ static int server_start(void)
 {
     char conf[256], log[256];
     FILE *f;
-    const char *bin = server_binary();
+    const char *bin = server_bin;
 
-    if (!bin) {
-        fprintf(stderr, "neither redis-server nor valkey-server is installed\n");
-        return -1;
-    }
     snprintf(conf, sizeof(conf), "%s/store.conf", dir);
     snprintf(log, sizeof(log), "%s/store.log", dir);
     f = fopen(conf, "w");
@@ -454,16 +446,75 @@ static void test_store_away(struct store *a)
     store_session_close(a, "198.51.100.40", lease);
 }
 
-int main(void)
+/* The value of `field` in an INFO reply ("field:value\r\n"), copied into
+ * out; 0 when found. */
+static int info_field(const char *info, const char *field, char *out, size_t outlen)
+{
+    size_t n = strlen(field);
+    const char *p = info;
+
+    while (p && *p) {
+        if (strncmp(p, field, n) == 0 && p[n] == ':') {
+            size_t len = strcspn(p + n + 1, "\r\n");
+            if (len >= outlen)
+                return -1;
+            memcpy(out, p + n + 1, len);
+            out[len] = '\0';
+            return 0;
+        }
+        p = strchr(p, '\n');
+        if (p)
+            p++;
+    }
+    return -1;
+}
+
+/* The running server is the engine asked for: Valkey answers server_name
+ * "valkey" (and keeps redis_version for old clients), Redis 7 has no
+ * server_name. A binary of one name that is really the other engine would
+ * otherwise test one engine twice. */
+static void check_engine(void)
+{
+    redisContext *c = raw();
+    redisReply *r = c ? redisCommand(c, "INFO server") : NULL;
+    char name[32] = "redis", field[48], version[32] = "";
+
+    CHECK(r && r->type == REDIS_REPLY_STRING);
+    if (r && r->str) {
+        if (info_field(r->str, "server_name", name, sizeof(name)) != 0)
+            snprintf(name, sizeof(name), "redis");
+        snprintf(field, sizeof(field), "%s_version", name);
+        CHECK(info_field(r->str, field, version, sizeof(version)) == 0);
+    }
+    CHECK_STR(name, server_name);
+    printf("store engine: %s %s (%s)\n", name, version, server_bin);
+    freeReplyObject(r);
+    if (c)
+        redisFree(c);
+}
+
+int main(int argc, char **argv)
 {
     struct store *a, *b;
     char prefix[64];
 
+    if (argc < 2 || argc > 3) {
+        fprintf(stderr, "usage: %s SERVER-BINARY [EXPECTED-SERVER-NAME]\n", argv[0]);
+        return 2;
+    }
+    server_bin = argv[1];
+    server_name = argc == 3 ? argv[2] : "redis";
+    if (access(server_bin, X_OK) != 0) {
+        fprintf(stderr, "%s is not installed (scripts/deps.sh --test installs it)\n",
+                server_bin);
+        return 1;
+    }
     if (!mkdtemp(dir) || (port = free_port()) < 0) {
         fprintf(stderr, "no temp dir or port\n");
         return 1;
     }
     CHECK(server_start() == 0);
+    check_engine();
     memset(&cfg, 0, sizeof(cfg));
     memcpy(cfg.signing_key, "0123456789abcdef0123456789abcdef", 32);
     cfg.signing_key_len = 32;
