@@ -31,11 +31,6 @@
 #define RX_PAUSE_JOBS 64
 /* Largest piece of a frame handed to lws at once. */
 #define TX_FRAGMENT_BYTES PROTO_READ_CHUNK_BYTES
-/* Whole frames written in one writable turn while the socket takes them: a
- * read_chunk answer is a text frame and its binary frame, and writing both
- * at once saves a trip round the event loop for every 256 KiB downloaded.
- * Bounded, so one busy session cannot hold the service thread. */
-#define TX_FRAMES_PER_TURN 4
 #define TICK_USECS LWS_USEC_PER_SEC
 #define MS_PER_SEC 1000
 
@@ -420,14 +415,7 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
 
 /* --- sending --- */
 
-/* What send_one() did. */
-#define SEND_WAIT  0  /* nothing more this turn (a writable callback is asked
-                         for when there is more) */
-#define SEND_AGAIN 1  /* a whole frame went out; the next may follow now */
-
-/* Write the next piece of output. Returns SEND_WAIT, SEND_AGAIN, or -1 to
- * close the connection. */
-static int send_one(struct lws *wsi, struct ws_pss *pss)
+static int send_next(struct lws *wsi, struct ws_pss *pss)
 {
     struct frame *f = session_peek_frame(pss->s);
     size_t chunk;
@@ -440,12 +428,12 @@ static int send_one(struct lws *wsi, struct ws_pss *pss)
             return -1;
         if (f)
             lws_callback_on_writable(wsi);
-        return SEND_WAIT;
+        return 0;
     }
     if (!f) {
         if (pss->closing || session_worker_finished(pss->s))
             goto close;
-        return SEND_WAIT;
+        return 0;
     }
     if (f->abort) {
         /* A message cut short: closing is the only way not to pass it off
@@ -472,33 +460,17 @@ static int send_one(struct lws *wsi, struct ws_pss *pss)
     f->sent += chunk;
     if (f->sent < f->len) {
         lws_callback_on_writable(wsi);
-        return SEND_WAIT;
+        return 0;
     }
     close_after = f->close_after;
     session_pop_frame(pss->s);
     if (close_after)
         goto close;
-    return SEND_AGAIN;
+    lws_callback_on_writable(wsi);
+    return 0;
 close:
     lws_close_reason(wsi, LWS_CLOSE_STATUS_NORMAL, NULL, 0);
     return -1;
-}
-
-/* lws allows more than one lws_write per writable callback as long as the
- * socket is not choked (otherwise lws buffers the rest of a write itself,
- * and a second write would fail). */
-static int send_next(struct lws *wsi, struct ws_pss *pss)
-{
-    int rc = SEND_AGAIN;
-
-    for (int n = 0; rc == SEND_AGAIN && n < TX_FRAMES_PER_TURN; n++) {
-        if (n > 0 && (lws_send_pipe_choked(wsi) || !session_peek_frame(pss->s)))
-            break;
-        rc = send_one(wsi, pss);
-    }
-    if (rc == SEND_AGAIN)
-        lws_callback_on_writable(wsi);
-    return rc < 0 ? -1 : 0;
 }
 
 /* --- lifecycle --- */
