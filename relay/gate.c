@@ -640,10 +640,10 @@ static int confirm_upgrade(struct lws *wsi)
         return refuse_upgrade(wsi, NULL, 404, "only /relay/ws upgrades");
     if ((status = http_framing_status(wsi, &why)) != 0)
         return refuse_upgrade(wsi, NULL, status, why);
-    if (srv->draining || session_hub_count(&srv->hub) >= srv->cfg->max_sessions)
-        return refuse_upgrade(wsi, NULL, 503, srv->draining ? "draining" : "relay full");
     if ((status = gate_client_ip_status(wsi, ip, sizeof(ip))) != 0)
         return refuse_upgrade(wsi, NULL, status, "client address");
+    if (srv->draining || session_hub_count(&srv->hub) >= srv->cfg->max_sessions)
+        return refuse_upgrade(wsi, ip, 503, srv->draining ? "draining" : "relay full");
     if ((status = handshake_status(wsi, &why)) != 0)
         return refuse_upgrade(wsi, ip, status, why);
     m = lws_get_urlarg_by_name(wsi, "mode=", mode, sizeof(mode));

@@ -9,22 +9,18 @@ import socket
 import threading
 import time
 
+from listener import LoopbackListener
 
-class BlackholeProxy:
+
+class BlackholeProxy(LoopbackListener):
     def __init__(self, target_port, target_host="127.0.0.1"):
+        super().__init__()
         self.target = (target_host, target_port)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.connections = 0
         self._frozen = threading.Event()
-        self._stop = threading.Event()
         self._socks = []
         self._lock = threading.Lock()
-        self._accept = threading.Thread(target=self._accept_loop, daemon=True)
-        self._accept.start()
+        self.start()
 
     def freeze(self):
         """Stop forwarding in both directions; keep every socket open."""
@@ -33,29 +29,21 @@ class BlackholeProxy:
     def thaw(self):
         self._frozen.clear()
 
-    def _accept_loop(self):
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            self.connections += 1
-            with self._lock:
-                self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+    def on_connection(self, client):
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        self.connections += 1
+        with self._lock:
+            self._socks += [client, upstream]
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def _pump(self, src, dst):
         src.settimeout(0.1)
-        while not self._stop.is_set():
+        while not self.stopping():
             if self._frozen.is_set():
                 time.sleep(0.05)  # not reading: the peer's data stays queued
                 continue
@@ -80,15 +68,10 @@ class BlackholeProxy:
                     pass
 
     def close(self):
-        self._stop.set()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        super().close()
         with self._lock:
             for s in self._socks:
                 try:
                     s.close()
                 except OSError:
                     pass
-        self._accept.join(timeout=2)

@@ -10,37 +10,25 @@ import socket
 import threading
 import time
 
+from listener import LoopbackListener
 
-class FakeServer:
+
+class FakeServer(LoopbackListener):
     def __init__(self, script, hold_secs=15):
+        super().__init__()
         self.script = script
         self.hold_secs = hold_secs
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.connections = 0
         # Bytes the client sent before the server had sent anything.
         self.received_before_send = bytearray()
-        self._stop = threading.Event()
         self._threads = []
-        self._accept = threading.Thread(target=self._accept_loop, daemon=True)
-        self._accept.start()
+        self.start()
 
-    def _accept_loop(self):
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
+    def on_connection(self, conn):
+        self.connections += 1
+        t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def _drain(self, conn, wait):
         """Read whatever the client sent within `wait` seconds."""
@@ -75,7 +63,7 @@ class FakeServer:
             # Hold the connection open until the client goes away.
             deadline = time.monotonic() + self.hold_secs
             conn.settimeout(0.2)
-            while time.monotonic() < deadline and not self._stop.is_set():
+            while time.monotonic() < deadline and not self.stopping():
                 try:
                     data = conn.recv(65536)
                     if not data:
@@ -89,10 +77,6 @@ class FakeServer:
         finally:
             conn.close()
 
-    def close(self):
-        self._stop.set()
-        self.sock.close()
-        self._accept.join(timeout=2)
 
 
 def http_server():

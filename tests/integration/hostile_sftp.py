@@ -17,6 +17,8 @@ import threading
 
 import paramiko
 
+from listener import LoopbackListener
+
 # SFTP v3 packet types (draft-ietf-secsh-filexfer-02).
 INIT, VERSION, OPEN, CLOSE, READ, WRITE, LSTAT, FSTAT = 1, 2, 3, 4, 5, 6, 7, 8
 SETSTAT, FSETSTAT, OPENDIR, READDIR, REMOVE, MKDIR, RMDIR = 9, 10, 11, 12, 13, 14, 15
@@ -237,44 +239,30 @@ class _Iface(paramiko.ServerInterface):
         return True
 
 
-class HostileServer:
+class HostileServer(LoopbackListener):
     """Listens on 127.0.0.1 (a free port); `scenarios` maps user names to
     Scenario classes."""
 
     def __init__(self, scenarios):
+        super().__init__(backlog=32)
         self.scenarios = dict(scenarios)
         self.runs = []
         self.errors = []
         self.host_key = paramiko.ECDSAKey.generate()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(32)
-        self.port = self.sock.getsockname()[1]
         self.transports = []
-        self._stop = threading.Event()
-        self._accept = threading.Thread(target=self._accept_loop, daemon=True)
-        self._accept.start()
+        self.start()
 
-    def _accept_loop(self):
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            t = paramiko.Transport(conn)
-            # Large channel windows so a flood is not slowed by paramiko's
-            # own flow control: the relay's limits are under test, not ours.
-            t.default_window_size = 64 * 1024 * 1024
-            t.add_server_key(self.host_key)
-            self.transports.append(t)
-            try:
-                t.start_server(server=_Iface(self))
-            except (paramiko.SSHException, EOFError, OSError):
-                continue
+    def on_connection(self, conn):
+        t = paramiko.Transport(conn)
+        # Large channel windows so a flood is not slowed by paramiko's own
+        # flow control: the relay's limits are under test, not ours.
+        t.default_window_size = 64 * 1024 * 1024
+        t.add_server_key(self.host_key)
+        self.transports.append(t)
+        try:
+            t.start_server(server=_Iface(self))
+        except (paramiko.SSHException, EOFError, OSError):
+            pass
 
     def run_scenario(self, scenario):
         try:
@@ -290,12 +278,10 @@ class HostileServer:
                 pass
 
     def close(self):
-        self._stop.set()
-        self.sock.close()
+        super().close()
         for t in self.transports:
             try:
                 t.close()
             except Exception:  # noqa: BLE001
                 pass
-        self._accept.join(timeout=2)
 

@@ -16,10 +16,11 @@ import time
 from sshd import free_port
 
 
-def http_request(port, method, path, body=None, headers=None, timeout=5):
-    """One plain HTTP request to 127.0.0.1:port. Returns (status, headers as
-    list, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def http_request(port, method, path, body=None, headers=None, timeout=5, source=None):
+    """One plain HTTP request to 127.0.0.1:port, from the loopback address
+    `source` when given. Returns (status, headers as list, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                      source_address=(source, 0) if source else None)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()

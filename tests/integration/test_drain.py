@@ -67,6 +67,8 @@ def test_sigterm_drains_idle_and_busy_sessions(relay_factory, sshd, workdir):
             wait_for_log(relay, r"draining: ")
             assert ready_status(relay) == 503
             assert upgrade_status(relay, LOCAL, sshd.port) == 503
+            # The refusal is logged with the client, like every other.
+            wait_for_log(relay, r"upgrade refused: client=127\.0\.0\.1 status=503 reason=draining")
             # The idle session is closed at once, with nothing but the close.
             assert idle.expect_closed(timeout=3) == []
             # The busy one is left to finish. With write-through the relay
