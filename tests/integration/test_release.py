@@ -54,11 +54,24 @@ WORKER_STACK_BYTES = 512 * 1024  # relay/session.c
 
 
 def stack_sized_maps(pid):
-    """Writable anonymous mappings of a worker stack's size: the relay's own
-    (WORKER_STACK_BYTES above a guard page) or glibc's (the guard page
-    inside the size)."""
-    return [r for r in procinfo.regions(pid)
-            if r[3] == "" and WORKER_STACK_BYTES - 16 * 1024 <= r[1] - r[0] <= WORKER_STACK_BYTES]
+    """Thread stacks of a worker's size: a writable anonymous mapping of
+    WORKER_STACK_BYTES (the relay's own, above its guard page) or a little
+    less (glibc's, the guard page inside the size), right above an
+    inaccessible guard page. The guard tells stacks from the sanitizer's
+    own regions of the same size."""
+    maps = []
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            m = procinfo.MAPS_RE.match(line.rstrip("\n"))
+            if m:
+                maps.append((int(m.group(1), 16), int(m.group(2), 16), m.group(3), m.group(4)))
+    found = []
+    for below, (start, end, perms, name) in zip(maps, maps[1:]):
+        if (perms.startswith("rw") and name == "" and below[2].startswith("---")
+                and below[1] == start and below[1] - below[0] <= 64 * 1024
+                and WORKER_STACK_BYTES - 16 * 1024 <= end - start <= WORKER_STACK_BYTES):
+            found.append((start, end))
+    return found
 
 
 def test_worker_stacks_are_unmapped_when_sessions_end(relay_factory, sshd):
