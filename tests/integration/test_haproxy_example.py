@@ -29,6 +29,7 @@ import time
 
 import pytest
 
+import procinfo
 from frozen import FrozenSessions
 from helpers import LOCAL, login, pattern, wait_until
 from relay import Relay, relay_binary, stop_process
@@ -37,6 +38,12 @@ from sshd import TEST_PASSWORD, TEST_USER, free_port, wait_for_port
 from tlsutil import HttpsEndpoint, TestPKI
 from waits import wait_for_log, wait_relay_read_all
 from wsclient import MiB
+
+# What this file proves is the proxy's configuration; the relay code it
+# drives is the same as test_scale.py's, which the sanitizer pass runs. Left
+# out of that pass to keep CI well inside its time.
+pytestmark = pytest.mark.skipif(procinfo.is_asan_binary(relay_binary()),
+                                reason="proxy configuration only: run in the plain passes")
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 EXAMPLE = os.path.join(REPO, "deploy", "haproxy.cfg.example")
