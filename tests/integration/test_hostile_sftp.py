@@ -392,19 +392,13 @@ def test_million_entries_are_listed_whole_in_bounded_memory(relay, hostile, sshd
     use.check(relay, sshd)
 
 
-def test_name_of_256_kib_is_an_error(relay, hostile, sshd):
+# A name of 256 KiB, and a NAME count of 2^31 with one name in the packet:
+# libssh2 reports both as a name too long for the buffer (the same code,
+# hence the same words); the listing fails, the session goes on.
+@pytest.mark.parametrize("scenario", ["LongName", "CountLie"])
+def test_impossible_name_is_an_error(relay, hostile, sshd, scenario):
     use = Usage(relay)
-    s = attack(relay, hostile, "LongName")
-    assert strip_id(s.call("list", path="/d", timeout=30)) == \
-        {"error": "a name in the directory is too long", "code": "io"}
-    assert s.ok("stat", path="/f")["size"] == 1000
-    s.close()
-    use.check(relay, sshd)
-
-
-def test_name_count_of_2_31_with_one_name_is_an_error(relay, hostile, sshd):
-    use = Usage(relay)
-    s = attack(relay, hostile, "CountLie")
+    s = attack(relay, hostile, scenario)
     assert strip_id(s.call("list", path="/d", timeout=30)) == \
         {"error": "a name in the directory is too long", "code": "io"}
     assert s.ok("stat", path="/f")["size"] == 1000
