@@ -21,6 +21,12 @@ def http_request(port, method, path, body=None, headers=None, timeout=5, source=
     `source` when given. Returns (status, headers as list, body bytes)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
                                       source_address=(source, 0) if source else None)
+    return exchange(conn, method, path, body, headers)
+
+
+def exchange(conn, method, path, body=None, headers=None):
+    """One request on `conn` (plain or TLS), which is closed afterwards.
+    Returns (status, headers as list, body bytes)."""
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()

@@ -19,6 +19,7 @@ import urllib.parse
 import websocket
 
 from helpers import LOCAL
+from relay import exchange
 from sshd import TEST_PASSWORD, TEST_USER
 from wsclient import COOKIE_NAME, Session, get_cookie
 
@@ -154,13 +155,7 @@ class HttpsEndpoint:
         return self._port
 
     def http(self, method, path, body=None, headers=None, timeout=5):
-        conn = _TlsConnection(self, timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, resp.getheaders(), resp.read()
-        finally:
-            conn.close()
+        return exchange(_TlsConnection(self, timeout), method, path, body, headers)
 
     def connect(self, host, port, extra_headers=(), timeout=15):
         """wss:// upgrade into an SFTP session to host:port with a fresh cookie."""
