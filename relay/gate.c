@@ -236,6 +236,20 @@ struct gate_wait {
     struct gate_wait *next;
 };
 
+/* One client (client_ip_key: an address, IPv6 per /64) has at most
+ * SFTP_MAX_CONCURRENT_PER_IP upgrades waiting: it can never hold more live
+ * sessions than that, and without a bound of its own one client with
+ * enough valid cookies could take every GATE_WAITS_MAX slot from the
+ * others. Beyond it the upgrade gets the per-client answer, 429. */
+static int waits_of(const struct server *srv, const char *key)
+{
+    int n = 0;
+
+    for (const struct gate_wait *w = srv->gate_waits; w; w = w->next)
+        n += strcmp(w->req.key, key) == 0;
+    return n;
+}
+
 static void wait_free(struct gate_wait *w)
 {
     if (!w)
@@ -490,6 +504,10 @@ static int decide(struct lws *wsi, const struct upgrade_req *req, const char *co
     if (srv->n_gate_waits >= GATE_WAITS_MAX) {
         *why = "too many upgrades waiting for the state store";
         return 503;
+    }
+    if (waits_of(srv, sr.key) >= srv->cfg->max_concurrent_per_ip) {
+        *why = "too many upgrades from this client waiting for the state store";
+        return 429;
     }
     w = calloc(1, sizeof(*w));
     if (!w)

@@ -45,6 +45,9 @@ STORE_REPLY_MAX = 4096
 STORE_CMD_TIMEOUT_SECS = 2
 BACKOFF_MAX_SECS = 5
 GATE_WAITS_MAX = 256
+# Upgrades one client may have waiting: SFTP_MAX_CONCURRENT_PER_IP (its
+# default; conftest.py raises it for the other tests).
+PER_CLIENT_WAITS = 3
 # What the relay may grow by while a hostile store sends tens of MiB: far
 # below what it sends, above allocator noise.
 RSS_SLACK_KIB = 16 * 1024
@@ -250,7 +253,10 @@ def test_upgrades_waiting_for_a_stopped_store_are_bounded(relay_factory, sshd, r
     stopped = False
     socks = []
     try:
-        relay = relay_factory(**store_env(store.url))
+        # Each source may have PER_SOURCE upgrades waiting, so that only
+        # the relay-wide bound is met here (the per-client one: below).
+        relay = relay_factory(**store_env(store.url,
+                                          SFTP_MAX_CONCURRENT_PER_IP=str(PER_SOURCE)))
         pid = relay.proc.pid
         assert wait_until(lambda: ready(relay)[0] == 200, 10), relay.log_tail()
         cookies = [(src, cookie_from(src, relay, LOCAL, sshd.port))
@@ -319,6 +325,65 @@ def test_upgrades_waiting_for_a_stopped_store_are_bounded(relay_factory, sshd, r
         assert upgrade_status(relay, LOCAL, sshd.port) == 101
     finally:
         for s, _ in socks:
+            s.close()
+        if stopped:
+            os.kill(store.proc.pid, signal.SIGCONT)
+        store.stop()
+
+
+def test_one_client_cannot_take_every_waiting_slot(relay_factory, sshd, run_dir):
+    """One client holds at most SFTP_MAX_CONCURRENT_PER_IP upgrades waiting
+    for a stopped store (it can never have more sessions than that); its
+    next ones get 429 at once while another client still gets to wait."""
+    store = StoreServer(os.path.join(run_dir, "store-per-client"), ENGINES[0]).start()
+    stopped = False
+    socks = []
+    try:
+        relay = relay_factory(**store_env(store.url, SFTP_MAX_CONCURRENT_PER_IP=str(
+            PER_CLIENT_WAITS)))
+        assert wait_until(lambda: ready(relay)[0] == 200, 10), relay.log_tail()
+        greedy, other = SOURCES[0], SOURCES[1]
+        cookies = [(greedy, cookie_from(greedy, relay, LOCAL, sshd.port))
+                   for _ in range(PER_CLIENT_WAITS + 4)]
+        cookies.append((other, cookie_from(other, relay, LOCAL, sshd.port)))
+        mark = relay.log_size()
+        os.kill(store.proc.pid, signal.SIGSTOP)
+        stopped = True
+        t0 = time.monotonic()
+        for src, cookie in cookies:
+            s = socket.create_connection(("127.0.0.1", relay.port), timeout=10,
+                                         source_address=(src, 0))
+            s.sendall(raw_upgrade(relay.port, LOCAL, sshd.port, cookie))
+            socks.append((src, s))
+
+        # The greedy client's excess is refused before the store could
+        # have answered anything; nobody else is.
+        sel = selectors.DefaultSelector()
+        for src, s in socks:
+            sel.register(s, selectors.EVENT_READ, src)
+        early = []
+        deadline = t0 + STORE_CMD_TIMEOUT_SECS - 0.2
+        while len(early) < 4 and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.05):
+                sel.unregister(key.fileobj)
+                early.append((key.data, read_answer(key.fileobj)))
+        assert early == [(greedy, (429, "Too Many Requests: too many upgrades from this "
+                                        "client waiting for the state store\n"))] * 4, \
+            (early, relay.log_since(mark)[-3000:])
+
+        # The ones that waited (the greedy client's first three and the other
+        # client's one) are answered when the round trip times out.
+        late = []
+        deadline = time.monotonic() + STORE_CMD_TIMEOUT_SECS + 10
+        while len(late) < PER_CLIENT_WAITS + 1 and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.1):
+                sel.unregister(key.fileobj)
+                late.append((key.data, read_answer(key.fileobj)))
+        assert sorted(src for src, _ in late) == [greedy] * PER_CLIENT_WAITS + [other], late
+        for _, (status, body) in late:
+            assert status == 503 and "state store %s unavailable" % store.url in body, body
+    finally:
+        for _, s in socks:
             s.close()
         if stopped:
             os.kill(store.proc.pid, signal.SIGCONT)
