@@ -31,10 +31,13 @@
 #include "store.h"
 #include "ws.h"
 
-/* WebSocket receive buffer per connection: also the most one RECEIVE
- * callback delivers. Larger is faster for uploads but costs every idle
- * session; 64 KiB keeps 200 idle sessions near 13 MiB. */
-#define WS_RX_BUFFER (64u * 1024)
+/* WebSocket receive buffer per connection, also the most one RECEIVE
+ * callback delivers and (pt_serv_buf_size) the most one recv() reads. At
+ * 256 KiB an upload costs the relay about 8% less CPU than at 64 KiB, in
+ * a quarter of the receive calls and callbacks (bench/RESULTS.md). An
+ * idle session does not pay for it: the buffer's pages stay untouched
+ * until frames arrive (204 KiB per idle session either way). */
+#define WS_RX_BUFFER (256u * 1024)
 /* Extra seconds after the drain deadline for workers to notice the cut. */
 #define DRAIN_FORCE_SECS 5
 #define HTTP_KEEPALIVE_SECS 5
