@@ -89,13 +89,16 @@ def test_unmasked_client_frame_closes(relay, sshd):
     s, sid = login_tracked(relay, sshd)
     try:
         s.ws.sock.sendall(frame(OP_TEXT, stat_req(77), masked=False))
-        try:
-            frames = s.expect_closed(timeout=10)
-        except AssertionError as e:
-            if lws_version() < (4, 4) and "'id': 77" in str(e):
-                pytest.xfail("lws 4.1 and 4.3 serve unmasked client frames "
-                             "(README, known deviations)")
-            raise
+        # The first frame decides: a close, or the answer (served). An lws
+        # that serves it keeps the session open, which a masked request
+        # answered next shows at once, instead of waiting out a close that
+        # does not come.
+        kind, first = s.recv_frame(timeout=10)
+        if kind != "close" and answered([(kind, first)], 77) and lws_version() < (4, 4):
+            assert s.ok("stat", path="/", timeout=10)["isDir"] is True
+            pytest.xfail("lws 4.1 and 4.3 serve unmasked client frames "
+                         "(README, known deviations)")
+        frames = [] if kind == "close" else [(kind, first)] + s.expect_closed(timeout=10)
         assert not answered(frames, 77), "the relay served an unmasked request: %r" % frames
     finally:
         finish(relay, s, sid)

@@ -368,6 +368,14 @@ def test_store_keys_are_namespaced_with_ttls_and_no_names(nodes, sshd):
         s.close()
 
 
+# What this test proves is the lease's lifetime: a killed relay stops
+# renewing, and its leases stop counting once STORE_LEASE_MS has passed on
+# the store's clock (30 s of waiting). The relay C code it drives (adding
+# and counting leases at upgrade, the store client) is the same as
+# test_sessions_counted_across_relays', which the sanitizer pass runs: left
+# out of that pass to keep CI well inside its time.
+@pytest.mark.skipif(procinfo.is_asan_binary(relay_binary()),
+                    reason="a lease's lifetime only: run in the plain passes")
 def test_killed_relay_frees_its_slots_within_the_lease(nodes, sshd):
     r1, _, r3 = nodes.relays
     sessions = [logged_in(r3, sshd) for _ in range(MAX_PER_IP)]

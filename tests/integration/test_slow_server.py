@@ -12,7 +12,15 @@ import time
 from helpers import login, make_file, pattern, wait_until
 from wsclient import MiB
 
-STALL_SECS = 20   # longer than the 15 s keepalive interval, shorter than 60 s
+# The keepalive of the two stall-survival tests: short, so that a stall
+# longer than its interval and than its whole dead-peer budget
+# (KEEPALIVE_COUNT x KEEPALIVE_SECS = 6 s) takes seconds, not the 60 s of
+# the defaults. Either rule applied to an operation in progress (libssh2's
+# own keepalive_config limiting each call to the interval, or a keepalive
+# sent while a request waits) fails the operation within 6 s.
+KEEPALIVE_SECS = 3
+KEEPALIVE_COUNT = 2
+STALL_SECS = 8   # longer than that budget, shorter than SFTP_OP_TIMEOUT_SECS (60 s)
 
 
 class Stalled:
@@ -57,8 +65,8 @@ def resume_after(stalled, secs):
     return t
 
 
-def test_stat_during_a_20s_stall_completes(relay_factory, sshd, workdir):
-    relay = relay_factory()
+def test_stat_during_a_stall_past_the_keepalive_completes(relay_factory, sshd, workdir):
+    relay = relay_factory(SSH_KEEPALIVE_SECS=KEEPALIVE_SECS, SSH_KEEPALIVE_COUNT=KEEPALIVE_COUNT)
     with Stalled(sshd) as stalled:
         s = login(relay, sshd)
         try:
@@ -77,8 +85,8 @@ def test_stat_during_a_20s_stall_completes(relay_factory, sshd, workdir):
             s.close()
 
 
-def test_write_chunk_during_a_20s_stall_completes(relay_factory, sshd, workdir):
-    relay = relay_factory()
+def test_write_chunk_during_a_stall_past_the_keepalive_completes(relay_factory, sshd, workdir):
+    relay = relay_factory(SSH_KEEPALIVE_SECS=KEEPALIVE_SECS, SSH_KEEPALIVE_COUNT=KEEPALIVE_COUNT)
     path = os.path.join(workdir, "stalled-upload")
     data = pattern(4 * MiB, 7)
     with Stalled(sshd) as stalled:

@@ -150,14 +150,28 @@ class Session:
     def recv_frame(self, timeout=None, control=False):
         """Next frame: ('text', dict), ('binary', bytes), ('close', code or None)
         and, with control=True, ('ping', bytes) / ('pong', bytes).
-        Pings are answered by websocket-client itself."""
+        Pings are answered by websocket-client itself.
+        `timeout` bounds the whole wait: the relay's pings (every
+        WS_PING_INTERVAL_SECS) do not restart it, as they would if
+        websocket-client skipped them inside one socket read (a 10 s wait
+        for a close then lasted until a ping happened to come late, 40 to
+        90 s in test_attack_ws)."""
         if self.closed:
             return ("close", self.close_code)
         old = self.ws.gettimeout()
-        if timeout is not None:
-            self.ws.settimeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            opcode, data = self.ws.recv_data(control_frame=control)
+            while True:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise websocket.WebSocketTimeoutException(
+                            "no frame within %.1f s" % timeout)
+                    self.ws.settimeout(left)
+                opcode, data = self.ws.recv_data(control_frame=deadline is not None or control)
+                if control or opcode not in (websocket.ABNF.OPCODE_PING,
+                                             websocket.ABNF.OPCODE_PONG):
+                    break
         except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError) as e:
             if isinstance(e, (websocket.WebSocketTimeoutException, socket.timeout)):
                 raise
