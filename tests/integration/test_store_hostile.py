@@ -246,6 +246,16 @@ def cookie_from(src, relay, host, port):
     return cookie
 
 
+def release(store, stopped, sockets):
+    """A flood test's cleanup: its client sockets closed, the store let go
+    on if it is still stopped, then stopped for good."""
+    for s in sockets:
+        s.close()
+    if stopped:
+        os.kill(store.proc.pid, signal.SIGCONT)
+    store.stop()
+
+
 def test_upgrades_waiting_for_a_stopped_store_are_bounded(relay_factory, sshd, run_dir):
     # The bound is the relay's, whichever engine stopped answering: one
     # engine is enough here (test_scale.py runs every rule on both).
@@ -324,11 +334,7 @@ def test_upgrades_waiting_for_a_stopped_store_are_bounded(relay_factory, sshd, r
                           + 2 * STORE_CMD_TIMEOUT_SECS + 5), relay.log_tail()
         assert upgrade_status(relay, LOCAL, sshd.port) == 101
     finally:
-        for s, _ in socks:
-            s.close()
-        if stopped:
-            os.kill(store.proc.pid, signal.SIGCONT)
-        store.stop()
+        release(store, stopped, (s for s, _ in socks))
 
 
 def test_one_client_cannot_take_every_waiting_slot(relay_factory, sshd, run_dir):
@@ -383,11 +389,7 @@ def test_one_client_cannot_take_every_waiting_slot(relay_factory, sshd, run_dir)
         for _, (status, body) in late:
             assert status == 503 and "state store %s unavailable" % store.url in body, body
     finally:
-        for _, s in socks:
-            s.close()
-        if stopped:
-            os.kill(store.proc.pid, signal.SIGCONT)
-        store.stop()
+        release(store, stopped, (s for _, s in socks))
 
 
 # ---- The store's password ------------------------------------------------------
