@@ -5,6 +5,7 @@ Everything reads /proc as root (CAP_SYS_PTRACE lets us read the memory of
 the relay even though it makes itself non-dumpable).
 """
 
+import functools
 import os
 import re
 
@@ -144,6 +145,14 @@ def is_asan_binary(path):
     with open(path, "rb") as f:
         data = f.read()
     return b"__asan_init" in data or b"AddressSanitizer" in data
+
+
+@functools.lru_cache(maxsize=None)
+def sanitized_relay():
+    """True when the relay under test (RELAY_BIN) is a sanitizer build: the
+    pass that skips or loosens what a sanitizer distorts. Read once."""
+    from relay import relay_binary  # relay.py does not import this module
+    return is_asan_binary(relay_binary())
 
 
 def asan_env(path):

@@ -114,7 +114,7 @@ def test_bad_write_chunks_to_a_browser_that_never_reads(relay_factory, sshd):
         # AddressSanitizer adds its quarantine (16 MiB here), shadow memory
         # and redzones to every allocation: the pause (left > 0) is what
         # matters there.
-        growth_kib = (64 if procinfo.is_asan_binary(relay_binary()) else 6) * 1024
+        growth_kib = (64 if procinfo.sanitized_relay() else 6) * 1024
         assert rss < rss0 + growth_kib, (rss0, rss)
         assert health_ok(relay)
     finally:

@@ -349,7 +349,7 @@ def rss_limit_kib():
     """64 MiB for a plain build. AddressSanitizer keeps freed memory in
     quarantine and adds shadow memory: the relay is started with a small
     quarantine and allowed more."""
-    return (160 if procinfo.is_asan_binary(relay_binary()) else 64) * 1024
+    return (160 if procinfo.sanitized_relay() else 64) * 1024
 
 
 def asan_env():

@@ -42,7 +42,7 @@ from wsclient import MiB
 # What this file proves is the proxy's configuration; the relay code it
 # drives is the same as test_scale.py's, which the sanitizer pass runs. Left
 # out of that pass to keep CI well inside its time.
-pytestmark = pytest.mark.skipif(procinfo.is_asan_binary(relay_binary()),
+pytestmark = pytest.mark.skipif(procinfo.sanitized_relay(),
                                 reason="proxy configuration only: run in the plain passes")
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

@@ -20,7 +20,7 @@ from helpers import LOCAL, login
 from relay import relay_binary
 from wsclient import open_session
 
-ASAN = procinfo.is_asan_binary(relay_binary())
+ASAN = procinfo.sanitized_relay()
 # RSS growth allowed across a scenario (ASan keeps up to 16 MiB of freed
 # memory in quarantine here; see procinfo.asan_env).
 RSS_SLACK_KIB = (48 if ASAN else 24) * 1024

@@ -34,7 +34,7 @@ def pipelined_upload(s, handle, data, answers, errors):
 
 
 def test_stalled_uploads_stay_within_the_budget(relay_factory, sshd, workdir):
-    asan = procinfo.is_asan_binary(relay_binary())
+    asan = procinfo.sanitized_relay()
     env = dict(procinfo.asan_env(relay_binary()), RELAY_MEMORY_BUDGET_MIB=BUDGET_MIB)
     relay = relay_factory(**env)
     pid = relay.proc.pid

@@ -18,7 +18,6 @@ import threading
 import time
 
 import pytest
-import websocket
 
 import procinfo
 from helpers import LOCAL, wait_until
@@ -131,7 +130,7 @@ def ready(relay):
 # Every engine in the plain passes. The sanitizer pass runs the relay's
 # side once: the relay's code does not depend on the engine (its answers
 # are checked the same way), and a second cluster there costs CI minutes.
-TESTED_ENGINES = ENGINES[:1] if procinfo.is_asan_binary(relay_binary()) else ENGINES
+TESTED_ENGINES = ENGINES[:1] if procinfo.sanitized_relay() else ENGINES
 
 
 @pytest.fixture(scope="module", params=TESTED_ENGINES)
@@ -374,7 +373,7 @@ def test_store_keys_are_namespaced_with_ttls_and_no_names(nodes, sshd):
 # and counting leases at upgrade, the store client) is the same as
 # test_sessions_counted_across_relays', which the sanitizer pass runs: left
 # out of that pass to keep CI well inside its time.
-@pytest.mark.skipif(procinfo.is_asan_binary(relay_binary()),
+@pytest.mark.skipif(procinfo.sanitized_relay(),
                     reason="a lease's lifetime only: run in the plain passes")
 def test_killed_relay_frees_its_slots_within_the_lease(nodes, sshd):
     r1, _, r3 = nodes.relays

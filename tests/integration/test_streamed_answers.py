@@ -14,7 +14,7 @@ from helpers import login, make_dir, make_file, user_ids, wait_until
 from relay import relay_binary
 from wsclient import MiB
 
-ASAN = procinfo.is_asan_binary(relay_binary())
+ASAN = procinfo.sanitized_relay()
 # Growth of the relay's peak RSS allowed while one large answer streams.
 # AddressSanitizer keeps freed memory in quarantine (limited to 16 MiB here).
 RSS_GROWTH_LIMIT_KIB = (100 if ASAN else 40) * 1024

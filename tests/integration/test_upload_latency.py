@@ -19,7 +19,6 @@ import pytest
 
 import procinfo
 from helpers import login, pattern
-from relay import relay_binary
 from wsclient import MiB
 
 # What this file proves is timing (no chunk much slower than the others),
@@ -27,7 +26,7 @@ from wsclient import MiB
 # code it drives (write_chunk, write-through, write_close) is the same as
 # test_streams.py's and test_verbs.py's uploads, which the sanitizer pass
 # runs. Left out of that pass to keep CI well inside its time.
-pytestmark = pytest.mark.skipif(procinfo.is_asan_binary(relay_binary()),
+pytestmark = pytest.mark.skipif(procinfo.sanitized_relay(),
                                 reason="timing only: run in the plain passes")
 
 CHUNKS = 20

@@ -30,7 +30,7 @@ VALGRIND = shutil.which("valgrind")
 
 pytestmark = [
     pytest.mark.skipif(VALGRIND is None, reason="valgrind is not installed"),
-    pytest.mark.skipif(os.path.exists(relay_binary()) and procinfo.is_asan_binary(relay_binary()),
+    pytest.mark.skipif(os.path.exists(relay_binary()) and procinfo.sanitized_relay(),
                        reason="RELAY_BIN is an AddressSanitizer build; valgrind needs a plain "
                               "one (LeakSanitizer covers leaks in the ASan pass)"),
 ]

@@ -117,7 +117,7 @@ def test_error_answers_to_a_slow_reader_stay_bounded(relay_factory, sshd):
     from that browser must pause while its unread output is at the bound,
     so the relay's memory stays flat however long the browser keeps
     sending (it grew by ~10 MiB/s before)."""
-    asan = procinfo.is_asan_binary(relay_binary())
+    asan = procinfo.sanitized_relay()
     relay = relay_factory(**procinfo.asan_env(relay_binary()))
     pid = relay.proc.pid
     s = login(relay, sshd)
