@@ -42,8 +42,11 @@ from wsclient import MiB
 # What this file proves is the proxy's configuration; the relay code it
 # drives is the same as test_scale.py's, which the sanitizer pass runs. Left
 # out of that pass to keep CI well inside its time.
-pytestmark = pytest.mark.skipif(procinfo.sanitized_relay(),
-                                reason="proxy configuration only: run in the plain passes")
+pytestmark = [
+    pytest.mark.skipif(procinfo.sanitized_relay(),
+                       reason="proxy configuration only: run in the plain passes"),
+    pytest.mark.timeout(300),
+]
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 EXAMPLE = os.path.join(REPO, "deploy", "haproxy.cfg.example")
@@ -58,8 +61,6 @@ IDLE_SECS = 35
 # while HAProxy's checks take it out.
 GRACE_SECS = 20
 PREFIX = "wchaproxy:"
-
-pytestmark = pytest.mark.timeout(300)
 
 
 def substitute_lines(text, replacements):
