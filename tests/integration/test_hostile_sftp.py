@@ -215,6 +215,49 @@ class ReadDrip(hs.Scenario):
                 return
 
 
+class ReadAheadHeld(hs.Scenario):
+    """READ is answered within the first 512 KiB of the file only (the
+    chunk the test reads and the one the relay reads ahead): the read-ahead
+    libssh2 sends past it is held, never answered, so closing the handle
+    after one chunk leaves those requests abandoned (libssh2 calls them
+    zombies and drops their replies if they ever come). No
+    limits@openssh.com, so reads are libssh2's 30000 bytes: a score or so
+    held per handle. A STAT of /late-new then answers, late, the oldest
+    LATE_REPLIES of the newest ZOMBIES_MAX held requests; a STAT of
+    /late-old the LATE_REPLIES held just before those. Each late reply
+    carries LATE_BYTES."""
+    extensions = [(b"posix-rename@openssh.com", b"1"), (b"statvfs@openssh.com", b"2")]
+    file_size = 100 * MiB
+
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.held = []
+
+    def on_read(self, rid, p):
+        h, off = self.string(p)
+        offset, _ = struct.unpack(">QI", p[off:off + 12])
+        if offset < 512 * 1024:
+            super().on_read(rid, p)
+        else:
+            self.held.append(rid)
+
+    def late(self, rids):
+        payload = hs.sstr(b"L" * LATE_BYTES)
+        for rid in rids:
+            self.send(hs.DATA, rid, payload)
+
+    def on_stat(self, rid, p):
+        path, _ = self.string(p)
+        if path == b"/late-new":
+            self.late(self.held[-ZOMBIES_MAX:][:LATE_REPLIES])
+        elif path == b"/late-old":
+            self.late(self.held[-(ZOMBIES_MAX + LATE_REPLIES):-ZOMBIES_MAX])
+        else:
+            super().on_stat(rid, p)
+            return
+        self.send(hs.ATTRS, rid, hs.attrs(self.file_size))
+
+
 class ListDrip(hs.Scenario):
     """READDIR answers one name a second: each wait is short, the listing
     never ends."""
@@ -234,7 +277,7 @@ SCENARIOS = {cls.__name__: cls for cls in [
     hs.Scenario, EndlessReaddir, MillionEntries, LongName, CountLie, HugeNamePacket,
     StatLengthMax, StatLengthShort, StatWrongId, StatUnsolicitedFlood, StaleRepliesFlood,
     DuplicateReplies, ReadTooMuch, DataLengthLie, LimitsTiny, LimitsHuge, StatvfsZero,
-    StatvfsMax, HugeHandle, StatusOkNoHandle, ReadStall, ReadDrip, ListDrip]}
+    StatvfsMax, HugeHandle, StatusOkNoHandle, ReadStall, ReadDrip, ListDrip, ReadAheadHeld]}
 
 
 # --------------------------------------------------------------------------
@@ -470,6 +513,31 @@ def test_flood_of_stale_replies_ends_the_session_in_bounded_memory(relay_factory
     use.check(relay, sshd, slack_kib=RSS_SLACK_KIB + 64 * 1024)
 
 
+def test_abandoned_read_requests_are_remembered_up_to_a_bound(relay_factory, hostile, sshd):
+    """Read handles closed early while the server sits on their read-ahead:
+    libssh2 remembers the newest ZOMBIES_MAX abandoned requests and drops
+    their late replies (over 64 MiB of them are harmless); older ones are
+    forgotten, so the list stays bounded, and their late replies count as
+    unclaimed: past 64 MiB the session ends, in bounded memory. With a
+    bound of 1067 or more (or none) the second batch would be dropped too
+    and the session would live on; under 767, the first batch would end
+    it."""
+    relay = flood_relay(relay_factory, hostile)
+    use = Usage(relay)
+    s = attack(relay, hostile, "ReadAheadHeld")
+    scenario = hostile.runs[-1]
+    assert isinstance(scenario, ReadAheadHeld)
+    while len(scenario.held) < ZOMBIES_MAX + LATE_REPLIES:
+        h = s.read_open("/f")
+        resp, data = s.call_then_binary("read_chunk", handle=h, timeout=30)
+        assert resp["result"] == {"size": 256 * 1024} and data == b"x" * (256 * 1024), resp
+        assert s.ok("read_close", handle=h) == {}
+    assert s.ok("stat", path="/late-new", timeout=120)["size"] == ReadAheadHeld.file_size
+    assert s.ok("stat", path="/f")["size"] == ReadAheadHeld.file_size
+    expect_fatal(s, s.call("stat", path="/late-old", timeout=120), LOST)
+    use.check(relay, sshd, slack_kib=RSS_SLACK_KIB + 64 * 1024)
+
+
 def test_duplicated_replies_are_harmless(relay, hostile, sshd):
     use = Usage(relay)
     s = attack(relay, hostile, "DuplicateReplies")
@@ -480,6 +548,18 @@ def test_duplicated_replies_are_harmless(relay, hostile, sshd):
     s.close()
     use.check(relay, sshd)
 
+
+# LIBSSH2_SFTP_ZOMBIES_MAX (sftp-hostile-server.patch): abandoned requests
+# whose late replies libssh2 still recognises and drops; a late reply to an
+# older one counts as unclaimed, and unclaimed replies end the session past
+# LIBSSH2_SFTP_QUEUED_MAXBYTES (64 MiB).
+ZOMBIES_MAX = 1024
+QUEUED_MAXBYTES = 64 * MiB
+# Each batch of late replies is over QUEUED_MAXBYTES in all (255 KiB each,
+# under libssh2's 256 KiB packet limit), so it is harmless only if all but
+# QUEUED_MAXBYTES // LATE_BYTES (257) of them are recognised and dropped.
+LATE_REPLIES = 300
+LATE_BYTES = 255 * 1024
 
 # --------------------------------------------------------------------------
 # READ answers.
