@@ -243,9 +243,12 @@ class HostileServer(LoopbackListener):
     """Listens on 127.0.0.1 (a free port); `scenarios` maps user names to
     Scenario classes."""
 
-    def __init__(self, scenarios):
+    def __init__(self, scenarios, on_transport=None):
         super().__init__(backlog=32)
         self.scenarios = dict(scenarios)
+        # Called with each new paramiko.Transport before it starts, so a
+        # test can watch what the relay sends beneath SFTP.
+        self.on_transport = on_transport
         self.runs = []
         self.errors = []
         self.host_key = paramiko.ECDSAKey.generate()
@@ -258,6 +261,8 @@ class HostileServer(LoopbackListener):
         # flow control: the relay's limits are under test, not ours.
         t.default_window_size = 64 * 1024 * 1024
         t.add_server_key(self.host_key)
+        if self.on_transport:
+            self.on_transport(t)
         self.transports.append(t)
         try:
             t.start_server(server=_Iface(self))
