@@ -67,6 +67,16 @@ TARGETS = {
     "faults_per_gib": 5000,
     "worst_chunk_ratio": 2.0,
     "burst_rss_ratio": 1.10,
+    "ssh_client_cpu": 1.0,
+    "floor": 2.0,
+}
+
+# bench/floor.sh's name (openssl speed -evp) of each SSH cipher it can
+# price; for others (aes128-ctr with its HMAC) no floor row is printed.
+FLOOR_CIPHERS = {
+    "chacha20-poly1305@openssh.com": "chacha20-poly1305",
+    "aes128-gcm@openssh.com": "aes-128-gcm",
+    "aes256-gcm@openssh.com": "aes-256-gcm",
 }
 
 # Other processes may use at most this many CPUs, before the start and on
@@ -689,6 +699,30 @@ class Bench:
         self.jiffies0 = read_cpu_times()[0]
         self.wall0 = time.monotonic()
 
+    def measure_floor(self):
+        """bench/floor.sh on this machine now, for the cipher under test: the
+        floor moves with the machine (a VM whose host is busier or quieter),
+        so the relay is compared with the floor of its own run."""
+        self.floor = None
+        name = FLOOR_CIPHERS.get(self.args.cipher)
+        if name is None:
+            self.notes.append("no floor for cipher %s (bench/floor.sh prices %s)"
+                              % (self.args.cipher, ", ".join(sorted(FLOOR_CIPHERS))))
+            return
+        res = subprocess.run(["bash", os.path.join(ROOT, "bench", "floor.sh"), name],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        floor = {}
+        for line in res.stdout.decode(errors="replace").splitlines():
+            m = re.match(r"floor (download|upload), \S+\s+([0-9.]+)$", line)
+            if m:
+                floor[m.group(1)] = float(m.group(2))
+        if res.returncode != 0 or len(floor) != 2:
+            self.notes.append("bench/floor.sh failed: %s" % res.stdout.decode(errors="replace"))
+            return
+        self.floor = floor
+        log("floor (bench/floor.sh %s): download %.2f, upload %.2f CPU-s/GiB"
+            % (name, floor["download"], floor["upload"]))
+
     def load_check_end(self):
         """Other processes' average CPUs during the run, or None when our
         own CPU could not be measured (no cpuacct groups)."""
@@ -710,6 +744,8 @@ class Bench:
         t_start = time.monotonic()
         self.load_check_start()
         log("work dir %s, data dir %s" % (self.work, self.data))
+        if not self.args.only or "transfer" in self.args.only:
+            self.measure_floor()
         self.sshd.start()
         self.sshd_cg = CpuCgroup("wcbench-sshd")
         self.sshd_measured = self.sshd_cg.add(self.sshd.proc.pid)
@@ -862,6 +898,17 @@ class Bench:
             row("%s relay CPU s/GiB (vs bare libssh2)" % kind, f(r["relay_cpu"], "%.2f"),
                 f(r["bare_cpu"], "%.2f"), "%.2f" % cr, "<= %.1f" % TARGETS["cpu"],
                 verdict(cr <= TARGETS["cpu"]))
+            ssh = r["cpu"]["sftp"]["client"]
+            row("%s relay CPU s/GiB (vs OpenSSH's sftp + ssh client)" % kind,
+                f(r["relay_cpu"], "%.2f"), f(ssh, "%.2f"), "%.2f" % (r["relay_cpu"] / ssh),
+                "<= %.1f" % TARGETS["ssh_client_cpu"],
+                verdict(r["relay_cpu"] <= TARGETS["ssh_client_cpu"] * ssh))
+            fl = (getattr(self, "floor", None) or {}).get(kind)
+            if fl:
+                row("%s relay CPU s/GiB (vs the floor, bench/floor.sh in this run)" % kind,
+                    f(r["relay_cpu"], "%.2f"), f(fl, "%.2f"), "%.2f" % (r["relay_cpu"] / fl),
+                    "<= %.1f" % TARGETS["floor"],
+                    verdict(r["relay_cpu"] <= TARGETS["floor"] * fl))
             rf = r.get("faults", {}).get("relay", {}).get("relay")
             row("%s relay minor page faults per GiB" % kind, f(rf), "", "",
                 "< %d" % TARGETS["faults_per_gib"],
