@@ -18,6 +18,8 @@ import threading
 import paramiko
 
 from listener import LoopbackListener
+from helpers import LOCAL
+from wsclient import open_session
 
 # SFTP v3 packet types (draft-ietf-secsh-filexfer-02).
 INIT, VERSION, OPEN, CLOSE, READ, WRITE, LSTAT, FSTAT = 1, 2, 3, 4, 5, 6, 7, 8
@@ -290,3 +292,16 @@ class HostileServer(LoopbackListener):
             except Exception:  # noqa: BLE001
                 pass
 
+
+def login(relay, server, scenario):
+    """A session of `relay`, logged in to `server` as the user that picks
+    `scenario` (the password is not checked)."""
+    s = open_session(relay, LOCAL, server.port)
+    try:
+        s.expect_host_key()
+        s.accept_host_key()
+        assert s.auth_password(scenario, "any") == {"id": 1, "result": {}}
+    except BaseException:
+        s.close()
+        raise
+    return s

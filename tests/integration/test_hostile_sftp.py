@@ -16,14 +16,21 @@ import websocket
 
 import hostile_sftp as hs
 import procinfo
-from helpers import LOCAL, login
+from helpers import login
 from relay import relay_binary
-from wsclient import open_session
 
 ASAN = procinfo.sanitized_relay()
 # RSS growth allowed across a scenario (ASan keeps up to 16 MiB of freed
 # memory in quarantine here; see procinfo.asan_env).
 RSS_SLACK_KIB = (48 if ASAN else 24) * 1024
+# What a session may hold in replies nobody asked for before libssh2 (our
+# unclaimed-replies patch) ends it, and what holding it costs in RSS. Under
+# ASan each held byte costs more than itself: shadow memory, redzones and
+# size-class rounding, and every packet's transient copies pass through the
+# quarantine; peaks of 102 and 117 MiB above the baseline were measured for
+# the 64 MiB, against 67 MiB without ASan.
+UNCLAIMED_MAX_KIB = 64 * 1024
+UNCLAIMED_RSS_KIB = UNCLAIMED_MAX_KIB * (2 if ASAN else 1)
 # The operation timeout of the relays of this module: long enough for a
 # loaded machine, short enough that the stalls of this file take seconds.
 OP_TIMEOUT_SECS = 3
@@ -299,15 +306,7 @@ def relay(relay_factory, hostile):
 
 def attack(relay, hostile, scenario):
     """A logged-in session on the hostile server playing `scenario`."""
-    s = open_session(relay, LOCAL, hostile.port)
-    try:
-        s.expect_host_key()
-        s.accept_host_key()
-        assert s.auth_password(scenario, "any") == {"id": 1, "result": {}}
-    except BaseException:
-        s.close()
-        raise
-    return s
+    return hs.login(relay, hostile, scenario)
 
 
 class Usage:
@@ -510,7 +509,7 @@ def test_flood_of_stale_replies_ends_the_session_in_bounded_memory(relay_factory
     use = Usage(relay)
     s = attack(relay, hostile, "StaleRepliesFlood")
     expect_fatal(s, s.call("stat", path="/f", timeout=120), LOST)
-    use.check(relay, sshd, slack_kib=RSS_SLACK_KIB + 64 * 1024)
+    use.check(relay, sshd, slack_kib=RSS_SLACK_KIB + UNCLAIMED_RSS_KIB)
 
 
 def test_abandoned_read_requests_are_remembered_up_to_a_bound(relay_factory, hostile, sshd):
@@ -535,7 +534,7 @@ def test_abandoned_read_requests_are_remembered_up_to_a_bound(relay_factory, hos
     assert s.ok("stat", path="/late-new", timeout=120)["size"] == ReadAheadHeld.file_size
     assert s.ok("stat", path="/f")["size"] == ReadAheadHeld.file_size
     expect_fatal(s, s.call("stat", path="/late-old", timeout=120), LOST)
-    use.check(relay, sshd, slack_kib=RSS_SLACK_KIB + 64 * 1024)
+    use.check(relay, sshd, slack_kib=RSS_SLACK_KIB + UNCLAIMED_RSS_KIB)
 
 
 def test_duplicated_replies_are_harmless(relay, hostile, sshd):

@@ -28,9 +28,8 @@ import pytest
 
 import hostile_sftp as hs
 import procinfo
-from helpers import LOCAL
 from relay import relay_binary
-from wsclient import MiB, open_session
+from wsclient import MiB
 
 # sftp_ops.c.
 WRITE_WINDOW_MIN = 512 * 1024
@@ -98,11 +97,8 @@ def server():
 
 def test_upload_keeps_a_bounded_window_in_flight(relay_factory, server):
     relay = relay_factory(extra_ports=(server.port,), **procinfo.asan_env(relay_binary()))
-    s = open_session(relay, LOCAL, server.port)
+    s = hs.login(relay, server, "WindowWatch")
     try:
-        s.expect_host_key()
-        s.accept_host_key()
-        assert s.auth_password("WindowWatch", "any") == {"id": 1, "result": {}}
         watch = server.runs[-1]
         h = s.write_open("/up")
         for _ in range(CHUNKS):
