@@ -230,9 +230,13 @@ VARIANTS = {
 # makes sshd log the algorithms it negotiated ("kex: client->server cipher:
 # ..."), so the test can show which ones carried the bytes.
 PINNED_ALGORITHMS = (
-    # libssh2 takes hmac-sha2-256 (MAC-then-encrypt) when it may choose;
-    # encrypt-then-MAC decrypts on another path (after the MAC check).
+    # Our libssh2 takes umac-64-etm@openssh.com when it may choose, as
+    # OpenSSH's client does (umac-64.patch); MAC-then-encrypt decrypts on
+    # another path (before the MAC check) and hashes the packet in two
+    # pieces (its first 5 bytes, then the rest).
     ("aes128-ctr", None),
+    ("aes128-ctr", "umac-64@openssh.com"),
+    ("aes128-ctr", "hmac-sha2-256"),
     ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
     # The other HMACs both sides have, under AES-CTR. libssh2 keeps each
     # direction's HMAC keyed from one key exchange to the next and restarts

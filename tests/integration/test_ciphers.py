@@ -4,7 +4,9 @@ Our libssh2 has patched cipher paths: chacha20-poly1305 through OpenSSL
 (openssl-chacha-poly1305.patch) and AES-CTR / AES-GCM a whole packet per
 cipher call instead of one per 16-byte block (aes-per-packet.patch); every
 HMAC keyed once per key exchange and restarted for each packet
-(hmac-keyed-once.patch). A server offering only one cipher, and for the
+(hmac-keyed-once.patch); UMAC-64, which libssh2 does not have, written for
+it and preferred (umac-64.patch): a tag that differs from OpenSSH's in one
+bit ends the session at its first packet. A server offering only one cipher, and for the
 HMACs only one MAC (sshd.PINNED_ALGORITHMS; some NAS firmwares and FIPS
 setups offer no chacha20), forces libssh2 onto that path in both
 directions: the upload is encrypted by libssh2 and decrypted by sshd, the
@@ -25,7 +27,7 @@ from sshd import PINNED_ALGORITHMS, pinned_variant
 from wsclient import KiB, MiB
 
 # OpenSSH at LogLevel DEBUG1, once per direction:
-# "kex: client->server cipher: aes128-ctr MAC: hmac-sha2-256 compression: none"
+# "kex: client->server cipher: aes128-ctr MAC: umac-64-etm@openssh.com compression: none"
 KEX_LINE = re.compile(r"kex: (?P<dir>client->server|server->client) cipher: (?P<cipher>\S+) "
                       r"MAC: (?P<mac>\S+) compression")
 
@@ -34,7 +36,7 @@ IMPLICIT_MAC = "<implicit>"
 
 # The MAC libssh2 takes when the server offers all of OpenSSH's: the first
 # of its own list (mac.c) that sshd has too.
-LIBSSH2_FIRST_MAC = "hmac-sha2-256"
+LIBSSH2_FIRST_MAC = "umac-64-etm@openssh.com"
 
 # Upload chunks and download sizes: a few MiB in all, with lengths that are
 # not multiples of the cipher block, the SFTP packet or the relay's chunk.
