@@ -4,6 +4,7 @@
 #include "server.h"
 #include "clock.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,21 @@ static void lws_log_cb(int level, const char *line)
 static void wake(void *arg)
 {
     lws_cancel_service(arg);
+}
+
+/* lws_service() ignores its timeout (lws 4): with nothing to do it sleeps
+ * until lws's own next timer, up to half a minute away. While a browser is
+ * connected its WebSocket's tick wakes the loop every second; without one,
+ * the loop's own periodic work waited too: a worker stuck on a server that
+ * stopped answering was cut long after SESSION_RELEASE_MS, and a drain on
+ * SIGTERM overran SHUTDOWN_GRACE_SECS (the relay was killed instead). */
+#define LOOP_TICK_USECS LWS_USEC_PER_SEC
+
+static void loop_tick(lws_sorted_usec_list_t *sul)
+{
+    struct server *srv = (struct server *)((char *)sul - offsetof(struct server, loop_tick));
+
+    lws_sul_schedule(srv->ctx, 0, &srv->loop_tick, loop_tick, LOOP_TICK_USECS);
 }
 
 static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
@@ -402,6 +418,7 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
     }
     session_hub_set_wake(&srv.hub, wake, srv.ctx);
     store_set_wake(access_store(srv.access), wake, srv.ctx);
+    lws_sul_schedule(srv.ctx, 0, &srv.loop_tick, loop_tick, LOOP_TICK_USECS);
     log_info("wattcloud-relay %s listening on %s port %d (%s, %u descriptors for lws)",
              WC_VERSION, cfg->bind_host, cfg->bind_port, cfg->tls_cert ? "TLS" : "plain HTTP",
              fd_table);
@@ -422,8 +439,10 @@ out:
     session_hub_set_wake(&srv.hub, NULL, NULL);
     store_set_wake(access_store(srv.access), NULL, NULL);
     session_hub_for_each(&srv.hub, cut_session, NULL);
-    if (srv.ctx)
+    if (srv.ctx) {
+        lws_sul_cancel(&srv.loop_tick);
         lws_context_destroy(srv.ctx);  /* closes the signalfd too */
+    }
     left = reap_workers(&srv.hub);
     if (left > 0) {
         /* A worker stuck in a call that ignores the cut (getaddrinfo) still

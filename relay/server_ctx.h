@@ -32,6 +32,9 @@ struct server {
     int got_term, got_hup;
     int draining;          /* SIGTERM seen: no new sessions, /ready is 503 */
     int64_t drain_deadline_ms;     /* CLOCK_MONOTONIC */
+    /* Wakes the service loop every LOOP_TICK_USECS (server.c); service
+     * thread only. */
+    lws_sorted_usec_list_t loop_tick;
     void *(*worker)(void *);       /* a session's thread, given to server_run() */
     /* Where the gate hands a shared store's answers to HTTP requests
      * (http_store_answer, set by server.c): the gate is below http.c. */

@@ -33,12 +33,50 @@ struct worker {
 
 static int sink_post(void *arg, struct frame *a, struct frame *b)
 {
-    return session_post(arg, a, b);
+    struct worker *w = arg;
+
+    return session_post(w->s, a, b);
 }
 
 static void post_text(struct session *s, char *text)
 {
     session_post(s, frame_from_text(text), NULL);
+}
+
+/* While one chunk of an upload is being written, answer the write_chunk
+ * queued right behind it, if any, instead of when its turn comes. The
+ * browser sends a chunk only once the one before is answered, so with an
+ * answer at the start of each write alone it waits for the whole write of
+ * the previous chunk whenever the server is slower than the browser (the
+ * first chunks of a fresh connection are: sshd and sftp-server are still
+ * growing their buffers). One queued chunk at most is answered ahead
+ * (WRITE_CHUNKS_ANSWERED_AHEAD): the browser then sends one more, so an
+ * upload holds the chunk being written, the one answered, and the one
+ * arriving; ws.c's RX_PAUSE_BYTES still bounds them, and a session near
+ * SFTP_UPLOAD_BUFFER_BYTES gets its answers in turn. Only a chunk for an
+ * upload in progress is answered: anything else gets its own answer in
+ * its turn, in order. */
+#define WRITE_CHUNKS_ANSWERED_AHEAD 1   /* the head of the queue, no further */
+static void answer_ahead(void *arg)
+{
+    struct worker *w = arg;
+    struct job *j = session_peek_job(w->s);
+    size_t cap = w->cfg->upload_buffer_bytes;
+    struct session_backlog b;
+
+    if (!j || j->answered || j->kind != JOB_REQUEST || j->req.method != M_WRITE_CHUNK ||
+        j->req.error || !sftp_ops_write_ok(w->ops, j->req.handle))
+        return;
+    /* The answer brings the next chunk, of any size up to one frame, while
+     * this one and the one being written still count as unwritten: it must
+     * fit under SFTP_UPLOAD_BUFFER_BYTES whatever its size, or answering
+     * ahead would fail a browser that answering in turn would not. */
+    session_backlog(w->s, &b);
+    if (b.in_bytes > cap || cap - b.in_bytes < PROTO_MAX_FRAME_BYTES)
+        return;
+    /* Not posted (the browser left): not acknowledged, not written. */
+    if (session_post(w->s, frame_from_text(proto_result(j->req.id, json_object())), NULL) == 0)
+        j->answered = 1;
 }
 
 static void on_socket(int fd, void *arg)
@@ -215,7 +253,8 @@ static int authenticate(struct worker *w, struct job *j)
         return -1;
     }
     w->sink.post = sink_post;
-    w->sink.arg = s;
+    w->sink.writing = answer_ahead;
+    w->sink.arg = w;
     w->ops = sftp_ops_new(&w->c, &w->sink, w->cfg->list_max_entries,
                           w->cfg->op_timeout_secs);
     if (!w->ops) {
@@ -260,6 +299,22 @@ static void log_session_end(struct worker *w, const struct job *j, const struct 
                                is closing and nothing may follow the
                                unfinished message */
 
+/* Write the payload of a write_chunk already answered. Returns 0, or
+ * RUN_E_SSH when the connection is unusable. */
+static int flush(struct worker *w, struct job *j)
+{
+    struct op_reply r = {0};
+    int rc = sftp_ops_flush(w->ops, &j->req, j->data, j->len);
+
+    if (rc >= 0)
+        return 0;
+    r.fatal = 1;
+    r.code = rc == SSH_E_TIMEOUT ? "timeout" : "io";
+    r.error = "write failed";
+    log_session_end(w, j, &r);
+    return RUN_E_SSH;
+}
+
 /* Run one request and post its answer. Returns 0, RUN_E_SSH or RUN_E_CUT;
  * either error ends the session. */
 static int run_request(struct worker *w, struct job *j)
@@ -269,6 +324,14 @@ static int run_request(struct worker *w, struct job *j)
     int rc = 0;
 
     sftp_ops_run(w->ops, &j->req, j->data, j->len, &r);
+    if (j->answered) {
+        /* Its answer went out ahead (answer_ahead). If the upload failed
+         * since, the failure is what its next request answers. */
+        if (r.write_pending)
+            rc = flush(w, j);
+        op_reply_clear(&r);
+        return rc;
+    }
     if (r.streamed) {
         if (r.error || r.fatal) {
             log_session_end(w, j, &r);
@@ -287,16 +350,9 @@ static int run_request(struct worker *w, struct job *j)
     }
     session_post(w->s, frame_from_text(text), r.data);
     r.data = NULL;
-    if (r.write_pending) {
-        int wrc = sftp_ops_flush(w->ops, &j->req, j->data, j->len);
-        if (wrc < 0) {
-            op_reply_clear(&r);
-            r.fatal = 1;
-            r.code = wrc == SSH_E_TIMEOUT ? "timeout" : "io";
-            r.error = "write failed";
-            log_session_end(w, j, &r);
-            return RUN_E_SSH;
-        }
+    if (r.write_pending && flush(w, j) < 0) {
+        op_reply_clear(&r);
+        return RUN_E_SSH;
     }
     if (r.read_ahead)
         sftp_ops_read_ahead(w->ops, j->req.handle);
@@ -335,9 +391,25 @@ static void fail_queued(struct worker *w)
     int gone;
 
     while ((j = session_next_job(w->s, 0, &gone)) != NULL) {
-        if (j->kind == JOB_REQUEST)
+        if (j->kind == JOB_REQUEST && !j->answered)
             post_text(w->s, proto_error(j->req.id, "connection to the SFTP server lost", "io"));
         finish_job(w->s, j);
+    }
+}
+
+/* The browser left: the chunk answered ahead, if any, was acknowledged, so
+ * it is written before the session ends (a resumable upload continues from
+ * what is on the server). */
+static void write_answered(struct worker *w)
+{
+    struct job *j;
+
+    while ((j = session_take_answered(w->s)) != NULL) {
+        int rc = run_request(w, j);
+
+        finish_job(w->s, j);
+        if (rc < 0)
+            return;
     }
 }
 
@@ -351,6 +423,7 @@ static void serve(struct worker *w)
 
         if (gone) {
             w->reason = "browser closed";
+            write_answered(w);
             return;
         }
         if (!j) {
