@@ -147,11 +147,12 @@ class BenchSshd(sshd_mod.Sshd):
     libssh2 are compared on the same one) and the limits raised for a few
     hundred simultaneous connections."""
 
-    OVERRIDE = ("maxsessions", "maxstartups", "loglevel", "ciphers")
+    OVERRIDE = ("maxsessions", "maxstartups", "loglevel", "ciphers", "macs")
 
-    def __init__(self, directory, authorized_keys_file, cipher):
+    def __init__(self, directory, authorized_keys_file, cipher, mac=None):
         super().__init__(directory, "default", authorized_keys_file)
         self.cipher = cipher
+        self.mac = mac
 
     def _config(self):
         # sshd takes the first value of a keyword: drop the suite's own.
@@ -159,6 +160,8 @@ class BenchSshd(sshd_mod.Sshd):
                  if l.split(" ", 1)[0].lower() not in self.OVERRIDE]
         lines += ["MaxSessions 1000", "MaxStartups 2000:30:4000", "LogLevel INFO",
                   "Ciphers %s" % self.cipher]
+        if self.mac:
+            lines.append("MACs %s" % self.mac)
         return "\n".join(lines) + "\n"
 
 
@@ -251,7 +254,7 @@ class Bench:
         # that user can reach it wherever the checkout is.
         self.authkeys = sshd_mod.AuthorizedKeys(self.key.public_keys(), self.pw)
         self.sshd = BenchSshd(os.path.join(self.work, "sshd"), self.authkeys.pattern,
-                              args.cipher)
+                              args.cipher, args.mac)
         self.relays = []
         self.results = {}
         self.raw = {}
@@ -365,10 +368,13 @@ class Bench:
         return parse_kv(res.stdout.decode().strip().splitlines()[-1])
 
     def sftp_argv(self, batch_path):
-        return ["sftp", "-q", "-b", batch_path, "-i", self.key.path, "-P", str(self.sshd.port),
+        argv = ["sftp", "-q", "-b", batch_path, "-i", self.key.path, "-P", str(self.sshd.port),
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-                "-o", "Ciphers=%s" % self.args.cipher, "%s@127.0.0.1" % sshd_mod.TEST_USER]
+                "-o", "Ciphers=%s" % self.args.cipher]
+        # The client's MAC: with --mac only that one, as sshd offers.
+        argv += ["-o", "MACs=%s" % self.args.mac] if self.args.mac else []
+        return argv + ["%s@127.0.0.1" % sshd_mod.TEST_USER]
 
     def write_batch(self, name, lines):
         path = os.path.join(self.work, name)
@@ -859,8 +865,9 @@ class Bench:
             ("relay --version", cmd([self.relay_bin, "--version"])),
             ("OpenSSH", cmd(["ssh", "-V"])),
             ("libwebsockets", cmd(["pkg-config", "--modversion", "libwebsockets"])),
-            ("negotiated cipher", "%s (both directions; sshd pinned to Ciphers %s)"
-             % (getattr(self, "cipher_seen", ("?", "?"))[0], self.args.cipher)),
+            ("negotiated cipher", "%s (both directions; sshd pinned to Ciphers %s%s)"
+             % (getattr(self, "cipher_seen", ("?", "?"))[0], self.args.cipher,
+                ", MACs " + self.args.mac if self.args.mac else "")),
             ("relay build", "%s (CMAKE_BUILD_TYPE=Release), commit %s%s"
              % (self.relay_bin, commit, " + uncommitted changes in relay/ or proto/"
                 if dirty else "")),
@@ -1031,6 +1038,8 @@ class Bench:
                                          debian_release())
         if self.args.cipher != DEFAULT_CIPHER:
             name += ", " + self.args.cipher
+        if self.args.mac:
+            name += " + " + self.args.mac
         if os.environ.get("WC_LIBSSH2") == "system":
             name += ", system libssh2 (without our patches)"
         return name
@@ -1105,6 +1114,8 @@ def main():
                    "so the disk does not blur the comparison)")
     p.add_argument("--cipher", default=DEFAULT_CIPHER,
                    help="the one cipher sshd offers (default: libssh2's and OpenSSH's first)")
+    p.add_argument("--mac", help="the one MAC sshd offers (default: all of OpenSSH's; "
+                   "meaningless with an AEAD cipher)")
     p.add_argument("--sessions", type=int, default=50, help="concurrent sessions (50)")
     p.add_argument("--idle-sessions", type=int, default=200, help="idle sessions (200)")
     p.add_argument("--peak-upload-mib", type=int, default=1024,

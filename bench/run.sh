@@ -10,6 +10,8 @@
 #   --profile  also perf-record the relay during a download and an upload
 #   --cipher C sshd (and sftp) pinned to cipher C (default chacha20-poly1305@openssh.com),
 #              e.g. aes128-gcm@openssh.com or aes128-ctr
+#   --mac M    sshd (and sftp) pinned to MAC M, e.g. hmac-sha2-256 with aes128-ctr
+#              (a FIPS server offers no UMAC)
 # A run on a busy machine (other processes using more than 0.3 CPUs before
 # the start or on average during it) is printed but not written to
 # RESULTS.md.
