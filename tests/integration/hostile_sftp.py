@@ -11,6 +11,7 @@ SFTP channel runs its scenario in a thread of its own; `runs` records them
 so a test can look at what the relay asked for.
 """
 
+import contextlib
 import socket
 import struct
 import threading
@@ -112,12 +113,16 @@ class Scenario:
 
     # -- the loop ------------------------------------------------------------
 
-    def run(self):
+    def answer_init(self, extensions=None):
+        """Read INIT, answer VERSION 3 with `extensions` (name, value) pairs."""
         ptype, payload = self.recv_packet()
         assert ptype == INIT, ptype
-        ext = b"".join(sstr(n) + sstr(v) for n, v in self.extensions)
+        ext = b"".join(sstr(n) + sstr(v) for n, v in (extensions or ()))
         body = bytes([VERSION]) + u32(3) + ext
         self.send_raw(u32(len(body)) + body)
+
+    def run(self):
+        self.answer_init(self.extensions)
         while True:
             ptype, payload = self.recv_packet()
             (rid,) = struct.unpack(">I", payload[:4])
@@ -305,3 +310,15 @@ def login(relay, server, scenario):
         s.close()
         raise
     return s
+
+
+@contextlib.contextmanager
+def running(scenarios, on_transport=None):
+    """A HostileServer for the span of a fixture; a scenario that failed on
+    the server's side fails the test module when it closes."""
+    server = HostileServer(scenarios, on_transport=on_transport)
+    try:
+        yield server
+    finally:
+        server.close()
+    assert not server.errors, server.errors

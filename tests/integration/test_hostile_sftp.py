@@ -292,10 +292,8 @@ SCENARIOS = {cls.__name__: cls for cls in [
 
 @pytest.fixture(scope="module")
 def hostile():
-    server = hs.HostileServer(SCENARIOS)
-    yield server
-    server.close()
-    assert not server.errors, server.errors
+    with hs.running(SCENARIOS) as server:
+        yield server
 
 
 @pytest.fixture

@@ -93,10 +93,8 @@ def recorder():
 
 @pytest.fixture(scope="module")
 def server(recorder):
-    srv = hs.HostileServer({"Scenario": hs.Scenario}, on_transport=recorder.hook)
-    yield srv
-    srv.close()
-    assert not srv.errors, srv.errors
+    with hs.running({"Scenario": hs.Scenario}, on_transport=recorder.hook) as srv:
+        yield srv
 
 
 def test_padding_is_random_across_pool_refills(relay_factory, server, recorder):

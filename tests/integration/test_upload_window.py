@@ -53,10 +53,7 @@ class WindowWatch(hs.Scenario):
         self.written = 0
 
     def run(self):
-        ptype, _ = self.recv_packet()
-        assert ptype == hs.INIT, ptype
-        body = bytes([hs.VERSION]) + hs.u32(3)
-        self.send_raw(hs.u32(len(body)) + body)
+        self.answer_init()
         while True:
             if self.held and not self.chan.recv_ready():
                 ready, _, _ = select.select([self.chan], [], [], HOLD_GAP_SECS)
@@ -89,10 +86,8 @@ class WindowWatch(hs.Scenario):
 
 @pytest.fixture(scope="module")
 def server():
-    srv = hs.HostileServer({"WindowWatch": WindowWatch})
-    yield srv
-    srv.close()
-    assert not srv.errors, srv.errors
+    with hs.running({"WindowWatch": WindowWatch}) as srv:
+        yield srv
 
 
 def test_upload_keeps_a_bounded_window_in_flight(relay_factory, server):

@@ -66,10 +66,7 @@ class WriteGate(hs.Scenario):
             return len(self.data)
 
     def run(self):
-        ptype, _ = self.recv_packet()
-        assert ptype == hs.INIT, ptype
-        body = bytes([hs.VERSION]) + hs.u32(3)
-        self.send_raw(hs.u32(len(body)) + body)
+        self.answer_init()
         while True:
             self.answer_allowed()
             # Wake up now and then to let allowed answers go while the
@@ -107,10 +104,8 @@ class WriteGate(hs.Scenario):
 
 @pytest.fixture(scope="module")
 def server():
-    srv = hs.HostileServer({"WriteGate": WriteGate})
-    yield srv
-    srv.close()
-    assert not srv.errors, srv.errors
+    with hs.running({"WriteGate": WriteGate}) as srv:
+        yield srv
 
 
 def unwritten(relay):
