@@ -644,6 +644,17 @@ struct job *session_peek_job(struct session *s)
     return j;
 }
 
+struct job *session_next_queued(struct session *s, struct job *j)
+{
+    struct job *next;
+
+    /* The service thread sets `next` of the last job when it queues one. */
+    pthread_mutex_lock(&s->mu);
+    next = j->next;
+    pthread_mutex_unlock(&s->mu);
+    return next;
+}
+
 struct job *session_take_answered(struct session *s)
 {
     struct job *j = NULL;

@@ -39,7 +39,8 @@ struct job {
     size_t len;
     /* A write_chunk answered while still queued (worker.c, answer_ahead):
      * its bytes are acknowledged and must be written even if the browser
-     * leaves. Set by the worker only. */
+     * leaves. Set by the worker only; answered jobs are always the first
+     * of the queue. */
     int answered;
 };
 
@@ -276,6 +277,8 @@ struct job *session_next_job(struct session *s, int timeout_ms, int *gone);
  * the worker takes it: only the worker removes jobs, and the service thread
  * touches no field of a queued job but `next`. */
 struct job *session_peek_job(struct session *s);
+/* The job queued after `j` (one the worker peeked at), or NULL. */
+struct job *session_next_queued(struct session *s, struct job *j);
 /* The next job if it was answered ahead (job.answered), even when the
  * browser is gone: acknowledged bytes are written all the same. */
 struct job *session_take_answered(struct session *s);

@@ -43,40 +43,48 @@ static void post_text(struct session *s, char *text)
     session_post(s, frame_from_text(text), NULL);
 }
 
-/* While one chunk of an upload is being written, answer the write_chunk
- * queued right behind it, if any, instead of when its turn comes. The
- * browser sends a chunk only once the one before is answered, so with an
- * answer at the start of each write alone it waits for the whole write of
- * the previous chunk whenever the server is slower than the browser (the
- * first chunks of a fresh connection are: sshd and sftp-server are still
- * growing their buffers). One queued chunk at most is answered ahead
- * (WRITE_CHUNKS_ANSWERED_AHEAD): the browser then sends one more, so an
- * upload holds the chunk being written, the one answered, and the one
- * arriving; ws.c's RX_PAUSE_BYTES still bounds them, and a session near
- * SFTP_UPLOAD_BUFFER_BYTES gets its answers in turn. Only a chunk for an
- * upload in progress is answered: anything else gets its own answer in
- * its turn, in order. */
-#define WRITE_CHUNKS_ANSWERED_AHEAD 1   /* the head of the queue, no further */
+/* While one chunk of an upload is being written, answer the write_chunks
+ * queued behind it instead of when their turn comes. The browser sends a
+ * chunk only once the one before is answered, so with an answer at the
+ * start of each write alone it waits for the whole write of the chunk
+ * before whenever the server is slower than the browser (the first chunks
+ * of a fresh connection are: sshd and sftp-server are still growing their
+ * buffers). Chunks are answered ahead up to WRITE_AHEAD_BYTES beyond the
+ * one being written (two of 8 MiB, four of the app's 4 MiB, one of the
+ * largest frame): the browser then sends one more, so an upload holds up to
+ * that much besides the chunk being written and the one arriving. ws.c's
+ * RX_PAUSE_BYTES still bounds them all, and a session near
+ * SFTP_UPLOAD_BUFFER_BYTES gets its answers in turn. Only the write_chunks
+ * at the front of the queue, for an upload in progress, are answered ahead:
+ * anything else gets its own answer in its turn, so answers stay in order. */
+#define WRITE_AHEAD_BYTES PROTO_MAX_FRAME_BYTES
 static void answer_ahead(void *arg)
 {
     struct worker *w = arg;
     struct job *j = session_peek_job(w->s);
-    size_t cap = w->cfg->upload_buffer_bytes;
+    size_t cap = w->cfg->upload_buffer_bytes, ahead = 0;
     struct session_backlog b;
 
-    if (!j || j->answered || j->kind != JOB_REQUEST || j->req.method != M_WRITE_CHUNK ||
-        j->req.error || !sftp_ops_write_ok(w->ops, j->req.handle))
-        return;
-    /* The answer brings the next chunk, of any size up to one frame, while
-     * this one and the one being written still count as unwritten: it must
-     * fit under SFTP_UPLOAD_BUFFER_BYTES whatever its size, or answering
-     * ahead would fail a browser that answering in turn would not. */
-    session_backlog(w->s, &b);
-    if (b.in_bytes > cap || cap - b.in_bytes < PROTO_MAX_FRAME_BYTES)
-        return;
-    /* Not posted (the browser left): not acknowledged, not written. */
-    if (session_post(w->s, frame_from_text(proto_result(j->req.id, json_object())), NULL) == 0)
+    for (; j && j->answered; j = session_next_queued(w->s, j))
+        ahead += j->len;
+    for (; j; j = session_next_queued(w->s, j)) {
+        if (j->kind != JOB_REQUEST || j->req.method != M_WRITE_CHUNK || j->req.error ||
+            !sftp_ops_write_ok(w->ops, j->req.handle) || j->len > WRITE_AHEAD_BYTES - ahead)
+            return;
+        /* The answer brings the next chunk, of any size up to one frame,
+         * while everything queued still counts as unwritten: it must fit
+         * under SFTP_UPLOAD_BUFFER_BYTES whatever its size, or answering
+         * ahead would fail a browser that answering in turn would not. */
+        session_backlog(w->s, &b);
+        if (b.in_bytes > cap || cap - b.in_bytes < PROTO_MAX_FRAME_BYTES)
+            return;
+        /* Not posted (the browser left): not acknowledged, not written. */
+        if (session_post(w->s, frame_from_text(proto_result(j->req.id, json_object())),
+                         NULL) < 0)
+            return;
         j->answered = 1;
+        ahead += j->len;
+    }
 }
 
 static void on_socket(int fd, void *arg)

@@ -1,7 +1,7 @@
 """While one upload chunk is being written to the SFTP server, the relay
-answers the write_chunk queued right behind it (worker.c, answer_ahead),
-one chunk and no more (WRITE_CHUNKS_ANSWERED_AHEAD); a chunk so answered
-is written even if the browser leaves.
+answers the write_chunks queued behind it (worker.c, answer_ahead), up to
+WRITE_AHEAD_BYTES of them; a chunk so answered is written even if the
+browser leaves.
 
 Why it matters: the app sends a chunk only once the one before is answered.
 Answered only when its own write began, a chunk waited for the whole write
@@ -29,9 +29,13 @@ from relay import relay_binary
 from wsclient import MiB
 
 UNWRITTEN = "wattcloud_relay_unwritten_upload_bytes"
+# relay/worker.c: one frame, PROTO_MAX_FRAME_BYTES.
+WRITE_AHEAD_BYTES = 16 * MiB
 A = b"A" * (2 * MiB)
-B = b"B" * (1 * MiB + 17)
-C = b"C" * (1 * MiB + 33)
+# B and C fill WRITE_AHEAD_BYTES exactly; D, one byte, is one too many.
+B = b"B" * (6 * MiB + 17)
+C = b"C" * (WRITE_AHEAD_BYTES - len(B))
+D = b"D"
 # How long an answer that must not come is waited for. A relay that
 # answered too early would do it within milliseconds of the write answer
 # that lets it run; a relay that does not never answers, whatever the wait.
@@ -137,34 +141,36 @@ def start(relay_factory, server, resume=False):
     return relay, s, gate, h
 
 
-def test_next_chunk_is_answered_while_the_one_before_is_written(relay_factory, server):
+def test_next_chunks_are_answered_while_the_one_before_is_written(relay_factory, server):
     relay, s, gate, h = start(relay_factory, server)
     try:
-        rid_b = s.send_request("write_chunk", {"handle": h})
-        s.send_binary(B)
-        queued(relay, len(A) + len(B))
-        # One WRITE answer: the relay's write of A goes on, and B, queued
-        # behind it, is answered meanwhile, A still far from written.
-        gate.allow(1)
-        assert s.response(rid_b, timeout=30)["result"] == {}
-        assert gate.received() < len(A)
+        # Each chunk waits until the relay has queued it behind A, then one
+        # WRITE answer lets the relay's write of A go on a little, and it
+        # answers what it may meanwhile, A still far from written.
+        for chunk in (B, C):
+            rid = s.send_request("write_chunk", {"handle": h})
+            s.send_binary(chunk)
+            queued(relay, len(A) + len(B) + (len(C) if chunk is C else 0))
+            gate.allow(1)
+            assert s.response(rid, timeout=30)["result"] == {}
+            assert gate.received() < len(A)
 
-        # C, queued behind B: B is already answered ahead, so C waits for
-        # its turn (while B is written) however far A gets.
-        rid_c = s.send_request("write_chunk", {"handle": h})
-        s.send_binary(C)
-        queued(relay, len(A) + len(B) + len(C))
+        # D: B and C already fill WRITE_AHEAD_BYTES, so D waits for its turn
+        # (while C is written) however far A gets.
+        rid_d = s.send_request("write_chunk", {"handle": h})
+        s.send_binary(D)
+        queued(relay, len(A) + len(B) + len(C) + len(D))
         gate.allow(1)
         with pytest.raises(websocket.WebSocketTimeoutException):
             s.recv_text(timeout=NO_ANSWER_SECS)
         assert gate.received() < len(A)
 
         gate.open()
-        assert s.response(rid_c, timeout=60)["result"] == {}
+        assert s.response(rid_d, timeout=60)["result"] == {}
         assert s.ok("write_close", handle=h, timeout=60) == {}
     finally:
         s.close()
-    assert bytes(gate.data) == A + B + C
+    assert bytes(gate.data) == A + B + C + D
 
 
 def test_chunk_answered_ahead_is_written_when_the_browser_leaves(relay_factory, server):
