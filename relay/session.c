@@ -603,20 +603,6 @@ static void add_ms(struct timespec *ts, int ms)
     }
 }
 
-/* Unlink the first job; the caller holds s->mu and knows there is one. */
-static struct job *pop_job(struct session *s)
-{
-    struct job *j = s->jobs;
-
-    s->jobs = j->next;
-    if (!s->jobs)
-        s->jobs_tail = &s->jobs;
-    s->n_jobs--;
-    s->busy = 1;
-    j->next = NULL;
-    return j;
-}
-
 struct job *session_next_job(struct session *s, int timeout_ms, int *gone)
 {
     struct timespec until;
@@ -628,40 +614,15 @@ struct job *session_next_job(struct session *s, int timeout_ms, int *gone)
     while (!s->jobs && !s->ws_gone && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&s->cv, &s->mu, &until);
     *gone = s->ws_gone;
-    if (!s->ws_gone && s->jobs)
-        j = pop_job(s);
-    pthread_mutex_unlock(&s->mu);
-    return j;
-}
-
-struct job *session_peek_job(struct session *s)
-{
-    struct job *j;
-
-    pthread_mutex_lock(&s->mu);
-    j = s->jobs;
-    pthread_mutex_unlock(&s->mu);
-    return j;
-}
-
-struct job *session_next_queued(struct session *s, struct job *j)
-{
-    struct job *next;
-
-    /* The service thread sets `next` of the last job when it queues one. */
-    pthread_mutex_lock(&s->mu);
-    next = j->next;
-    pthread_mutex_unlock(&s->mu);
-    return next;
-}
-
-struct job *session_take_answered(struct session *s)
-{
-    struct job *j = NULL;
-
-    pthread_mutex_lock(&s->mu);
-    if (s->jobs && s->jobs->answered)
-        j = pop_job(s);
+    if (!s->ws_gone && s->jobs) {
+        j = s->jobs;
+        s->jobs = j->next;
+        if (!s->jobs)
+            s->jobs_tail = &s->jobs;
+        s->n_jobs--;
+        s->busy = 1;
+        j->next = NULL;
+    }
     pthread_mutex_unlock(&s->mu);
     return j;
 }

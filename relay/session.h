@@ -37,11 +37,6 @@ struct job {
     struct proto_auth auth;    /* JOB_AUTH */
     uint8_t *data;             /* binary payload of write / write_chunk */
     size_t len;
-    /* A write_chunk answered while still queued (worker.c, answer_ahead):
-     * its bytes are acknowledged and must be written even if the browser
-     * leaves. Set by the worker only; answered jobs are always the first
-     * of the queue. */
-    int answered;
 };
 
 void job_free(struct job *j);
@@ -273,15 +268,6 @@ void session_set_phase(struct session *s, enum session_phase p);
 /* Wait up to `timeout_ms` for a job. Returns the job (caller owns it), or
  * NULL on timeout or when the browser is gone (*gone set). */
 struct job *session_next_job(struct session *s, int timeout_ms, int *gone);
-/* The job the worker takes next, left queued, or NULL. It stays valid until
- * the worker takes it: only the worker removes jobs, and the service thread
- * touches no field of a queued job but `next`. */
-struct job *session_peek_job(struct session *s);
-/* The job queued after `j` (one the worker peeked at), or NULL. */
-struct job *session_next_queued(struct session *s, struct job *j);
-/* The next job if it was answered ahead (job.answered), even when the
- * browser is gone: acknowledged bytes are written all the same. */
-struct job *session_take_answered(struct session *s);
 /* The worker finished a job: its payload no longer counts as backlog.
  * The payload buffer may be kept as the session's spare (j->data is then
  * NULL), to be filled with the next upload chunk. */

@@ -653,9 +653,8 @@ static size_t write_window(const struct ssh_conn *c)
 
 /* Write all of `len` with at most `window` bytes in flight; libssh2
  * returns after the first acknowledged packet of a pipelined batch, so
- * call again from where it got to, telling the sink in between. */
-static int write_full(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h, const uint8_t *data,
-                      size_t len, size_t window)
+ * call again from where it got to. */
+static int write_full(LIBSSH2_SFTP_HANDLE *h, const uint8_t *data, size_t len, size_t window)
 {
     size_t off = 0;
 
@@ -665,8 +664,6 @@ static int write_full(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h, const uint8_t 
         if (rc < 0)
             return (int)rc;
         off += (size_t)rc;
-        if (off < len && o->sink->writing)
-            o->sink->writing(o->sink->arg);
     }
     return 0;
 }
@@ -784,7 +781,7 @@ static void op_write(struct sftp_ops *o, const struct op_call *in, struct op_rep
         reply_sftp_error(o, last_err(o), r);
         return;
     }
-    rc = write_full(o, h, in->data, in->len, write_window(o->c));
+    rc = write_full(h, in->data, in->len, write_window(o->c));
     if (rc < 0) {
         reply_sftp_error(o, rc, r);
         libssh2_sftp_close_handle(h);
@@ -934,18 +931,13 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *q, const uint
 
     if (!w)
         return 0;
-    rc = write_full(o, w->h, data, len, write_window(o->c));
+    rc = write_full(w->h, data, len, write_window(o->c));
     if (rc < 0) {
         metrics_sftp_op(M_WRITE_CHUNK, fail_write(o, w, rc), clock_now_us() - t0);
         return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? 0 : rc;
     }
     metrics_sftp_op(M_WRITE_CHUNK, NULL, clock_now_us() - t0);
     return 0;
-}
-
-int sftp_ops_write_ok(struct sftp_ops *o, const char *handle)
-{
-    return find_write(o, handle) != NULL;
 }
 
 static void op_write_close(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)

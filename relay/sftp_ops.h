@@ -26,10 +26,6 @@ struct sftp_ops;
  * 0, or -1 when the browser is gone (the frames are freed). */
 struct sftp_sink {
     int (*post)(void *arg, struct frame *a, struct frame *b);
-    /* Called between the pieces of an upload's write (one write window
-     * each), so the worker can answer the next write_chunk meanwhile; may
-     * be NULL. */
-    void (*writing)(void *arg);
     void *arg;
 };
 
@@ -79,8 +75,6 @@ void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req,
  * is unusable. */
 int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *req,
                    const uint8_t *data, size_t len);
-/* 1 when `handle` is an upload in progress (open, not failed), else 0. */
-int sftp_ops_write_ok(struct sftp_ops *o, const char *handle);
 
 /* Read the next chunk of a read handle in advance (at most one per
  * handle, so at most PROTO_MAX_READ_HANDLES chunks per session). */

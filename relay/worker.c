@@ -33,58 +33,12 @@ struct worker {
 
 static int sink_post(void *arg, struct frame *a, struct frame *b)
 {
-    struct worker *w = arg;
-
-    return session_post(w->s, a, b);
+    return session_post(arg, a, b);
 }
 
 static void post_text(struct session *s, char *text)
 {
     session_post(s, frame_from_text(text), NULL);
-}
-
-/* While one chunk of an upload is being written, answer the write_chunks
- * queued behind it instead of when their turn comes. The browser sends a
- * chunk only once the one before is answered, so with an answer at the
- * start of each write alone it waits for the whole write of the chunk
- * before whenever the server is slower than the browser (the first chunks
- * of a fresh connection are: sshd and sftp-server are still growing their
- * buffers). Chunks are answered ahead up to WRITE_AHEAD_BYTES beyond the
- * one being written (two of 8 MiB, four of the app's 4 MiB, one of the
- * largest frame): the browser then sends one more, so an upload holds up to
- * that much besides the chunk being written and the one arriving. ws.c's
- * RX_PAUSE_BYTES still bounds them all, and a session near
- * SFTP_UPLOAD_BUFFER_BYTES gets its answers in turn. Only the write_chunks
- * at the front of the queue, for an upload in progress, are answered ahead:
- * anything else gets its own answer in its turn, so answers stay in order. */
-#define WRITE_AHEAD_BYTES PROTO_MAX_FRAME_BYTES
-static void answer_ahead(void *arg)
-{
-    struct worker *w = arg;
-    struct job *j = session_peek_job(w->s);
-    size_t cap = w->cfg->upload_buffer_bytes, ahead = 0;
-    struct session_backlog b;
-
-    for (; j && j->answered; j = session_next_queued(w->s, j))
-        ahead += j->len;
-    for (; j; j = session_next_queued(w->s, j)) {
-        if (j->kind != JOB_REQUEST || j->req.method != M_WRITE_CHUNK || j->req.error ||
-            !sftp_ops_write_ok(w->ops, j->req.handle) || j->len > WRITE_AHEAD_BYTES - ahead)
-            return;
-        /* The answer brings the next chunk, of any size up to one frame,
-         * while everything queued still counts as unwritten: it must fit
-         * under SFTP_UPLOAD_BUFFER_BYTES whatever its size, or answering
-         * ahead would fail a browser that answering in turn would not. */
-        session_backlog(w->s, &b);
-        if (b.in_bytes > cap || cap - b.in_bytes < PROTO_MAX_FRAME_BYTES)
-            return;
-        /* Not posted (the browser left): not acknowledged, not written. */
-        if (session_post(w->s, frame_from_text(proto_result(j->req.id, json_object())),
-                         NULL) < 0)
-            return;
-        j->answered = 1;
-        ahead += j->len;
-    }
 }
 
 static void on_socket(int fd, void *arg)
@@ -261,8 +215,7 @@ static int authenticate(struct worker *w, struct job *j)
         return -1;
     }
     w->sink.post = sink_post;
-    w->sink.writing = answer_ahead;
-    w->sink.arg = w;
+    w->sink.arg = s;
     w->ops = sftp_ops_new(&w->c, &w->sink, w->cfg->list_max_entries,
                           w->cfg->op_timeout_secs);
     if (!w->ops) {
@@ -307,22 +260,6 @@ static void log_session_end(struct worker *w, const struct job *j, const struct 
                                is closing and nothing may follow the
                                unfinished message */
 
-/* Write the payload of a write_chunk already answered. Returns 0, or
- * RUN_E_SSH when the connection is unusable. */
-static int flush(struct worker *w, struct job *j)
-{
-    struct op_reply r = {0};
-    int rc = sftp_ops_flush(w->ops, &j->req, j->data, j->len);
-
-    if (rc >= 0)
-        return 0;
-    r.fatal = 1;
-    r.code = rc == SSH_E_TIMEOUT ? "timeout" : "io";
-    r.error = "write failed";
-    log_session_end(w, j, &r);
-    return RUN_E_SSH;
-}
-
 /* Run one request and post its answer. Returns 0, RUN_E_SSH or RUN_E_CUT;
  * either error ends the session. */
 static int run_request(struct worker *w, struct job *j)
@@ -332,14 +269,6 @@ static int run_request(struct worker *w, struct job *j)
     int rc = 0;
 
     sftp_ops_run(w->ops, &j->req, j->data, j->len, &r);
-    if (j->answered) {
-        /* Its answer went out ahead (answer_ahead). If the upload failed
-         * since, the failure is what its next request answers. */
-        if (r.write_pending)
-            rc = flush(w, j);
-        op_reply_clear(&r);
-        return rc;
-    }
     if (r.streamed) {
         if (r.error || r.fatal) {
             log_session_end(w, j, &r);
@@ -358,9 +287,16 @@ static int run_request(struct worker *w, struct job *j)
     }
     session_post(w->s, frame_from_text(text), r.data);
     r.data = NULL;
-    if (r.write_pending && flush(w, j) < 0) {
-        op_reply_clear(&r);
-        return RUN_E_SSH;
+    if (r.write_pending) {
+        int wrc = sftp_ops_flush(w->ops, &j->req, j->data, j->len);
+        if (wrc < 0) {
+            op_reply_clear(&r);
+            r.fatal = 1;
+            r.code = wrc == SSH_E_TIMEOUT ? "timeout" : "io";
+            r.error = "write failed";
+            log_session_end(w, j, &r);
+            return RUN_E_SSH;
+        }
     }
     if (r.read_ahead)
         sftp_ops_read_ahead(w->ops, j->req.handle);
@@ -399,25 +335,9 @@ static void fail_queued(struct worker *w)
     int gone;
 
     while ((j = session_next_job(w->s, 0, &gone)) != NULL) {
-        if (j->kind == JOB_REQUEST && !j->answered)
+        if (j->kind == JOB_REQUEST)
             post_text(w->s, proto_error(j->req.id, "connection to the SFTP server lost", "io"));
         finish_job(w->s, j);
-    }
-}
-
-/* The browser left: the chunk answered ahead, if any, was acknowledged, so
- * it is written before the session ends (a resumable upload continues from
- * what is on the server). */
-static void write_answered(struct worker *w)
-{
-    struct job *j;
-
-    while ((j = session_take_answered(w->s)) != NULL) {
-        int rc = run_request(w, j);
-
-        finish_job(w->s, j);
-        if (rc < 0)
-            return;
     }
 }
 
@@ -431,7 +351,6 @@ static void serve(struct worker *w)
 
         if (gone) {
             w->reason = "browser closed";
-            write_answered(w);
             return;
         }
         if (!j) {
