@@ -424,7 +424,7 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
              fd_table);
 
     for (;;) {
-        lws_service(srv.ctx, 1000);
+        lws_service(srv.ctx, 0);  /* the timeout is ignored: see loop_tick */
         session_hub_tick(&srv.hub);
         if (srv.got_hup) {
             srv.got_hup = 0;

@@ -5,6 +5,8 @@ at the end, whatever happened."""
 import os
 import signal
 
+from waits import wait_relay_read_all
+
 
 class FrozenSessions:
     def __init__(self, sshd):
@@ -23,6 +25,17 @@ class FrozenSessions:
         self.pids = self.sshd.descendant_pids() - self.before
         assert self.pids, "no sshd process for the new sessions"
         self._signal(signal.SIGSTOP)
+
+    def write_in_flight(self, relay, session, path, data):
+        """Open an upload of `path` in `session`, freeze the server, and send
+        a write_chunk of `data` that the relay has read in full and now
+        waits on. Returns the request id."""
+        handle = session.write_open(path)
+        self.freeze()
+        rid = session.send_request("write_chunk", {"handle": handle})
+        session.send_binary(data)
+        wait_relay_read_all(relay, session.ws.sock)
+        return rid
 
     def thaw(self):
         self._signal(signal.SIGCONT)

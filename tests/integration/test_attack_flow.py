@@ -12,7 +12,7 @@ import time
 import procinfo
 from relay import relay_binary
 from helpers import login
-from waits import _tcp_queues
+from waits import _tcp_sockets
 from test_attack_ws import OP_BINARY, OP_TEXT, finish, frame, health_ok, login_tracked
 
 TINY_RCVBUF = 4096
@@ -57,8 +57,8 @@ def flood(sock, batch, secs, stop_bytes=None, state=None):
 
 def relay_rx_queue(relay, sock):
     """Bytes the client sent that wait unread in the relay's socket."""
-    q = _tcp_queues(sock.getsockname()[1], relay.port)
-    return q.get((relay.port, sock.getsockname()[1]), (0, 0))[1]
+    q = _tcp_sockets(sock.getsockname()[1], relay.port)
+    return q.get((relay.port, sock.getsockname()[1]), (0, 0, 0))[2]
 
 
 def wait_relay_took(relay, sock, timeout=20):

@@ -11,11 +11,12 @@ import os
 import signal
 import time
 
+import pytest
 import websocket
 
 from frozen import FrozenSessions
 from helpers import LOCAL, login, pattern
-from waits import wait_for_log, wait_relay_read_all
+from waits import leave, wait_for_log, wait_relay_read_all
 from wsclient import MiB, upgrade_status
 
 GRACE = 6
@@ -95,19 +96,23 @@ def test_sigterm_drains_idle_and_busy_sessions(relay_factory, sshd, workdir):
             busy.close()
 
 
-def test_session_busy_past_the_grace_is_cut(relay_factory, sshd, workdir):
+@pytest.mark.parametrize("browser_left", (False, True), ids=("browser_there", "browser_left"))
+def test_session_busy_past_the_grace_is_cut(relay_factory, sshd, workdir, browser_left):
     """An operation still running at the deadline is cut; the relay exits 0
-    within the grace plus a few seconds all the same."""
+    within the grace plus a few seconds all the same. Also when its browser
+    has left: then no WebSocket timer wakes the relay's loop, and
+    lws_service() ignores its timeout (lws 4), so the loop slept until lws's
+    own next timer, ~30 s away, and the relay had to be killed; server.c's
+    LOOP_TICK_USECS timer wakes it."""
     grace = 2
     relay = relay_factory(SHUTDOWN_GRACE_SECS=grace)
     with FrozenSessions(sshd) as server:
         s = login(relay, sshd)
         try:
-            handle = s.write_open(os.path.join(workdir, "cut.bin"))
-            server.freeze()
-            s.send_request("write_chunk", {"handle": handle})
-            s.send_binary(pattern(4 * MiB, seed=7))
-            wait_relay_read_all(relay, s.ws.sock)
+            server.write_in_flight(relay, s, os.path.join(workdir, "cut.bin"),
+                                   pattern(4 * MiB, seed=7))
+            if browser_left:
+                leave(relay, s)
             t0 = time.monotonic()
             relay.proc.send_signal(signal.SIGTERM)
             assert relay.proc.wait(timeout=grace + SLACK + 3) == 0, relay.log_tail(40)

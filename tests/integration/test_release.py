@@ -9,6 +9,7 @@ import time
 import procinfo
 from frozen import FrozenSessions
 from helpers import LOCAL, login, wait_until
+from waits import leave, wait_for_log
 from wsclient import MiB, upgrade_status
 
 RELEASE_SECS = 10  # SESSION_RELEASE_MS in relay/session.h
@@ -72,6 +73,27 @@ def stack_sized_maps(pid):
                 and WORKER_STACK_BYTES - 16 * 1024 <= end - start <= WORKER_STACK_BYTES):
             found.append((start, end))
     return found
+
+
+def test_stuck_worker_is_cut_at_the_deadline_with_nothing_else_happening(relay_factory,
+                                                                          sshd, workdir):
+    """The test above asks the relay for upgrades while it waits, and each
+    request wakes the relay's loop. With nothing happening, lws_service()
+    (which ignores its timeout in lws 4) slept until lws's own next timer,
+    ~30 s away, and the cut came that late; server.c's LOOP_TICK_USECS timer
+    wakes the loop. Here only the log is watched while waiting."""
+    relay = relay_factory()
+    with FrozenSessions(sshd) as server:
+        s = login(relay, sshd)
+        try:
+            server.write_in_flight(relay, s, os.path.join(workdir, "stuck.bin"), b"x" * MiB)
+            leave(relay, s)
+            wait_for_log(relay, r"took over %d s; cutting the SSH connection" % RELEASE_SECS,
+                         timeout=RELEASE_SECS + 4)
+            wait_for_log(relay, r"session \S+ end: ", timeout=4)
+        finally:
+            s.close()
+    assert relay.http("GET", "/health")[0] == 200
 
 
 def test_worker_stacks_are_unmapped_when_sessions_end(relay_factory, sshd):

@@ -35,9 +35,13 @@ def wait_session_end(relay, session_id, timeout=10.0):
     return wait_for_log(relay, r"session %s end: " % re.escape(session_id), 0, timeout)
 
 
-def _tcp_queues(port_a, port_b):
-    """{(local port, remote port): (tx_queue, rx_queue)} of the IPv4 TCP
-    sockets between ports `port_a` and `port_b` on this host."""
+# /proc/net/tcp states of a socket whose owner has not closed it yet.
+TCP_OPEN_STATES = (0x01, 0x08)  # ESTABLISHED, CLOSE_WAIT
+
+
+def _tcp_sockets(port_a, port_b):
+    """{(local port, remote port): (state, tx_queue, rx_queue)} of the IPv4
+    TCP sockets between ports `port_a` and `port_b` on this host."""
     out = {}
     with open("/proc/net/tcp") as f:
         next(f)
@@ -47,7 +51,7 @@ def _tcp_queues(port_a, port_b):
             rport = int(fields[2].split(":")[1], 16)
             if {lport, rport} == {port_a, port_b}:
                 tx, rx = (int(x, 16) for x in fields[4].split(":"))
-                out[(lport, rport)] = (tx, rx)
+                out[(lport, rport)] = (int(fields[3], 16), tx, rx)
     return out
 
 
@@ -60,11 +64,32 @@ def wait_relay_read_all(relay, sock, timeout=10.0):
     cport = sock.getsockname()[1]
     deadline = time.monotonic() + timeout
     while True:
-        q = _tcp_queues(cport, relay.port)
+        q = _tcp_sockets(cport, relay.port)
         client, server = q.get((cport, relay.port)), q.get((relay.port, cport))
-        if client is not None and server is not None and client[0] == 0 and server[1] == 0:
+        if client is not None and server is not None and client[1] == 0 and server[2] == 0:
             return
         if time.monotonic() > deadline:
             raise AssertionError("the relay has not read what the client sent within "
                                  "%.0f s: queues %r" % (timeout, q))
         time.sleep(0.02)
+
+
+def wait_relay_closed(relay, cport, timeout=10.0):
+    """Wait until the relay has closed its side of the connection from the
+    client's port `cport` (gone from /proc/net/tcp, or in a state after
+    its close, TIME_WAIT included): the WebSocket is gone from the relay,
+    not only from the client."""
+    deadline = time.monotonic() + timeout
+    while _tcp_sockets(cport, relay.port).get((relay.port, cport), (0,))[0] in TCP_OPEN_STATES:
+        if time.monotonic() > deadline:
+            raise AssertionError("the relay still holds the connection from port %d after "
+                                 "%.0f s" % (cport, timeout))
+        time.sleep(0.02)
+
+
+def leave(relay, session):
+    """Close `session` from the browser's side and wait until the relay has
+    closed its side too."""
+    cport = session.ws.sock.getsockname()[1]
+    session.close()
+    wait_relay_closed(relay, cport)
