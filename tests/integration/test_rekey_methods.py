@@ -1,0 +1,129 @@
+"""A server may start a key re-exchange whenever it likes, and OpenSSH's
+does (RekeyLimit). libssh2 agrees on the new methods as soon as the
+server's KEXINIT arrives but goes on with the old keys until NEWKEYS; had
+the server offered other ciphers or MACs than at first, the new methods'
+code would run on the old ones' state, of another type
+(rekey-same-methods.patch in scripts/libssh2-patches). Such a server is
+refused: the request in flight gets the ordinary "connection lost" answer,
+the session ends, the relay logs libssh2's reason, and everyone else is
+served as before. A re-exchange to the same methods goes on working.
+
+The server is paramiko (hostile_sftp.py), which starts the re-exchange
+itself when the relay asks for the status of REKEY_PATH, offering the
+methods of the scenario; it answers once the exchange is over."""
+
+import paramiko
+import pytest
+
+import hostile_sftp as hs
+import procinfo
+from helpers import login, wait_until
+from relay import relay_binary
+
+# What the server offers at first.
+FIRST = {"ciphers": ("aes128-ctr",), "digests": ("hmac-sha2-256",)}
+REKEY_PATH = b"/rekey"
+LOST = {"error": "connection to the SFTP server lost", "code": "io"}
+# The relay logs libssh2's error with the session's end: the refusal is
+# LIBSSH2_ERROR_KEX_FAILURE.
+REFUSED = "(libssh2 -5, key exchange failed"
+# Longer than the call waits: a refusal that left the call to time out
+# (as libssh2 1.11.1 does with any failed rekey) fails the test.
+OP_TIMEOUT_SECS = 120
+CALL_SECS = 30
+
+
+class RekeyOnStat(hs.Scenario):
+    """Answers STAT of REKEY_PATH (a directory) after a key re-exchange of
+    its own, in which it offers OFFER (SecurityOptions fields) instead."""
+
+    OFFER = {}
+
+    def on_stat(self, rid, p):
+        path, _ = self.string(p)
+        if path != REKEY_PATH:
+            return super().on_stat(rid, p)
+        t = self.chan.get_transport()
+        opts = t.get_security_options()
+        for field, names in self.OFFER.items():
+            setattr(opts, field, names)
+        try:
+            t.renegotiate_keys()
+        except (paramiko.SSHException, EOFError, OSError):
+            raise hs.Gone()
+        self.send(hs.ATTRS, rid, hs.attrs(is_dir=True))
+
+
+class RekeySame(RekeyOnStat):
+    OFFER = FIRST
+
+
+class RekeyOtherCipher(RekeyOnStat):
+    OFFER = {"ciphers": ("aes256-ctr",)}
+
+
+class RekeyOtherMac(RekeyOnStat):
+    OFFER = {"digests": ("hmac-sha2-512",)}
+
+
+class RekeyToGcm(RekeyOnStat):
+    """AES-GCM brings its own MAC method, whose state is of another type
+    than HMAC's. paramiko 3 (Debian 13) speaks it; paramiko 2 does not."""
+    OFFER = {"ciphers": ("aes128-gcm@openssh.com",)}
+
+
+GCM = "aes128-gcm@openssh.com" in paramiko.Transport._preferred_ciphers
+
+
+def offer_first(transport):
+    opts = transport.get_security_options()
+    for field, names in FIRST.items():
+        setattr(opts, field, names)
+
+
+@pytest.fixture(scope="module")
+def server():
+    scenarios = {c.__name__: c for c in (RekeySame, RekeyOtherCipher, RekeyOtherMac, RekeyToGcm)}
+    with hs.running(scenarios, on_transport=offer_first) as srv:
+        yield srv
+
+
+@pytest.fixture
+def relay(relay_factory, server):
+    return relay_factory(extra_ports=(server.port,), SFTP_OP_TIMEOUT_SECS=OP_TIMEOUT_SECS,
+                         **procinfo.asan_env(relay_binary()))
+
+
+def test_rekey_to_the_same_methods_goes_on(relay, server):
+    s = hs.login(relay, server, "RekeySame")
+    try:
+        for _ in range(2):
+            assert s.ok("stat", path=REKEY_PATH.decode(), timeout=CALL_SECS)["isDir"] is True
+        assert s.ok("stat", path="/f")["size"] == hs.Scenario.file_size
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("scenario", [
+    "RekeyOtherCipher",
+    "RekeyOtherMac",
+    pytest.param("RekeyToGcm", marks=pytest.mark.skipif(
+        not GCM, reason="this paramiko has no AES-GCM")),
+])
+def test_rekey_to_other_methods_is_refused(relay, server, sshd, scenario):
+    s = hs.login(relay, server, scenario)
+    try:
+        resp = s.call("stat", path=REKEY_PATH.decode(), timeout=CALL_SECS)
+        assert {k: v for k, v in resp.items() if k != "id"} == LOST, resp
+        assert s.expect_closed(timeout=15) == []
+    finally:
+        s.close()
+    assert wait_until(lambda: REFUSED in relay.log_text(), 10), relay.log_tail()
+    # Everyone else is served as before.
+    status, _, _ = relay.http("GET", "/health")
+    assert status == 200
+    s = login(relay, sshd)
+    try:
+        assert s.ok("stat", path="/")["isDir"] is True
+    finally:
+        s.close()
