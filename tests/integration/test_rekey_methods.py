@@ -2,15 +2,18 @@
 does (RekeyLimit). libssh2 agrees on the new methods as soon as the
 server's KEXINIT arrives but goes on with the old keys until NEWKEYS; had
 the server offered other ciphers or MACs than at first, the new methods'
-code would run on the old ones' state, of another type
-(rekey-same-methods.patch in scripts/libssh2-patches). Such a server is
-refused: the request in flight gets the ordinary "connection lost" answer,
-the session ends, the relay logs libssh2's reason, and everyone else is
-served as before. A re-exchange to the same methods goes on working.
+code would run on the old ones' state, of another type. And it took
+whatever host key the re-exchange came with, though the browser was shown
+and accepted only the first (rekey-same-methods.patch in
+scripts/libssh2-patches). Such a server is refused: the request in flight
+gets the ordinary "connection lost" answer at once, the session ends, the
+relay logs libssh2's reason, and everyone else is served as before. A
+re-exchange to the same methods and key goes on working.
 
 The server is paramiko (hostile_sftp.py), which starts the re-exchange
 itself when the relay asks for the status of REKEY_PATH, offering the
-methods of the scenario; it answers once the exchange is over."""
+methods (or the host key) of the scenario; it answers once the exchange
+is over."""
 
 import paramiko
 import pytest
@@ -24,9 +27,13 @@ from relay import relay_binary
 FIRST = {"ciphers": ("aes128-ctr",), "digests": ("hmac-sha2-256",)}
 REKEY_PATH = b"/rekey"
 LOST = {"error": "connection to the SFTP server lost", "code": "io"}
-# The relay logs libssh2's error with the session's end: the refusal is
-# LIBSSH2_ERROR_KEX_FAILURE.
-REFUSED = "(libssh2 -5, key exchange failed"
+# The relay logs libssh2's error with the session's end: other methods are
+# refused as LIBSSH2_ERROR_KEX_FAILURE, another host key within the
+# exchange, which libssh2 then reports as LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE.
+REFUSED = {"RekeyOtherCipher": "(libssh2 -5, key exchange failed",
+           "RekeyOtherMac": "(libssh2 -5, key exchange failed",
+           "RekeyToGcm": "(libssh2 -5, key exchange failed",
+           "RekeyOtherHostKey": "(libssh2 -8, key exchange failed"}
 # Longer than the call waits: a refusal that left the call to time out
 # (as libssh2 1.11.1 does with any failed rekey) fails the test.
 OP_TIMEOUT_SECS = 120
@@ -44,14 +51,17 @@ class RekeyOnStat(hs.Scenario):
         if path != REKEY_PATH:
             return super().on_stat(rid, p)
         t = self.chan.get_transport()
-        opts = t.get_security_options()
-        for field, names in self.OFFER.items():
-            setattr(opts, field, names)
+        self.before_rekey(t)
         try:
             t.renegotiate_keys()
         except (paramiko.SSHException, EOFError, OSError):
             raise hs.Gone()
         self.send(hs.ATTRS, rid, hs.attrs(is_dir=True))
+
+    def before_rekey(self, transport):
+        opts = transport.get_security_options()
+        for field, names in self.OFFER.items():
+            setattr(opts, field, names)
 
 
 class RekeySame(RekeyOnStat):
@@ -75,6 +85,14 @@ class RekeyToGcm(RekeyOnStat):
 GCM = "aes128-gcm@openssh.com" in paramiko.Transport._preferred_ciphers
 
 
+class RekeyOtherHostKey(RekeyOnStat):
+    """Signs the re-exchange with a new host key of the same type: not the
+    key the browser was shown and accepted."""
+
+    def before_rekey(self, transport):
+        transport.add_server_key(paramiko.ECDSAKey.generate())
+
+
 def offer_first(transport):
     opts = transport.get_security_options()
     for field, names in FIRST.items():
@@ -83,7 +101,8 @@ def offer_first(transport):
 
 @pytest.fixture(scope="module")
 def server():
-    scenarios = {c.__name__: c for c in (RekeySame, RekeyOtherCipher, RekeyOtherMac, RekeyToGcm)}
+    scenarios = {c.__name__: c for c in (RekeySame, RekeyOtherCipher, RekeyOtherMac, RekeyToGcm,
+                                         RekeyOtherHostKey)}
     with hs.running(scenarios, on_transport=offer_first) as srv:
         yield srv
 
@@ -109,8 +128,9 @@ def test_rekey_to_the_same_methods_goes_on(relay, server):
     "RekeyOtherMac",
     pytest.param("RekeyToGcm", marks=pytest.mark.skipif(
         not GCM, reason="this paramiko has no AES-GCM")),
+    "RekeyOtherHostKey",
 ])
-def test_rekey_to_other_methods_is_refused(relay, server, sshd, scenario):
+def test_rekey_to_other_methods_or_host_key_is_refused(relay, server, sshd, scenario):
     s = hs.login(relay, server, scenario)
     try:
         resp = s.call("stat", path=REKEY_PATH.decode(), timeout=CALL_SECS)
@@ -118,7 +138,7 @@ def test_rekey_to_other_methods_is_refused(relay, server, sshd, scenario):
         assert s.expect_closed(timeout=15) == []
     finally:
         s.close()
-    assert wait_until(lambda: REFUSED in relay.log_text(), 10), relay.log_tail()
+    assert wait_until(lambda: REFUSED[scenario] in relay.log_text(), 10), relay.log_tail()
     # Everyone else is served as before.
     status, _, _ = relay.http("GET", "/health")
     assert status == 200
