@@ -29,6 +29,18 @@ def login(relay, sshd, keys=None, key=None, password=TEST_PASSWORD, timeout=15):
     return s
 
 
+def assert_serves(relay, sshd):
+    """`relay` answers /health and serves a session on the honest `sshd`:
+    what a test checks after attacking it."""
+    status, _, _ = relay.http("GET", "/health")
+    assert status == 200
+    s = login(relay, sshd)
+    try:
+        assert s.ok("stat", path="/")["isDir"] is True
+    finally:
+        s.close()
+
+
 def user_ids():
     pw = pwd.getpwnam(TEST_USER)
     return pw.pw_uid, pw.pw_gid

@@ -16,7 +16,7 @@ import websocket
 
 import hostile_sftp as hs
 import procinfo
-from helpers import login
+from helpers import assert_serves
 from relay import relay_binary
 
 ASAN = procinfo.sanitized_relay()
@@ -321,13 +321,7 @@ class Usage:
         """The relay is healthy, serves a real server, and is back to about
         the memory, threads and descriptors it had; its peak stayed within
         RSS_SLACK_KIB plus what the scenario may make it hold (held_kib)."""
-        status, _, _ = relay.http("GET", "/health")
-        assert status == 200
-        s = login(relay, sshd)
-        try:
-            assert s.ok("stat", path="/")["isDir"] is True
-        finally:
-            s.close()
+        assert_serves(relay, sshd)
         pid = self.pid
         from helpers import wait_until
         assert wait_until(lambda: procinfo.thread_count(pid) <= self.threads, 10), \

@@ -20,7 +20,7 @@ import pytest
 
 import hostile_sftp as hs
 import procinfo
-from helpers import login, wait_until
+from helpers import assert_serves, wait_until
 from relay import relay_binary
 
 # What the server offers at first.
@@ -140,10 +140,4 @@ def test_rekey_to_other_methods_or_host_key_is_refused(relay, server, sshd, scen
         s.close()
     assert wait_until(lambda: REFUSED[scenario] in relay.log_text(), 10), relay.log_tail()
     # Everyone else is served as before.
-    status, _, _ = relay.http("GET", "/health")
-    assert status == 200
-    s = login(relay, sshd)
-    try:
-        assert s.ok("stat", path="/")["isDir"] is True
-    finally:
-        s.close()
+    assert_serves(relay, sshd)
