@@ -269,6 +269,39 @@ static void last_error(LIBSSH2_SESSION *ssh, const char *what, char *err, size_t
     snprintf(err, errlen, "%s: %s", what, msg && *msg ? msg : "unknown error");
 }
 
+/* What libssh2's codes for a lost connection mean: its message is often
+ * that of the SFTP call that met the failure ("Timeout waiting for status
+ * message" for a refused key re-exchange), so the code says more. */
+static const char *failure_name(int err)
+{
+    switch (err) {
+    case LIBSSH2_ERROR_KEX_FAILURE:
+    case LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE:
+        return "key exchange failed";
+    case LIBSSH2_ERROR_INVALID_MAC:
+        return "a packet failed its MAC";
+    case LIBSSH2_ERROR_DECRYPT:
+        return "a packet failed to decrypt";
+    case LIBSSH2_ERROR_SOCKET_RECV:
+    case LIBSSH2_ERROR_SOCKET_SEND:
+    case LIBSSH2_ERROR_SOCKET_DISCONNECT:
+        return "the connection broke";
+    case LIBSSH2_ERROR_TIMEOUT:
+        return "timeout";
+    default:
+        return "error";
+    }
+}
+
+void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
+{
+    char *msg = NULL;
+    int err = c->ssh ? libssh2_session_last_error(c->ssh, &msg, NULL, 0) : 0;
+
+    snprintf(out, outlen, "libssh2 %d, %s: %s", err, failure_name(err),
+             msg && *msg ? msg : "no message");
+}
+
 int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
              const struct ssh_timeouts *t, void (*on_socket)(int fd, void *arg),
              void *arg, char *err, size_t errlen)

@@ -69,6 +69,11 @@ struct ssh_conn {
     char sign_err[256];
 };
 
+/* Why libssh2 says the connection failed, for the log: its error code,
+ * what the code means and its message ("libssh2 -5, key exchange failed:
+ * ..."). libssh2's messages are fixed text, never data. */
+void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen);
+
 /* Short code for the setup error frame, e.g. "connect_refused". */
 const char *ssh_err_code(int err);
 

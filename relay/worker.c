@@ -235,30 +235,6 @@ static int authenticate(struct worker *w, struct job *j)
 /* Why a request ended the session, for the log: which rule decided that
  * the server is gone (PROTOCOL §3: one operation may take up to
  * SFTP_OP_TIMEOUT_SECS), or that an answer was cut short. */
-/* What libssh2's codes for a lost connection mean: its message is often
- * that of the SFTP call that met the failure ("Timeout waiting for status
- * message" for a refused key re-exchange), so the code says more. */
-static const char *ssh_failure(int err)
-{
-    switch (err) {
-    case LIBSSH2_ERROR_KEX_FAILURE:
-    case LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE:
-        return "key exchange failed";
-    case LIBSSH2_ERROR_INVALID_MAC:
-        return "a packet failed its MAC";
-    case LIBSSH2_ERROR_DECRYPT:
-        return "a packet failed to decrypt";
-    case LIBSSH2_ERROR_SOCKET_RECV:
-    case LIBSSH2_ERROR_SOCKET_SEND:
-    case LIBSSH2_ERROR_SOCKET_DISCONNECT:
-        return "the connection broke";
-    case LIBSSH2_ERROR_TIMEOUT:
-        return "timeout";
-    default:
-        return "error";
-    }
-}
-
 static void log_session_end(struct worker *w, const struct job *j, const struct op_reply *r)
 {
     const char *verb = proto_method_name(j->req.method);
@@ -268,15 +244,12 @@ static void log_session_end(struct worker *w, const struct job *j, const struct 
         log_info("session %s: %s got no answer from the SFTP server within %d s "
                  "(SFTP_OP_TIMEOUT_SECS)", w->s->id, verb, w->cfg->op_timeout_secs);
     } else if (r->fatal) {
-        /* libssh2's own account says why (a refused key re-exchange, a bad
-         * MAC, a reset): its messages are fixed text, never data. */
-        char *why = NULL;
-        int err = w->c.ssh ? libssh2_session_last_error(w->c.ssh, &why, NULL, 0) : 0;
+        char why[256];
 
+        ssh_failure(&w->c, why, sizeof(why));
         w->reason = "ssh connection lost";
-        log_info("session %s: connection to the SFTP server lost during %s: %s "
-                 "(libssh2 %d, %s: %s)", w->s->id, verb, r->error ? r->error : "unknown error",
-                 err, ssh_failure(err), why && *why ? why : "no message");
+        log_info("session %s: connection to the SFTP server lost during %s: %s (%s)",
+                 w->s->id, verb, r->error ? r->error : "unknown error", why);
     } else {
         w->reason = "answer cut short";
         log_info("session %s: %s answer cut short, closing: %s", w->s->id, verb,
