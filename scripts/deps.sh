@@ -50,11 +50,14 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
 # every engine the relay supports, so valkey-server is needed too: Debian 13
 # has it; Debian 12 only in bookworm-backports, see install_valkey below.
 # python3-paramiko is the SSH side of the hostile SFTP server
-# (tests/integration/hostile_sftp.py, test_hostile_sftp.py).
+# (tests/integration/hostile_sftp.py, test_hostile_sftp.py); python3-asyncssh
+# is a second one that speaks chacha20-poly1305, which paramiko does not
+# (test_rekey_methods.py switches it to AES at a key re-exchange).
 TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-timeout
            python3-websocket python3-websockets valgrind clang libclang-rt-dev llvm caddy nginx
            systemd openssl chromium iproute2 python3-prometheus-client python3-yaml man-db
-           groff-base python3-cryptography redis-server haproxy python3-paramiko)
+           groff-base python3-cryptography redis-server haproxy python3-paramiko
+           python3-asyncssh)
 
 # shellcheck source=scripts/apt-mirror.sh
 . "$ROOT/scripts/apt-mirror.sh"

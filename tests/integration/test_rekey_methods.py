@@ -13,15 +13,29 @@ re-exchange to the same methods and key goes on working.
 The server is paramiko (hostile_sftp.py), which starts the re-exchange
 itself when the relay asks for the status of REKEY_PATH, offering the
 methods (or the host key) of the scenario; it answers once the exchange
-is over."""
+is over. paramiko speaks no chacha20-poly1305, whose switch to or from AES
+is the one that crashed the relay (a SIGSEGV in EVP_Cipher, every session
+gone): asyncssh plays that server, its SFTP side its own."""
+
+import asyncio
+import contextlib
+import tempfile
+import threading
+import warnings
 
 import paramiko
 import pytest
 
+with warnings.catch_warnings():
+    # asyncssh imports ciphers that python3-cryptography calls deprecated.
+    warnings.simplefilter("ignore")
+    import asyncssh
+
 import hostile_sftp as hs
 import procinfo
-from helpers import assert_serves, wait_until
+from helpers import LOCAL, assert_serves, wait_until
 from relay import relay_binary
+from wsclient import open_session
 
 # What the server offers at first.
 FIRST = {"ciphers": ("aes128-ctr",), "digests": ("hmac-sha2-256",)}
@@ -141,3 +155,83 @@ def test_rekey_to_other_methods_or_host_key_is_refused(relay, server, sshd, scen
     assert wait_until(lambda: REFUSED[scenario] in relay.log_text(), 10), relay.log_tail()
     # Everyone else is served as before.
     assert_serves(relay, sshd)
+
+
+# --------------------------------------------------------------------------
+# chacha20-poly1305 and AES, with asyncssh as the server.
+
+CHACHA = "chacha20-poly1305@openssh.com"
+
+
+class _AnyPassword(asyncssh.SSHServer):
+    def begin_auth(self, username):
+        return True
+
+    def password_auth_supported(self):
+        return True
+
+    def validate_password(self, username, password):
+        return True
+
+
+@contextlib.contextmanager
+def asyncssh_server(first, then):
+    """An asyncssh SFTP server on 127.0.0.1 offering only the cipher
+    `first`; a STAT of REKEY_PATH makes it start a key re-exchange offering
+    only `then`. asyncssh has no public call for that: its connection's
+    algorithm lists and _send_kexinit() are what its own rekeys use.
+    Yields the port."""
+    root = tempfile.mkdtemp(prefix="wc-asyncssh-")
+
+    class Sftp(asyncssh.SFTPServer):
+        def __init__(self, chan):
+            super().__init__(chan, chroot=root)
+            self.conn = chan.get_connection()
+
+        def stat(self, path):
+            if path.endswith(REKEY_PATH):
+                self.conn._enc_algs = [then.encode()]
+                self.conn._send_kexinit()
+                path = b"/"
+            return super().stat(path)
+
+    loop = asyncio.new_event_loop()
+    box = {}
+
+    async def serve():
+        box["server"] = await asyncssh.create_server(
+            _AnyPassword, "127.0.0.1", 0, sftp_factory=Sftp, encryption_algs=[first],
+            mac_algs=["hmac-sha2-256"],
+            server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(serve(), loop).result(30)
+    try:
+        yield box["server"].sockets[0].getsockname()[1]
+    finally:
+        box["server"].close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.mark.parametrize("first,then", [(CHACHA, "aes128-ctr"), ("aes128-ctr", CHACHA)],
+                         ids=["chacha_to_aes", "aes_to_chacha"])
+def test_rekey_between_chacha20_and_aes_is_refused(relay_factory, sshd, first, then):
+    with asyncssh_server(first, then) as port:
+        relay = relay_factory(extra_ports=(port,), SFTP_OP_TIMEOUT_SECS=OP_TIMEOUT_SECS,
+                              **procinfo.asan_env(relay_binary()))
+        s = open_session(relay, LOCAL, port)
+        try:
+            s.expect_host_key()
+            s.accept_host_key()
+            assert s.auth_password("u", "any") == {"id": 1, "result": {}}
+            assert s.ok("stat", path="/")["isDir"] is True
+            resp = s.call("stat", path=REKEY_PATH.decode(), timeout=CALL_SECS)
+            assert {k: v for k, v in resp.items() if k != "id"} == LOST, resp
+            assert s.expect_closed(timeout=15) == []
+        finally:
+            s.close()
+        assert wait_until(lambda: "(libssh2 -5, key exchange failed" in relay.log_text(), 10), \
+            relay.log_tail()
+        assert_serves(relay, sshd)
