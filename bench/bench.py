@@ -520,8 +520,8 @@ class Bench:
             dst = self.path("up.bin")
             for rep in range(self.mode["reps"]):
                 for variant in rotate(["relay", "sftp", "bare"], rep):
-                    growth = FileGrowth(dst)
-                    if kind == "upload":
+                    growth = FileGrowth(dst) if kind == "upload" else None
+                    if growth:
                         self.remove("up.bin")
                         growth.start()
                     if variant == "relay":
@@ -556,7 +556,7 @@ class Bench:
                             bare_chunk["worst_index"].append(kv.get("worst_chunk_index"))
                         self.cipher_seen = (kv["cipher_cs"], kv["cipher_sc"])
                         self.libssh2_version = kv["libssh2"]
-                    if kind == "upload":
+                    if growth:
                         growth.stop()
                         growth.record(stored[variant])
                     cpu[variant]["client"].append(max(0.0, client - setup[variant][0]) / gib)

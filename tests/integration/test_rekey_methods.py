@@ -73,9 +73,7 @@ class RekeyOnStat(hs.Scenario):
         self.send(hs.ATTRS, rid, hs.attrs(is_dir=True))
 
     def before_rekey(self, transport):
-        opts = transport.get_security_options()
-        for field, names in self.OFFER.items():
-            setattr(opts, field, names)
+        offer(transport, self.OFFER)
 
 
 class RekeySame(RekeyOnStat):
@@ -107,10 +105,15 @@ class RekeyOtherHostKey(RekeyOnStat):
         transport.add_server_key(paramiko.ECDSAKey.generate())
 
 
-def offer_first(transport):
+def offer(transport, fields):
+    """Make paramiko offer `fields` (SecurityOptions name -> names)."""
     opts = transport.get_security_options()
-    for field, names in FIRST.items():
+    for field, names in fields.items():
         setattr(opts, field, names)
+
+
+def offer_first(transport):
+    offer(transport, FIRST)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +184,8 @@ def asyncssh_server(first, then):
     only `then`. asyncssh has no public call for that: its connection's
     algorithm lists and _send_kexinit() are what its own rekeys use.
     Yields the port."""
-    root = tempfile.mkdtemp(prefix="wc-asyncssh-")
+    tmp = tempfile.TemporaryDirectory(prefix="wc-asyncssh-")
+    root = tmp.name
 
     class Sftp(asyncssh.SFTPServer):
         def __init__(self, chan):
@@ -213,6 +217,7 @@ def asyncssh_server(first, then):
         box["server"].close()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        tmp.cleanup()
 
 
 @pytest.mark.parametrize("first,then", [(CHACHA, "aes128-ctr"), ("aes128-ctr", CHACHA)],
