@@ -150,14 +150,26 @@ class FileGrowth:
     path ends in sftp-server's write(2) to that file. Slice #0 runs from the
     first byte stored to the first 8 MiB, so connection set-up is not in it.
     A Python thread costs the machine under 2% of one CPU at this rate, the
-    same for every variant."""
+    same for every variant.
+
+    With `server_pids` (a callable giving the pids of sshd's connection
+    processes, sftp-server among them) it also reads their minor page
+    faults and CPU time at each slice boundary: whether a slow slice is
+    the server faulting in memory or computing. The pids are looked up once,
+    when the file appears (before its first byte), since that scan reads
+    all of /proc; at a boundary only their three stat files are read."""
 
     SLICE = 8 * MiB
     PERIOD = 0.001
 
-    def __init__(self, path):
+    def __init__(self, path, server_pids=None):
         self.path = path
+        self.server_pids = server_pids
+        self.pids = None
         self.samples = []
+        # (minor faults, CPU s) of the server's processes, summed, at the
+        # first byte stored and at each slice boundary after it.
+        self.usage = []
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -168,16 +180,37 @@ class FileGrowth:
         self.done.set()
         self.thread.join()
 
+    def _server_usage(self):
+        """Minor faults (stat(5)'s 10th field) and CPU seconds (schedstat's
+        first, in ns: clock ticks are too coarse for a 25 ms slice) of the
+        server's processes, summed."""
+        faults, cpu_ns = 0, 0
+        for pid in self.pids:
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    faults += int(f.read().rsplit(")", 1)[1].split()[7])
+                with open("/proc/%d/schedstat" % pid) as f:
+                    cpu_ns += int(f.read().split()[0])
+            except OSError:
+                continue
+        return faults, cpu_ns / 1e9
+
     def _run(self):
         last = -1
+        want = 0
         while not self.done.wait(self.PERIOD):
             try:
                 size = os.stat(self.path).st_size
             except OSError:
                 continue
+            if self.server_pids and self.pids is None:
+                self.pids = self.server_pids()
             if size != last:
                 self.samples.append((time.monotonic(), size))
                 last = size
+            while self.pids and size > 0 and size >= want * self.SLICE:
+                self.usage.append(self._server_usage())
+                want += 1
 
     def slices(self):
         """Seconds per 8 MiB slice (a boundary's time is that of the first
@@ -194,13 +227,21 @@ class FileGrowth:
 
     def record(self, into):
         """Append this run's worst slice, its index and the median slice to
-        `into` (a worst_chunk() dict of lists)."""
+        `into` (a worst_chunk() dict of lists), and, when the server's
+        processes were read, slice #0's faults and CPU and the median
+        slice's, with both slices' seconds (into["server"], a list of
+        6-tuples: seconds, faults and CPU s, each #0 then median)."""
         s = self.slices()
         if len(s) < 2:
             return
         into["worst"].append(max(s))
         into["worst_index"].append(s.index(max(s)))
         into["median"].append(median(s))
+        steps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(self.usage, self.usage[1:])]
+        if len(steps) >= 2:
+            into.setdefault("server", []).append(
+                (s[0], median(s[1:]), steps[0][0], median([x[0] for x in steps[1:]]),
+                 steps[0][1], median([x[1] for x in steps[1:]])))
 
 
 class BenchSshd(sshd_mod.Sshd):
@@ -520,7 +561,8 @@ class Bench:
             dst = self.path("up.bin")
             for rep in range(self.mode["reps"]):
                 for variant in rotate(["relay", "sftp", "bare"], rep):
-                    growth = FileGrowth(dst) if kind == "upload" else None
+                    growth = (FileGrowth(dst, self.sshd.descendant_pids) if kind == "upload"
+                              else None)
                     if growth:
                         self.remove("up.bin")
                         growth.start()
@@ -584,6 +626,11 @@ class Bench:
                 self.results[kind]["chunk"] = worst_chunk(chunk)
                 self.results[kind]["bare_chunk"] = worst_chunk(bare_chunk)
                 self.results[kind]["stored"] = {v: worst_chunk(c) for v, c in stored.items()}
+                # Medians over the runs of slice #0's server faults and CPU
+                # and of the median slice's.
+                self.results[kind]["server_first"] = {
+                    v: [median([x[i] for x in c["server"]]) for i in range(6)]
+                    for v, c in stored.items() if c.get("server")}
 
     # -- 3. small operations ----------------------------------------------
 
@@ -1088,6 +1135,17 @@ class Bench:
                         "%.2f" % relay_cpu if relay_cpu is not None else "-",
                         "%.2f" % c["sshd"] if c["sshd"] is not None else "?", total,
                         f(fl.get("client")), f(fl.get("relay"))))
+        first = R.get("upload", {}).get("server_first")
+        if first:
+            out += ["", "The server's processes (sshd's for the connection and sftp-server) "
+                    "while each upload's first 8 MiB is stored, against its median 8 MiB "
+                    "(medians of the runs; FileGrowth):", "",
+                    "| path | stored s #0 / median | server minor faults #0 / median "
+                    "| server CPU s #0 / median |", "|---|---|---|---|"]
+            names = {"relay": "relay", "sftp": "OpenSSH's sftp", "bare": "bare libssh2"}
+            for v, (t0, tm, f0, fm, c0, cm) in first.items():
+                out.append("| %s | %.3f / %.3f | %.0f / %.0f | %.3f / %.3f |"
+                           % (names[v], t0, tm, f0, fm, c0, cm))
         if "smallops" in R:
             lat = R["smallops"]["latency_us"]
             out += ["", "Relay small-op latency, median µs per verb: " +
