@@ -261,12 +261,21 @@ static int read_fingerprint(struct ssh_conn *c)
     return 0;
 }
 
-static void last_error(LIBSSH2_SESSION *ssh, const char *what, char *err, size_t errlen)
+/* libssh2's last error message on `ssh` (never NULL; libssh2 owns it, valid
+ * until its next call on `ssh`), and its code in *code when code is set. */
+static const char *last_msg(LIBSSH2_SESSION *ssh, int *code)
 {
     char *msg = NULL;
+    int err = ssh ? libssh2_session_last_error(ssh, &msg, NULL, 0) : 0;
 
-    libssh2_session_last_error(ssh, &msg, NULL, 0);
-    snprintf(err, errlen, "%s: %s", what, msg && *msg ? msg : "unknown error");
+    if (code)
+        *code = err;
+    return msg && *msg ? msg : "unknown error";
+}
+
+static void last_error(LIBSSH2_SESSION *ssh, const char *what, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "%s: %s", what, last_msg(ssh, NULL));
 }
 
 /* What libssh2's codes for a lost connection mean: its message is often
@@ -295,11 +304,10 @@ static const char *failure_name(int err)
 
 void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
 {
-    char *msg = NULL;
-    int err = c->ssh ? libssh2_session_last_error(c->ssh, &msg, NULL, 0) : 0;
+    int err;
+    const char *msg = last_msg(c->ssh, &err);
 
-    snprintf(out, outlen, "libssh2 %d, %s: %s", err, failure_name(err),
-             msg && *msg ? msg : "no message");
+    snprintf(out, outlen, "libssh2 %d, %s: %s", err, failure_name(err), msg);
 }
 
 int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
@@ -653,11 +661,7 @@ int ssh_ping(struct ssh_conn *c)
 
 const char *ssh_errmsg(struct ssh_conn *c)
 {
-    char *msg = NULL;
-
-    if (c->ssh)
-        libssh2_session_last_error(c->ssh, &msg, NULL, 0);
-    return msg && *msg ? msg : "unknown error";
+    return last_msg(c->ssh, NULL);
 }
 
 void ssh_cut(struct ssh_conn *c)

@@ -9,6 +9,8 @@ from sshd import TEST_PASSWORD, TEST_USER
 from wsclient import open_session
 
 LOCAL = "127.0.0.1"
+# The answer to a request in flight when the SSH connection ends under it.
+LOST = {"error": "connection to the SFTP server lost", "code": "io"}
 
 
 def login(relay, sshd, keys=None, key=None, password=TEST_PASSWORD, timeout=15):
@@ -27,6 +29,16 @@ def login(relay, sshd, keys=None, key=None, password=TEST_PASSWORD, timeout=15):
         s.close()
         raise
     return s
+
+
+def strip_id(resp):
+    return {k: v for k, v in resp.items() if k != "id"}
+
+
+def expect_fatal(s, resp, want):
+    """`resp` is `want`, and the relay then ends the session."""
+    assert strip_id(resp) == want, resp
+    assert s.expect_closed(timeout=15) == []
 
 
 def assert_serves(relay, sshd):

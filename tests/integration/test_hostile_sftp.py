@@ -16,7 +16,7 @@ import websocket
 
 import hostile_sftp as hs
 import procinfo
-from helpers import assert_serves
+from helpers import LOST, assert_serves, expect_fatal, strip_id
 from relay import relay_binary
 
 ASAN = procinfo.sanitized_relay()
@@ -35,7 +35,6 @@ HELD_RSS_FACTOR = 2 if ASAN else 1
 # The operation timeout of the relays of this module: long enough for a
 # loaded machine, short enough that the stalls of this file take seconds.
 OP_TIMEOUT_SECS = 3
-LOST = {"error": "connection to the SFTP server lost", "code": "io"}
 TIMEOUT = {"error": "the SFTP server did not answer in time", "code": "timeout"}
 INVALID = {"error": "the SFTP server sent an invalid reply", "code": "io"}
 MiB = 1024 * 1024
@@ -334,10 +333,6 @@ class Usage:
         assert peak < self.rss + RSS_SLACK_KIB + held_kib * HELD_RSS_FACTOR, (self.rss, peak)
 
 
-def strip_id(resp):
-    return {k: v for k, v in resp.items() if k != "id"}
-
-
 # --------------------------------------------------------------------------
 # The honest baseline: the fake server itself works through the relay.
 
@@ -352,12 +347,6 @@ def test_honest_fake_server_works(relay, hostile, sshd):
     assert s.download("/f") == b"x" * 1000
     s.close()
     use.check(relay, sshd)
-
-
-def expect_fatal(s, resp, want):
-    """`resp` is `want`, and the relay then ends the session."""
-    assert strip_id(resp) == want, resp
-    assert s.expect_closed(timeout=15) == []
 
 
 def timed_call(s, method, **params):
