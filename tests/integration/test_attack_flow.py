@@ -17,6 +17,7 @@ from test_attack_ws import OP_BINARY, OP_TEXT, finish, frame, health_ok, login_t
 
 TINY_RCVBUF = 4096
 STALL_SECS = 3
+FLOOD_SECS = 300
 
 
 def pin_rcvbuf(sock):
@@ -99,16 +100,20 @@ def test_bad_write_chunks_to_a_browser_that_never_reads(relay_factory, sshd):
         # busy machine) also blocks the sender for STALL_SECS; it then
         # drains its queue, where a paused one keeps it. So flood again
         # until the relay keeps unread bytes or all of `total` went in.
+        # The pause comes after 2-3.5 MiB (the kernel takes the first
+        # answers into the relay's send buffer), 5-15 s here; FLOOD_SECS
+        # only bounds a machine so busy that the relay takes 30 KB/s (seen
+        # once, with a compile beside the suite: 2 MiB in 90 s).
         sent, t0, state = 0, time.monotonic(), {}
         while True:
             sent += flood(sock, batch, 30, stop_bytes=total - sent, state=state)
             wait_relay_took(relay, sock)
             left = relay_rx_queue(relay, sock)
-            if left > 0 or sent >= total or time.monotonic() - t0 > 90:
+            if left > 0 or sent >= total or time.monotonic() - t0 > FLOOD_SECS:
                 break
         rss = procinfo.rss_kib(pid)
-        print("sent %d KiB, relay left %d KiB unread, RSS %d -> %d KiB"
-              % (sent >> 10, left >> 10, rss0, rss))
+        print("sent %d KiB in %.0f s, relay left %d KiB unread, RSS %d -> %d KiB"
+              % (sent >> 10, time.monotonic() - t0, left >> 10, rss0, rss))
         assert left > 0, "the relay read all %d KiB of requests whose answers were " \
             "never read: reading did not pause" % (sent >> 10)
         # AddressSanitizer adds its quarantine (16 MiB here), shadow memory

@@ -586,9 +586,12 @@ def test_sign_request_ends_with_its_session(sign_relay, sign_servers, keys):
     assert wait_until(lambda: procinfo.thread_count(pid) <= threads, 10), \
         "the worker still waits for the signature"
     assert time.monotonic() - started < 10
-    log = relay.log_since(offset)
-    assert "the browser left before it answered the sign_request" in log, log[-3000:]
-    assert re.search(r"session \S+ end: .*reason=\"browser closed\"", log), log[-3000:]
+    # The worker's thread ends before the service thread logs the session's
+    # end: wait for that line.
+    ended = re.compile(r"session \S+ end: .*reason=\"browser closed\"")
+    assert wait_until(lambda: ended.search(relay.log_since(offset)), 10), \
+        relay.log_since(offset)[-3000:]
+    assert "the browser left before it answered the sign_request" in relay.log_since(offset)
 
 
 def test_sign_failures_count_against_the_budget(sign_relay, sign_servers, keys):
