@@ -26,6 +26,7 @@ root: it creates the local user `wctest` and starts sshd.
 import argparse
 import datetime
 import json
+import mmap
 import os
 import platform
 import re
@@ -133,6 +134,31 @@ def busy_cpus(secs=1.0):
     time.sleep(secs)
     b1, t1 = read_cpu_times()
     return (b1 - b0) / max(1, t1 - t0) * os.cpu_count()
+
+
+def fault_cost_usecs(mib=256):
+    """Microseconds one page fault takes now: the first write to each 4 KiB
+    page of `mib` MiB freshly mapped, less a second pass over the same
+    pages (this loop's own cost). On this project's VMs it is 1.5-3 us
+    where the guest's memory is backed by the host already and 13-18 us
+    where it is not (the host faults too), and the guest gives freed
+    memory back after a while: the same code pays 8x more for every page
+    it maps afresh, sshd's growing buffers included (RESULTS.md, seventh
+    session). So each run records it at its start and end."""
+    size = mib * MiB
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            m.madvise(mmap.MADV_NOHUGEPAGE)
+        passes = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for off in range(0, size, mmap.PAGESIZE):
+                m[off] = 1
+            passes.append(time.perf_counter() - t0)
+    finally:
+        m.close()
+    return max(0.0, passes[0] - passes[1]) * 1e6 / (size // mmap.PAGESIZE)
 
 
 def rotate(items, k):
@@ -813,6 +839,7 @@ class Bench:
         group, so the machine's busy time minus theirs is everyone else's."""
         self.load_start = " ".join(open("/proc/loadavg").read().split()[:3])
         self.busy_start = busy_cpus(3.0)
+        self.fault_usecs = [fault_cost_usecs()]
         if self.busy_start > BUSY_CPUS:
             log("WARNING: the machine is busy before the start (%.2f CPUs in use by other "
                 "processes, load %s): the run will be printed, not written to RESULTS.md"
@@ -850,6 +877,7 @@ class Bench:
         """Other processes' average CPUs during the run, or None when our
         own CPU could not be measured (no cpuacct groups)."""
         self.load_end = " ".join(open("/proc/loadavg").read().split()[:3])
+        self.fault_usecs.append(fault_cost_usecs())
         self.busy_during = None
         if self.all_measured and self.sshd_measured:
             busy = (read_cpu_times()[0] - self.jiffies0) / os.sysconf("SC_CLK_TCK")
@@ -989,6 +1017,8 @@ class Bench:
              % (self.relay_bin, commit, " + uncommitted changes in relay/ or proto/"
                 if dirty else "")),
             ("extra relay environment", " ".join(self.args.relay_env or []) or "none"),
+            ("page fault", "us per 4 KiB page freshly mapped, at the start and at the end: "
+             + ", ".join("%.1f" % u for u in getattr(self, "fault_usecs", []))),
             ("data", "files on %s (%s)" % (os.path.dirname(self.data),
                                             cmd(["stat", "-f", "-c", "%T",
                                                  os.path.dirname(self.data)]))),
