@@ -57,7 +57,7 @@ TEST_PKGS=(openssh-server openssh-client python3 python3-pytest python3-pytest-t
            python3-websocket python3-websockets valgrind clang libclang-rt-dev llvm caddy nginx
            systemd openssl chromium iproute2 python3-prometheus-client python3-yaml man-db
            groff-base python3-cryptography redis-server haproxy python3-paramiko
-           python3-asyncssh)
+           python3-asyncssh strace)
 
 # shellcheck source=scripts/apt-mirror.sh
 . "$ROOT/scripts/apt-mirror.sh"
