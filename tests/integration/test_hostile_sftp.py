@@ -25,11 +25,11 @@ ASAN = procinfo.sanitized_relay()
 RSS_SLACK_KIB = (48 if ASAN else 24) * 1024
 # What a session may hold in replies nobody asked for before libssh2 (our
 # unclaimed-replies patch) ends it.
-UNCLAIMED_MAX_KIB = 64 * 1024
+UNCLAIMED_MAX_KIB = 16 * 1024
 # What a byte the relay holds costs in RSS. Under ASan more than itself:
 # shadow memory, redzones and size-class rounding, and every packet's
-# transient copies pass through the quarantine; peaks of 102 and 117 MiB
-# above the baseline were measured for UNCLAIMED_MAX_KIB, against 67 MiB
+# transient copies pass through the quarantine; with a cap of 64 MiB, peaks
+# of 102 and 117 MiB above the baseline were measured, against 67 MiB
 # without ASan.
 HELD_RSS_FACTOR = 2 if ASAN else 1
 # The operation timeout of the relays of this module: long enough for a
@@ -487,7 +487,7 @@ def test_flood_of_replies_to_requests_never_sent_is_dropped(relay_factory, hosti
 
 def test_flood_of_stale_replies_ends_the_session_in_bounded_memory(relay_factory, hostile, sshd):
     """256 MiB of DATA again for an id already answered: libssh2 would keep
-    them all; with the patch the session fails at 64 MiB unclaimed."""
+    them all; with the patch the session fails at 16 MiB unclaimed."""
     relay = flood_relay(relay_factory, hostile)
     use = Usage(relay)
     s = attack(relay, hostile, "StaleRepliesFlood")
@@ -498,11 +498,11 @@ def test_flood_of_stale_replies_ends_the_session_in_bounded_memory(relay_factory
 def test_abandoned_read_requests_are_remembered_up_to_a_bound(relay_factory, hostile, sshd):
     """Read handles closed early while the server sits on their read-ahead:
     libssh2 remembers the newest ZOMBIES_MAX abandoned requests and drops
-    their late replies (over 64 MiB of them are harmless); older ones are
+    their late replies (over 16 MiB of them are harmless); older ones are
     forgotten, so the list stays bounded, and their late replies count as
-    unclaimed: past 64 MiB the session ends, in bounded memory. With a
-    bound of 1067 or more (or none) the second batch would be dropped too
-    and the session would live on; under 767, the first batch would end
+    unclaimed: past 16 MiB the session ends, in bounded memory. With a
+    bound of 1260 or more (or none) the second batch would be dropped too
+    and the session would live on; under 960, the first batch would end
     it."""
     relay = flood_relay(relay_factory, hostile)
     use = Usage(relay)
@@ -534,12 +534,12 @@ def test_duplicated_replies_are_harmless(relay, hostile, sshd):
 # LIBSSH2_SFTP_ZOMBIES_MAX (sftp-hostile-server.patch): abandoned requests
 # whose late replies libssh2 still recognises and drops; a late reply to an
 # older one counts as unclaimed, and unclaimed replies end the session past
-# LIBSSH2_SFTP_QUEUED_MAXBYTES (64 MiB).
+# LIBSSH2_SFTP_QUEUED_MAXBYTES (16 MiB).
 ZOMBIES_MAX = 1024
-QUEUED_MAXBYTES = 64 * MiB
+QUEUED_MAXBYTES = 16 * MiB
 # Each batch of late replies is over QUEUED_MAXBYTES in all (255 KiB each,
 # under libssh2's 256 KiB packet limit), so it is harmless only if all but
-# QUEUED_MAXBYTES // LATE_BYTES (257) of them are recognised and dropped.
+# QUEUED_MAXBYTES // LATE_BYTES (64) of them are recognised and dropped.
 LATE_REPLIES = 300
 LATE_BYTES = 255 * 1024
 
