@@ -192,9 +192,10 @@ class FileGrowth:
         self.path = path
         self.server_pids = server_pids
         self.pids = None
-        self.samples = []
-        # (minor faults, CPU s) of the server's processes, summed, at the
-        # first byte stored and at each slice boundary after it.
+        # When the first byte was stored and each slice boundary passed,
+        # and the (minor faults, CPU s) of the server's processes, summed,
+        # at each of them.
+        self.marks = []
         self.usage = []
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -222,34 +223,25 @@ class FileGrowth:
         return faults, cpu_ns / 1e9
 
     def _run(self):
-        last = -1
-        want = 0
+        """Marks each slice boundary as the first sample at or past it,
+        with the server's usage read there when its pids are known."""
         while not self.done.wait(self.PERIOD):
             try:
                 size = os.stat(self.path).st_size
             except OSError:
                 continue
+            now = time.monotonic()
             if self.server_pids and self.pids is None:
                 self.pids = self.server_pids()
-            if size != last:
-                self.samples.append((time.monotonic(), size))
-                last = size
-            while self.pids and size > 0 and size >= want * self.SLICE:
-                self.usage.append(self._server_usage())
-                want += 1
+            # Boundary 0 is the first byte stored, boundary k is k slices.
+            while size > 0 and size >= len(self.marks) * self.SLICE:
+                self.marks.append(now)
+                if self.pids:
+                    self.usage.append(self._server_usage())
 
     def slices(self):
-        """Seconds per 8 MiB slice (a boundary's time is that of the first
-        sample at or past it), or [] when nothing was stored."""
-        marks = []
-        want = 1
-        for t, size in self.samples:
-            if size > 0 and not marks:
-                marks.append(t)
-            while marks and size >= want * self.SLICE:
-                marks.append(t)
-                want += 1
-        return [b - a for a, b in zip(marks, marks[1:])]
+        """Seconds per 8 MiB slice, or [] when nothing was stored."""
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
     def record(self, into):
         """Append this run's worst slice, its index and the median slice to

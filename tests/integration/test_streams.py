@@ -239,22 +239,30 @@ def test_ninth_read_handle_is_refused(sftp, workdir):
         assert sftp.ok("read_close", handle=h) == {}
 
 
+def read_in_turn(sftp, handles):
+    """One read_chunk on each open handle in turn until every one is at
+    EOF: {handle: its bytes}."""
+    got = {h: b"" for h in handles}
+    done = set()
+    while len(done) < len(handles):
+        for h in handles:
+            if h in done:
+                continue
+            resp, chunk = sftp.call_then_binary("read_chunk", handle=h)
+            assert "result" in resp, resp
+            assert resp["result"] == {"size": len(chunk)}, resp
+            got[h] += chunk
+            if not chunk:
+                done.add(h)
+    return got
+
+
 def test_interleaved_downloads(sftp, workdir):
     da, db = pattern(700 * KiB, 11), pattern(600 * KiB, 12)
     pa = make_file(os.path.join(workdir, "a"), da)
     pb = make_file(os.path.join(workdir, "b"), db)
     ha, hb = sftp.read_open(pa), sftp.read_open(pb)
-    got = {ha: b"", hb: b""}
-    done = set()
-    while len(done) < 2:
-        for h in (ha, hb):
-            if h in done:
-                continue
-            resp, chunk = sftp.call_then_binary("read_chunk", handle=h)
-            assert resp["result"]["size"] == len(chunk)
-            got[h] += chunk
-            if not chunk:
-                done.add(h)
+    got = read_in_turn(sftp, [ha, hb])
     assert got[ha] == da and got[hb] == db
 
 
@@ -348,18 +356,6 @@ def test_eight_interleaved_downloads_stay_under_the_unclaimed_cap(sftp, workdir)
     for i in range(8):
         data = pattern(4 * MiB, 20 + i)
         files[sftp.read_open(make_file(os.path.join(workdir, "r%d" % i), data))] = data
-    got = {h: b"" for h in files}
-    done = set()
-    while len(done) < len(files):
-        for h in files:
-            if h in done:
-                continue
-            resp, chunk = sftp.call_then_binary("read_chunk", handle=h)
-            assert "result" in resp, resp
-            assert resp["result"] == {"size": len(chunk)}, resp
-            got[h] += chunk
-            if not chunk:
-                done.add(h)
-    assert got == files
+    assert read_in_turn(sftp, list(files)) == files
     for h in files:
         assert sftp.ok("read_close", handle=h) == {}
