@@ -54,25 +54,57 @@ def test_gone_session_keeps_its_ip_slot_until_released(relay_factory, sshd, work
 WORKER_STACK_BYTES = 512 * 1024  # relay/session.c
 
 
-def stack_sized_maps(pid):
-    """Thread stacks of a worker's size: a writable anonymous mapping of
-    WORKER_STACK_BYTES (the relay's own, above its guard page) or a little
-    less (glibc's, the guard page inside the size), right above an
-    inaccessible guard page. The guard tells stacks from the sanitizer's
-    own regions of the same size."""
+def read_maps(pid):
+    """(start, end, perms, name) of every mapping, in address order."""
     maps = []
     with open("/proc/%d/maps" % pid) as f:
         for line in f:
             m = procinfo.MAPS_RE.match(line.rstrip("\n"))
             if m:
                 maps.append((int(m.group(1), 16), int(m.group(2), 16), m.group(3), m.group(4)))
-    found = []
+    return maps
+
+
+def worker_stack_pointers(pid):
+    """The stack pointer of every thread but the service thread, read from
+    /proc/PID/task/TID/syscall while each sleeps in a system call; None
+    while one of them is running."""
+    sps = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        if int(tid) == pid:
+            continue
+        with open("/proc/%d/task/%s/syscall" % (pid, tid)) as f:
+            fields = f.read().split()
+        if len(fields) < 9:  # "running"
+            return None
+        sps.append(int(fields[7], 16))
+    return sps
+
+
+def guarded_stack(maps, sp):
+    """(guard start, stack start) of the stack holding sp: a writable
+    anonymous mapping right above an inaccessible guard of at most 64 KiB.
+    A stack is found through its thread's stack pointer, not by its size:
+    the kernel merges it with a writable anonymous neighbour above (the
+    sanitizers map many), and then the size says nothing."""
     for below, (start, end, perms, name) in zip(maps, maps[1:]):
-        if (perms.startswith("rw") and name == "" and below[2].startswith("---")
-                and below[1] == start and below[1] - below[0] <= 64 * 1024
-                and WORKER_STACK_BYTES - 16 * 1024 <= end - start <= WORKER_STACK_BYTES):
-            found.append((start, end))
-    return found
+        if start <= sp < end:
+            if (perms.startswith("rw") and name == "" and below[2].startswith("---")
+                    and below[1] == start and below[1] - below[0] <= 64 * 1024):
+                return (below[0], start)
+            return None
+    return None
+
+
+def still_mapped(maps, stack):
+    """True while the guard and the writable stack right above it are both
+    still there, as they would be in glibc's cache of stacks."""
+    guard, start = stack
+    for below, above in zip(maps, maps[1:]):
+        if below[0] <= guard < below[1]:
+            return (below[2].startswith("---") and below[1] == start
+                    and above[0] == start and above[2].startswith("rw"))
+    return False
 
 
 def test_stuck_worker_is_cut_at_the_deadline_with_nothing_else_happening(relay_factory,
@@ -106,14 +138,17 @@ def test_worker_stacks_are_unmapped_when_sessions_end(relay_factory, sshd):
     warm = login(relay, sshd)
     warm.close()
     assert wait_until(lambda: procinfo.thread_count(pid) == 1, 10)
-    base = len(stack_sized_maps(pid))
     sessions = [login(relay, sshd) for _ in range(3)]
     assert procinfo.thread_count(pid) == 4
-    assert len(stack_sized_maps(pid)) >= base + 3, "the stacks were not found while running"
+    assert wait_until(lambda: worker_stack_pointers(pid) is not None, 10)
+    maps = read_maps(pid)
+    stacks = {guarded_stack(maps, sp) for sp in worker_stack_pointers(pid)}
+    assert None not in stacks and len(stacks) == 3, \
+        "three workers' stacks, each above a guard page: %r" % stacks
     for s in sessions:
         assert s.ok("stat", path="/")["isDir"] is True
         s.close()
     assert wait_until(lambda: procinfo.thread_count(pid) == 1, 10)
-    assert wait_until(lambda: len(stack_sized_maps(pid)) == base, 5), \
-        "worker stacks still mapped after their sessions ended: %d, before %d" % (
-            len(stack_sized_maps(pid)), base)
+    assert wait_until(lambda: not any(still_mapped(read_maps(pid), st) for st in stacks), 5), \
+        "worker stacks still mapped after their sessions ended: %r" % [
+            st for st in stacks if still_mapped(read_maps(pid), st)]
