@@ -135,7 +135,11 @@ class Browser:
         self.runs = 0
         self.last_screenshot = None
 
-    def start(self, timeout=20):
+    # Chromium starts in about a second, but from a cold page cache on a
+    # loaded machine (the CI's sanitizer pass, right after a build) it has
+    # needed more than 20 s. The loop below waits for the file, so the
+    # deadline only bounds a browser that never comes up.
+    def start(self, timeout=90):
         binary = chromium_binary()
         if binary is None:
             raise FileNotFoundError("chromium is not installed: run scripts/deps.sh --test "
