@@ -672,6 +672,11 @@ static const struct setting settings[] = {
      .off = OFF(memory_budget_mib), .min = 0, .max = 1048576,
      .help = "bytes held for browsers, all sessions together, before reading pauses (MiB); "
              "0 = a quarter of RAM or of the cgroup's MemoryMax, at least 64"},
+    {.name = "SSH_SESSION_MEMORY_MIB", .def = "64", .kind = &K_INT,
+     .off = OFF(ssh_session_memory_mib), .min = 4, .max = 4096,
+     .help = "what libssh2 may hold for one session's SSH connection (MiB); past it the "
+             "session ends. Eight downloads taken in turn hold about 6, a hostile server's "
+             "packets and replies are cut by libssh2 itself at 50"},
     {.name = "SHUTDOWN_GRACE_SECS", .def = "30", .kind = &K_INT,
      .off = OFF(shutdown_grace_secs), .min = 0, .max = 3600,
      .help = "on SIGTERM, time live sessions get to finish their current operation"},

@@ -84,6 +84,7 @@ struct config {
     int list_max_entries;          /* SFTP_LIST_MAX_ENTRIES (10,000,000) */
     int shutdown_grace_secs;       /* SHUTDOWN_GRACE_SECS (30) */
     int memory_budget_mib;         /* RELAY_MEMORY_BUDGET_MIB, 0 = derived */
+    int ssh_session_memory_mib;    /* SSH_SESSION_MEMORY_MIB (64) */
 
     enum log_level log_level;      /* LOG_LEVEL */
 

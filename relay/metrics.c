@@ -20,6 +20,7 @@
 #include <openssl/crypto.h>
 
 #include "proto.h"
+#include "wipe_alloc.h"
 
 /* CMake defines the version; a build outside it (the fuzz targets) says so. */
 #ifndef WC_VERSION
@@ -568,6 +569,9 @@ long metrics_format(char *buf, size_t len)
            "Upload bytes accepted from browsers and not yet written to SFTP servers.");
     put(&o, P "unwritten_upload_bytes %lld\n",
         (long long)atomic_load_explicit(&m.unwritten, memory_order_relaxed));
+    family(&o, P "ssh_memory_bytes", "gauge",
+           "Memory libssh2 holds for all SSH connections (SSH_SESSION_MEMORY_MIB each at most).");
+    put(&o, P "ssh_memory_bytes %zu\n", wipe_ssh_total());
 
     family(&o, P "sftp_ops_total", "counter", "SFTP operations by verb and outcome.");
     for (int v = M_UNKNOWN + 1; v < M_COUNT; v++)

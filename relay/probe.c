@@ -827,6 +827,7 @@ int probe_main(int argc, char **argv)
     p.t.connect_secs = p.cfg.connect_timeout_secs;
     p.t.banner_secs = p.cfg.banner_timeout_secs;
     p.t.op_secs = p.cfg.op_timeout_secs;
+    p.t.mem_max = (size_t)p.cfg.ssh_session_memory_mib << 20;
     p.report = json_object();
     run(&p);
     json_object_set_new(p.report, "ok", json_boolean(!p.failed));

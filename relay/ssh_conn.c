@@ -297,6 +297,9 @@ static const char *failure_name(int err)
         return "the connection broke";
     case LIBSSH2_ERROR_TIMEOUT:
         return "timeout";
+    case LIBSSH2_ERROR_OUT_OF_BOUNDARY:
+        /* Our patches' bounds on what a server makes libssh2 keep. */
+        return "the server sent more than libssh2 keeps";
     default:
         return "error";
     }
@@ -307,7 +310,11 @@ void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
     int err;
     const char *msg = last_msg(c->ssh, &err);
 
-    snprintf(out, outlen, "libssh2 %d, %s: %s", err, failure_name(err), msg);
+    if (c->acct.refused)
+        snprintf(out, outlen, "the server made libssh2 hold more than %zu MiB "
+                 "(SSH_SESSION_MEMORY_MIB)", c->acct.max >> 20);
+    else
+        snprintf(out, outlen, "libssh2 %d, %s: %s", err, failure_name(err), msg);
 }
 
 int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
@@ -317,6 +324,7 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
     int one = 1, rc;
 
     memset(c, 0, sizeof(*c));
+    c->acct.max = t->mem_max;
     c->sock = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->sock < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
@@ -703,6 +711,7 @@ void ssh_close(struct ssh_conn *c)
         libssh2_session_disconnect(c->ssh, "relay session closed");
         libssh2_session_free(c->ssh);
     }
+    wipe_account_close(&c->acct);
     if (c->sock >= 0)
         close(c->sock);
     memset(c, 0, sizeof(*c));

@@ -13,6 +13,7 @@
 #include <libssh2_sftp.h>
 
 #include "proto.h"
+#include "wipe_alloc.h"
 
 /* Failures; each maps to the `code` of a setup error frame. */
 enum ssh_err {
@@ -49,9 +50,13 @@ struct ssh_timeouts {
     int banner_secs;    /* first bytes from the server */
     int op_secs;        /* any later blocking call */
     const char *hostkey_prefs;  /* host key algorithms to offer; NULL: OpenSSH's order */
+    size_t mem_max;     /* what libssh2 may hold for the connection; 0: no limit */
 };
 
 struct ssh_conn {
+    /* First member: libssh2's allocation hooks find it through the
+     * session's `abstract`, which points to this struct. */
+    struct wipe_account acct;
     int sock;
     LIBSSH2_SESSION *ssh;
     LIBSSH2_SFTP *sftp;

@@ -6,6 +6,7 @@
 #include "wipe_alloc.h"
 
 #include <malloc.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -61,22 +62,88 @@ void wipe_alloc_install_jansson(void)
     json_set_alloc_funcs(wipe_malloc, wipe_free);
 }
 
+/* All sessions' `held` together, for the metrics: added to by each worker
+ * thread, read by the service thread; atomic, relaxed (a gauge). */
+static _Atomic size_t ssh_total;
+
+static struct wipe_account *account_of(void **abstract)
+{
+    return abstract && *abstract ? (struct wipe_account *)*abstract : NULL;
+}
+
+static void account_add(struct wipe_account *a, size_t n)
+{
+    a->held += n;
+    if (a->held > a->peak)
+        a->peak = a->held;
+    atomic_fetch_add_explicit(&ssh_total, n, memory_order_relaxed);
+}
+
+/* A block freed here may never have been counted (libssh2 allocates a few
+ * with malloc()), so neither count goes below zero. */
+static void account_sub(struct wipe_account *a, size_t n)
+{
+    if (n > a->held)
+        n = a->held;
+    a->held -= n;
+    atomic_fetch_sub_explicit(&ssh_total, n, memory_order_relaxed);
+}
+
+/* Would `n` more bytes take the account past its limit? */
+static int account_refuses(struct wipe_account *a, size_t n)
+{
+    if (!a || a->max == 0 || (n <= a->max && a->held <= a->max - n))
+        return 0;
+    a->refused = 1;
+    return 1;
+}
+
 void *wipe_ssh_alloc(size_t n, void **abstract)
 {
-    (void)abstract;
-    return wipe_malloc(n);
+    struct wipe_account *a = account_of(abstract);
+    void *p;
+
+    if (account_refuses(a, n))
+        return NULL;
+    p = wipe_malloc(n);
+    if (p && a)
+        account_add(a, malloc_usable_size(p));
+    return p;
 }
 
 void *wipe_ssh_realloc(void *p, size_t n, void **abstract)
 {
-    (void)abstract;
-    return wipe_realloc(p, n);
+    struct wipe_account *a = account_of(abstract);
+    size_t old = p ? malloc_usable_size(p) : 0;
+    void *q;
+
+    if (n > old && account_refuses(a, n - old))
+        return NULL;
+    q = wipe_realloc(p, n);
+    if (q && a) {
+        account_sub(a, old);
+        account_add(a, malloc_usable_size(q));
+    }
+    return q;
 }
 
 void wipe_ssh_free(void *p, void **abstract)
 {
-    (void)abstract;
+    struct wipe_account *a = account_of(abstract);
+
+    if (p && a)
+        account_sub(a, malloc_usable_size(p));
     wipe_free(p);
+}
+
+void wipe_account_close(struct wipe_account *a)
+{
+    account_sub(a, a->held);
+}
+
+size_t wipe_ssh_total(void)
+{
+    return atomic_load_explicit(&ssh_total, memory_order_relaxed);
 }
 
 /* Zero the vector registers. xmm/ymm0-15 are clobbers the compiler knows

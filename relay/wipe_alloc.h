@@ -17,10 +17,31 @@ char *wipe_strdup(const char *s);
 /* Install the hooks into jansson. Call once, before any JSON is parsed. */
 void wipe_alloc_install_jansson(void);
 
+/* What one libssh2 session's allocations hold. A server decides much of
+ * that (packets libssh2 keeps, replies it queues), so past `max` the hooks
+ * refuse: the allocation fails, libssh2 reports LIBSSH2_ERROR_ALLOC and
+ * only that session ends. The `abstract` given to libssh2_session_init_ex()
+ * must point to a struct whose first member is this one. Touched only by
+ * the thread that drives the session. */
+struct wipe_account {
+    size_t held;    /* bytes allocated now (malloc_usable_size) */
+    size_t peak;    /* the most `held` has been */
+    size_t max;     /* refuse past this; 0: no limit */
+    int refused;    /* an allocation was refused */
+};
+
 /* Hook signatures libssh2_session_init_ex() expects. */
 void *wipe_ssh_alloc(size_t n, void **abstract);
 void *wipe_ssh_realloc(void *p, size_t n, void **abstract);
 void wipe_ssh_free(void *p, void **abstract);
+
+/* The session is gone: take what its account still holds out of the
+ * process total (libssh2 frees a few of its blocks with free(), which the
+ * hooks never see). */
+void wipe_account_close(struct wipe_account *a);
+
+/* What all libssh2 sessions hold together; any thread. */
+size_t wipe_ssh_total(void);
 
 /* Wipe what a credential leaves behind on the calling thread beyond the
  * buffers we free: the vector registers, then WIPE_STACK_BYTES of dead

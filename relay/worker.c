@@ -75,6 +75,7 @@ static int connect_target(struct worker *w)
         .connect_secs = w->cfg->connect_timeout_secs,
         .banner_secs = w->cfg->banner_timeout_secs,
         .op_secs = w->cfg->op_timeout_secs,
+        .mem_max = (size_t)w->cfg->ssh_session_memory_mib << 20,
     };
     char err[256];
     int64_t t0 = clock_now_us();
@@ -412,6 +413,8 @@ out:
     finish_job(w.s, j);
     sftp_ops_free(w.ops);
     session_set_sock(w.s, -1);
+    if (w.c.acct.peak)
+        log_debug("session %s: libssh2 held at most %zu KiB", w.s->id, w.c.acct.peak >> 10);
     ssh_close(&w.c);
     session_worker_exit(w.s, w.reason);
     wipe_release_stack();

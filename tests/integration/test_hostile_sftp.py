@@ -7,6 +7,7 @@ and a session on the real sshd still works) and that RSS, threads and
 descriptors come back."""
 
 import json
+import re
 import struct
 import time
 import threading
@@ -16,22 +17,16 @@ import websocket
 
 import hostile_sftp as hs
 import procinfo
-from helpers import LOST, assert_serves, expect_fatal, strip_id
+from helpers import LOST, Usage, assert_serves, expect_fatal, strip_id
 from relay import relay_binary
 
 ASAN = procinfo.sanitized_relay()
-# RSS growth allowed across a scenario (ASan keeps up to 16 MiB of freed
-# memory in quarantine here; see procinfo.asan_env).
-RSS_SLACK_KIB = (48 if ASAN else 24) * 1024
 # What a session may hold in replies nobody asked for before libssh2 (our
 # unclaimed-replies patch) ends it.
 UNCLAIMED_MAX_KIB = 16 * 1024
-# What a byte the relay holds costs in RSS. Under ASan more than itself:
-# shadow memory, redzones and size-class rounding, and every packet's
-# transient copies pass through the quarantine; with a cap of 64 MiB, peaks
-# of 102 and 117 MiB above the baseline were measured, against 67 MiB
-# without ASan.
-HELD_RSS_FACTOR = 2 if ASAN else 1
+# A limit on all libssh2 holds for a session below that (and above what it
+# holds for a login and a STAT).
+SESSION_MEMORY_MIB = 6
 # The operation timeout of the relays of this module: long enough for a
 # loaded machine, short enough that the stalls of this file take seconds.
 OP_TIMEOUT_SECS = 3
@@ -307,32 +302,6 @@ def attack(relay, hostile, scenario):
     return hs.login(relay, hostile, scenario)
 
 
-class Usage:
-    """RSS, threads and descriptors of the relay before a scenario."""
-
-    def __init__(self, relay):
-        self.pid = relay.proc.pid
-        self.rss = procinfo.rss_kib(self.pid)
-        self.threads = procinfo.thread_count(self.pid)
-        self.fds = procinfo.fd_count(self.pid)
-
-    def check(self, relay, sshd, held_kib=0):
-        """The relay is healthy, serves a real server, and is back to about
-        the memory, threads and descriptors it had; its peak stayed within
-        RSS_SLACK_KIB plus what the scenario may make it hold (held_kib)."""
-        assert_serves(relay, sshd)
-        pid = self.pid
-        from helpers import wait_until
-        assert wait_until(lambda: procinfo.thread_count(pid) <= self.threads, 10), \
-            (self.threads, procinfo.thread_count(pid))
-        assert wait_until(lambda: procinfo.fd_count(pid) <= self.fds, 10), \
-            (self.fds, procinfo.fd_targets(pid))
-        rss = procinfo.rss_kib(pid)
-        peak = procinfo.status_field(pid, "VmHWM")
-        print("RSS %d -> %d KiB, peak %d KiB" % (self.rss, rss, peak))
-        assert peak < self.rss + RSS_SLACK_KIB + held_kib * HELD_RSS_FACTOR, (self.rss, peak)
-
-
 # --------------------------------------------------------------------------
 # The honest baseline: the fake server itself works through the relay.
 
@@ -493,6 +462,26 @@ def test_flood_of_stale_replies_ends_the_session_in_bounded_memory(relay_factory
     s = attack(relay, hostile, "StaleRepliesFlood")
     expect_fatal(s, s.call("stat", path="/f", timeout=120), LOST)
     use.check(relay, sshd, held_kib=UNCLAIMED_MAX_KIB)
+
+
+def test_libssh2_memory_past_the_session_limit_ends_the_session(relay_factory, hostile,
+                                                                 sshd):
+    """SSH_SESSION_MEMORY_MIB counts everything libssh2 allocates for a
+    session, whatever the patch of the day bounds: the stale-reply flood
+    above would make it hold 16 MiB; with a limit of SESSION_MEMORY_MIB the
+    session ends there instead, and the log names the setting."""
+    relay = relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=60,
+                          SSH_SESSION_MEMORY_MIB=SESSION_MEMORY_MIB,
+                          **procinfo.asan_env(relay_binary()))
+    use = Usage(relay)
+    s = attack(relay, hostile, "StaleRepliesFlood")
+    expect_fatal(s, s.call("stat", path="/f", timeout=120), LOST)
+    log = relay.log_text()
+    assert "the server made libssh2 hold more than %d MiB (SSH_SESSION_MEMORY_MIB)" % \
+        SESSION_MEMORY_MIB in log
+    held = [int(k) for k in re.findall(r"libssh2 held at most (\d+) KiB", log)]
+    assert held and max(held) <= SESSION_MEMORY_MIB * 1024, held
+    use.check(relay, sshd, held_kib=SESSION_MEMORY_MIB * 1024)
 
 
 def test_abandoned_read_requests_are_remembered_up_to_a_bound(relay_factory, hostile, sshd):
