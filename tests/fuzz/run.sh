@@ -35,12 +35,12 @@ command -v "$cc" >/dev/null || { echo "run.sh: $cc not found (scripts/deps.sh --
 sources_for() {
   case "$1" in
     fuzz_proto) echo "proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
-    fuzz_access) echo "relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c relay/metrics.c proto/wipe.c relay/store.c relay/store_embedded.c relay/store_redis.c relay/config.c relay/log.c" ;;
+    fuzz_access) echo "relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c relay/metrics.c relay/wipe_alloc.c proto/wipe.c relay/store.c relay/store_embedded.c relay/store_redis.c relay/config.c relay/log.c" ;;
     fuzz_keyformat) echo "relay/keyformat.c" ;;
     fuzz_netguard) echo "relay/netguard.c" ;;
     fuzz_wsframe) echo "relay/wsframe.c proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
     fuzz_sshsig) echo "relay/sshsig.c proto/proto.c proto/wipe.c relay/wipe_alloc.c" ;;
-    fuzz_store_reply) echo "relay/store_redis.c relay/store.c relay/store_embedded.c relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c relay/metrics.c proto/wipe.c relay/config.c relay/log.c" ;;
+    fuzz_store_reply) echo "relay/store_redis.c relay/store.c relay/store_embedded.c relay/access.c relay/auth_cookie.c relay/ratelimit.c relay/client_ip.c relay/netguard.c relay/metrics.c relay/wipe_alloc.c proto/wipe.c relay/config.c relay/log.c" ;;
     *) echo "run.sh: unknown target $1" >&2; return 1 ;;
   esac
 }
