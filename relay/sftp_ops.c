@@ -1105,6 +1105,25 @@ static const op_fn ops[M_COUNT] = {
 };
 #undef OP_HANDLER
 
+/* libssh2 was refused an allocation (SSH_SESSION_MEMORY_MIB), in this
+ * call or in a read-ahead before it. It may have stopped in the middle of
+ * a packet, so its connection is not used again, whatever the call
+ * answered: the answer becomes "connection lost" and the session ends.
+ * An answer already streamed stays as it is; the session ends after it. */
+static void refused_is_fatal(struct sftp_ops *o, struct op_reply *r)
+{
+    if (!o->c->acct.refused || r->fatal)
+        return;
+    frame_free(r->data);
+    r->data = NULL;
+    r->write_pending = 0;
+    r->read_ahead = 0;
+    if (!r->streamed)
+        reply_status(LIBSSH2_ERROR_ALLOC, 0, r);
+    r->fatal = 1;
+    cut_if_fatal(o, r);
+}
+
 void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req, const uint8_t *data,
                   size_t len, struct op_reply *r)
 {
@@ -1124,6 +1143,7 @@ void sftp_ops_run(struct sftp_ops *o, const struct proto_request *req, const uin
     ops[req->method](o, &in, r);
     if (!r->result && !r->error && !r->streamed)
         reply_error(r, "out of memory", "io");
+    refused_is_fatal(o, r);
     /* A write_chunk answered early is counted when its bytes are written
      * (sftp_ops_flush), with the time the write took. */
     if (!r->write_pending)
