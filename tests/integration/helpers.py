@@ -3,6 +3,7 @@
 import hashlib
 import os
 import pwd
+import re
 import time
 
 import procinfo
@@ -88,6 +89,17 @@ class Usage:
         peak = procinfo.status_field(pid, "VmHWM")
         print("RSS %d -> %d KiB, peak %d KiB" % (self.rss, rss, peak))
         assert peak < self.rss + RSS_SLACK_KIB + held_kib * HELD_RSS_FACTOR, (self.rss, peak)
+
+
+def assert_libssh2_limit_ended(relay, limit_mib):
+    """The relay's log says a session ended at SSH_SESSION_MEMORY_MIB =
+    limit_mib, and no session's libssh2 held more (the peak each session
+    logs at its end)."""
+    log = relay.log_text()
+    assert "the server made libssh2 hold more than %d MiB (SSH_SESSION_MEMORY_MIB)" % \
+        limit_mib in log
+    held = [int(k) for k in re.findall(r"libssh2 held at most (\d+) KiB", log)]
+    assert held and max(held) <= limit_mib * 1024, held
 
 
 def user_ids():
