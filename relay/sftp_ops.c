@@ -1011,8 +1011,14 @@ static void close_read(struct rhandle *rh)
     memset(rh, 0, sizeof(*rh));
 }
 
+/* read_chunk()'s code when the relay itself has no memory for the frame.
+ * Outside libssh2's codes on purpose: this failure leaves the connection
+ * as it was, so the session goes on, where a LIBSSH2_ERROR_ALLOC means
+ * libssh2 stopped somewhere inside a packet and the connection is done. */
+#define READ_NO_FRAME (-1000)
+
 /* Read the next chunk of `rh` into a new frame; on failure NULL with the
- * libssh2 code and SFTP status in *rc / *status. */
+ * libssh2 code (or READ_NO_FRAME) and SFTP status in *rc / *status. */
 static struct frame *read_chunk(struct sftp_ops *o, struct rhandle *rh, int *rc,
                                 unsigned long *status)
 {
@@ -1020,7 +1026,7 @@ static struct frame *read_chunk(struct sftp_ops *o, struct rhandle *rh, int *rc,
     ssize_t n;
 
     if (!f) {
-        *rc = LIBSSH2_ERROR_ALLOC;
+        *rc = READ_NO_FRAME;
         *status = 0;
         return NULL;
     }
@@ -1057,7 +1063,7 @@ static void op_read_chunk(struct sftp_ops *o, const struct op_call *in, struct o
         f = read_chunk(o, rh, &rc, &status);
     }
     if (!f) {
-        if (rc == LIBSSH2_ERROR_ALLOC)
+        if (rc == READ_NO_FRAME)
             reply_error(r, "out of memory", "io");
         else
             reply_status(rc, status, r);
@@ -1105,11 +1111,14 @@ static const op_fn ops[M_COUNT] = {
 };
 #undef OP_HANDLER
 
-/* libssh2 was refused an allocation (SSH_SESSION_MEMORY_MIB), in this
- * call or in a read-ahead before it. It may have stopped in the middle of
- * a packet, so its connection is not used again, whatever the call
- * answered: the answer becomes "connection lost" and the session ends.
- * An answer already streamed stays as it is; the session ends after it. */
+/* libssh2 was refused an allocation (SSH_SESSION_MEMORY_MIB). A call that
+ * reports it is already fatal (reply_status); this catches the rest: a
+ * refusal in a read-ahead whose chunk was answered before, or one libssh2
+ * swallowed (a dropped packet) while the call itself succeeded. libssh2
+ * may have stopped in the middle of a packet, so its connection is not
+ * used again, whatever the call answered: the answer becomes "connection
+ * lost" and the session ends. An answer already streamed stays as it is;
+ * the session ends after it. */
 static void refused_is_fatal(struct sftp_ops *o, struct op_reply *r)
 {
     if (!o->c->acct.refused || r->fatal)
