@@ -85,6 +85,7 @@ struct config {
     int shutdown_grace_secs;       /* SHUTDOWN_GRACE_SECS (30) */
     int memory_budget_mib;         /* RELAY_MEMORY_BUDGET_MIB, 0 = derived */
     int ssh_session_memory_mib;    /* SSH_SESSION_MEMORY_MIB (64) */
+    int ssh_memory_budget_mib;     /* SSH_MEMORY_BUDGET_MIB, 0 = RELAY_MEMORY_BUDGET_MIB's */
 
     enum log_level log_level;      /* LOG_LEVEL */
 

@@ -572,6 +572,12 @@ long metrics_format(char *buf, size_t len)
     family(&o, P "ssh_memory_bytes", "gauge",
            "Memory libssh2 holds for all SSH connections (SSH_SESSION_MEMORY_MIB each at most).");
     put(&o, P "ssh_memory_bytes %zu\n", wipe_ssh_total());
+    family(&o, P "ssh_memory_peak_bytes", "gauge",
+           "The most libssh2 has held for all SSH connections together since start-up.");
+    put(&o, P "ssh_memory_peak_bytes %zu\n", wipe_ssh_peak());
+    family(&o, P "ssh_memory_budget_bytes", "gauge",
+           "What libssh2 may hold for all SSH connections together (SSH_MEMORY_BUDGET_MIB).");
+    put(&o, P "ssh_memory_budget_bytes %zu\n", wipe_ssh_budget());
 
     family(&o, P "sftp_ops_total", "counter", "SFTP operations by verb and outcome.");
     for (int v = M_UNKNOWN + 1; v < M_COUNT; v++)

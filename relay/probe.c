@@ -70,7 +70,7 @@ struct probe {
     struct config cfg;
     json_t *report;         /* the JSON report, filled step by step */
     const char *failed;     /* the step that failed, NULL while none has */
-    struct ssh_timeouts t;
+    struct ssh_params t;
     struct ssh_conn c;
     struct sftp_ops *ops;
     struct sftp_sink sink;
@@ -458,7 +458,7 @@ static void other_host_keys(struct probe *p, struct sockaddr_storage *ss, sockle
 
     json_object_set_new(p->report, "other_host_keys", list);
     for (size_t i = 0; i < sizeof(prefs) / sizeof(prefs[0]); i++) {
-        struct ssh_timeouts t = p->t;
+        struct ssh_params t = p->t;
         struct ssh_conn c;
         char err[512];
 

@@ -30,6 +30,7 @@
 #include "signals.h"
 #include "static_files.h"
 #include "store.h"
+#include "wipe_alloc.h"
 #include "ws.h"
 
 /* WebSocket receive buffer per connection, also the most one RECEIVE
@@ -399,6 +400,9 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
         return 1;
     }
     session_hub_init(&srv.hub, cfg, srv.access);
+    wipe_ssh_set_budget(cfg->ssh_memory_budget_mib > 0
+                            ? (size_t)cfg->ssh_memory_budget_mib << 20 : srv.hub.budget);
+    log_info("memory budget for libssh2: %zu MiB", wipe_ssh_budget() >> 20);
     metrics_set_lws_version(lws_get_library_version());
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_cb);
     if (check_listenable(cfg) < 0) {

@@ -310,15 +310,22 @@ void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
     int err;
     const char *msg = last_msg(c->ssh, &err);
 
-    if (c->acct.refused)
+    if (c->acct.refused == WIPE_REFUSED_SESSION)
         snprintf(out, outlen, "the server made libssh2 hold more than %zu MiB "
                  "(SSH_SESSION_MEMORY_MIB)", c->acct.max >> 20);
+    else if (c->acct.refused == WIPE_REFUSED_SHARE)
+        snprintf(out, outlen, "libssh2 held %zu KiB for this session, more than its share "
+                 "while all sessions held over half of SSH_MEMORY_BUDGET_MIB (%zu MiB)",
+                 c->acct.held >> 10, wipe_ssh_budget() >> 20);
+    else if (c->acct.refused == WIPE_REFUSED_BUDGET)
+        snprintf(out, outlen, "all sessions together made libssh2 hold SSH_MEMORY_BUDGET_MIB "
+                 "(%zu MiB)", wipe_ssh_budget() >> 20);
     else
         snprintf(out, outlen, "libssh2 %d, %s: %s", err, failure_name(err), msg);
 }
 
 int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
-             const struct ssh_timeouts *t, void (*on_socket)(int fd, void *arg),
+             const struct ssh_params *t, void (*on_socket)(int fd, void *arg),
              void *arg, char *err, size_t errlen)
 {
     int one = 1, rc;

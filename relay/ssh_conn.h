@@ -45,7 +45,7 @@ struct ssh_signer {
     void *arg;
 };
 
-struct ssh_timeouts {
+struct ssh_params {
     int connect_secs;   /* TCP connect and key exchange */
     int banner_secs;    /* first bytes from the server */
     int op_secs;        /* any later blocking call */
@@ -88,7 +88,7 @@ const char *ssh_err_code(int err);
  * message in `err`. On failure `c` is left empty; else release with
  * ssh_close(). */
 int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
-             const struct ssh_timeouts *t, void (*on_socket)(int fd, void *arg),
+             const struct ssh_params *t, void (*on_socket)(int fd, void *arg),
              void *arg, char *err, size_t errlen);
 
 /* Authenticate with the credentials in `a` (the caller wipes them), then

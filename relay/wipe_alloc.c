@@ -62,21 +62,59 @@ void wipe_alloc_install_jansson(void)
     json_set_alloc_funcs(wipe_malloc, wipe_free);
 }
 
-/* All sessions' `held` together, for the metrics: added to by each worker
- * thread, read by the service thread; atomic, relaxed (a gauge). */
+/* The process-wide state of the libssh2 accounts. `ssh_budget` is written
+ * once at start-up, before any worker thread exists, and only read after.
+ * The rest is added to by every worker thread and read by the service
+ * thread (metrics): atomics. ssh_total and ssh_holders are exact (relaxed
+ * order is enough, nothing else is published through them); ssh_peak is a
+ * high-water mark. */
+static size_t ssh_budget;
 static _Atomic size_t ssh_total;
+static _Atomic size_t ssh_peak;
+static _Atomic size_t ssh_holders;  /* accounts whose `held` is not 0 */
+
+/* No single libssh2 allocation comes near this; refusing larger requests
+ * up front keeps the reservation below from wrapping the total. */
+#define ACCOUNT_REQUEST_MAX (SIZE_MAX / 4)
+
+void wipe_ssh_set_budget(size_t bytes)
+{
+    ssh_budget = bytes;
+}
+
+size_t wipe_ssh_budget(void)
+{
+    return ssh_budget;
+}
 
 static struct wipe_account *account_of(void **abstract)
 {
     return abstract && *abstract ? (struct wipe_account *)*abstract : NULL;
 }
 
-static void account_add(struct wipe_account *a, size_t n)
+static void note_peak(size_t total)
 {
+    size_t peak = atomic_load_explicit(&ssh_peak, memory_order_relaxed);
+
+    while (total > peak && !atomic_compare_exchange_weak_explicit(
+               &ssh_peak, &peak, total, memory_order_relaxed, memory_order_relaxed))
+        ;
+}
+
+/* Count `n` bytes the process total already includes into `a`. */
+static void account_held_add(struct wipe_account *a, size_t n)
+{
+    if (a->held == 0 && n > 0)
+        atomic_fetch_add_explicit(&ssh_holders, 1, memory_order_relaxed);
     a->held += n;
     if (a->held > a->peak)
         a->peak = a->held;
-    atomic_fetch_add_explicit(&ssh_total, n, memory_order_relaxed);
+}
+
+static void account_add(struct wipe_account *a, size_t n)
+{
+    note_peak(atomic_fetch_add_explicit(&ssh_total, n, memory_order_relaxed) + n);
+    account_held_add(a, n);
 }
 
 /* A block freed here may never have been counted (libssh2 allocates a few
@@ -86,16 +124,55 @@ static void account_sub(struct wipe_account *a, size_t n)
     if (n > a->held)
         n = a->held;
     a->held -= n;
+    if (a->held == 0 && n > 0)
+        atomic_fetch_sub_explicit(&ssh_holders, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&ssh_total, n, memory_order_relaxed);
 }
 
-/* Would `n` more bytes take the account past its limit? */
-static int account_refuses(struct wipe_account *a, size_t n)
+static int refuse(struct wipe_account *a, enum wipe_refusal why)
 {
-    if (!a || a->max == 0 || (n <= a->max && a->held <= a->max - n))
-        return 0;
-    a->refused = 1;
-    return 1;
+    a->refused = why;
+    return -1;
+}
+
+/* Would `n` more bytes for `a`, with `before` held by all sessions before
+ * them, go past the budget or past a's share of it? */
+static enum wipe_refusal over_budget(const struct wipe_account *a, size_t before, size_t n)
+{
+    size_t half = ssh_budget / 2, holders;
+
+    if (n > ssh_budget || before > ssh_budget - n)
+        return WIPE_REFUSED_BUDGET;
+    if (before + n <= half)
+        return WIPE_REFUSED_NONE;
+    holders = atomic_load_explicit(&ssh_holders, memory_order_relaxed);
+    if (a->held == 0)
+        holders++;  /* a becomes one with these bytes */
+    if (n > half / holders || a->held > half / holders - n)
+        return WIPE_REFUSED_SHARE;
+    return WIPE_REFUSED_NONE;
+}
+
+/* Take `n` bytes for `a` before allocating them, or refuse. The process
+ * total is reserved with one atomic add and checked after it, so threads
+ * racing for the last bytes of the budget cannot all pass. */
+static int account_take(struct wipe_account *a, size_t n)
+{
+    size_t before;
+    enum wipe_refusal why;
+
+    if (n > ACCOUNT_REQUEST_MAX)
+        return refuse(a, a->max ? WIPE_REFUSED_SESSION : WIPE_REFUSED_BUDGET);
+    if (a->max && (n > a->max || a->held > a->max - n))
+        return refuse(a, WIPE_REFUSED_SESSION);
+    before = atomic_fetch_add_explicit(&ssh_total, n, memory_order_relaxed);
+    if (ssh_budget && (why = over_budget(a, before, n)) != WIPE_REFUSED_NONE) {
+        atomic_fetch_sub_explicit(&ssh_total, n, memory_order_relaxed);
+        return refuse(a, why);
+    }
+    note_peak(before + n);
+    account_held_add(a, n);
+    return 0;
 }
 
 void *wipe_ssh_alloc(size_t n, void **abstract)
@@ -103,27 +180,35 @@ void *wipe_ssh_alloc(size_t n, void **abstract)
     struct wipe_account *a = account_of(abstract);
     void *p;
 
-    if (account_refuses(a, n))
+    if (!a)
+        return wipe_malloc(n);
+    if (n && account_take(a, n) < 0)
         return NULL;
     p = wipe_malloc(n);
-    if (p && a)
-        account_add(a, malloc_usable_size(p));
+    if (!p)
+        account_sub(a, n);
+    else
+        account_add(a, malloc_usable_size(p) - n);  /* malloc's rounding */
     return p;
 }
 
 void *wipe_ssh_realloc(void *p, size_t n, void **abstract)
 {
     struct wipe_account *a = account_of(abstract);
-    size_t old = p ? malloc_usable_size(p) : 0;
+    size_t old = p ? malloc_usable_size(p) : 0, grow = n > old ? n - old : 0;
     void *q;
 
-    if (n > old && account_refuses(a, n - old))
+    if (!a)
+        return wipe_realloc(p, n);
+    if (grow && account_take(a, grow) < 0)
         return NULL;
     q = wipe_realloc(p, n);
-    if (q && a) {
-        account_sub(a, old);
-        account_add(a, malloc_usable_size(q));
+    if (!q) {
+        account_sub(a, grow);
+        return NULL;
     }
+    account_sub(a, old + grow);
+    account_add(a, malloc_usable_size(q));
     return q;
 }
 
@@ -144,6 +229,11 @@ void wipe_account_close(struct wipe_account *a)
 size_t wipe_ssh_total(void)
 {
     return atomic_load_explicit(&ssh_total, memory_order_relaxed);
+}
+
+size_t wipe_ssh_peak(void)
+{
+    return atomic_load_explicit(&ssh_peak, memory_order_relaxed);
 }
 
 /* Zero the vector registers. xmm/ymm0-15 are clobbers the compiler knows

@@ -18,16 +18,25 @@ char *wipe_strdup(const char *s);
 void wipe_alloc_install_jansson(void);
 
 /* What one libssh2 session's allocations hold. A server decides much of
- * that (packets libssh2 keeps, replies it queues), so past `max` the hooks
- * refuse: the allocation fails, libssh2 reports LIBSSH2_ERROR_ALLOC and
- * only that session ends. The `abstract` given to libssh2_session_init_ex()
- * must point to a struct whose first member is this one. Touched only by
- * the thread that drives the session. */
+ * that (packets libssh2 keeps, replies it queues), so the hooks refuse past
+ * two limits: the session's own `max` (SSH_SESSION_MEMORY_MIB), and its
+ * share of the process budget (wipe_ssh_set_budget). A refused allocation
+ * fails, libssh2 reports LIBSSH2_ERROR_ALLOC and only that session ends.
+ * The `abstract` given to libssh2_session_init_ex() must point to a struct
+ * whose first member is this one. Touched only by the thread that drives
+ * the session. */
+enum wipe_refusal {
+    WIPE_REFUSED_NONE = 0,
+    WIPE_REFUSED_SESSION,   /* past the session's `max` */
+    WIPE_REFUSED_SHARE,     /* over half the budget, and more than its share */
+    WIPE_REFUSED_BUDGET     /* the whole budget is held */
+};
+
 struct wipe_account {
     size_t held;    /* bytes allocated now (malloc_usable_size) */
     size_t peak;    /* the most `held` has been */
     size_t max;     /* refuse past this; 0: no limit */
-    int refused;    /* an allocation was refused */
+    enum wipe_refusal refused;  /* why an allocation was refused, if one was */
 };
 
 /* Hook signatures libssh2_session_init_ex() expects. */
@@ -40,8 +49,20 @@ void wipe_ssh_free(void *p, void **abstract);
  * hooks never see). */
 void wipe_account_close(struct wipe_account *a);
 
-/* What all libssh2 sessions hold together; any thread. */
+/* What all libssh2 sessions may hold together (SSH_MEMORY_BUDGET_MIB); 0,
+ * the default, is no budget. Call once, before the first session.
+ * Up to half of it, any session may allocate (within its `max`). Past half,
+ * only a session that holds less than its share (half the budget divided
+ * among the sessions holding memory) may; the sessions a hostile server
+ * swells are refused first and honest ones go on. The whole budget is a
+ * hard cap for everyone. */
+void wipe_ssh_set_budget(size_t bytes);
+size_t wipe_ssh_budget(void);
+
+/* What all libssh2 sessions hold together, and the most they have held
+ * since start-up; any thread. */
 size_t wipe_ssh_total(void);
+size_t wipe_ssh_peak(void);
 
 /* Wipe what a credential leaves behind on the calling thread beyond the
  * buffers we free: the vector registers, then WIPE_STACK_BYTES of dead

@@ -71,7 +71,7 @@ static int pin_target(struct worker *w)
 
 static int connect_target(struct worker *w)
 {
-    struct ssh_timeouts t = {
+    struct ssh_params t = {
         .connect_secs = w->cfg->connect_timeout_secs,
         .banner_secs = w->cfg->banner_timeout_secs,
         .op_secs = w->cfg->op_timeout_secs,

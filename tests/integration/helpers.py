@@ -1,6 +1,7 @@
 """Shared helpers of the scenarios: logging in, files on disk, waiting."""
 
 import hashlib
+import http.client
 import os
 import pwd
 import re
@@ -100,6 +101,19 @@ def assert_libssh2_limit_ended(relay, limit_mib):
         limit_mib in log
     held = [int(k) for k in re.findall(r"libssh2 held at most (\d+) KiB", log)]
     assert held and max(held) <= limit_mib * 1024, held
+
+
+def gauge(relay, name):
+    """One unlabelled sample of the relay's /metrics, as a number."""
+    conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    m = re.search(r"^%s (\S+)$" % re.escape(name), body, re.M)
+    assert m, "no %s in /metrics" % name
+    return float(m.group(1))
 
 
 def user_ids():

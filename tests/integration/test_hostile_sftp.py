@@ -7,6 +7,8 @@ and a session on the real sshd still works) and that RSS, threads and
 descriptors come back."""
 
 import json
+import os
+import re
 import struct
 import time
 import threading
@@ -16,7 +18,8 @@ import websocket
 
 import hostile_sftp as hs
 import procinfo
-from helpers import LOST, Usage, assert_libssh2_limit_ended, expect_fatal, strip_id
+from helpers import (LOST, Usage, assert_libssh2_limit_ended, expect_fatal, gauge, login,
+                     make_file, pattern, strip_id)
 from relay import relay_binary
 
 ASAN = procinfo.sanitized_relay()
@@ -26,6 +29,9 @@ UNCLAIMED_MAX_KIB = 16 * 1024
 # A limit on all libssh2 holds for a session below that (and above what it
 # holds for a login and a STAT).
 SESSION_MEMORY_MIB = 6
+# A budget for all sessions whose half the stale-reply flood passes on its
+# own (it makes libssh2 hold UNCLAIMED_MAX_KIB).
+BUDGET_MIB = 16
 # The operation timeout of the relays of this module: long enough for a
 # loaded machine, short enough that the stalls of this file take seconds.
 OP_TIMEOUT_SECS = 3
@@ -477,6 +483,40 @@ def test_libssh2_memory_past_the_session_limit_ends_the_session(relay_factory, h
     expect_fatal(s, s.call("stat", path="/f", timeout=120), LOST)
     assert_libssh2_limit_ended(relay, SESSION_MEMORY_MIB)
     use.check(relay, sshd, held_kib=SESSION_MEMORY_MIB * 1024)
+
+
+def test_swollen_session_is_cut_at_its_share_of_the_budget(relay_factory, hostile, sshd,
+                                                          workdir):
+    """SSH_MEMORY_BUDGET_MIB bounds what libssh2 holds for all sessions
+    together. Past half of it the session a hostile server swells is
+    refused at its share, the log says why, and two honest sessions on the
+    real sshd, in the middle of their downloads, finish them intact."""
+    relay = relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=60,
+                          SSH_MEMORY_BUDGET_MIB=BUDGET_MIB, **procinfo.asan_env(relay_binary()))
+    use = Usage(relay)
+    files = [make_file(os.path.join(workdir, "honest%d" % i), pattern(4 * MiB, i))
+             for i in range(2)]
+    honest = []
+    for path in files:
+        h = login(relay, sshd)
+        handle = h.read_open(path)
+        resp, first = h.call_then_binary("read_chunk", handle=handle)
+        assert "result" in resp, resp
+        honest.append((h, handle, first))
+    s = attack(relay, hostile, "StaleRepliesFlood")
+    expect_fatal(s, s.call("stat", path="/f", timeout=120), LOST)
+    for (h, handle, first), path in zip(honest, files):
+        _, rest = h.read_chunks(handle)
+        assert first + rest == pattern(4 * MiB, files.index(path))
+        h.close()
+    log = relay.log_text()
+    assert "more than its share while all sessions held over half of SSH_MEMORY_BUDGET_MIB " \
+        "(%d MiB)" % BUDGET_MIB in log
+    held = [int(k) for k in re.findall(r"libssh2 held at most (\d+) KiB", log)]
+    assert held and max(held) <= BUDGET_MIB * 1024 // 2, held
+    assert gauge(relay, "wattcloud_relay_ssh_memory_budget_bytes") == BUDGET_MIB * MiB
+    assert 0 < gauge(relay, "wattcloud_relay_ssh_memory_peak_bytes") <= BUDGET_MIB * MiB // 2
+    use.check(relay, sshd, held_kib=BUDGET_MIB * 1024)
 
 
 def test_abandoned_read_requests_are_remembered_up_to_a_bound(relay_factory, hostile, sshd):
