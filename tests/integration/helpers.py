@@ -1,13 +1,13 @@
 """Shared helpers of the scenarios: logging in, files on disk, waiting."""
 
 import hashlib
-import http.client
 import os
 import pwd
 import re
 import time
 
 import procinfo
+from relay import http_request
 from sshd import TEST_PASSWORD, TEST_USER
 from wsclient import open_session
 
@@ -105,13 +105,9 @@ def assert_libssh2_limit_ended(relay, limit_mib):
 
 def gauge(relay, name):
     """One unlabelled sample of the relay's /metrics, as a number."""
-    conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        body = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    m = re.search(r"^%s (\S+)$" % re.escape(name), body, re.M)
+    status, _, body = http_request(relay.port, "GET", "/metrics")
+    assert status == 200, status
+    m = re.search(r"^%s (\S+)$" % re.escape(name), body.decode(), re.M)
     assert m, "no %s in /metrics" % name
     return float(m.group(1))
 

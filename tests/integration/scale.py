@@ -214,15 +214,9 @@ listen stats
 
     def servers_up(self):
         """Names of the backend servers HAProxy sees up (its stats CSV)."""
-        import http.client
-        conn = http.client.HTTPConnection("127.0.0.1", self.stats_port, timeout=2)
-        try:
-            conn.request("GET", "/stats;csv")
-            body = conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        _, _, body = http_request(self.stats_port, "GET", "/stats;csv", timeout=2)
         up = []
-        for line in body.splitlines():
+        for line in body.decode().splitlines():
             f = line.split(",")
             if len(f) > 17 and f[0] == "relays" and f[1] not in ("BACKEND", "FRONTEND"):
                 if f[17].startswith("UP"):
