@@ -401,7 +401,8 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
     }
     session_hub_init(&srv.hub, cfg, srv.access);
     wipe_ssh_set_budget(cfg->ssh_memory_budget_mib > 0
-                            ? (size_t)cfg->ssh_memory_budget_mib << 20 : srv.hub.budget);
+                            ? (size_t)cfg->ssh_memory_budget_mib << 20 : srv.hub.budget,
+                        WIPE_ROOM_WAIT_MS);
     log_info("memory budget for libssh2: %zu MiB", wipe_ssh_budget() >> 20);
     metrics_set_lws_version(lws_get_library_version());
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_cb);

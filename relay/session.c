@@ -592,6 +592,18 @@ void session_cut(struct session *s)
     pthread_mutex_unlock(&s->mu);
 }
 
+void session_evict(void *session)
+{
+    struct session *s = session;
+
+    pthread_mutex_lock(&s->mu);
+    s->evicted = 1;
+    if (s->sock >= 0)
+        shutdown(s->sock, SHUT_RDWR);
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void add_ms(struct timespec *ts, int ms)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);  /* the cv's clock */
@@ -611,9 +623,9 @@ struct job *session_next_job(struct session *s, int timeout_ms, int *gone)
 
     add_ms(&until, timeout_ms);
     pthread_mutex_lock(&s->mu);
-    while (!s->jobs && !s->ws_gone && rc != ETIMEDOUT)
+    while (!s->jobs && !s->ws_gone && !s->evicted && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&s->cv, &s->mu, &until);
-    *gone = s->ws_gone;
+    *gone = s->ws_gone ? SESSION_WS_GONE : s->evicted ? SESSION_EVICTED : 0;
     if (!s->ws_gone && s->jobs) {
         j = s->jobs;
         s->jobs = j->next;

@@ -85,6 +85,7 @@ struct session {
     int out_open;                   /* mu */
     struct frame *held, **held_tail; /* mu */
     int ws_gone;                    /* mu: the browser side is closed */
+    int evicted;                    /* mu: to end, its libssh2 memory is needed (session_evict) */
     int64_t gone_ms;                /* mu: when ws_gone was set */
     int worker_done;                /* mu: the worker thread has finished */
     int refs;                       /* mu */
@@ -261,12 +262,21 @@ int session_idle(struct session *s);
 int session_worker_finished(struct session *s);
 /* Cut the SSH connection so a worker stuck in a blocking call returns. */
 void session_cut(struct session *s);
+/* End the session because others need the memory its libssh2 holds
+ * (wipe_alloc.h, SSH_MEMORY_BUDGET_MIB): cut its SSH connection and wake
+ * its worker, busy or idle. Any thread; takes only the session's lock. */
+void session_evict(void *session);
 void session_set_phase(struct session *s, enum session_phase p);
 
 /* --- Worker side --- */
 
 /* Wait up to `timeout_ms` for a job. Returns the job (caller owns it), or
- * NULL on timeout or when the browser is gone (*gone set). */
+ * NULL on timeout or when the browser is gone. *gone is SESSION_WS_GONE
+ * when the browser is gone (no job is returned then), SESSION_EVICTED
+ * once the session was evicted (queued jobs are still returned, to be
+ * answered), 0 otherwise. */
+#define SESSION_WS_GONE 1
+#define SESSION_EVICTED 2
 struct job *session_next_job(struct session *s, int timeout_ms, int *gone);
 /* The worker finished a job: its payload no longer counts as backlog.
  * The payload buffer may be kept as the session's spare (j->data is then

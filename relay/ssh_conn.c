@@ -310,16 +310,21 @@ void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
     int err;
     const char *msg = last_msg(c->ssh, &err);
 
-    if (c->acct.refused == WIPE_REFUSED_SESSION)
+    if (c->acct.evicted)
+        snprintf(out, outlen, "evicted: libssh2 held %zu KiB for this session, more than its "
+                 "share while all sessions held over half of SSH_MEMORY_BUDGET_MIB (%zu MiB), "
+                 "and a session holding less needed room", c->acct.peak >> 10,
+                 wipe_ssh_budget() >> 20);
+    else if (c->acct.refused == WIPE_REFUSED_SESSION)
         snprintf(out, outlen, "the server made libssh2 hold more than %zu MiB "
                  "(SSH_SESSION_MEMORY_MIB)", c->acct.max >> 20);
     else if (c->acct.refused == WIPE_REFUSED_SHARE)
-        snprintf(out, outlen, "libssh2 held %zu KiB for this session, more than its share "
-                 "while all sessions held over half of SSH_MEMORY_BUDGET_MIB (%zu MiB)",
-                 c->acct.held >> 10, wipe_ssh_budget() >> 20);
+        snprintf(out, outlen, "libssh2 held %zu KiB for this session, the most of any, more "
+                 "than its share while all sessions held over half of SSH_MEMORY_BUDGET_MIB "
+                 "(%zu MiB)", (size_t)c->acct.held >> 10, wipe_ssh_budget() >> 20);
     else if (c->acct.refused == WIPE_REFUSED_BUDGET)
         snprintf(out, outlen, "all sessions together made libssh2 hold SSH_MEMORY_BUDGET_MIB "
-                 "(%zu MiB)", wipe_ssh_budget() >> 20);
+                 "(%zu MiB) for over %d s", wipe_ssh_budget() >> 20, WIPE_ROOM_WAIT_MS / 1000);
     else
         snprintf(out, outlen, "libssh2 %d, %s: %s", err, failure_name(err), msg);
 }
@@ -332,6 +337,8 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
 
     memset(c, 0, sizeof(*c));
     c->acct.max = t->mem_max;
+    c->acct.evict = t->evict;
+    c->acct.evict_arg = t->evict_arg;
     c->sock = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->sock < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));

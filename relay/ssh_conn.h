@@ -51,6 +51,10 @@ struct ssh_params {
     int op_secs;        /* any later blocking call */
     const char *hostkey_prefs;  /* host key algorithms to offer; NULL: OpenSSH's order */
     size_t mem_max;     /* what libssh2 may hold for the connection; 0: no limit */
+    /* Ends the session when others need its libssh2 memory (wipe_alloc.h's
+     * `evict`); NULL: never evicted. */
+    void (*evict)(void *arg);
+    void *evict_arg;
 };
 
 struct ssh_conn {

@@ -5,6 +5,7 @@
 #include "wipe.h"
 #include "wipe_alloc.h"
 
+#include <errno.h>
 #include <malloc.h>
 #include <stdatomic.h>
 #include <pthread.h>
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -64,22 +66,50 @@ void wipe_alloc_install_jansson(void)
 
 /* The process-wide state of the libssh2 accounts. `ssh_budget` is written
  * once at start-up, before any worker thread exists, and only read after.
- * The rest is added to by every worker thread and read by the service
- * thread (metrics): atomics. ssh_total and ssh_holders are exact (relaxed
- * order is enough, nothing else is published through them); ssh_peak is a
- * high-water mark. */
+ * ssh_total and ssh_peak are added to by every worker thread and read by
+ * the service thread (metrics): atomics, relaxed (nothing else is published
+ * through them). ssh_total is exact and only ever moves by a reservation
+ * that fits, so no thread sees memory that was refused. */
 static size_t ssh_budget;
+static int room_wait_ms;
 static _Atomic size_t ssh_total;
 static _Atomic size_t ssh_peak;
-static _Atomic size_t ssh_holders;  /* accounts whose `held` is not 0 */
+
+/* Past half the budget the hooks look at every session's holding and may
+ * wait for room: `budget_mu` guards the list of accounts and is what
+ * `room_cv` (CLOCK_MONOTONIC) waits with; `room_waiters` lets a free skip
+ * the lock when nobody waits. Lock order: budget_mu, then whatever an
+ * `evict` callback takes (a session's own lock). */
+static pthread_mutex_t budget_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t room_cv;
+static pthread_once_t room_once = PTHREAD_ONCE_INIT;
+static struct wipe_account *accounts;       /* budget_mu */
+static _Atomic int room_waiters;
 
 /* No single libssh2 allocation comes near this; refusing larger requests
  * up front keeps the reservation below from wrapping the total. */
 #define ACCOUNT_REQUEST_MAX (SIZE_MAX / 4)
+/* malloc_usable_size() exceeds the request by less than this (a page, for
+ * chunks malloc maps on their own), so an allocation reserves it as well
+ * and gives back what malloc did not use: the total never passes the
+ * budget, whatever malloc rounds to. */
+#define ACCOUNT_ROUNDING 4096
 
-void wipe_ssh_set_budget(size_t bytes)
+static void room_init(void)
+{
+    pthread_condattr_t attr;
+
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&room_cv, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+void wipe_ssh_set_budget(size_t bytes, int wait_ms)
 {
     ssh_budget = bytes;
+    room_wait_ms = wait_ms;
+    atomic_store_explicit(&ssh_peak, wipe_ssh_total(), memory_order_relaxed);
 }
 
 size_t wipe_ssh_budget(void)
@@ -92,6 +122,11 @@ static struct wipe_account *account_of(void **abstract)
     return abstract && *abstract ? (struct wipe_account *)*abstract : NULL;
 }
 
+static size_t held_of(struct wipe_account *a)
+{
+    return atomic_load_explicit(&a->held, memory_order_relaxed);
+}
+
 static void note_peak(size_t total)
 {
     size_t peak = atomic_load_explicit(&ssh_peak, memory_order_relaxed);
@@ -101,32 +136,42 @@ static void note_peak(size_t total)
         ;
 }
 
-/* Count `n` bytes the process total already includes into `a`. */
-static void account_held_add(struct wipe_account *a, size_t n)
+/* Move `a`'s count and the process total by `delta`, taken modulo
+ * SIZE_MAX + 1 (so a "negative" delta gives bytes back): one atomic add,
+ * so the total never dips or swells for a moment in between. */
+static void account_move(struct wipe_account *a, size_t delta)
 {
-    if (a->held == 0 && n > 0)
-        atomic_fetch_add_explicit(&ssh_holders, 1, memory_order_relaxed);
-    a->held += n;
-    if (a->held > a->peak)
-        a->peak = a->held;
+    size_t held = held_of(a) + delta;
+
+    atomic_store_explicit(&a->held, held, memory_order_relaxed);
+    if (held > a->peak)
+        a->peak = held;
+    note_peak(atomic_fetch_add_explicit(&ssh_total, delta, memory_order_relaxed) + delta);
 }
 
-static void account_add(struct wipe_account *a, size_t n)
+/* Someone may be waiting for room: wake them. */
+static void room_freed(void)
 {
-    note_peak(atomic_fetch_add_explicit(&ssh_total, n, memory_order_relaxed) + n);
-    account_held_add(a, n);
+    if (atomic_load_explicit(&room_waiters, memory_order_relaxed) == 0)
+        return;
+    pthread_mutex_lock(&budget_mu);
+    pthread_cond_broadcast(&room_cv);
+    pthread_mutex_unlock(&budget_mu);
 }
 
-/* A block freed here may never have been counted (libssh2 allocates a few
- * with malloc()), so neither count goes below zero. */
+/* Give back `n` bytes. A block freed here may never have been counted
+ * (libssh2 allocates a few with malloc()), so neither count goes below
+ * zero. */
 static void account_sub(struct wipe_account *a, size_t n)
 {
-    if (n > a->held)
-        n = a->held;
-    a->held -= n;
-    if (a->held == 0 && n > 0)
-        atomic_fetch_sub_explicit(&ssh_holders, 1, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&ssh_total, n, memory_order_relaxed);
+    size_t held = held_of(a);
+
+    if (n > held)
+        n = held;
+    if (n == 0)
+        return;
+    account_move(a, (size_t)0 - n);
+    room_freed();
 }
 
 static int refuse(struct wipe_account *a, enum wipe_refusal why)
@@ -135,80 +180,165 @@ static int refuse(struct wipe_account *a, enum wipe_refusal why)
     return -1;
 }
 
-/* Would `n` more bytes for `a`, with `before` held by all sessions before
- * them, go past the budget or past a's share of it? */
-static enum wipe_refusal over_budget(const struct wipe_account *a, size_t before, size_t n)
+/* Add `r` to the total if it stays within `limit`; a refused reservation
+ * is never seen by another thread. */
+static int total_reserve(size_t r, size_t limit)
 {
-    size_t half = ssh_budget / 2, holders;
+    size_t cur = atomic_load_explicit(&ssh_total, memory_order_relaxed);
 
-    if (n > ssh_budget || before > ssh_budget - n)
-        return WIPE_REFUSED_BUDGET;
-    if (before + n <= half)
-        return WIPE_REFUSED_NONE;
-    holders = atomic_load_explicit(&ssh_holders, memory_order_relaxed);
-    if (a->held == 0)
-        holders++;  /* a becomes one with these bytes */
-    if (n > half / holders || a->held > half / holders - n)
-        return WIPE_REFUSED_SHARE;
-    return WIPE_REFUSED_NONE;
+    do {
+        if (r > limit || cur > limit - r)
+            return -1;
+    } while (!atomic_compare_exchange_weak_explicit(&ssh_total, &cur, cur + r,
+                                                    memory_order_relaxed,
+                                                    memory_order_relaxed));
+    note_peak(cur + r);
+    return 0;
 }
 
-/* Take `n` bytes for `a` before allocating them, or refuse. The process
- * total is reserved with one atomic add and checked after it, so threads
- * racing for the last bytes of the budget cannot all pass. */
-static int account_take(struct wipe_account *a, size_t n)
+/* Past half the budget (budget_mu held): is `a`, about to hold `want`, the
+ * session to end? If not, evict every other session that holds more than
+ * both its share and `want`, largest or not: each is swelling the process
+ * at the expense of sessions under it. */
+static int past_half(struct wipe_account *a, size_t want)
 {
-    size_t before;
-    enum wipe_refusal why;
+    size_t holders = 1, share, top = want;
+    struct wipe_account *x;
 
+    for (x = accounts; x; x = x->next)
+        if (x != a && held_of(x) > 0)
+            holders++;
+    share = ssh_budget / 2 / holders;
+    for (x = accounts; x; x = x->next)
+        if (x != a && held_of(x) > top)
+            top = held_of(x);
+    if (want > share && want >= top)
+        return -1;
+    for (x = accounts; x; x = x->next) {
+        if (x == a || held_of(x) <= share || held_of(x) <= want || !x->evict ||
+            atomic_exchange_explicit(&x->evicted, 1, memory_order_relaxed))
+            continue;
+        x->evict(x->evict_arg);
+    }
+    return 0;
+}
+
+static void list_account(struct wipe_account *a)
+{
+    a->prev = NULL;
+    a->next = accounts;
+    if (accounts)
+        accounts->prev = a;
+    accounts = a;
+    a->listed = 1;
+}
+
+/* Take `r` bytes of the budget for `a`, past half of it (see the header). */
+static int budget_take(struct wipe_account *a, size_t r)
+{
+    struct timespec until;
+    int rc = 0, timed_out = 0;
+
+    pthread_once(&room_once, room_init);
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += room_wait_ms / 1000;
+    until.tv_nsec += (long)(room_wait_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&budget_mu);
+    if (!a->listed)
+        list_account(a);
+    for (;;) {
+        if (total_reserve(r, ssh_budget / 2) == 0)
+            break;
+        if (past_half(a, held_of(a) + r) < 0) {
+            rc = refuse(a, WIPE_REFUSED_SHARE);
+            break;
+        }
+        if (total_reserve(r, ssh_budget) == 0)
+            break;
+        if (timed_out) {
+            rc = refuse(a, WIPE_REFUSED_BUDGET);
+            break;
+        }
+        atomic_fetch_add_explicit(&room_waiters, 1, memory_order_relaxed);
+        timed_out = pthread_cond_timedwait(&room_cv, &budget_mu, &until) == ETIMEDOUT;
+        atomic_fetch_sub_explicit(&room_waiters, 1, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&budget_mu);
+    return rc;
+}
+
+/* Take `n` bytes for `a` before allocating them, or refuse; `*r` is what
+ * was reserved (n and the rounding). */
+static int account_take(struct wipe_account *a, size_t n, size_t *r)
+{
     if (n > ACCOUNT_REQUEST_MAX)
         return refuse(a, a->max ? WIPE_REFUSED_SESSION : WIPE_REFUSED_BUDGET);
-    if (a->max && (n > a->max || a->held > a->max - n))
+    if (a->max && (n > a->max || held_of(a) > a->max - n))
         return refuse(a, WIPE_REFUSED_SESSION);
-    before = atomic_fetch_add_explicit(&ssh_total, n, memory_order_relaxed);
-    if (ssh_budget && (why = over_budget(a, before, n)) != WIPE_REFUSED_NONE) {
-        atomic_fetch_sub_explicit(&ssh_total, n, memory_order_relaxed);
-        return refuse(a, why);
+    if (atomic_load_explicit(&a->evicted, memory_order_relaxed))
+        return refuse(a, WIPE_REFUSED_SHARE);
+    *r = n + ACCOUNT_ROUNDING;
+    if (!ssh_budget) {
+        atomic_fetch_add_explicit(&ssh_total, *r, memory_order_relaxed);
+    } else if (!a->listed || total_reserve(*r, ssh_budget / 2) < 0) {
+        if (budget_take(a, *r) < 0)
+            return -1;
     }
-    note_peak(before + n);
-    account_held_add(a, n);
+    /* The total already has the bytes: only the account moves here. */
+    atomic_store_explicit(&a->held, held_of(a) + *r, memory_order_relaxed);
+    if (held_of(a) > a->peak)
+        a->peak = held_of(a);
     return 0;
+}
+
+/* The allocation that reserved `r` now holds `used` in place of `old`:
+ * give back the difference in one move. */
+static void account_settle(struct wipe_account *a, size_t r, size_t old, size_t used)
+{
+    account_move(a, used - old - r);
+    if (used < old + r)
+        room_freed();
 }
 
 void *wipe_ssh_alloc(size_t n, void **abstract)
 {
     struct wipe_account *a = account_of(abstract);
+    size_t r;
     void *p;
 
     if (!a)
         return wipe_malloc(n);
-    if (n && account_take(a, n) < 0)
+    if (account_take(a, n, &r) < 0)
         return NULL;
     p = wipe_malloc(n);
-    if (!p)
-        account_sub(a, n);
-    else
-        account_add(a, malloc_usable_size(p) - n);  /* malloc's rounding */
+    account_settle(a, r, 0, p ? malloc_usable_size(p) : 0);
     return p;
 }
 
 void *wipe_ssh_realloc(void *p, size_t n, void **abstract)
 {
     struct wipe_account *a = account_of(abstract);
-    size_t old = p ? malloc_usable_size(p) : 0, grow = n > old ? n - old : 0;
+    size_t old = p ? malloc_usable_size(p) : 0, r = 0;
     void *q;
 
     if (!a)
         return wipe_realloc(p, n);
-    if (grow && account_take(a, grow) < 0)
+    /* A block that was never counted (allocated with malloc()) counts
+     * from here on: it cannot be given back twice. */
+    if (old > held_of(a))
+        old = held_of(a);
+    if (n > old && account_take(a, n - old, &r) < 0)
         return NULL;
     q = wipe_realloc(p, n);
     if (!q) {
-        account_sub(a, grow);
+        account_settle(a, r, 0, 0);
         return NULL;
     }
-    account_sub(a, old + grow);
-    account_add(a, malloc_usable_size(q));
+    account_settle(a, r, old, malloc_usable_size(q));
     return q;
 }
 
@@ -223,7 +353,19 @@ void wipe_ssh_free(void *p, void **abstract)
 
 void wipe_account_close(struct wipe_account *a)
 {
-    account_sub(a, a->held);
+    pthread_mutex_lock(&budget_mu);
+    if (a->listed) {
+        if (a->prev)
+            a->prev->next = a->next;
+        else
+            accounts = a->next;
+        if (a->next)
+            a->next->prev = a->prev;
+        a->listed = 0;
+        a->prev = a->next = NULL;
+    }
+    pthread_mutex_unlock(&budget_mu);
+    account_sub(a, held_of(a));
 }
 
 size_t wipe_ssh_total(void)

@@ -18,25 +18,47 @@ char *wipe_strdup(const char *s);
 void wipe_alloc_install_jansson(void);
 
 /* What one libssh2 session's allocations hold. A server decides much of
- * that (packets libssh2 keeps, replies it queues), so the hooks refuse past
- * two limits: the session's own `max` (SSH_SESSION_MEMORY_MIB), and its
- * share of the process budget (wipe_ssh_set_budget). A refused allocation
- * fails, libssh2 reports LIBSSH2_ERROR_ALLOC and only that session ends.
+ * that (packets libssh2 keeps, replies it queues), so the hooks bound it
+ * twice. Per session: past `max` (SSH_SESSION_MEMORY_MIB) an allocation is
+ * refused, libssh2 reports LIBSSH2_ERROR_ALLOC and only that session ends.
+ * For all sessions together, the budget (wipe_ssh_set_budget): up to half
+ * of it any session allocates. Past half, the session holding the most is
+ * ended when it holds more than its share (that half divided among the
+ * sessions holding memory): refused if it is the one allocating, evicted
+ * (its `evict` callback) if it is not, while the others wait for the room
+ * it leaves. The whole budget is a hard cap; an allocation that finds no
+ * room within WIPE_ROOM_WAIT_MS is refused. So a hostile server swells
+ * only its own session, whether it keeps allocating or parks its memory,
+ * and honest sessions pause rather than fail.
+ *
  * The `abstract` given to libssh2_session_init_ex() must point to a struct
- * whose first member is this one. Touched only by the thread that drives
- * the session. */
+ * whose first member is this one. Zero it, then set `max` and `evict`
+ * before the first allocation; wipe_account_close() when the session is
+ * done. */
 enum wipe_refusal {
     WIPE_REFUSED_NONE = 0,
     WIPE_REFUSED_SESSION,   /* past the session's `max` */
-    WIPE_REFUSED_SHARE,     /* over half the budget, and more than its share */
-    WIPE_REFUSED_BUDGET     /* the whole budget is held */
+    WIPE_REFUSED_SHARE,     /* the largest holder, over its share of a half-used budget */
+    WIPE_REFUSED_BUDGET     /* no room in the budget within WIPE_ROOM_WAIT_MS */
 };
 
+#define WIPE_ROOM_WAIT_MS 5000
+
 struct wipe_account {
-    size_t held;    /* bytes allocated now (malloc_usable_size) */
-    size_t peak;    /* the most `held` has been */
-    size_t max;     /* refuse past this; 0: no limit */
-    enum wipe_refusal refused;  /* why an allocation was refused, if one was */
+    _Atomic size_t held;    /* bytes allocated now (malloc_usable_size); written by the
+                             * owner, read by any thread that looks for the largest */
+    size_t peak;            /* owner: the most `held` has been */
+    size_t max;             /* owner: refuse past this; 0: no limit */
+    enum wipe_refusal refused;  /* owner: why an allocation was refused, if one was */
+    /* Asks the owner to end the session, from another session's thread,
+     * with the budget's lock held: it must only signal (take no lock that
+     * is held while allocating through these hooks). NULL: never evicted. */
+    void (*evict)(void *arg);
+    void *evict_arg;
+    _Atomic int evicted;    /* set once, by any thread, before `evict` is called */
+    /* The budget's list of accounts that have allocated (its lock). */
+    int listed;
+    struct wipe_account *prev, *next;
 };
 
 /* Hook signatures libssh2_session_init_ex() expects. */
@@ -44,19 +66,16 @@ void *wipe_ssh_alloc(size_t n, void **abstract);
 void *wipe_ssh_realloc(void *p, size_t n, void **abstract);
 void wipe_ssh_free(void *p, void **abstract);
 
-/* The session is gone: take what its account still holds out of the
- * process total (libssh2 frees a few of its blocks with free(), which the
- * hooks never see). */
+/* The session is gone: take the account off the budget's list and what it
+ * still holds out of the process total (libssh2 frees a few of its blocks
+ * with free(), which the hooks never see). */
 void wipe_account_close(struct wipe_account *a);
 
 /* What all libssh2 sessions may hold together (SSH_MEMORY_BUDGET_MIB); 0,
- * the default, is no budget. Call once, before the first session.
- * Up to half of it, any session may allocate (within its `max`). Past half,
- * only a session that holds less than its share (half the budget divided
- * among the sessions holding memory) may; the sessions a hostile server
- * swells are refused first and honest ones go on. The whole budget is a
- * hard cap for everyone. */
-void wipe_ssh_set_budget(size_t bytes);
+ * the default, is no budget. An allocation waits at most `room_wait_ms`
+ * (WIPE_ROOM_WAIT_MS; tests use less) for room. Call once, before the
+ * first session (the peak starts again from here). */
+void wipe_ssh_set_budget(size_t bytes, int room_wait_ms);
 size_t wipe_ssh_budget(void);
 
 /* What all libssh2 sessions hold together, and the most they have held

@@ -76,6 +76,8 @@ static int connect_target(struct worker *w)
         .banner_secs = w->cfg->banner_timeout_secs,
         .op_secs = w->cfg->op_timeout_secs,
         .mem_max = (size_t)w->cfg->ssh_session_memory_mib << 20,
+        .evict = session_evict,
+        .evict_arg = w->s,
     };
     char err[256];
     int64_t t0 = clock_now_us();
@@ -110,7 +112,8 @@ static struct job *wait_for(struct worker *w, enum job_kind kind)
         struct job *j = session_next_job(w->s, 1000, &gone);
 
         if (gone) {
-            w->reason = "browser closed";
+            finish_job(w->s, j);
+            w->reason = gone == SESSION_EVICTED ? "ssh connection lost" : "browser closed";
             return NULL;
         }
         if (j && j->kind == kind)
@@ -353,8 +356,17 @@ static void serve(struct worker *w)
         int gone, rc;
         struct job *j = session_next_job(w->s, idle_ms, &gone);
 
-        if (gone) {
+        if (gone == SESSION_WS_GONE) {
             w->reason = "browser closed";
+            return;
+        }
+        if (!j && gone == SESSION_EVICTED) {
+            char why[256];
+
+            ssh_failure(&w->c, why, sizeof(why));
+            w->reason = "ssh connection lost";
+            log_info("session %s: ended: %s", w->s->id, why);
+            fail_queued(w);
             return;
         }
         if (!j) {
@@ -366,9 +378,12 @@ static void serve(struct worker *w)
                          w->cfg->keepalive_secs * w->cfg->keepalive_count,
                          w->cfg->keepalive_count, w->cfg->keepalive_secs);
             } else if (rc < 0) {
+                char why[256];
+
+                ssh_failure(&w->c, why, sizeof(why));
                 w->reason = "ssh connection lost";
                 log_info("session %s: connection to the SFTP server lost (keepalive: %s)",
-                         w->s->id, ssh_errmsg(&w->c));
+                         w->s->id, why);
             }
             if (rc < 0) {
                 ssh_cut(&w->c);

@@ -120,6 +120,25 @@ class StatUnsolicitedFlood(hs.Scenario):
         super().on_stat(rid, p)
 
 
+class Park(hs.Scenario):
+    """STAT /park/N: N KiB of DATA replies carrying the id of the session's
+    first STAT, already answered (libssh2 keeps them, unclaimed), then the
+    answer: the session goes on, idle, holding them."""
+    PACKET = 200 * 1024
+    answered = None
+
+    def on_stat(self, rid, p):
+        path, _ = self.string(p)
+        if path.startswith(b"/park/") and self.answered is not None:
+            payload = hs.sstr(b"\0" * self.PACKET)
+            for _ in range(int(path[6:]) * 1024 // self.PACKET):
+                self.send(hs.DATA, self.answered, payload)
+            self.send(hs.ATTRS, rid, hs.attrs(1000))
+            return
+        self.answered = rid
+        super().on_stat(rid, p)
+
+
 class StaleRepliesFlood(hs.Scenario):
     """Before each STAT answer, 256 MiB of DATA replies again carrying the
     ids of requests already answered."""
@@ -282,7 +301,7 @@ class ListDrip(hs.Scenario):
 
 SCENARIOS = {cls.__name__: cls for cls in [
     hs.Scenario, EndlessReaddir, MillionEntries, LongName, CountLie, HugeNamePacket,
-    StatLengthMax, StatLengthShort, StatWrongId, StatUnsolicitedFlood, StaleRepliesFlood,
+    StatLengthMax, StatLengthShort, StatWrongId, StatUnsolicitedFlood, StaleRepliesFlood, Park,
     DuplicateReplies, ReadTooMuch, DataLengthLie, LimitsTiny, LimitsHuge, StatvfsZero,
     StatvfsMax, HugeHandle, StatusOkNoHandle, ReadStall, ReadDrip, ListDrip, ReadAheadHeld]}
 
@@ -516,6 +535,49 @@ def test_swollen_session_is_cut_at_its_share_of_the_budget(relay_factory, hostil
     assert held and max(held) <= BUDGET_MIB * 1024 // 2, held
     assert gauge(relay, "wattcloud_relay_ssh_memory_budget_bytes") == BUDGET_MIB * MiB
     assert 0 < gauge(relay, "wattcloud_relay_ssh_memory_peak_bytes") <= BUDGET_MIB * MiB // 2
+    use.check(relay, sshd, held_kib=BUDGET_MIB * 1024)
+
+
+def test_parked_memory_is_evicted_when_honest_sessions_need_room(relay_factory, hostile, sshd,
+                                                                workdir):
+    """Hostile sessions arrive one after another; each makes libssh2 keep
+    just under its share of half of SSH_MEMORY_BUDGET_MIB at that moment,
+    as far as the gauge shows, then stays idle (shares of successive
+    moments add up to more than the budget: without eviction the honest
+    downloads that follow are refused at the hard cap). A parked session
+    over the current share is evicted when another needs room, the largest
+    one allocating is refused, honest downloads are served and the total
+    never passes the budget."""
+    relay = relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=60,
+                          SSH_MEMORY_BUDGET_MIB=BUDGET_MIB, **procinfo.asan_env(relay_binary()))
+    use = Usage(relay)
+    path = make_file(os.path.join(workdir, "honest"), pattern(4 * MiB, 7))
+    budget, half, margin = BUDGET_MIB * MiB, BUDGET_MIB * MiB // 2, 150 * 1024
+    parked = []
+    for k in range(1, 7):
+        s = attack(relay, hostile, "Park")
+        assert s.ok("stat", path="/f")["size"] == 1000
+        total = gauge(relay, "wattcloud_relay_ssh_memory_bytes")
+        share = half // k if total >= half * 0.9 else half
+        room = int(min(share, budget - total) - margin - (total if k == 1 else 0))
+        if room < Park.PACKET:
+            s.close()
+            break
+        resp = strip_id(s.call("stat", path="/park/%d" % (room // 1024), timeout=120))
+        assert resp in ({"result": {"mtime": hs.MTIME, "size": 1000, "isDir": False}}, LOST), \
+            resp
+        parked.append(s)
+    assert len(parked) >= 3, "the hostile sessions parked too little to test anything"
+    for _ in range(3):
+        h = login(relay, sshd)
+        assert h.download(path) == pattern(4 * MiB, 7)
+        h.close()
+    log = relay.log_text()
+    assert "evicted: libssh2 held" in log
+    assert "all sessions together made libssh2 hold" not in log
+    assert gauge(relay, "wattcloud_relay_ssh_memory_peak_bytes") <= budget
+    for s in parked:
+        s.close()
     use.check(relay, sshd, held_kib=BUDGET_MIB * 1024)
 
 
