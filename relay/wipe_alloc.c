@@ -253,7 +253,10 @@ static int budget_take(struct wipe_account *a, size_t r)
     for (;;) {
         if (total_reserve(r, ssh_budget / 2) == 0)
             break;
-        if (past_half(a, held_of(a) + r) < 0) {
+        /* Evicted by another session while it waited here: its memory is
+         * what the others wait for. */
+        if (atomic_load_explicit(&a->evicted, memory_order_relaxed) ||
+            past_half(a, held_of(a) + r) < 0) {
             rc = refuse(a, WIPE_REFUSED_SHARE);
             break;
         }
