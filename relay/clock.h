@@ -25,4 +25,21 @@ static inline int64_t clock_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* `ms` from now on the same clock, as the absolute time that
+ * pthread_cond_timedwait() takes from a condition variable set to
+ * CLOCK_MONOTONIC. */
+static inline struct timespec clock_deadline(int64_t ms)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
 #endif

@@ -679,8 +679,8 @@ static const struct setting settings[] = {
              "packets and replies are cut by libssh2 itself at 50"},
     {.name = "SSH_MEMORY_BUDGET_MIB", .def = "0", .kind = &K_INT,
      .off = OFF(ssh_memory_budget_mib), .min = 0, .max = 1048576,
-     .help = "what libssh2 may hold for all sessions together (MiB). Past half of it, "
-             "sessions holding more than their share of that half end; honest ones hold "
+     .help = "what libssh2 may hold for all sessions together (MiB). When it is full, the "
+             "sessions holding the most beyond their share are ended; honest ones hold "
              "under 1 each. 0 = the same as RELAY_MEMORY_BUDGET_MIB"},
     {.name = "SHUTDOWN_GRACE_SECS", .def = "30", .kind = &K_INT,
      .off = OFF(shutdown_grace_secs), .min = 0, .max = 3600,

@@ -604,24 +604,12 @@ void session_evict(void *session)
     pthread_mutex_unlock(&s->mu);
 }
 
-static void add_ms(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);  /* the cv's clock */
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 struct job *session_next_job(struct session *s, int timeout_ms, int *gone)
 {
-    struct timespec until;
+    struct timespec until = clock_deadline(timeout_ms);  /* the cv's clock */
     struct job *j = NULL;
     int rc = 0;
 
-    add_ms(&until, timeout_ms);
     pthread_mutex_lock(&s->mu);
     while (!s->jobs && !s->ws_gone && !s->evicted && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&s->cv, &s->mu, &until);
@@ -736,9 +724,12 @@ int session_post(struct session *s, struct frame *a, struct frame *b)
     int gone;
 
     pthread_mutex_lock(&s->mu);
-    while (!s->ws_gone && s->out && s->out_bytes >= OUT_HIGH_WATER)
+    while (!s->ws_gone && !s->evicted && s->out && s->out_bytes >= OUT_HIGH_WATER)
         pthread_cond_wait(&s->cv, &s->mu);
-    gone = s->ws_gone;
+    /* An evicted session must not wait for a browser that does not read:
+     * its worker has memory to give back. What it posts is dropped; the
+     * session ends with its next call into libssh2. */
+    gone = s->ws_gone || (s->evicted && s->out && s->out_bytes >= OUT_HIGH_WATER);
     if (!gone) {
         append_worker_frame(s, a);
         append_worker_frame(s, b);
@@ -787,13 +778,12 @@ uint32_t session_sign_open(struct session *s)
 
 int session_sign_wait(struct session *s, uint32_t request, int timeout_ms, char **answer)
 {
-    struct timespec until;
+    struct timespec until = clock_deadline(timeout_ms);
     int rc = 0, out;
 
     *answer = NULL;
-    add_ms(&until, timeout_ms);
     pthread_mutex_lock(&s->mu);
-    while (!s->sign_answered && !s->ws_gone && rc != ETIMEDOUT)
+    while (!s->sign_answered && !s->ws_gone && !s->evicted && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&s->cv, &s->mu, &until);
     if (s->sign_answered && s->sign_request == request) {
         *answer = s->sign_answer;

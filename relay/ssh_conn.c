@@ -312,7 +312,7 @@ void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
 
     if (c->acct.evicted)
         snprintf(out, outlen, "evicted: libssh2 held %zu KiB for this session, more than its "
-                 "share while all sessions held over half of SSH_MEMORY_BUDGET_MIB (%zu MiB), "
+                 "share when all sessions together held SSH_MEMORY_BUDGET_MIB (%zu MiB), "
                  "and a session holding less needed room", c->acct.peak >> 10,
                  wipe_ssh_budget() >> 20);
     else if (c->acct.refused == WIPE_REFUSED_SESSION)
@@ -320,11 +320,12 @@ void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
                  "(SSH_SESSION_MEMORY_MIB)", c->acct.max >> 20);
     else if (c->acct.refused == WIPE_REFUSED_SHARE)
         snprintf(out, outlen, "libssh2 held %zu KiB for this session, the most of any, more "
-                 "than its share while all sessions held over half of SSH_MEMORY_BUDGET_MIB "
+                 "than its share when all sessions together held SSH_MEMORY_BUDGET_MIB "
                  "(%zu MiB)", (size_t)c->acct.held >> 10, wipe_ssh_budget() >> 20);
     else if (c->acct.refused == WIPE_REFUSED_BUDGET)
-        snprintf(out, outlen, "all sessions together made libssh2 hold SSH_MEMORY_BUDGET_MIB "
-                 "(%zu MiB) for over %d s", wipe_ssh_budget() >> 20, WIPE_ROOM_WAIT_MS / 1000);
+        snprintf(out, outlen, "all sessions together held SSH_MEMORY_BUDGET_MIB (%zu MiB) "
+                 "for over %d s with no session to evict", wipe_ssh_budget() >> 20,
+                 WIPE_ROOM_WAIT_MS / 1000);
     else
         snprintf(out, outlen, "libssh2 %d, %s: %s", err, failure_name(err), msg);
 }

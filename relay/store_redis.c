@@ -1102,13 +1102,7 @@ static void *thread_main(void *arg)
             struct timespec ts;
             if (wait <= 0)
                 break;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += wait / 1000;
-            ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            ts = clock_deadline(wait);
             pthread_cond_timedwait(&r->work, &r->mu, &ts);
         }
         if (r->stop) {

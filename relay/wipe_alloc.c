@@ -2,6 +2,7 @@
  * blocks, sized with malloc_usable_size(): libssh2 1.11.1 itself frees some
  * of its LIBSSH2_ALLOC blocks with free() (gen_publickey_from_ec_evp), so a
  * private header would corrupt the heap. */
+#include "clock.h"
 #include "wipe.h"
 #include "wipe_alloc.h"
 
@@ -75,8 +76,8 @@ static int room_wait_ms;
 static _Atomic size_t ssh_total;
 static _Atomic size_t ssh_peak;
 
-/* Past half the budget the hooks look at every session's holding and may
- * wait for room: `budget_mu` guards the list of accounts and is what
+/* When the budget is full the hooks look at every session's holding and
+ * may wait for room: `budget_mu` guards the list of accounts and is what
  * `room_cv` (CLOCK_MONOTONIC) waits with; `room_waiters` lets a free skip
  * the lock when nobody waits. Lock order: budget_mu, then whatever an
  * `evict` callback takes (a session's own lock). */
@@ -196,30 +197,45 @@ static int total_reserve(size_t r, size_t limit)
     return 0;
 }
 
-/* Past half the budget (budget_mu held): is `a`, about to hold `want`, the
- * session to end? If not, evict every other session that holds more than
- * both its share and `want`, largest or not: each is swelling the process
- * at the expense of sessions under it. */
-static int past_half(struct wipe_account *a, size_t want)
+/* The budget is full and `a`, holding `held`, needs `r` more (budget_mu
+ * held). Each session's share is the budget divided among the sessions
+ * holding memory. If `a` holds the most and more than its share, it is the
+ * session to end: -1. Otherwise evict, largest first, sessions over their
+ * share that hold more than `a` would, until what the evicted ones still
+ * hold covers the shortfall, and wake every waiter (an evicted session may
+ * be one, waiting for room it should give instead). */
+static int budget_full(struct wipe_account *a, size_t r)
 {
-    size_t holders = 1, share, top = want;
-    struct wipe_account *x;
+    size_t want = held_of(a) + r, holders = 1, share, top = 0, pending = 0, need;
+    struct wipe_account *x, *largest;
 
-    for (x = accounts; x; x = x->next)
-        if (x != a && held_of(x) > 0)
-            holders++;
-    share = ssh_budget / 2 / holders;
-    for (x = accounts; x; x = x->next)
-        if (x != a && held_of(x) > top)
+    for (x = accounts; x; x = x->next) {
+        if (x == a || held_of(x) == 0)
+            continue;
+        holders++;
+        if (held_of(x) > top)
             top = held_of(x);
+        if (atomic_load_explicit(&x->evicted, memory_order_relaxed))
+            pending += held_of(x);
+    }
+    share = ssh_budget / holders;
     if (want > share && want >= top)
         return -1;
-    for (x = accounts; x; x = x->next) {
-        if (x == a || held_of(x) <= share || held_of(x) <= want || !x->evict ||
-            atomic_exchange_explicit(&x->evicted, 1, memory_order_relaxed))
-            continue;
-        x->evict(x->evict_arg);
+    need = wipe_ssh_total() + r - ssh_budget;
+    while (pending < need) {
+        largest = NULL;
+        for (x = accounts; x; x = x->next)
+            if (x != a && x->evict && held_of(x) > share && held_of(x) > want &&
+                !atomic_load_explicit(&x->evicted, memory_order_relaxed) &&
+                (!largest || held_of(x) > held_of(largest)))
+                largest = x;
+        if (!largest)
+            break;
+        atomic_store_explicit(&largest->evicted, 1, memory_order_relaxed);
+        largest->evict(largest->evict_arg);
+        pending += held_of(largest);
     }
+    pthread_cond_broadcast(&room_cv);
     return 0;
 }
 
@@ -233,35 +249,27 @@ static void list_account(struct wipe_account *a)
     a->listed = 1;
 }
 
-/* Take `r` bytes of the budget for `a`, past half of it (see the header). */
+/* Take `r` bytes of the budget for `a` when it is full, or list `a` on its
+ * first allocation (see the header). */
 static int budget_take(struct wipe_account *a, size_t r)
 {
-    struct timespec until;
+    struct timespec until = clock_deadline(room_wait_ms);
     int rc = 0, timed_out = 0;
 
     pthread_once(&room_once, room_init);
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += room_wait_ms / 1000;
-    until.tv_nsec += (long)(room_wait_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&budget_mu);
     if (!a->listed)
         list_account(a);
     for (;;) {
-        if (total_reserve(r, ssh_budget / 2) == 0)
+        if (total_reserve(r, ssh_budget) == 0)
             break;
-        /* Evicted by another session while it waited here: its memory is
-         * what the others wait for. */
+        /* Evicted by another session, perhaps while it waited here: its
+         * memory is what the others wait for. */
         if (atomic_load_explicit(&a->evicted, memory_order_relaxed) ||
-            past_half(a, held_of(a) + r) < 0) {
+            budget_full(a, r) < 0) {
             rc = refuse(a, WIPE_REFUSED_SHARE);
             break;
         }
-        if (total_reserve(r, ssh_budget) == 0)
-            break;
         if (timed_out) {
             rc = refuse(a, WIPE_REFUSED_BUDGET);
             break;
@@ -287,7 +295,7 @@ static int account_take(struct wipe_account *a, size_t n, size_t *r)
     *r = n + ACCOUNT_ROUNDING;
     if (!ssh_budget) {
         atomic_fetch_add_explicit(&ssh_total, *r, memory_order_relaxed);
-    } else if (!a->listed || total_reserve(*r, ssh_budget / 2) < 0) {
+    } else if (!a->listed || total_reserve(*r, ssh_budget) < 0) {
         if (budget_take(a, *r) < 0)
             return -1;
     }

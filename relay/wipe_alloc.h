@@ -21,15 +21,16 @@ void wipe_alloc_install_jansson(void);
  * that (packets libssh2 keeps, replies it queues), so the hooks bound it
  * twice. Per session: past `max` (SSH_SESSION_MEMORY_MIB) an allocation is
  * refused, libssh2 reports LIBSSH2_ERROR_ALLOC and only that session ends.
- * For all sessions together, the budget (wipe_ssh_set_budget): up to half
- * of it any session allocates. Past half, the session holding the most is
- * ended when it holds more than its share (that half divided among the
- * sessions holding memory): refused if it is the one allocating, evicted
- * (its `evict` callback) if it is not, while the others wait for the room
- * it leaves. The whole budget is a hard cap; an allocation that finds no
- * room within WIPE_ROOM_WAIT_MS is refused. So a hostile server swells
- * only its own session, whether it keeps allocating or parks its memory,
- * and honest sessions pause rather than fail.
+ * For all sessions together, the budget (wipe_ssh_set_budget), a hard cap.
+ * While it has room, any session allocates. When it is full, each
+ * session's share is the budget divided among the sessions holding memory:
+ * the session allocating is refused if it holds the most and more than its
+ * share; otherwise sessions over their share that hold more than it are
+ * evicted, largest first, until they cover the shortfall (their `evict`
+ * callback, whether they are busy or idle), and it waits up to
+ * WIPE_ROOM_WAIT_MS for the room they leave, then is refused. So a hostile
+ * server swells only its own session, whether it keeps allocating or parks
+ * its memory, and honest sessions pause rather than fail.
  *
  * The `abstract` given to libssh2_session_init_ex() must point to a struct
  * whose first member is this one. Zero it, then set `max` and `evict`
@@ -38,7 +39,7 @@ void wipe_alloc_install_jansson(void);
 enum wipe_refusal {
     WIPE_REFUSED_NONE = 0,
     WIPE_REFUSED_SESSION,   /* past the session's `max` */
-    WIPE_REFUSED_SHARE,     /* the largest holder, over its share of a half-used budget */
+    WIPE_REFUSED_SHARE,     /* the largest holder, over its share of a full budget, or evicted */
     WIPE_REFUSED_BUDGET     /* no room in the budget within WIPE_ROOM_WAIT_MS */
 };
 

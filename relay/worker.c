@@ -111,14 +111,25 @@ static struct job *wait_for(struct worker *w, enum job_kind kind)
         int gone;
         struct job *j = session_next_job(w->s, 1000, &gone);
 
-        if (gone) {
-            finish_job(w->s, j);
-            w->reason = gone == SESSION_EVICTED ? "ssh connection lost" : "browser closed";
+        if (gone == SESSION_WS_GONE) {
+            w->reason = "browser closed";
             return NULL;
         }
+        /* Evicted (SSH_MEMORY_BUDGET_MIB): an awaited job still runs, and
+         * an auth fails on the cut connection with its answer on its id.
+         * Without one the session just closes: after the host_key frame the
+         * app reads only frames with an id (PROTOCOL §2.5). */
         if (j && j->kind == kind)
             return j;
         finish_job(w->s, j);
+        if (gone == SESSION_EVICTED) {
+            char why[256];
+
+            ssh_failure(&w->c, why, sizeof(why));
+            w->reason = "ssh connection lost";
+            log_info("session %s: ended: %s", w->s->id, why);
+            return NULL;
+        }
     }
 }
 

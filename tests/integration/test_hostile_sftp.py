@@ -19,7 +19,7 @@ import websocket
 import hostile_sftp as hs
 import procinfo
 from helpers import (LOST, Usage, assert_libssh2_limit_ended, expect_fatal, gauge, login,
-                     make_file, pattern, strip_id)
+                     make_file, pattern, strip_id, wait_until)
 from relay import relay_binary
 
 ASAN = procinfo.sanitized_relay()
@@ -29,9 +29,9 @@ UNCLAIMED_MAX_KIB = 16 * 1024
 # A limit on all libssh2 holds for a session below that (and above what it
 # holds for a login and a STAT).
 SESSION_MEMORY_MIB = 6
-# A budget for all sessions whose half the stale-reply flood passes on its
-# own (it makes libssh2 hold UNCLAIMED_MAX_KIB).
-BUDGET_MIB = 16
+# A budget for all sessions that the stale-reply flood fills on its own
+# (it would make libssh2 hold UNCLAIMED_MAX_KIB and more).
+BUDGET_MIB = 12
 # The operation timeout of the relays of this module: long enough for a
 # loaded machine, short enough that the stalls of this file take seconds.
 OP_TIMEOUT_SECS = 3
@@ -137,6 +137,11 @@ class Park(hs.Scenario):
             return
         self.answered = rid
         super().on_stat(rid, p)
+
+
+class ParkBig(Park):
+    """Park, with a /f of 1 GiB to download."""
+    file_size = 1024 * MiB
 
 
 class StaleRepliesFlood(hs.Scenario):
@@ -301,7 +306,7 @@ class ListDrip(hs.Scenario):
 
 SCENARIOS = {cls.__name__: cls for cls in [
     hs.Scenario, EndlessReaddir, MillionEntries, LongName, CountLie, HugeNamePacket,
-    StatLengthMax, StatLengthShort, StatWrongId, StatUnsolicitedFlood, StaleRepliesFlood, Park,
+    StatLengthMax, StatLengthShort, StatWrongId, StatUnsolicitedFlood, StaleRepliesFlood, Park, ParkBig,
     DuplicateReplies, ReadTooMuch, DataLengthLie, LimitsTiny, LimitsHuge, StatvfsZero,
     StatvfsMax, HugeHandle, StatusOkNoHandle, ReadStall, ReadDrip, ListDrip, ReadAheadHeld]}
 
@@ -504,50 +509,61 @@ def test_libssh2_memory_past_the_session_limit_ends_the_session(relay_factory, h
     use.check(relay, sshd, held_kib=SESSION_MEMORY_MIB * 1024)
 
 
-def test_swollen_session_is_cut_at_its_share_of_the_budget(relay_factory, hostile, sshd,
-                                                          workdir):
-    """SSH_MEMORY_BUDGET_MIB bounds what libssh2 holds for all sessions
-    together. Past half of it the session a hostile server swells is
-    refused at its share, the log says why, and two honest sessions on the
-    real sshd, in the middle of their downloads, finish them intact."""
-    relay = relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=60,
-                          SSH_MEMORY_BUDGET_MIB=BUDGET_MIB, **procinfo.asan_env(relay_binary()))
-    use = Usage(relay)
-    files = [make_file(os.path.join(workdir, "honest%d" % i), pattern(4 * MiB, i))
-             for i in range(2)]
-    honest = []
-    for path in files:
+def start_downloads(relay, sshd, workdir, count, size):
+    """`count` honest sessions on the real sshd, each with a file of `size`
+    open and its first chunk read: each holds its read-ahead in libssh2."""
+    started = []
+    for i in range(count):
+        path = make_file(os.path.join(workdir, "honest%d" % i), pattern(size, i))
         h = login(relay, sshd)
         handle = h.read_open(path)
         resp, first = h.call_then_binary("read_chunk", handle=handle)
         assert "result" in resp, resp
-        honest.append((h, handle, first))
+        started.append((h, handle, first))
+    return started
+
+
+def finish_downloads(started, size):
+    """Read the rest of each download of start_downloads(): intact."""
+    for i, (h, handle, first) in enumerate(started):
+        _, rest = h.read_chunks(handle)
+        assert first + rest == pattern(size, i)
+        h.close()
+
+
+def test_swollen_session_is_cut_at_its_share_of_the_budget(relay_factory, hostile, sshd,
+                                                          workdir):
+    """SSH_MEMORY_BUDGET_MIB bounds what libssh2 holds for all sessions
+    together. When a hostile server has swollen its session until the
+    budget is full, that session holds the most and more than its share:
+    it is refused, the log says why, and two honest sessions on the real
+    sshd, in the middle of their downloads, finish them intact."""
+    relay = relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=60,
+                          SSH_MEMORY_BUDGET_MIB=BUDGET_MIB, **procinfo.asan_env(relay_binary()))
+    use = Usage(relay)
+    honest = start_downloads(relay, sshd, workdir, 2, 4 * MiB)
     s = attack(relay, hostile, "StaleRepliesFlood")
     expect_fatal(s, s.call("stat", path="/f", timeout=120), LOST)
-    for (h, handle, first), path in zip(honest, files):
-        _, rest = h.read_chunks(handle)
-        assert first + rest == pattern(4 * MiB, files.index(path))
-        h.close()
+    finish_downloads(honest, 4 * MiB)
     log = relay.log_text()
-    assert "more than its share while all sessions held over half of SSH_MEMORY_BUDGET_MIB " \
-        "(%d MiB)" % BUDGET_MIB in log
+    assert "the most of any, more than its share when all sessions together held " \
+        "SSH_MEMORY_BUDGET_MIB (%d MiB)" % BUDGET_MIB in log
     held = [int(k) for k in re.findall(r"libssh2 held at most (\d+) KiB", log)]
-    assert held and max(held) <= BUDGET_MIB * 1024 // 2, held
+    assert held and max(held) <= BUDGET_MIB * 1024, held
     assert gauge(relay, "wattcloud_relay_ssh_memory_budget_bytes") == BUDGET_MIB * MiB
-    assert 0 < gauge(relay, "wattcloud_relay_ssh_memory_peak_bytes") <= BUDGET_MIB * MiB // 2
+    assert 0 < gauge(relay, "wattcloud_relay_ssh_memory_peak_bytes") <= BUDGET_MIB * MiB
     use.check(relay, sshd, held_kib=BUDGET_MIB * 1024)
 
 
 def test_parked_memory_is_evicted_when_honest_sessions_need_room(relay_factory, hostile, sshd,
                                                                 workdir):
     """Hostile sessions arrive one after another; each makes libssh2 keep
-    just under its share of half of SSH_MEMORY_BUDGET_MIB at that moment,
-    as far as the gauge shows, then stays idle (shares of successive
-    moments add up to more than the budget: without eviction the honest
-    downloads that follow are refused at the hard cap). A parked session
-    over the current share is evicted when another needs room, the largest
-    one allocating is refused, honest downloads are served and the total
-    never passes the budget."""
+    just under what would be its share of half of SSH_MEMORY_BUDGET_MIB at
+    that moment, as far as the gauge shows, then stays idle (together more
+    than the budget: without eviction the honest downloads that follow are
+    refused at the hard cap). Whoever finds the budget full evicts the
+    largest parked sessions over their share, honest downloads are served
+    and the total never passes the budget."""
     relay = relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=60,
                           SSH_MEMORY_BUDGET_MIB=BUDGET_MIB, **procinfo.asan_env(relay_binary()))
     use = Usage(relay)
@@ -574,10 +590,48 @@ def test_parked_memory_is_evicted_when_honest_sessions_need_room(relay_factory, 
         h.close()
     log = relay.log_text()
     assert "evicted: libssh2 held" in log
-    assert "all sessions together made libssh2 hold" not in log
+    assert "with no session to evict" not in log
     assert gauge(relay, "wattcloud_relay_ssh_memory_peak_bytes") <= budget
     for s in parked:
         s.close()
+    use.check(relay, sshd, held_kib=BUDGET_MIB * 1024)
+
+
+def test_evicted_session_gives_its_memory_back_though_its_browser_does_not_read(
+        relay_factory, hostile, sshd, workdir):
+    """A hostile session parks most of the budget, then asks for 64 read
+    chunks (16 MiB) and never reads the WebSocket: its worker waits for the
+    browser to take its output. Evicted then, it must stop waiting and give
+    its memory back, or the honest download that needs the room waits
+    WIPE_ROOM_WAIT_MS and is refused."""
+    relay = relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=60,
+                          SSH_MEMORY_BUDGET_MIB=BUDGET_MIB, SFTP_MAX_CONCURRENT_PER_IP=20,
+                          **procinfo.asan_env(relay_binary()))
+    use = Usage(relay)
+    s = attack(relay, hostile, "ParkBig")
+    assert s.ok("stat", path="/f")["size"] == ParkBig.file_size
+    assert s.ok("stat", path="/park/%d" % (BUDGET_MIB * 1024 - 2048))["size"] == 1000
+    handle = s.read_open("/f")
+    for _ in range(64):
+        s.send_request("read_chunk", {"handle": handle})
+    served = 'wattcloud_relay_sftp_ops_total{verb="read_chunk",outcome="ok"}'
+
+    def stalled():
+        """The worker answers no more read chunks: it waits on the browser
+        (64 chunks do not fit in the socket buffers on the way)."""
+        before = gauge(relay, served)
+        time.sleep(0.5)
+        return 0 < before == gauge(relay, served) < 64
+    assert wait_until(stalled, 30), "the stalled session kept being served"
+    # Honest downloads side by side, each holding its read-ahead: together
+    # they need more than the room the stalled session left.
+    room = BUDGET_MIB * MiB - gauge(relay, "wattcloud_relay_ssh_memory_bytes")
+    finish_downloads(start_downloads(relay, sshd, workdir, int(room // (256 * 1024)) + 2, MiB),
+                     MiB)
+    log = relay.log_text()
+    assert "evicted: libssh2 held" in log
+    assert "with no session to evict" not in log
+    s.close()
     use.check(relay, sshd, held_kib=BUDGET_MIB * 1024)
 
 
