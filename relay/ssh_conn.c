@@ -311,7 +311,7 @@ void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
     const char *msg = last_msg(c->ssh, &err);
 
     if (c->acct.evicted)
-        snprintf(out, outlen, "evicted: libssh2 held %zu KiB for this session, more than its "
+        snprintf(out, outlen, "evicted: libssh2 held up to %zu KiB for this session, more than its "
                  "share when all sessions together held SSH_MEMORY_BUDGET_MIB (%zu MiB), "
                  "and a session holding less needed room", c->acct.peak >> 10,
                  wipe_ssh_budget() >> 20);

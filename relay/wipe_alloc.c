@@ -202,12 +202,23 @@ static int total_reserve(size_t r, size_t limit)
  * holding memory. If `a` holds the most and more than its share, it is the
  * session to end: -1. Otherwise evict, largest first, sessions over their
  * share that hold more than `a` would, until what the evicted ones still
- * hold covers the shortfall, and wake every waiter (an evicted session may
- * be one, waiting for room it should give instead). */
+ * hold covers the shortfall. When it evicted any, it wakes every waiter (an
+ * evicted session may be one, waiting for room it should give instead);
+ * otherwise waiters are woken only by memory coming back, so they never
+ * wake one another in turn. */
 static int budget_full(struct wipe_account *a, size_t r)
 {
-    size_t want = held_of(a) + r, holders = 1, share, top = 0, pending = 0, need;
+    size_t want = held_of(a) + r, holders = 1, share, top = 0, pending = 0, need, total;
     struct wipe_account *x, *largest;
+    int evicted = 0;
+
+    /* Frees do not take budget_mu: the budget may have room again since
+     * the reservation failed. Then there is nothing to do but retry (and
+     * the shortfall below would wrap). */
+    total = wipe_ssh_total();
+    if (total <= ssh_budget && r <= ssh_budget - total)
+        return 0;
+    need = total + r - ssh_budget;
 
     for (x = accounts; x; x = x->next) {
         if (x == a || held_of(x) == 0)
@@ -221,7 +232,6 @@ static int budget_full(struct wipe_account *a, size_t r)
     share = ssh_budget / holders;
     if (want > share && want >= top)
         return -1;
-    need = wipe_ssh_total() + r - ssh_budget;
     while (pending < need) {
         largest = NULL;
         for (x = accounts; x; x = x->next)
@@ -234,8 +244,10 @@ static int budget_full(struct wipe_account *a, size_t r)
         atomic_store_explicit(&largest->evicted, 1, memory_order_relaxed);
         largest->evict(largest->evict_arg);
         pending += held_of(largest);
+        evicted = 1;
     }
-    pthread_cond_broadcast(&room_cv);
+    if (evicted)
+        pthread_cond_broadcast(&room_cv);
     return 0;
 }
 

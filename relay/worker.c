@@ -371,12 +371,20 @@ static void serve(struct worker *w)
             w->reason = "browser closed";
             return;
         }
-        if (!j && gone == SESSION_EVICTED) {
+        /* Evicted: end now, even with requests waiting. Requests that never
+         * reach libssh2 (a close of an unknown handle) would otherwise keep
+         * the worker, and the memory others wait for, as long as the
+         * browser keeps sending them. */
+        if (gone == SESSION_EVICTED) {
             char why[256];
 
             ssh_failure(&w->c, why, sizeof(why));
             w->reason = "ssh connection lost";
             log_info("session %s: ended: %s", w->s->id, why);
+            if (j && j->kind == JOB_REQUEST)
+                post_text(w->s, proto_error(j->req.id, "connection to the SFTP server lost",
+                                            "io"));
+            finish_job(w->s, j);
             fail_queued(w);
             return;
         }

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -258,6 +259,48 @@ static void test_evicted_waiter_stops_waiting(void)
     CHECK(wipe_ssh_total() == 0);
 }
 
+/* Sessions waiting for room that no eviction can make wait quietly: they
+ * are woken by memory coming back, not by one another (which kept four
+ * waiters busy for most of their wait, 2 CPU-seconds in 2 s). */
+static double cpu_seconds(void)
+{
+    struct rusage u;
+
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec +
+           u.ru_stime.tv_usec / 1e6;
+}
+
+static void *quiet_waiter(void *arg)
+{
+    fill(arg, BLOCK);
+    return NULL;
+}
+
+static void test_waiters_wait_quietly(void)
+{
+    static struct fake hog, waiters[4];
+    pthread_t t[4];
+    size_t budget = 8 * MIB;
+    double cpu;
+
+    wipe_ssh_set_budget(budget, 5 * WAIT_MS);
+    fill(&hog, 64 * MIB);
+    cpu = cpu_seconds();
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, quiet_waiter, &waiters[i]);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    cpu = cpu_seconds() - cpu;
+    for (int i = 0; i < 4; i++)
+        CHECK(waiters[i].acct.refused == WIPE_REFUSED_BUDGET);
+    CHECK(cpu < 0.25);
+    for (int i = 0; i < 4; i++)
+        fake_free(&waiters[i]);
+    fake_free(&hog);
+    CHECK(wipe_ssh_total() == 0);
+}
+
 #define RACERS 8
 
 static void *racer(void *arg)
@@ -318,6 +361,7 @@ int main(void)
     test_parked_sessions_are_evicted();
     test_hard_cap();
     test_evicted_waiter_stops_waiting();
+    test_waiters_wait_quietly();
     test_race();
     test_huge_request();
     CHECK_DONE();
