@@ -68,9 +68,11 @@ void wipe_alloc_install_jansson(void)
 /* The process-wide state of the libssh2 accounts. `ssh_budget` is written
  * once at start-up, before any worker thread exists, and only read after.
  * ssh_total and ssh_peak are added to by every worker thread and read by
- * the service thread (metrics): atomics, relaxed (nothing else is published
- * through them). ssh_total is exact and only ever moves by a reservation
- * that fits, so no thread sees memory that was refused. */
+ * the service thread (metrics): atomics. ssh_total is exact and only ever
+ * moves by a reservation that fits, so no thread sees memory that was
+ * refused. Its changes are sequentially consistent, as is `room_waiters`:
+ * a free that lowers the total and a waiter that counts itself before
+ * looking at the total cannot both miss the other (no lost wake-up). */
 static size_t ssh_budget;
 static int room_wait_ms;
 static _Atomic size_t ssh_total;
@@ -78,8 +80,8 @@ static _Atomic size_t ssh_peak;
 
 /* When the budget is full the hooks look at every session's holding and
  * may wait for room: `budget_mu` guards the list of accounts and is what
- * `room_cv` (CLOCK_MONOTONIC) waits with; `room_waiters` lets a free skip
- * the lock when nobody waits. Lock order: budget_mu, then whatever an
+ * `room_cv` (CLOCK_MONOTONIC) waits with; `room_waiters` (sessions in
+ * budget_take) lets a free skip the lock when nobody waits. Lock order: budget_mu, then whatever an
  * `evict` callback takes (a session's own lock). */
 static pthread_mutex_t budget_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t room_cv;
@@ -147,13 +149,13 @@ static void account_move(struct wipe_account *a, size_t delta)
     atomic_store_explicit(&a->held, held, memory_order_relaxed);
     if (held > a->peak)
         a->peak = held;
-    note_peak(atomic_fetch_add_explicit(&ssh_total, delta, memory_order_relaxed) + delta);
+    note_peak(atomic_fetch_add(&ssh_total, delta) + delta);
 }
 
 /* Someone may be waiting for room: wake them. */
 static void room_freed(void)
 {
-    if (atomic_load_explicit(&room_waiters, memory_order_relaxed) == 0)
+    if (atomic_load(&room_waiters) == 0)
         return;
     pthread_mutex_lock(&budget_mu);
     pthread_cond_broadcast(&room_cv);
@@ -190,14 +192,12 @@ static int total_reserve(size_t r, size_t limit)
     do {
         if (r > limit || cur > limit - r)
             return -1;
-    } while (!atomic_compare_exchange_weak_explicit(&ssh_total, &cur, cur + r,
-                                                    memory_order_relaxed,
-                                                    memory_order_relaxed));
+    } while (!atomic_compare_exchange_weak(&ssh_total, &cur, cur + r));
     note_peak(cur + r);
     return 0;
 }
 
-/* The budget is full and `a`, holding `held`, needs `r` more (budget_mu
+/* The budget is full and `a` needs `r` more (budget_mu
  * held). Each session's share is the budget divided among the sessions
  * holding memory. If `a` holds the most and more than its share, it is the
  * session to end: -1. Otherwise evict, largest first, sessions over their
@@ -272,6 +272,7 @@ static int budget_take(struct wipe_account *a, size_t r)
     pthread_mutex_lock(&budget_mu);
     if (!a->listed)
         list_account(a);
+    atomic_fetch_add(&room_waiters, 1);
     for (;;) {
         if (total_reserve(r, ssh_budget) == 0)
             break;
@@ -286,10 +287,9 @@ static int budget_take(struct wipe_account *a, size_t r)
             rc = refuse(a, WIPE_REFUSED_BUDGET);
             break;
         }
-        atomic_fetch_add_explicit(&room_waiters, 1, memory_order_relaxed);
         timed_out = pthread_cond_timedwait(&room_cv, &budget_mu, &until) == ETIMEDOUT;
-        atomic_fetch_sub_explicit(&room_waiters, 1, memory_order_relaxed);
     }
+    atomic_fetch_sub(&room_waiters, 1);
     pthread_mutex_unlock(&budget_mu);
     return rc;
 }
