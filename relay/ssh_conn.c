@@ -309,11 +309,12 @@ void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
 {
     int err;
     const char *msg = last_msg(c->ssh, &err);
+    size_t evicted_held;
 
-    if (c->acct.evicted)
-        snprintf(out, outlen, "evicted: libssh2 held up to %zu KiB for this session, more than its "
+    if (wipe_account_evicted(&c->acct, &evicted_held))
+        snprintf(out, outlen, "evicted: libssh2 held %zu KiB for this session, more than its "
                  "share when all sessions together held SSH_MEMORY_BUDGET_MIB (%zu MiB), "
-                 "and a session holding less needed room", c->acct.peak >> 10,
+                 "and a session holding less needed room", evicted_held >> 10,
                  wipe_ssh_budget() >> 20);
     else if (c->acct.refused == WIPE_REFUSED_SESSION)
         snprintf(out, outlen, "the server made libssh2 hold more than %zu MiB "

@@ -241,7 +241,8 @@ static int budget_full(struct wipe_account *a, size_t r)
                 largest = x;
         if (!largest)
             break;
-        atomic_store_explicit(&largest->evicted, 1, memory_order_relaxed);
+        atomic_store_explicit(&largest->evicted_held, held_of(largest), memory_order_relaxed);
+        atomic_store_explicit(&largest->evicted, 1, memory_order_release);
         largest->evict(largest->evict_arg);
         pending += held_of(largest);
         evicted = 1;
@@ -372,6 +373,14 @@ void wipe_ssh_free(void *p, void **abstract)
     if (p && a)
         account_sub(a, malloc_usable_size(p));
     wipe_free(p);
+}
+
+int wipe_account_evicted(const struct wipe_account *a, size_t *held)
+{
+    if (!atomic_load_explicit(&a->evicted, memory_order_acquire))
+        return 0;
+    *held = atomic_load_explicit(&a->evicted_held, memory_order_relaxed);
+    return 1;
 }
 
 void wipe_account_close(struct wipe_account *a)

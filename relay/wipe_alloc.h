@@ -57,6 +57,7 @@ struct wipe_account {
     void (*evict)(void *arg);
     void *evict_arg;
     _Atomic int evicted;    /* set once, by any thread, before `evict` is called */
+    _Atomic size_t evicted_held;  /* `held` when it was evicted (stored before `evicted`) */
     /* The budget's list of accounts that have allocated (its lock). */
     int listed;
     struct wipe_account *prev, *next;
@@ -66,6 +67,10 @@ struct wipe_account {
 void *wipe_ssh_alloc(size_t n, void **abstract);
 void *wipe_ssh_realloc(void *p, size_t n, void **abstract);
 void wipe_ssh_free(void *p, void **abstract);
+
+/* Was the account evicted? Then *held is what it held at that moment.
+ * Any thread. */
+int wipe_account_evicted(const struct wipe_account *a, size_t *held);
 
 /* The session is gone: take the account off the budget's list and what it
  * still holds out of the process total (libssh2 frees a few of its blocks

@@ -153,7 +153,7 @@ static void test_largest_over_share_is_refused(void)
 static void test_parked_sessions_are_evicted(void)
 {
     static struct fake parked[4], honest[3];
-    size_t budget = 16 * MIB, half = budget / 2;
+    size_t budget = 16 * MIB, half = budget / 2, held;
 
     wipe_ssh_set_budget(budget, WAIT_MS);
     for (int i = 0; i < 4; i++) {
@@ -168,6 +168,10 @@ static void test_parked_sessions_are_evicted(void)
     pthread_mutex_lock(&parked[0].mu);
     CHECK(parked[0].evicted);  /* the largest went first */
     pthread_mutex_unlock(&parked[0].mu);
+    /* What it held when evicted, for the log (its memory may be gone by now). */
+    CHECK(wipe_account_evicted(&parked[0].acct, &held));
+    CHECK(held > half - 4 * BLOCK && held <= half);
+    CHECK(!wipe_account_evicted(&parked[3].acct, &held));
     pthread_mutex_lock(&parked[3].mu);
     CHECK(!parked[3].evicted);  /* the smallest was never needed */
     pthread_mutex_unlock(&parked[3].mu);
