@@ -103,6 +103,17 @@ static void finish_job(struct session *s, struct job *j)
     job_free(j);
 }
 
+/* The session was evicted to make room in SSH_MEMORY_BUDGET_MIB: say why
+ * it ends. */
+static void log_evicted(struct worker *w)
+{
+    char why[256];
+
+    ssh_failure(&w->c, why, sizeof(why));
+    w->reason = "ssh connection lost";
+    log_info("session %s: ended: %s", w->s->id, why);
+}
+
 /* Wait for a job of `kind`; the WebSocket side enforces the time limit and
  * closes the session on anything unexpected, which ends the wait. */
 static struct job *wait_for(struct worker *w, enum job_kind kind)
@@ -123,11 +134,7 @@ static struct job *wait_for(struct worker *w, enum job_kind kind)
             return j;
         finish_job(w->s, j);
         if (gone == SESSION_EVICTED) {
-            char why[256];
-
-            ssh_failure(&w->c, why, sizeof(why));
-            w->reason = "ssh connection lost";
-            log_info("session %s: ended: %s", w->s->id, why);
+            log_evicted(w);
             return NULL;
         }
     }
@@ -342,6 +349,15 @@ static int keepalive(struct worker *w)
     return rc;
 }
 
+/* Answer `j` (NULL: nothing), if it is a request, as failed with the
+ * connection, and finish it. */
+static void fail_job(struct worker *w, struct job *j)
+{
+    if (j && j->kind == JOB_REQUEST)
+        post_text(w->s, proto_error(j->req.id, "connection to the SFTP server lost", "io"));
+    finish_job(w->s, j);
+}
+
 /* The SSH connection is gone: answer the requests still queued, so the
  * browser learns why they fail instead of only seeing the WebSocket close
  * (a write_chunk acknowledged before its bytes were written then gets its
@@ -352,11 +368,8 @@ static void fail_queued(struct worker *w)
     struct job *j;
     int gone;
 
-    while ((j = session_next_job(w->s, 0, &gone)) != NULL) {
-        if (j->kind == JOB_REQUEST)
-            post_text(w->s, proto_error(j->req.id, "connection to the SFTP server lost", "io"));
-        finish_job(w->s, j);
-    }
+    while ((j = session_next_job(w->s, 0, &gone)) != NULL)
+        fail_job(w, j);
 }
 
 static void serve(struct worker *w)
@@ -376,15 +389,8 @@ static void serve(struct worker *w)
          * the worker, and the memory others wait for, as long as the
          * browser keeps sending them. */
         if (gone == SESSION_EVICTED) {
-            char why[256];
-
-            ssh_failure(&w->c, why, sizeof(why));
-            w->reason = "ssh connection lost";
-            log_info("session %s: ended: %s", w->s->id, why);
-            if (j && j->kind == JOB_REQUEST)
-                post_text(w->s, proto_error(j->req.id, "connection to the SFTP server lost",
-                                            "io"));
-            finish_job(w->s, j);
+            log_evicted(w);
+            fail_job(w, j);
             fail_queued(w);
             return;
         }
