@@ -16,10 +16,11 @@ LOCAL = "127.0.0.1"
 LOST = {"error": "connection to the SFTP server lost", "code": "io"}
 
 
-def login(relay, sshd, keys=None, key=None, password=TEST_PASSWORD, timeout=15):
+def login(relay, sshd, keys=None, key=None, password=TEST_PASSWORD, timeout=15, sockopt=()):
     """An authenticated session on `sshd`: by password, or by the client key
-    named `key` (then `keys` is the ClientKeys)."""
-    s = open_session(relay, LOCAL, sshd.port, timeout=timeout)
+    named `key` (then `keys` is the ClientKeys). `sockopt`: setsockopt()
+    arguments for the socket before it connects."""
+    s = open_session(relay, LOCAL, sshd.port, timeout=timeout, sockopt=sockopt)
     try:
         s.expect_host_key()
         s.accept_host_key()

@@ -2,7 +2,7 @@
 6 and 8): a browser that makes the relay answer while it does not read.
 The kernel's socket buffers on loopback grow to 32 MiB (tcp_rmem) and
 hide any growth of the relay's own queue, so the attacking client pins its
-receive buffer small first."""
+receive buffer small, before it connects (SMALL_BUFFERS says why then)."""
 
 import os
 import socket
@@ -20,25 +20,35 @@ STALL_SECS = 3
 FLOOD_SECS = 300
 
 
-def pin_rcvbuf(sock):
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TINY_RCVBUF)
-    # A small send buffer too: what was sent is then close to what the
-    # relay has taken.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+# A small send buffer too: what was sent is then close to what the relay
+# has taken. Both are set before the socket connects. Shrinking the receive
+# buffer of a connection that has already offered a larger window leaves
+# the kernel holding more than the buffer allows: it drops the relay's next
+# segments whole, before reading the acknowledgement they carry, so the
+# client never learns its requests arrived and both ends back off their
+# retransmissions for minutes (seen as "the relay takes 15 KB/s" in CI;
+# ss showed the relay's receive queue empty, the client's 107 KiB
+# unacknowledged, both at backoff 6).
+SMALL_BUFFERS = ((socket.SOL_SOCKET, socket.SO_RCVBUF, TINY_RCVBUF),
+                 (socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024))
 
 
-def flood(sock, batch, secs, stop_bytes=None, state=None):
+def flood(sock, batch, secs, stop_bytes=None, state=None, watch=None):
     """Send `batch` again and again (whole frames: a short send goes on
     where it stopped) for `secs` or until `stop_bytes`; returns bytes sent.
     Stops early once sends have blocked for STALL_SECS: the relay stopped
     reading. A later call with the same `state` dict goes on from where
-    this one stopped, mid-frame if need be."""
+    this one stopped, mid-frame if need be. `watch(sent)`, if given, is
+    called about once a second."""
     sock.settimeout(0.5)
     view = memoryview(batch)
     state = {} if state is None else state
     sent, off, t0 = 0, state.get("off", 0), time.monotonic()
-    progress = t0
+    progress = last_watch = t0
     while time.monotonic() - t0 < secs:
+        if watch and time.monotonic() - last_watch >= 1:
+            last_watch = time.monotonic()
+            watch(sent)
         try:
             n = sock.send(view[off:])
         except socket.timeout:
@@ -60,6 +70,20 @@ def relay_rx_queue(relay, sock):
     """Bytes the client sent that wait unread in the relay's socket."""
     q = _tcp_sockets(sock.getsockname()[1], relay.port)
     return q.get((relay.port, sock.getsockname()[1]), (0, 0, 0))[2]
+
+
+def trace_line(relay, sock, pid, sent):
+    """One line of what a flood's two ends hold: for the slow runs CI saw."""
+    q = _tcp_sockets(sock.getsockname()[1], relay.port)
+    cport = sock.getsockname()[1]
+    relay_q = q.get((relay.port, cport), (0, 0, 0))
+    client_q = q.get((cport, relay.port), (0, 0, 0))
+    with open("/proc/%d/stat" % pid) as f:
+        ticks = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+    return ("%.1f s: sent %d KiB; relay socket: unsent %d KiB, unread %d KiB; "
+            "client socket: unsent %d KiB, unread %d KiB; relay CPU %.2f s"
+            % (time.monotonic(), sent >> 10, relay_q[1] >> 10, relay_q[2] >> 10,
+               client_q[1] >> 10, client_q[2] >> 10, ticks / os.sysconf("SC_CLK_TCK")))
 
 
 def wait_relay_took(relay, sock, timeout=20):
@@ -87,10 +111,9 @@ def test_bad_write_chunks_to_a_browser_that_never_reads(relay_factory, sshd):
     near where it was. The original code (9a2129c) read everything and held
     every answer."""
     relay = relay_factory(LOG_LEVEL="debug", **procinfo.asan_env(relay_binary()))
-    s, sid = login_tracked(relay, sshd)
+    s, sid = login_tracked(relay, sshd, sockopt=SMALL_BUFFERS)
     pid = relay.proc.pid
     sock = s.ws.sock
-    pin_rcvbuf(sock)
     req = frame(OP_TEXT, b'{"id":1,"method":"write_chunk","params":{}}')
     batch = (req + frame(OP_BINARY, b"")) * 2000
     total = 6 * 1024 * 1024
@@ -106,7 +129,8 @@ def test_bad_write_chunks_to_a_browser_that_never_reads(relay_factory, sshd):
         # once, with a compile beside the suite: 2 MiB in 90 s).
         sent, t0, state = 0, time.monotonic(), {}
         while True:
-            sent += flood(sock, batch, 30, stop_bytes=total - sent, state=state)
+            sent += flood(sock, batch, 30, stop_bytes=total - sent, state=state,
+                          watch=lambda n: print(trace_line(relay, sock, pid, sent + n)))
             wait_relay_took(relay, sock)
             left = relay_rx_queue(relay, sock)
             if left > 0 or sent >= total or time.monotonic() - t0 > FLOOD_SECS:

@@ -25,8 +25,14 @@ def health_ok(relay, timeout=3):
         return False
 
 
-def connect(relay, src="127.0.0.1", timeout=5):
+def connect(relay, src="127.0.0.1", timeout=5, rcvbuf=None):
+    """A TCP connection to the relay from `src`. `rcvbuf` is set before
+    connecting: shrunk afterwards, below the window already offered, the
+    kernel drops the relay's segments whole, acknowledgements included
+    (test_attack_flow.SMALL_BUFFERS)."""
     s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.bind((src, 0))
     s.settimeout(timeout)
     s.connect(("127.0.0.1", relay.port))
@@ -109,8 +115,7 @@ def test_pipelined_requests_never_read(relay):
     answers cannot go out; memory stays flat and others are served."""
     pid = relay.proc.pid
     rss0 = procinfo.rss_kib(pid)
-    s = connect(relay, timeout=0.5)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s = connect(relay, timeout=0.5, rcvbuf=4096)
     req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 500
     sent, t0 = 0, time.monotonic()
     try:

@@ -55,10 +55,10 @@ def answered(frames, rid):
                for kind, d in frames)
 
 
-def login_tracked(relay, sshd):
-    """A session and its id (from the relay's log)."""
+def login_tracked(relay, sshd, **kw):
+    """A session and its id (from the relay's log); `kw` goes to login()."""
     offset = relay.log_size()
-    s = login(relay, sshd)
+    s = login(relay, sshd, **kw)
     ids = session_ids_since(relay, offset)
     assert len(ids) == 1, ids
     return s, ids[0]

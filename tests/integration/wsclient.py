@@ -103,10 +103,11 @@ def get_cookie(relay, host, port):
 # §1.2 upgrade
 
 def connect(relay, host, port, origin=None, cookie=True, timeout=DEFAULT_TIMEOUT,
-            query=None):
+            query=None, sockopt=()):
     """Open the WebSocket. cookie=True fetches a fresh cookie, a string is
-    sent as is, None/False sends none. Raises WebSocketBadStatusException
-    when the relay refuses the upgrade."""
+    sent as is, None/False sends none. `sockopt` holds setsockopt()
+    arguments applied before the socket connects. Raises
+    WebSocketBadStatusException when the relay refuses the upgrade."""
     if cookie is True:
         cookie = get_cookie(relay, host, port)
     headers = []
@@ -116,7 +117,7 @@ def connect(relay, host, port, origin=None, cookie=True, timeout=DEFAULT_TIMEOUT
         relay.port, query if query is not None else
         "mode=sftp&host=%s&port=%s" % (urllib.parse.quote(str(host), safe=":[]"), port))
     ws = websocket.create_connection(url, header=headers, origin=origin, timeout=timeout,
-                                     suppress_origin=origin is None)
+                                     suppress_origin=origin is None, sockopt=sockopt)
     return ws
 
 
@@ -130,8 +131,10 @@ def upgrade_status(relay, host, port, **kw):
     return 101
 
 
-def open_session(relay, host, port, origin=None, cookie=True, timeout=DEFAULT_TIMEOUT):
-    return Session(connect(relay, host, port, origin=origin, cookie=cookie, timeout=timeout))
+def open_session(relay, host, port, origin=None, cookie=True, timeout=DEFAULT_TIMEOUT,
+                 sockopt=()):
+    return Session(connect(relay, host, port, origin=origin, cookie=cookie, timeout=timeout,
+                           sockopt=sockopt))
 
 
 # --------------------------------------------------------------------------
