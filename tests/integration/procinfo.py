@@ -100,6 +100,13 @@ def status_field(pid, name):
     raise KeyError(name)
 
 
+def cpu_secs(pid):
+    """CPU seconds (user + system) process `pid` has used."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid):
     return status_field(pid, "VmRSS")
 

@@ -74,16 +74,14 @@ def relay_rx_queue(relay, sock):
 
 def trace_line(relay, sock, pid, sent):
     """One line of what a flood's two ends hold: for the slow runs CI saw."""
-    q = _tcp_sockets(sock.getsockname()[1], relay.port)
     cport = sock.getsockname()[1]
+    q = _tcp_sockets(cport, relay.port)
     relay_q = q.get((relay.port, cport), (0, 0, 0))
     client_q = q.get((cport, relay.port), (0, 0, 0))
-    with open("/proc/%d/stat" % pid) as f:
-        ticks = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
     return ("%.1f s: sent %d KiB; relay socket: unsent %d KiB, unread %d KiB; "
             "client socket: unsent %d KiB, unread %d KiB; relay CPU %.2f s"
             % (time.monotonic(), sent >> 10, relay_q[1] >> 10, relay_q[2] >> 10,
-               client_q[1] >> 10, client_q[2] >> 10, ticks / os.sysconf("SC_CLK_TCK")))
+               client_q[1] >> 10, client_q[2] >> 10, procinfo.cpu_secs(pid)))
 
 
 def wait_relay_took(relay, sock, timeout=20):

@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+import procinfo
 
 from helpers import LOCAL, login
 from relay import Relay, relay_binary
@@ -110,9 +111,9 @@ def test_at_the_descriptor_limit_no_busy_loop(run_dir):
                 except OSError:
                     pass
                 socks.append(s)
-        cpu0 = _cpu(relay.proc.pid)
+        cpu0 = procinfo.cpu_secs(relay.proc.pid)
         time.sleep(1.5)
-        spent = _cpu(relay.proc.pid) - cpu0
+        spent = procinfo.cpu_secs(relay.proc.pid) - cpu0
         assert spent < 0.5, "relay spun for %.2f CPU-s at the descriptor limit" % spent
         for s in socks:
             s.close()
@@ -146,12 +147,6 @@ def _spawn_limited(relay, nofile):
         finally:
             subprocess.Popen = real_popen
     return spawn
-
-
-def _cpu(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0
 
 
 def _free_port():
