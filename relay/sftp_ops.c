@@ -176,7 +176,16 @@ static void cut_if_fatal(struct sftp_ops *o, const struct op_reply *r)
 
 static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
 {
-    reply_status(rc, last_status(o, rc), r);
+    /* A connection cut by the relay's memory limits is not "lost": the
+     * browser is told whose limit ended it. */
+    const char *mem = rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? NULL : ssh_memory_refusal(o->c);
+
+    if (mem) {
+        r->fatal = 1;
+        reply_error(r, mem, "limit");
+    } else {
+        reply_status(rc, last_status(o, rc), r);
+    }
     cut_if_fatal(o, r);
 }
 

@@ -331,6 +331,26 @@ void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen)
         snprintf(out, outlen, "libssh2 %d, %s: %s", err, failure_name(err), msg);
 }
 
+const char *ssh_memory_refusal(const struct ssh_conn *c)
+{
+    size_t held;
+
+    if (wipe_account_evicted(&c->acct, &held))
+        return "the relay ran short of memory and ended this session, which held the most, "
+               "to make room for others";
+    switch (c->acct.refused) {
+    case WIPE_REFUSED_SESSION:
+        return "the SFTP server made the relay hold more memory than one session may";
+    case WIPE_REFUSED_SHARE:
+        return "the relay ran short of memory and this session held the most";
+    case WIPE_REFUSED_BUDGET:
+        return "the relay ran short of memory";
+    case WIPE_REFUSED_NONE:
+        break;
+    }
+    return NULL;
+}
+
 int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
              const struct ssh_params *t, void (*on_socket)(int fd, void *arg),
              void *arg, char *err, size_t errlen)

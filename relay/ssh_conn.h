@@ -83,6 +83,13 @@ struct ssh_conn {
  * ..."). libssh2's messages are fixed text, never data. */
 void ssh_failure(const struct ssh_conn *c, char *out, size_t outlen);
 
+/* When the relay's own memory limits cut the connection (the session's
+ * SSH_SESSION_MEMORY_MIB, or its place in SSH_MEMORY_BUDGET_MIB), why, in
+ * words for the browser's error answers (code "limit"): the SFTP server is
+ * not at fault unless it made the session hold that much. NULL when they
+ * did not. The text is static. */
+const char *ssh_memory_refusal(const struct ssh_conn *c);
+
 /* Short code for the setup error frame, e.g. "connect_refused". */
 const char *ssh_err_code(int err);
 

@@ -350,11 +350,14 @@ static int keepalive(struct worker *w)
 }
 
 /* Answer `j` (NULL: nothing), if it is a request, as failed with the
- * connection, and finish it. */
+ * connection, or with the relay's memory limit that cut it, and finish it. */
 static void fail_job(struct worker *w, struct job *j)
 {
+    const char *mem = ssh_memory_refusal(&w->c);
+
     if (j && j->kind == JOB_REQUEST)
-        post_text(w->s, proto_error(j->req.id, "connection to the SFTP server lost", "io"));
+        post_text(w->s, mem ? proto_error(j->req.id, mem, "limit")
+                            : proto_error(j->req.id, "connection to the SFTP server lost", "io"));
     finish_job(w->s, j);
 }
 

@@ -14,6 +14,14 @@ from wsclient import open_session
 LOCAL = "127.0.0.1"
 # The answer to a request in flight when the SSH connection ends under it.
 LOST = {"error": "connection to the SFTP server lost", "code": "io"}
+# ... when the relay's memory limits ended it (relay/ssh_conn.c,
+# ssh_memory_refusal): the session's own limit, its place in the budget.
+OVER_SESSION_MEMORY = {"error": "the SFTP server made the relay hold more memory than one "
+                                "session may", "code": "limit"}
+OVER_SHARE = {"error": "the relay ran short of memory and this session held the most",
+              "code": "limit"}
+EVICTED = {"error": "the relay ran short of memory and ended this session, which held the "
+                    "most, to make room for others", "code": "limit"}
 
 
 def login(relay, sshd, keys=None, key=None, password=TEST_PASSWORD, timeout=15, sockopt=()):

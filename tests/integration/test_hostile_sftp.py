@@ -18,8 +18,9 @@ import websocket
 
 import hostile_sftp as hs
 import procinfo
-from helpers import (LOST, Usage, assert_libssh2_limit_ended, expect_fatal, gauge, login,
-                     make_file, pattern, strip_id, wait_until)
+from helpers import (EVICTED, LOST, OVER_SESSION_MEMORY, OVER_SHARE, Usage,
+                     assert_libssh2_limit_ended, expect_fatal, gauge, login, make_file, pattern,
+                     strip_id, wait_until)
 from relay import relay_binary
 
 ASAN = procinfo.sanitized_relay()
@@ -129,6 +130,8 @@ class Park(hs.Scenario):
 
     def on_stat(self, rid, p):
         path, _ = self.string(p)
+        if path == b"/hang":
+            return  # never answered: the request stays in flight
         if path.startswith(b"/park/") and self.answered is not None:
             payload = hs.sstr(b"\0" * self.PACKET)
             for _ in range(int(path[6:]) * 1024 // self.PACKET):
@@ -504,7 +507,7 @@ def test_libssh2_memory_past_the_session_limit_ends_the_session(relay_factory, h
                           **procinfo.asan_env(relay_binary()))
     use = Usage(relay)
     s = attack(relay, hostile, "StaleRepliesFlood")
-    expect_fatal(s, s.call("stat", path="/f", timeout=120), LOST)
+    expect_fatal(s, s.call("stat", path="/f", timeout=120), OVER_SESSION_MEMORY)
     assert_libssh2_limit_ended(relay, SESSION_MEMORY_MIB)
     use.check(relay, sshd, held_kib=SESSION_MEMORY_MIB * 1024)
 
@@ -543,7 +546,7 @@ def test_swollen_session_is_cut_at_its_share_of_the_budget(relay_factory, hostil
     use = Usage(relay)
     honest = start_downloads(relay, sshd, workdir, 2, 4 * MiB)
     s = attack(relay, hostile, "StaleRepliesFlood")
-    expect_fatal(s, s.call("stat", path="/f", timeout=120), LOST)
+    expect_fatal(s, s.call("stat", path="/f", timeout=120), OVER_SHARE)
     finish_downloads(honest, 4 * MiB)
     log = relay.log_text()
     assert "the most of any, more than its share when all sessions together held " \
@@ -580,10 +583,14 @@ def test_parked_memory_is_evicted_when_honest_sessions_need_room(relay_factory, 
             s.close()
             break
         resp = strip_id(s.call("stat", path="/park/%d" % (room // 1024), timeout=120))
-        assert resp in ({"result": {"mtime": hs.MTIME, "size": 1000, "isDir": False}}, LOST), \
-            resp
+        assert resp in ({"result": {"mtime": hs.MTIME, "size": 1000, "isDir": False}},
+                        OVER_SHARE, EVICTED), resp
         parked.append(s)
     assert len(parked) >= 3, "the hostile sessions parked too little to test anything"
+    # The first parked session, the largest, is evicted first; a request it
+    # has in flight then must tell its browser that the relay's memory, not
+    # the server, ended it.
+    parked[0].send_request("stat", {"path": "/hang"})
     for _ in range(3):
         h = login(relay, sshd)
         assert h.download(path) == pattern(4 * MiB, 7)
@@ -592,6 +599,9 @@ def test_parked_memory_is_evicted_when_honest_sessions_need_room(relay_factory, 
     assert re.search(r"evicted: libssh2 held \d+ KiB for this session", log)
     assert "with no session to evict" not in log
     assert gauge(relay, "wattcloud_relay_ssh_memory_peak_bytes") <= budget
+    answers = [strip_id(data) for kind, data in parked[0].expect_closed(timeout=30)
+               if kind == "text"]
+    assert answers == [EVICTED], answers
     for s in parked:
         s.close()
     use.check(relay, sshd, held_kib=BUDGET_MIB * 1024)
