@@ -268,7 +268,12 @@ class Browser:
         except CdpError:
             result = {}
         if network:
-            time.sleep(0.1)  # let the last close's events arrive
+            # The page decides before Chromium has reported every socket's
+            # end; the frames checked (none sent after a refused host key)
+            # are only all known once each WebSocket is reported closed.
+            if not wait_until(self.websockets_ended, 10):
+                raise AssertionError("page %s: a WebSocket was not reported closed within "
+                                     "10 s: %r" % (name, self.websocket_handshakes()))
             self.cdp.call("Network.disable")
         self.screenshot(os.path.join(self.dir, "%02d-%s.png" % (self.runs, name)))
         console = self.console_lines()
@@ -281,6 +286,16 @@ class Browser:
                                                      "\n".join(result.get("steps", [])),
                                                      "\n".join(console)))
         return result, title, console
+
+    def websockets_ended(self):
+        """Has every WebSocket the page opened been reported closed or
+        failed? Asks the browser once, which brings in the events sent
+        before its answer."""
+        self.cdp.evaluate("0")
+        ended = {ev["params"]["requestId"] for ev in self.network_events(
+            "Network.webSocketClosed", "Network.webSocketFrameError")}
+        return all(ev["params"]["requestId"] in ended
+                   for ev in self.network_events("Network.webSocketCreated"))
 
     def network_events(self, *methods):
         """Network.* events of the last run_page(network=True), by method."""

@@ -21,6 +21,7 @@ import procinfo
 from blackhole import BlackholeProxy
 from helpers import LOCAL, login, make_file, pattern, user_ids, wait_until
 from relay import relay_binary
+from waits import leave, session_ids_since, wait_session_end
 from wsclient import MiB, READ_CHUNK, open_session
 
 SETTLE_SECS = 10
@@ -36,12 +37,17 @@ class Baseline:
     def __init__(self, relay, sshd):
         self.relay = relay
         self.sshd = sshd
+        offset = relay.log_size()
         s = login(relay, sshd)
         assert s.ok("stat", path="/")["isDir"] is True
-        s.close()
+        leave(relay, s)
+        # Counted once the relay has let go of the session entirely, its
+        # sockets included: counted earlier, a leak could hide in the baseline.
+        (sid,) = session_ids_since(relay, offset)
+        wait_session_end(relay, sid, SETTLE_SECS)
         pid = relay.proc.pid
-        wait_until(lambda: procinfo.thread_count(pid) == 1, SETTLE_SECS)
-        time.sleep(0.2)
+        assert wait_until(lambda: procinfo.thread_count(pid) == 1, SETTLE_SECS), \
+            "the warm-up session's worker did not end"
         self.threads = procinfo.thread_count(pid)
         self.fds = procinfo.fd_count(pid)
 

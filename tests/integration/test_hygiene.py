@@ -20,7 +20,6 @@ import shutil
 import string
 import subprocess
 import tempfile
-import time
 
 import pytest
 
@@ -230,6 +229,7 @@ def test_failed_logins_leave_nothing(relay_factory, hyg):
     """Refused credentials are wiped too: a wrong password, a wrong
     passphrase, a key the server does not know."""
     relay = hyg_relay(relay_factory, hyg)
+    threads = procinfo.thread_count(relay.proc.pid)
     wrong_password = random_secret()
     wrong_passphrase = random_secret()
     attempts = [
@@ -247,7 +247,10 @@ def test_failed_logins_leave_nothing(relay_factory, hyg):
             s.expect_closed(timeout=10)
         finally:
             s.close()
-    time.sleep(0.3)
+    # Scanned only once the last worker has ended: a worker still wiping
+    # would be reported as a leak.
+    assert wait_until(lambda: session_gone(relay, threads), 10), \
+        "the refused sessions' worker threads did not end"
     needles = hyg.needles("ed25519_pass", extra=[wrong_password, wrong_passphrase])
     needles.update({k + " (pkcs8)": v for k, v in hyg.needles("rsa_pkcs8_pass").items()})
     assert_not_in_memory(relay, needles, "after refused logins")

@@ -14,12 +14,11 @@ valgrind.supp next to this file.
 import os
 import shutil
 import signal
-import time
 
 import pytest
 
 import procinfo
-from helpers import LOCAL, login, make_file, pattern, read_file, wait_until
+from helpers import LOCAL, gauge, login, make_file, pattern, read_file, wait_until
 from relay import relay_binary
 from sshd import TEST_USER, pinned_variant
 from wsclient import KiB, MiB, open_session
@@ -60,6 +59,11 @@ def start_under_valgrind(relay_factory, run_dir, tmp_path, extra_ports=()):
 def vg_relay(relay_factory, run_dir, tmp_path):
     """A relay running under valgrind; yields (relay, valgrind log path)."""
     yield start_under_valgrind(relay_factory, run_dir, tmp_path)
+
+
+def live_sessions(relay):
+    return sum(gauge(relay, 'wattcloud_relay_sessions{phase="%s"}' % phase)
+               for phase in ("connecting", "wait_host_key", "wait_auth", "ready", "closing"))
 
 
 def stop_and_check(relay, log, after_wait=None):
@@ -183,8 +187,10 @@ def test_full_session_no_errors_no_leaks(vg_relay, sshd, workdir, client_keys):
     s.close()
 
     # A live session when SIGTERM comes: it is closed by the drain.
+    # The sessions above are ended first, so the drain meets this one alone.
     live = login(relay, sshd, timeout=SLOW)
-    time.sleep(1)
+    assert wait_until(lambda: live_sessions(relay) == 1, SLOW), \
+        "the vanished sessions did not end (%d live)" % live_sessions(relay)
     stop_and_check(relay, log, after_wait=live.close)
 
 
