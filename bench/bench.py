@@ -169,6 +169,31 @@ def rotate(items, k):
 # --------------------------------------------------------------------------
 # The servers.
 
+def profile_summary(report):
+    """From a perf report file of profile(): self time per library, largest
+    first (its "--sort dso" part), and the largest named functions (its
+    "--no-children" part, functions over 1.5%). Library names lose their
+    version suffix; the kernel is "kernel"."""
+    by_lib, top, part = [], [], None
+    with open(report, errors="replace") as f:
+        for line in f:
+            if line.startswith("==== perf report "):
+                part = line.split()[-1]
+                continue
+            if part == "--no-children":
+                m = re.match(r"\s+([\d.]+)%\s+\S+\s+\[[.k]\]\s+(\S+)", line)
+                if m and not m.group(2).startswith("0x"):
+                    top.append((m.group(2), float(m.group(1))))
+            elif part == "dso":
+                m = re.match(r"\s+([\d.]+)%\s+(\S+)\s*$", line)
+                if m:
+                    lib = m.group(2)
+                    lib = "kernel" if lib.startswith("[kernel") else re.sub(r"\.so[.\d]*$",
+                                                                              "", lib)
+                    by_lib.append((lib, float(m.group(1))))
+    return sorted(by_lib, key=lambda kv: -kv[1]), sorted(top, key=lambda kv: -kv[1])
+
+
 class FileGrowth:
     """Samples the size of the file an upload writes, on the server's side,
     every millisecond in a thread of this script, and times each 8 MiB of
@@ -379,6 +404,7 @@ class Bench:
         self.results = {}
         self.raw = {}
         self.notes = []
+        self.profiles = {}  # kind -> (by library, top functions), from profile()
 
     # -- helpers -----------------------------------------------------------
 
@@ -965,7 +991,14 @@ class Bench:
                     subprocess.run(["perf", "report", "-i", data, mode, "--stdio",
                                     "--percent-limit", "1.5", "--sort", "dso,symbol",
                                     "-g", "none"], stdout=f, stderr=subprocess.DEVNULL)
+                # Self time per library, every sample counted.
+                f.write("==== perf report --sort dso\n")
+                f.flush()
+                subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
+                                "--sort", "dso", "-g", "none"], stdout=f,
+                               stderr=subprocess.DEVNULL)
             log("profile of a relay %s: %s" % (kind, report))
+            self.profiles[kind] = profile_summary(report)
 
     # -- output ------------------------------------------------------------
 
@@ -1172,6 +1205,14 @@ class Bench:
             lat = R["smallops"]["latency_us"]
             out += ["", "Relay small-op latency, median µs per verb: " +
                     ", ".join("%s %.0f" % (k, v) for k, v in lat.items())]
+        if self.profiles:
+            out += ["", "Where the relay process spends its CPU (perf, --profile; self time, "
+                    "share of the relay's samples):", ""]
+            for kind, (by_lib, top) in self.profiles.items():
+                out.append("- %s, by library: %s" % (kind, ", ".join(
+                    "%s %.0f%%" % kv for kv in by_lib[:6])))
+                out.append("- %s, top functions: %s" % (kind, ", ".join(
+                    "%s %.1f%%" % kv for kv in top[:8])))
         if R.get("concurrent", {}).get("first_error"):
             out += ["", "First concurrent-session error: " + R["concurrent"]["first_error"]]
         if R.get("idle", {}).get("error"):

@@ -32,6 +32,13 @@ fi
 
 # Build tools, libssh2 >= 1.11, and sshd/sftp/python3 (what the tests need).
 bash "$root/scripts/deps.sh" --test
+# --profile needs perf (Debian's linux-perf), which the tests do not.
+for arg in "$@"; do
+  case "$arg" in
+    --profile|--profile-faults)
+      command -v perf >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-perf >/dev/null ;;
+  esac
+done
 
 # Release, as deployed. No -Werror here: warnings that only -O3 inlining
 # finds must not stop a benchmark (scripts/build.sh is the strict build).
