@@ -269,6 +269,22 @@ for _cipher, _mac in PINNED_ALGORITHMS:
             ciphers=_cipher, macs=_mac, log_level="DEBUG1",
             rekey_limit="1M" if _rekey else None)
 
+# sshd renewing the keys every REKEY_OFTEN_LIMIT bytes, pinned to one cipher:
+# hundreds of key exchanges in one transfer, so a per-exchange leak in
+# libssh2 shows in what the session holds (test_rekey_memory.py).
+REKEY_OFTEN_LIMIT = "64K"
+REKEY_OFTEN_CIPHERS = ("chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes128-ctr")
+
+
+def rekey_often_variant(cipher):
+    return "rekey-often-" + cipher
+
+
+for _cipher in REKEY_OFTEN_CIPHERS:
+    VARIANTS[rekey_often_variant(_cipher)] = dict(
+        host_keys=("ed25519",), kbd_only=False, host_key_algorithms=None,
+        ciphers=_cipher, macs=None, log_level="DEBUG1", rekey_limit=REKEY_OFTEN_LIMIT)
+
 # Variants every run starts once (sshd_servers); the others are started by
 # the tests that need them.
 SHARED_VARIANTS = ("default", "kbd", "rsa_only", "ecdsa_rsa")
