@@ -74,11 +74,12 @@ def assert_refusal(status_line, headers, body, status):
 
 
 # websockets 14 (Debian 13) renamed the header argument and reports a
-# refused upgrade as InvalidStatus; 10.4 (Debian 12) has InvalidStatusCode.
+# refused upgrade as InvalidStatus; 10.4 (Debian 12) has InvalidStatusCode,
+# which 14 still has but deprecated (touching it warns, and imports the
+# deprecated websockets.legacy, which warns too).
 _NEW_WEBSOCKETS = int(websockets.version.version.split(".")[0]) >= 14
-_REFUSED = tuple(getattr(websockets.exceptions, name)
-                 for name in ("InvalidStatus", "InvalidStatusCode")
-                 if hasattr(websockets.exceptions, name))
+_REFUSED = (websockets.exceptions.InvalidStatus if _NEW_WEBSOCKETS
+            else websockets.exceptions.InvalidStatusCode)
 
 
 def ws_status(url, headers=(), origin=None):
