@@ -231,7 +231,17 @@ static int authenticate(struct worker *w, struct job *j)
     if (rc == 0 || rc == SSH_E_SFTP || rc == SSH_E_KEY)
         access_auth_refund(s->hub->access, s->client_ip, access_time_now());
     if (rc < 0) {
-        post_text(s, proto_error(j->req.id, err, ssh_err_code(rc)));
+        /* Cut by the relay's memory limits: say so, not what libssh2 saw
+         * of the cut connection. The attempt stays counted: whether the
+         * server had checked the credentials by then is not known. */
+        const char *mem = ssh_memory_refusal(&w->c);
+
+        if (mem) {
+            ssh_failure(&w->c, err, sizeof(err));
+            post_text(s, proto_error(j->req.id, mem, "limit"));
+        } else {
+            post_text(s, proto_error(j->req.id, err, ssh_err_code(rc)));
+        }
         w->reason = ssh_err_code(rc);
         log_info("session %s: login refused: %s", s->id, err);
         return -1;

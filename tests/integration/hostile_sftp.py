@@ -215,8 +215,9 @@ class Scenario:
 
 
 class _Iface(paramiko.ServerInterface):
-    def __init__(self, server):
+    def __init__(self, server, transport):
         self.server = server
+        self.transport = transport
         self.username = None
 
     def get_allowed_auths(self, username):
@@ -224,6 +225,11 @@ class _Iface(paramiko.ServerInterface):
 
     def check_auth_password(self, username, password):
         if username not in self.server.scenarios:
+            return paramiko.AUTH_FAILED
+        # A scenario may act before the login is answered: it gets the
+        # transport and decides the answer (Scenario.on_auth).
+        on_auth = getattr(self.server.scenarios[username], "on_auth", None)
+        if on_auth is not None and on_auth(self.transport) != paramiko.AUTH_SUCCESSFUL:
             return paramiko.AUTH_FAILED
         self.username = username
         return paramiko.AUTH_SUCCESSFUL
@@ -272,7 +278,7 @@ class HostileServer(LoopbackListener):
             self.on_transport(t)
         self.transports.append(t)
         try:
-            t.start_server(server=_Iface(self))
+            t.start_server(server=_Iface(self, t))
         except (paramiko.SSHException, EOFError, OSError):
             pass
 

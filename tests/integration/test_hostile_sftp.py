@@ -9,10 +9,13 @@ descriptors come back."""
 import json
 import os
 import re
+import select
+import socket
 import struct
 import time
 import threading
 
+import paramiko
 import pytest
 import websocket
 
@@ -140,6 +143,35 @@ class Park(hs.Scenario):
             return
         self.answered = rid
         super().on_stat(rid, p)
+
+
+class AuthPark(hs.Scenario):
+    """Before answering the login: PACKETS messages of a type nobody
+    waits for (libssh2 keeps the newest 64 of them, about 2 MiB), then no
+    answer until the relay's side of the connection closes (at most
+    HOLD_SECS); the login then fails."""
+    PACKETS = 80
+    PAYLOAD = 32 * 1024
+    HOLD_SECS = 60
+
+    @classmethod
+    def on_auth(cls, transport):
+        for _ in range(cls.PACKETS):
+            m = paramiko.Message()
+            m.add_byte(bytes([99]))
+            m.add_bytes(b"\0" * cls.PAYLOAD)
+            transport._send_user_message(m)
+        sock = transport.sock
+        deadline = time.monotonic() + cls.HOLD_SECS
+        while time.monotonic() < deadline:
+            if select.select([sock], [], [], 0.2)[0]:
+                try:
+                    if sock.recv(1, socket.MSG_PEEK) == b"":
+                        break
+                except OSError:
+                    break
+                time.sleep(0.05)  # a poll interval: the relay sent something else
+        return paramiko.AUTH_FAILED
 
 
 class ParkBig(Park):
@@ -310,6 +342,7 @@ class ListDrip(hs.Scenario):
 SCENARIOS = {cls.__name__: cls for cls in [
     hs.Scenario, EndlessReaddir, MillionEntries, LongName, CountLie, HugeNamePacket,
     StatLengthMax, StatLengthShort, StatWrongId, StatUnsolicitedFlood, StaleRepliesFlood, Park, ParkBig,
+    AuthPark,
     DuplicateReplies, ReadTooMuch, DataLengthLie, LimitsTiny, LimitsHuge, StatvfsZero,
     StatvfsMax, HugeHandle, StatusOkNoHandle, ReadStall, ReadDrip, ListDrip, ReadAheadHeld]}
 
@@ -605,6 +638,34 @@ def test_parked_memory_is_evicted_when_honest_sessions_need_room(relay_factory, 
     for s in parked:
         s.close()
     use.check(relay, sshd, held_kib=BUDGET_MIB * 1024)
+
+
+def test_login_evicted_for_memory_says_so(relay_factory, hostile, sshd, workdir):
+    """A session still logging in can hold the most too: its server
+    floods it with messages libssh2 keeps and does not answer the login.
+    An honest download that needs the room evicts it, and its browser,
+    waiting for the login's answer, learns that the relay's memory ended
+    it, not the credentials or the server."""
+    relay = relay_factory(extra_ports=(hostile.port,), SFTP_OP_TIMEOUT_SECS=60,
+                          SSH_MEMORY_BUDGET_MIB=3, SFTP_MAX_CONCURRENT_PER_IP=10,
+                          **procinfo.asan_env(relay_binary()))
+    s = hs.open_session(relay, hs.LOCAL, hostile.port)
+    try:
+        s.expect_host_key()
+        s.accept_host_key()
+        rid = s.send_request("auth", {"type": "password", "username": "AuthPark",
+                                      "password": "any"})
+        held = "wattcloud_relay_ssh_memory_bytes"
+        assert wait_until(lambda: gauge(relay, held) >= 2 * MiB, 30), \
+            "the login never held the flood: %d bytes" % gauge(relay, held)
+        # Three downloads under way, each holding its read-ahead, need more
+        # than the budget leaves beside the parked login (3 x about 0.4 MiB).
+        finish_downloads(start_downloads(relay, sshd, workdir, 3, MiB), MiB)
+        answers = [data for kind, data in s.expect_closed(timeout=30) if kind == "text"]
+        assert answers == [dict(EVICTED, id=rid)], answers
+    finally:
+        s.close()
+    assert re.search(r"evicted: libssh2 held \d+ KiB for this session", relay.log_text())
 
 
 def test_evicted_session_gives_its_memory_back_though_its_browser_does_not_read(
