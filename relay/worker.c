@@ -41,6 +41,15 @@ static void post_text(struct session *s, char *text)
     session_post(s, frame_from_text(text), NULL);
 }
 
+/* Answer request `id` as failed with `msg` and `code`, unless the relay's
+ * memory limits cut the connection: then that is the answer (code "limit"). */
+static void post_failure(struct worker *w, uint32_t id, const char *msg, const char *code)
+{
+    const char *mem = ssh_memory_refusal(&w->c);
+
+    post_text(w->s, mem ? proto_error(id, mem, "limit") : proto_error(id, msg, code));
+}
+
 static void on_socket(int fd, void *arg)
 {
     session_set_sock(arg, fd);
@@ -234,14 +243,9 @@ static int authenticate(struct worker *w, struct job *j)
         /* Cut by the relay's memory limits: say so, not what libssh2 saw
          * of the cut connection. The attempt stays counted: whether the
          * server had checked the credentials by then is not known. */
-        const char *mem = ssh_memory_refusal(&w->c);
-
-        if (mem) {
+        if (ssh_memory_refusal(&w->c))
             ssh_failure(&w->c, err, sizeof(err));
-            post_text(s, proto_error(j->req.id, mem, "limit"));
-        } else {
-            post_text(s, proto_error(j->req.id, err, ssh_err_code(rc)));
-        }
+        post_failure(w, j->req.id, err, ssh_err_code(rc));
         w->reason = ssh_err_code(rc);
         log_info("session %s: login refused: %s", s->id, err);
         return -1;
@@ -363,11 +367,8 @@ static int keepalive(struct worker *w)
  * connection, or with the relay's memory limit that cut it, and finish it. */
 static void fail_job(struct worker *w, struct job *j)
 {
-    const char *mem = ssh_memory_refusal(&w->c);
-
     if (j && j->kind == JOB_REQUEST)
-        post_text(w->s, mem ? proto_error(j->req.id, mem, "limit")
-                            : proto_error(j->req.id, "connection to the SFTP server lost", "io"));
+        post_failure(w, j->req.id, "connection to the SFTP server lost", "io");
     finish_job(w->s, j);
 }
 
