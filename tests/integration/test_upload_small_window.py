@@ -1,0 +1,107 @@
+"""Uploads arrive whole and in order when the SFTP server's SSH channel
+takes little at a time.
+
+Our libssh2 sends each SFTP WRITE request's data straight from the upload
+frame (sftp-write-no-copy.patch): a request goes out as its header plus a
+pointer into the frame, and one that the channel cannot take whole before
+libssh2_sftp_write() returns keeps a copy of its data, as the frame is
+only libssh2's until then. Those paths run when the server's channel
+window or packet size is small, which OpenSSH's sshd never makes them (2
+MiB window, 32 KiB packets). Here the server is paramiko with small ones:
+paramiko's floors for what it asks of clients, a 32 KiB window and 4 KiB
+packets (each 30000-byte request spans eight packets and the window runs
+out inside most of them), and a 1000-byte window, which no rule forbids
+(the window then runs out inside request headers too). The server's
+handles are as long as SFTP allows (256 bytes), so each request's header
+is 281 bytes. The SFTP side, written here (hostile_sftp.py), checks that
+every WRITE follows the one before it and keeps what it was sent; the
+test compares that with what the browser sent, byte for byte."""
+
+import hashlib
+import os
+import struct
+
+import pytest
+
+import hostile_sftp as hs
+import procinfo
+from relay import relay_binary
+from wsclient import MiB
+
+# (window, largest packet) the server gives the relay's channel: paramiko's
+# floors (paramiko.common MIN_WINDOW_SIZE, MIN_PACKET_SIZE), and a window
+# smaller than one request's header and data.
+CHANNELS = ((32 * 1024, 4096), (1000, 4096))
+# libssh2 1.11 cuts WRITE requests at 30000 bytes of data.
+WRITE_REQUEST_BYTES = 30000
+# Chunk sizes that end inside a request and inside a packet.
+CHUNKS = (2 * MiB, 777_777, 3 * WRITE_REQUEST_BYTES + 1, 1)
+# The longest handle an SFTP server may give (draft-ietf-secsh-filexfer-02).
+HANDLE_BYTES = 256
+
+
+class Store(hs.Scenario):
+    """An SFTP server that keeps what each upload writes, in order."""
+
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.files = {}          # path -> bytearray
+        self.write_sizes = []
+
+    def new_handle(self, path):
+        h = super().new_handle(path)
+        long_h = h + b"." * (HANDLE_BYTES - len(h))
+        self.handles[long_h] = self.handles.pop(h)
+        return long_h
+
+    def dispatch(self, ptype, rid, p):
+        if ptype != hs.WRITE:
+            super().dispatch(ptype, rid, p)
+            return
+        h, off = self.string(p)
+        offset, n = struct.unpack(">QI", p[off:off + 12])
+        data = p[off + 12:]
+        assert len(data) == n, (len(data), n)
+        f = self.files.setdefault(self.handles[h], bytearray())
+        assert offset == len(f), (offset, len(f))
+        f += data
+        self.write_sizes.append(n)
+        self.status(rid, hs.FX_OK, "ok")
+
+
+@pytest.fixture(params=CHANNELS, ids=lambda c: "window%d-packet%d" % c)
+def server(request):
+    window, packet = request.param
+
+    def small_channel(transport):
+        # paramiko takes these for the channels it accepts as they are.
+        transport.default_window_size = window
+        transport.default_max_packet_size = packet
+
+    with hs.running({"Store": Store}, on_transport=small_channel) as srv:
+        yield srv
+
+
+def test_upload_through_a_small_channel_window_arrives_whole(relay_factory, server):
+    relay = relay_factory(extra_ports=(server.port,), **procinfo.asan_env(relay_binary()))
+    sent = hashlib.sha256()
+    total = 0
+    s = hs.login(relay, server, "Store")
+    try:
+        store = server.runs[-1]
+        h = s.write_open("/up")
+        for size in CHUNKS:
+            chunk = os.urandom(size)
+            sent.update(chunk)
+            total += size
+            assert s.write_chunk(h, chunk, timeout=60).get("result") == {}
+        assert s.ok("write_close", handle=h, timeout=60) == {}
+    finally:
+        s.close()
+    assert server.errors == []
+    got = bytes(store.files[b"/up"])
+    assert len(got) == total
+    assert hashlib.sha256(got).hexdigest() == sent.hexdigest()
+    # The requests are libssh2's usual ones: the small channel changed how
+    # they were sent, not what they say.
+    assert max(store.write_sizes) == WRITE_REQUEST_BYTES, max(store.write_sizes)
