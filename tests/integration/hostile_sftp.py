@@ -214,6 +214,50 @@ class Scenario:
         return b"".join(u64(v) for v in (4096, 4096, 1000, 600, 500, 100, 50, 50, 1, 0, 255))
 
 
+# The longest handle an SFTP server may give (draft-ietf-secsh-filexfer-02).
+HANDLE_BYTES = 256
+
+
+class Store(Scenario):
+    """An SFTP server that keeps what each upload writes, in order, and
+    gives handles as long as SFTP allows (HANDLE_BYTES), so every request
+    that names one is as long as it can be."""
+
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.files = {}          # path -> bytearray
+        self.write_sizes = []
+
+    def new_handle(self, path):
+        h = super().new_handle(path)
+        long_h = h + b"." * (HANDLE_BYTES - len(h))
+        self.handles[long_h] = self.handles.pop(h)
+        return long_h
+
+    def dispatch(self, ptype, rid, p):
+        if ptype != WRITE:
+            super().dispatch(ptype, rid, p)
+            return
+        h, off = self.string(p)
+        offset, n = struct.unpack(">QI", p[off:off + 12])
+        data = p[off + 12:]
+        assert len(data) == n, (len(data), n)
+        f = self.files.setdefault(self.handles[h], bytearray())
+        assert offset == len(f), (offset, len(f))
+        f += data
+        self.write_sizes.append(n)
+        self.status(rid, FX_OK, "ok")
+
+
+def channel_limits(window, packet):
+    """An on_transport hook: the channels the server accepts get `window`
+    and `packet` as they are (paramiko clamps only the ones it opens)."""
+    def hook(transport):
+        transport.default_window_size = window
+        transport.default_max_packet_size = packet
+    return hook
+
+
 class _Iface(paramiko.ServerInterface):
     def __init__(self, server, transport):
         self.server = server

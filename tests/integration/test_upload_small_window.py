@@ -13,7 +13,7 @@ packets (each 30000-byte request spans eight packets and the window runs
 out inside most of them), and a 1000-byte window, which no rule forbids
 (the window then runs out inside request headers too). The server's
 handles are as long as SFTP allows (256 bytes), so each request's header
-is 281 bytes. The SFTP side, written here (hostile_sftp.py), checks that
+is 281 bytes. The SFTP side (hostile_sftp.Store) checks that
 every WRITE follows the one before it and keeps what it was sent; the
 test compares that with what the browser sent, byte for byte.
 
@@ -26,7 +26,6 @@ rest instead."""
 
 import hashlib
 import os
-import struct
 
 import pytest
 
@@ -47,49 +46,13 @@ CHANNELS = ((32 * 1024, 4096), (1000, 4096), (32 * 1024, SPLIT_PACKET))
 WRITE_REQUEST_BYTES = 30000
 # Chunk sizes that end inside a request and inside a packet.
 CHUNKS = (2 * MiB, 777_777, 3 * WRITE_REQUEST_BYTES + 1, 1)
-# The longest handle an SFTP server may give (draft-ietf-secsh-filexfer-02).
-HANDLE_BYTES = 256
-
-
-class Store(hs.Scenario):
-    """An SFTP server that keeps what each upload writes, in order."""
-
-    def __init__(self, chan, server):
-        super().__init__(chan, server)
-        self.files = {}          # path -> bytearray
-        self.write_sizes = []
-
-    def new_handle(self, path):
-        h = super().new_handle(path)
-        long_h = h + b"." * (HANDLE_BYTES - len(h))
-        self.handles[long_h] = self.handles.pop(h)
-        return long_h
-
-    def dispatch(self, ptype, rid, p):
-        if ptype != hs.WRITE:
-            super().dispatch(ptype, rid, p)
-            return
-        h, off = self.string(p)
-        offset, n = struct.unpack(">QI", p[off:off + 12])
-        data = p[off + 12:]
-        assert len(data) == n, (len(data), n)
-        f = self.files.setdefault(self.handles[h], bytearray())
-        assert offset == len(f), (offset, len(f))
-        f += data
-        self.write_sizes.append(n)
-        self.status(rid, hs.FX_OK, "ok")
 
 
 @pytest.fixture(params=CHANNELS, ids=lambda c: "window%d-packet%d" % c)
 def server(request):
     window, packet = request.param
-
-    def small_channel(transport):
-        # paramiko takes these for the channels it accepts as they are.
-        transport.default_window_size = window
-        transport.default_max_packet_size = packet
-
-    with hs.running({"Store": Store}, on_transport=small_channel) as srv:
+    with hs.running({"Store": hs.Store},
+                    on_transport=hs.channel_limits(window, packet)) as srv:
         yield srv
 
 

@@ -17,6 +17,7 @@ import signal
 
 import pytest
 
+import hostile_sftp as hs
 import procinfo
 from helpers import LOCAL, gauge, login, make_file, pattern, read_file, wait_until
 from relay import relay_binary
@@ -234,18 +235,11 @@ def test_upload_through_a_small_channel_window_no_errors(relay_factory, run_dir,
     keep a copy of their data because the channel's window ran out inside
     them (about one per request here: a debug build counted 35 in this
     upload). No uninitialised byte sent, no invalid access, nothing leaked.
-    The server is test_upload_small_window.py's, with a 1000-byte channel
-    window. (Headers split across packets need the window to run out within
-    a header's 281 bytes, which this slower relay hardly meets; the ASan
-    pass of test_upload_small_window covers them.)"""
-    import hostile_sftp as hs
-    from test_upload_small_window import Store
-
-    def small_channel(transport):
-        transport.default_window_size = 1000
-        transport.default_max_packet_size = 4096
-
-    with hs.running({"Store": Store}, on_transport=small_channel) as server:
+    The server is hostile_sftp.Store, as in test_upload_small_window.py,
+    with a 1000-byte channel window. (Headers split across packets need the
+    window to run out within a header's 281 bytes, which this slower relay
+    hardly meets; the ASan pass of test_upload_small_window covers them.)"""
+    with hs.running({"Store": hs.Store}, on_transport=hs.channel_limits(1000, 4096)) as server:
         relay, log = start_under_valgrind(relay_factory, run_dir, tmp_path,
                                           extra_ports=[server.port])
         data = pattern(1 * MiB + 7, 8)
