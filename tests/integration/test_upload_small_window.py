@@ -22,7 +22,18 @@ that names a handle. libssh2 1.11.1 sent those with one channel write and
 mishandled a short one: fsync sent its packet again from the first byte
 on the retry and waited for an answer that could not come, so write_close
 hung until SFTP_OP_TIMEOUT_SECS. sftp-requests-sent-whole.patch sends the
-rest instead."""
+rest instead.
+
+The fourth server's window is what runs out: it gives back each byte as
+soon as its SFTP side has read it, and never more, so the relay never has
+more than TIGHT_WINDOW bytes of window, less than every request that names
+a handle and less than the OPEN of a long path. Each of those requests
+is then sent in parts, each part waiting for the server's window adjust
+(sftp-requests-sent-whole.patch: the channel takes nothing, the call
+answers EAGAIN and is called again with the same packet). libssh2 1.11.1's
+OPEN resumed on its own but answered NULL without LIBSSH2_ERROR_EAGAIN
+after a short write, so write_open of the long path failed with "connection
+to the SFTP server lost" before the patch sent OPEN the same way."""
 
 import hashlib
 import os
@@ -54,6 +65,50 @@ def server(request):
     with hs.running({"Store": hs.Store},
                     on_transport=hs.channel_limits(window, packet)) as srv:
         yield srv
+
+
+# The fourth server's window: smaller than a WRITE request's header (281
+# bytes with a 256-byte handle), fsync (290), CLOSE (269) and the OPEN of
+# LONG_PATH.
+TIGHT_WINDOW = 200
+LONG_PATH = "/" + "p" * 300
+
+
+class TightWindowStore(hs.Store):
+    """Store, behind a channel that gives back only what was read: paramiko
+    adjusts the window once more than in_window_threshold bytes were read
+    (a tenth of the window); at 0 it adjusts for every read, so the relay's
+    window never exceeds the channel's initial one."""
+
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        chan.in_window_threshold = 0
+
+
+def test_upload_through_a_window_smaller_than_each_request(relay_factory):
+    """Every request that names a handle, and the OPEN of a long path, is
+    bigger than the whole window, so each waits for window adjusts part way
+    through; all of them arrive whole and the upload is stored as sent."""
+    with hs.running({"Store": TightWindowStore},
+                    on_transport=hs.channel_limits(TIGHT_WINDOW, 32 * 1024)) as server:
+        relay = relay_factory(extra_ports=(server.port,), **procinfo.asan_env(relay_binary()))
+        s = hs.login(relay, server, "Store")
+        try:
+            store = server.runs[-1]
+            assert store.chan.in_window_size == TIGHT_WINDOW
+            chunk = os.urandom(3 * WRITE_REQUEST_BYTES + 7)
+            h = s.write_open(LONG_PATH)
+            assert s.write_chunk(h, chunk, timeout=60).get("result") == {}
+            assert s.ok("write_close", handle=h, timeout=60) == {}
+            # A STAT of the long path: the server read the path whole (it
+            # answers "no such file" for what it does not know).
+            resp = s.call("stat", path=LONG_PATH, timeout=60)
+            assert resp.get("code") == "not_found", resp
+        finally:
+            s.close()
+    assert server.errors == []
+    assert bytes(store.files[LONG_PATH.encode()]) == chunk
+    assert max(store.write_sizes) == WRITE_REQUEST_BYTES
 
 
 def test_upload_through_a_small_channel_window_arrives_whole(relay_factory, server):
