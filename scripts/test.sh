@@ -78,7 +78,9 @@ run_pass() {
   if [ "$subset" -eq 1 ]; then
     RELAY_BIN="$dir/wattcloud-relay" "$PY" -m pytest -q "${pytest_args[@]}" || rc=$?
   else
-    RELAY_BIN="$dir/wattcloud-relay" "$PY" -m pytest -q tests/integration || rc=$?
+    # The slowest tests are listed at the end: CI must stay well under 45
+    # minutes, and the list shows where the time goes.
+    RELAY_BIN="$dir/wattcloud-relay" "$PY" -m pytest -q --durations=12 tests/integration || rc=$?
   fi
   case "$rc" in
     0) record "$name: integration tests" PASS ;;
