@@ -140,9 +140,17 @@ def test_worker_stacks_are_unmapped_when_sessions_end(relay_factory, sshd):
     assert wait_until(lambda: procinfo.thread_count(pid) == 1, 10)
     sessions = [login(relay, sshd) for _ in range(3)]
     assert procinfo.thread_count(pid) == 4
-    assert wait_until(lambda: worker_stack_pointers(pid) is not None, 10)
+    # One reading, used as read: a second call may find a worker awake
+    # (a keepalive, the browser's ping) and answer None.
+    sps = []
+
+    def all_asleep():
+        sps[:] = worker_stack_pointers(pid) or []
+        return len(sps) == 3
+
+    assert wait_until(all_asleep, 10)
     maps = read_maps(pid)
-    stacks = {guarded_stack(maps, sp) for sp in worker_stack_pointers(pid)}
+    stacks = {guarded_stack(maps, sp) for sp in sps}
     assert None not in stacks and len(stacks) == 3, \
         "three workers' stacks, each above a guard page: %r" % stacks
     for s in sessions:
