@@ -12,6 +12,8 @@ the session past LIBSSH2_PACKETS_QUEUED_MAXBYTES of queued packets.
 The server is paramiko (hostile_sftp.py), which sends the flood when the
 relay asks for the status of FLOOD_PATH, then answers."""
 
+import socket
+
 import paramiko
 import pytest
 
@@ -93,12 +95,26 @@ class TinyData(hs.Scenario):
         self.send(hs.ATTRS, rid, hs.attrs(is_dir=True))
 
 
+# Linux's SO_SNDBUFFORCE (asm-generic/socket.h; Python has no name for
+# it): a send buffer above net.core.wmem_max, for root.
+SO_SNDBUFFORCE = 32
+
+
 def send_unpaced(chan, data):
     """Send `data` on `chan` as one SSH_MSG_CHANNEL_DATA per byte, all
     encrypted first and then written at once. paramiko writes each packet
     as it makes it, slower than libssh2 reads them; a stream written at
     once arrives faster than libssh2 takes the packets apart. paramiko's
-    own window accounting is bypassed, as a hostile server would."""
+    own window accounting is bypassed, as a hostile server would.
+
+    "At once" needs a send buffer that takes the whole stream in one
+    send(): with a smaller one, paramiko's write loop (a poll, a send and a
+    copy of the rest of the stream per turn) feeds the socket slower than
+    libssh2 empties it, libssh2 meets an empty socket, takes apart what it
+    has queued, and the bound is never reached (a 32 KiB send buffer fails
+    the test every time; the default, autotuned one did now and then).
+    With the stream in the kernel, the kernel hands it on as fast as the
+    relay reads."""
     t = chan.get_transport()
     pk = t.packetizer
     out = []
@@ -116,7 +132,9 @@ def send_unpaced(chan, data):
                 pk.send_message(m)
         finally:
             pk.write_all = real_write
-        real_write(b"".join(out))
+        blob = b"".join(out)
+        t.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 * len(blob))
+        real_write(blob)
 
 
 # Past the bound by half again; and a quarter of it, which is served.
