@@ -82,8 +82,19 @@ inside() {
       "$CHECKOUT" "$@"
   else
     local rc=0
-    chroot "$root" "${env[@]}" /bin/bash -c 'cd "$0" && exec bash scripts/test.sh "$@"' \
-      "$CHECKOUT" "$@" || rc=$?
+    # The packages first, while the mirror is reachable (scripts/test.sh
+    # runs scripts/deps.sh again and then finds nothing to fetch).
+    chroot "$root" "${env[@]}" /bin/bash -c 'cd "$0" && exec bash scripts/deps.sh --test' \
+      "$CHECKOUT" || rc=$?
+    # Then the tests in a network namespace of their own, with only a
+    # loopback: their ports and abstract sockets cannot meet those of a
+    # test run on the host at the same time (.ci/run runs the Debian 12
+    # pass alongside), and nothing in them can reach beyond the machine.
+    if [ "$rc" -eq 0 ]; then
+      unshare --net -- /bin/bash -c 'ip link set lo up && exec "$@"' loopback-only \
+        chroot "$root" "${env[@]}" /bin/bash -c 'cd "$0" && exec bash scripts/test.sh "$@"' \
+        "$CHECKOUT" "$@" || rc=$?
+    fi
     # The .deb cache is kept between runs: drop the versions the mirror no
     # longer has, so it does not grow with every point release.
     chroot "$root" "${env[@]}" apt-get -qq autoclean >/dev/null 2>&1 || true
@@ -159,6 +170,7 @@ ensure_host_tools() {
   local need=()
   command -v debootstrap >/dev/null || need+=(debootstrap)
   command -v unshare >/dev/null || need+=(util-linux)
+  command -v ip >/dev/null || need+=(iproute2)
   if [ "${#need[@]}" -gt 0 ]; then
     log "installing on the host: ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends "${need[@]}" ||
