@@ -84,18 +84,22 @@ def trace_line(relay, sock, pid, sent):
                client_q[1] >> 10, client_q[2] >> 10, procinfo.cpu_secs(pid)))
 
 
-def wait_relay_took(relay, sock, timeout=20):
-    """Wait until the relay has read everything `sock` sent, or has stopped
-    reading it (its receive queue unchanged for STALL_SECS)."""
-    last, since, t0 = None, time.monotonic(), time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        q = relay_rx_queue(relay, sock)
-        if q == 0:
-            return
-        if q != last:
-            last, since = q, time.monotonic()
-        elif time.monotonic() - since >= STALL_SECS:
-            return
+def wait_relay_took(relay, socks, timeout=20):
+    """Wait until, for each of `socks`, the relay has read everything it
+    sent, or has stopped reading it (its receive queue unchanged for
+    STALL_SECS). One wait for all: the stalls are watched side by side."""
+    last = {sock: None for sock in socks}
+    since = {sock: time.monotonic() for sock in socks}
+    t0 = time.monotonic()
+    while last and time.monotonic() - t0 < timeout:
+        for sock in list(last):
+            q = relay_rx_queue(relay, sock)
+            if q == 0:
+                del last[sock]
+            elif q != last[sock]:
+                last[sock], since[sock] = q, time.monotonic()
+            elif time.monotonic() - since[sock] >= STALL_SECS:
+                del last[sock]
         time.sleep(0.1)
 
 
@@ -132,7 +136,7 @@ def test_bad_write_chunks_to_a_browser_that_never_reads(relay_factory, sshd):
             secs = max(1, min(30, FLOOD_SECS - (time.monotonic() - t0)))
             sent += flood(sock, batch, secs, stop_bytes=total - sent, state=state,
                           watch=lambda n: print(trace_line(relay, sock, pid, sent + n)))
-            wait_relay_took(relay, sock)
+            wait_relay_took(relay, [sock])
             left = relay_rx_queue(relay, sock)
             if left > 0 or sent >= total or time.monotonic() - t0 > FLOOD_SECS:
                 break
@@ -185,7 +189,7 @@ def test_half_sent_messages_count_against_the_budget(relay_factory, sshd, workdi
                     off += sock.send(data[off:off + (1 << 20)])
                 except socket.timeout:
                     break  # the relay stopped reading: what the test wants
-            wait_relay_took(relay, sock)
+        wait_relay_took(relay, [s.ws.sock for s in sessions])
         rss = procinfo.rss_kib(pid)
         print("RSS %d -> %d KiB with %d half-sent 16 MiB messages"
               % (rss0, rss, len(sessions)))
@@ -194,5 +198,7 @@ def test_half_sent_messages_count_against_the_budget(relay_factory, sshd, workdi
                 (rss - rss0) >> 10, BUDGET_MIB)
         assert health_ok(relay)
     finally:
+        # A close frame would land inside the half-sent message (and wait
+        # 2 s each for an answer that cannot come): cut the connections.
         for s in sessions:
-            s.close()
+            s.ws.shutdown()
