@@ -98,7 +98,9 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--check-config") == 0) {
             check_only = 1;
         } else if (strcmp(argv[i], "--version") == 0) {
-            printf("wattcloud-relay %s (libssh2 %s%s)\n", WC_VERSION, ssh_version(),
+            printf("wattcloud-relay %s (libssh2 %s%s%s)\n", WC_VERSION, ssh_version(),
+                   WC_LIBSSH2_PATCHED ? " with our patches"
+                                      : " of the system, without our patches",
                    ssh_read_size_settable() ? ", SFTP read size from limits@openssh.com" : "");
             return 0;
         } else if (strcmp(argv[i], "--man") == 0) {

@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sshd as sshd_mod  # noqa: E402
-from helpers import login, make_dir, user_ids  # noqa: E402
+from helpers import login, make_dir, need_our_libssh2, user_ids  # noqa: E402
 from relay import Relay, relay_binary  # noqa: E402
 
 # Settings every relay of the suite gets (PROTOCOL §6 and relay/config.h).
@@ -57,6 +57,20 @@ def _failed(request):
 
 
 _RUN_DIR = []
+
+
+# Tests of what one of our libssh2 patches fixes carry
+# @pytest.mark.our_libssh2("name.patch"): skipped, with the patch named,
+# against a relay built with the system's libssh2.
+def pytest_configure(config):
+    config.addinivalue_line("markers", "our_libssh2(patch): the test checks what that "
+                            "patch of scripts/libssh2-patches/ fixes")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("our_libssh2"):
+        need_our_libssh2(*mark.args)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -6,6 +6,8 @@ import pwd
 import re
 import time
 
+import pytest
+
 import procinfo
 from relay import http_request
 from sshd import TEST_PASSWORD, TEST_USER
@@ -172,3 +174,18 @@ def pattern(n, seed=0):
     for i in range(0, n, len(block)):
         out[i:i + 8] = (i // len(block)).to_bytes(8, "little")[: max(0, min(8, n - i))]
     return bytes(out)
+
+
+PATCHES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                           "scripts", "libssh2-patches")
+
+
+def need_our_libssh2(patch):
+    """Skip the calling test when the relay under test is built against the
+    system's libssh2 (WC_LIBSSH2=system): what it checks is what `patch`
+    (scripts/libssh2-patches/) fixes, and upstream libssh2 does not. Also
+    used by conftest for @pytest.mark.our_libssh2(patch)."""
+    assert os.path.isfile(os.path.join(PATCHES_DIR, patch)), "no libssh2 patch " + patch
+    if not procinfo.libssh2_patched():
+        pytest.skip("tests what scripts/libssh2-patches/%s fixes; this relay is built "
+                    "against the system's libssh2 (WC_LIBSSH2=system)" % patch)

@@ -162,6 +162,19 @@ def sanitized_relay():
     return is_asan_binary(relay_binary())
 
 
+@functools.lru_cache(maxsize=None)
+def libssh2_patched():
+    """True when the relay under test carries our libssh2 patches
+    (scripts/libssh2-patches/, the default build); False when it was built
+    against the system's libssh2 (WC_LIBSSH2=system). Its --version says
+    which. Read once."""
+    import subprocess
+    from relay import relay_binary
+    out = subprocess.run([relay_binary(), "--version"], stdout=subprocess.PIPE, text=True,
+                         check=True).stdout
+    return " with our patches" in out
+
+
 def asan_env(path):
     """Environment for a relay under test whose RSS is measured: with an
     AddressSanitizer binary, a 16 MiB quarantine instead of 256 MiB, so

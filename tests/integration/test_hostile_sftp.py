@@ -465,6 +465,7 @@ def test_impossible_name_is_an_error(relay, hostile, sshd, scenario):
     use.check(relay, sshd)
 
 
+@pytest.mark.our_libssh2("sftp-hostile-server.patch")
 def test_name_packet_of_4_gib_is_refused_before_it_is_held(relay, hostile, sshd):
     """libssh2 exempts READDIR answers from its 256 KiB packet limit; our
     patch bounds them (LIBSSH2_SFTP_READDIR_PACKET_MAXLEN) instead of
@@ -508,6 +509,7 @@ def flood_relay(relay_factory, hostile):
                          **procinfo.asan_env(relay_binary()))
 
 
+@pytest.mark.our_libssh2("sftp-hostile-server.patch")
 def test_flood_of_replies_to_requests_never_sent_is_dropped(relay_factory, hostile, sshd):
     """256 MiB of DATA for ids the relay never used: dropped as they come
     (our libssh2 patch), the real answer still arrives."""
@@ -519,6 +521,7 @@ def test_flood_of_replies_to_requests_never_sent_is_dropped(relay_factory, hosti
     use.check(relay, sshd)
 
 
+@pytest.mark.our_libssh2("sftp-hostile-server.patch")
 def test_flood_of_stale_replies_ends_the_session_in_bounded_memory(relay_factory, hostile, sshd):
     """256 MiB of DATA again for an id already answered: libssh2 would keep
     them all; with the patch the session fails at 16 MiB unclaimed."""
@@ -706,6 +709,7 @@ def test_evicted_session_gives_its_memory_back_though_its_browser_does_not_read(
     use.check(relay, sshd, held_kib=BUDGET_MIB * 1024)
 
 
+@pytest.mark.our_libssh2("sftp-hostile-server.patch")
 def test_abandoned_read_requests_are_remembered_up_to_a_bound(relay_factory, hostile, sshd):
     """Read handles closed early while the server sits on their read-ahead:
     libssh2 remembers the newest ZOMBIES_MAX abandoned requests and drops

@@ -157,6 +157,7 @@ def relay(relay_factory, hostile):
                          **procinfo.asan_env(relay_binary()))
 
 
+@pytest.mark.our_libssh2("unclaimed-packets.patch")
 @pytest.mark.parametrize("msg", UNCLAIMED_TYPES)
 def test_flood_of_unclaimed_messages_is_kept_to_a_bound(relay, hostile, sshd, msg):
     """128 MiB of messages nobody waits for: libssh2 keeps the newest
@@ -170,6 +171,7 @@ def test_flood_of_unclaimed_messages_is_kept_to_a_bound(relay, hostile, sshd, ms
     use.check(relay, sshd, held_kib=UNCLAIMED_MAX * (UNCLAIMED_PAYLOAD + 1024) // 1024)
 
 
+@pytest.mark.our_libssh2("unclaimed-packets.patch")
 def test_channel_data_in_one_byte_packets_ends_the_session_at_the_bound(relay, hostile,
                                                                          sshd):
     """Some 370,000 packets of one byte each, well inside the channel's

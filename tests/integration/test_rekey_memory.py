@@ -46,6 +46,7 @@ def transfer(s, workdir, name, size, seed):
     assert s.download(src, timeout=120) == data
 
 
+@pytest.mark.our_libssh2("rekey-and-gcm-leaks.patch")
 @pytest.mark.parametrize("cipher", REKEY_OFTEN_CIPHERS)
 def test_key_exchanges_do_not_grow_what_a_session_holds(relay_factory, sshd_variant, workdir,
                                                          cipher):

@@ -146,6 +146,7 @@ def test_rekey_to_the_same_methods_goes_on(relay, server):
         not GCM, reason="this paramiko has no AES-GCM")),
     "RekeyOtherHostKey",
 ])
+@pytest.mark.our_libssh2("rekey-same-methods.patch")
 def test_rekey_to_other_methods_or_host_key_is_refused(relay, server, sshd, scenario):
     s = hs.login(relay, server, scenario)
     try:
@@ -219,6 +220,7 @@ def asyncssh_server(first, then):
 
 @pytest.mark.parametrize("first,then", [(CHACHA, "aes128-ctr"), ("aes128-ctr", CHACHA)],
                          ids=["chacha_to_aes", "aes_to_chacha"])
+@pytest.mark.our_libssh2("rekey-same-methods.patch")
 def test_rekey_between_chacha20_and_aes_is_refused(relay_factory, sshd, first, then):
     with asyncssh_server(first, then) as port:
         relay = relay_factory(extra_ports=(port,), SFTP_OP_TIMEOUT_SECS=OP_TIMEOUT_SECS,
@@ -251,6 +253,7 @@ REKEYS = 400
 REKEY_RSS_SLACK_KIB = 24
 
 
+@pytest.mark.our_libssh2("rekey-and-gcm-leaks.patch")
 def test_rekey_over_and_over_holds_memory_steady(relay, server, sshd):
     """Under a sanitizer, RSS is ASan's; the exchanges still run, and its
     leak check at the relay's exit catches what is lost for good."""

@@ -18,6 +18,7 @@ FILES = 8
 FILE_BYTES = 4 * MiB
 
 
+@pytest.mark.our_libssh2("sftp-read-size.patch")
 @pytest.mark.parametrize("limit_mib", [4, 5])
 def test_refused_allocation_ends_the_session_cleanly(relay_factory, sshd, workdir, limit_mib):
     relay = relay_factory(SSH_SESSION_MEMORY_MIB=limit_mib, **procinfo.asan_env(relay_binary()))

@@ -42,6 +42,7 @@ import pytest
 
 import hostile_sftp as hs
 import procinfo
+from helpers import need_our_libssh2
 from relay import relay_binary
 from wsclient import MiB
 
@@ -64,6 +65,7 @@ def server(request):
     window, packet = request.param
     with hs.running({"Store": hs.Store},
                     on_transport=hs.channel_limits(window, packet)) as srv:
+        srv.split_packet = packet == SPLIT_PACKET
         yield srv
 
 
@@ -85,6 +87,7 @@ class TightWindowStore(hs.Store):
         chan.in_window_threshold = 0
 
 
+@pytest.mark.our_libssh2("sftp-requests-sent-whole.patch")
 def test_upload_through_a_window_smaller_than_each_request(relay_factory):
     """Every request that names a handle, and the OPEN of a long path, is
     bigger than the whole window, so each waits for window adjusts part way
@@ -112,6 +115,8 @@ def test_upload_through_a_window_smaller_than_each_request(relay_factory):
 
 
 def test_upload_through_a_small_channel_window_arrives_whole(relay_factory, server):
+    if server.split_packet:
+        need_our_libssh2("sftp-requests-sent-whole.patch")
     relay = relay_factory(extra_ports=(server.port,), **procinfo.asan_env(relay_binary()))
     sent = hashlib.sha256()
     total = 0
