@@ -249,6 +249,29 @@ class Store(Scenario):
         self.status(rid, FX_OK, "ok")
 
 
+class TightWindowStore(Store):
+    """Store, behind a channel that gives back only what was read: paramiko
+    adjusts the window once more than in_window_threshold bytes were read
+    (a tenth of the window); at 0 it adjusts for every read, so the relay's
+    window never exceeds WINDOW. Run it with running_tight_window()."""
+
+    # Smaller than a WRITE request's header (281 bytes with a 256-byte
+    # handle), fsync (290), CLOSE (269) and the OPEN of LONG_PATH: each of
+    # those goes out in parts.
+    WINDOW = 200
+    LONG_PATH = "/" + "p" * 300
+
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        chan.in_window_threshold = 0
+
+
+def running_tight_window():
+    """A HostileServer whose user "Store" is a TightWindowStore."""
+    return running({"Store": TightWindowStore},
+                   on_transport=channel_limits(TightWindowStore.WINDOW, 32 * 1024))
+
+
 def channel_limits(window, packet):
     """An on_transport hook: the channels the server accepts get `window`
     and `packet` as they are (paramiko clamps only the ones it opens)."""

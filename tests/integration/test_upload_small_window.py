@@ -26,9 +26,9 @@ rest instead.
 
 The fourth server's window is what runs out: it gives back each byte as
 soon as its SFTP side has read it, and never more, so the relay never has
-more than TIGHT_WINDOW bytes of window, less than every request that names
-a handle and less than the OPEN of a long path. Each of those requests
-is then sent in parts, each part waiting for the server's window adjust
+more than 200 bytes of window (hostile_sftp.TightWindowStore), less than
+every request that names a handle and less than the OPEN of a long path.
+Each of those requests is then sent in parts, each part waiting for the server's window adjust
 (sftp-requests-sent-whole.patch: the channel takes nothing, the call
 answers EAGAIN and is called again with the same packet). libssh2 1.11.1's
 OPEN resumed on its own but answered NULL without LIBSSH2_ERROR_EAGAIN
@@ -69,22 +69,7 @@ def server(request):
         yield srv
 
 
-# The fourth server's window: smaller than a WRITE request's header (281
-# bytes with a 256-byte handle), fsync (290), CLOSE (269) and the OPEN of
-# LONG_PATH.
-TIGHT_WINDOW = 200
-LONG_PATH = "/" + "p" * 300
-
-
-class TightWindowStore(hs.Store):
-    """Store, behind a channel that gives back only what was read: paramiko
-    adjusts the window once more than in_window_threshold bytes were read
-    (a tenth of the window); at 0 it adjusts for every read, so the relay's
-    window never exceeds the channel's initial one."""
-
-    def __init__(self, chan, server):
-        super().__init__(chan, server)
-        chan.in_window_threshold = 0
+LONG_PATH = hs.TightWindowStore.LONG_PATH
 
 
 @pytest.mark.our_libssh2("sftp-requests-sent-whole.patch")
@@ -92,13 +77,12 @@ def test_upload_through_a_window_smaller_than_each_request(relay_factory):
     """Every request that names a handle, and the OPEN of a long path, is
     bigger than the whole window, so each waits for window adjusts part way
     through; all of them arrive whole and the upload is stored as sent."""
-    with hs.running({"Store": TightWindowStore},
-                    on_transport=hs.channel_limits(TIGHT_WINDOW, 32 * 1024)) as server:
+    with hs.running_tight_window() as server:
         relay = relay_factory(extra_ports=(server.port,), **procinfo.asan_env(relay_binary()))
         s = hs.login(relay, server, "Store")
         try:
             store = server.runs[-1]
-            assert store.chan.in_window_size == TIGHT_WINDOW
+            assert store.chan.in_window_size == hs.TightWindowStore.WINDOW
             chunk = os.urandom(3 * WRITE_REQUEST_BYTES + 7)
             h = s.write_open(LONG_PATH)
             assert s.write_chunk(h, chunk, timeout=60).get("result") == {}

@@ -242,7 +242,8 @@ def test_upload_through_a_small_channel_window_no_errors(relay_factory, run_dir,
     The server is hostile_sftp.Store, as in test_upload_small_window.py,
     with a 1000-byte channel window. (Headers split across packets need the
     window to run out within a header's 281 bytes, which this slower relay
-    hardly meets; the ASan pass of test_upload_small_window covers them.)"""
+    hardly meets: test_requests_bigger_than_the_window_no_errors below
+    makes them certain.)"""
     with hs.running({"Store": hs.Store}, on_transport=hs.channel_limits(1000, 4096)) as server:
         relay, log = start_under_valgrind(relay_factory, run_dir, tmp_path,
                                           extra_ports=[server.port])
@@ -258,4 +259,33 @@ def test_upload_through_a_small_channel_window_no_errors(relay_factory, run_dir,
             s.close()
         assert server.errors == []
         assert bytes(store.files[b"/up"]) == data
+        stop_and_check(relay, log)
+
+
+@pytest.mark.our_libssh2("sftp-requests-sent-whole.patch")
+def test_requests_bigger_than_the_window_no_errors(relay_factory, run_dir, tmp_path):
+    """The other rare path, made certain: a channel that never holds more
+    than TightWindowStore.WINDOW (200) bytes of window, so every WRITE
+    header, fsync, CLOSE and the OPEN and STAT of a 300-byte path go out
+    in parts, each call answered EAGAIN and made again with the same packet
+    (sftp-requests-sent-whole.patch). As test_upload_small_window.py's
+    test_upload_through_a_window_smaller_than_each_request, under valgrind."""
+    long_path = hs.TightWindowStore.LONG_PATH
+    with hs.running_tight_window() as server:
+        relay, log = start_under_valgrind(relay_factory, run_dir, tmp_path,
+                                          extra_ports=[server.port])
+        data = pattern(3 * 30000 + 7, 9)  # three of libssh2's WRITEs and a bit
+        s = hs.login(relay, server, "Store")
+        try:
+            s.ws.settimeout(SLOW)
+            store = server.runs[-1]
+            assert store.chan.in_window_size == hs.TightWindowStore.WINDOW
+            h = s.write_open(long_path)
+            assert s.write_chunk(h, data, timeout=SLOW).get("result") == {}
+            assert s.ok("write_close", handle=h, timeout=SLOW) == {}
+            assert s.call("stat", path=long_path, timeout=SLOW).get("code") == "not_found"
+        finally:
+            s.close()
+        assert server.errors == []
+        assert bytes(store.files[long_path.encode()]) == data
         stop_and_check(relay, log)
