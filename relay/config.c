@@ -695,6 +695,10 @@ static const struct setting settings[] = {
      .help = "file holding the STATE_URL password (instead of writing it in the URL)"},
     {.name = "KEY_PREFIX", .def = "wattcloud:", .kind = &K_PREFIX, .off = OFF(key_prefix),
      .help = "prefix of every key the relay writes to the STATE_URL store"},
+    {.name = "STATE_LEASE_SECS", .def = "30", .kind = &K_INT, .off = OFF(state_lease_secs),
+     .min = 3, .max = 3600,
+     .help = "with STATE_URL: a dead relay's sessions free their slots after this long "
+             "(leases, renewed every third of it)"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))

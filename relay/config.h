@@ -93,6 +93,7 @@ struct config {
     struct state_url state;        /* STATE_URL */
     char *state_password_file;     /* STATE_PASSWORD_FILE, NULL when unset */
     char *key_prefix;              /* KEY_PREFIX, "wattcloud:" */
+    int state_lease_secs;          /* STATE_LEASE_SECS (30) */
 };
 
 /* Fill `cfg` from the environment. On error writes a message naming the

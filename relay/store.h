@@ -15,12 +15,13 @@
 #include "client_ip.h"
 #include "config.h"
 
-/* A live session's slot in a shared store is a lease: the relay that holds
- * the session renews it every STORE_LEASE_RENEW_MS, and a lease not renewed
- * for STORE_LEASE_MS expires by itself, so a relay that dies (kill -9, a
- * crash, a lost host) frees its clients' slots within that time. */
-#define STORE_LEASE_MS           30000
-#define STORE_LEASE_RENEW_MS     10000
+/* A live session's slot in a shared store is a lease: a lease not renewed
+ * for STATE_LEASE_SECS expires by itself, so a relay that dies (kill -9, a
+ * crash, a lost host) frees its clients' slots within that time. The relay
+ * that holds the session renews it STORE_LEASE_RENEWALS times per lease, so
+ * a renewal or two may be late (a store slow to answer, a reconnect) before
+ * a live session's slot lapses. */
+#define STORE_LEASE_RENEWALS     3
 /* Requests waiting for the store thread at most; past it a request is
  * refused at once (503) rather than queued without bound. */
 #define STORE_QUEUE_MAX          1024

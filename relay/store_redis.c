@@ -30,7 +30,7 @@
  *   chal:<nonce_id>  challenge "purpose ip nonce"     AUTH_CHALLENGE_TTL_MS
  *   jti:<jti>        a used cookie id                 until the cookie's exp
  *   rate:<ipkey>     challenges per second (hash)     61 s
- *   live:<ipkey>     live-session leases (zset)       2 x STORE_LEASE_MS
+ *   live:<ipkey>     live-session leases (zset)       2 x STATE_LEASE_SECS
  *   auth:<ipkey>     unrefunded auth attempts (zset)  the auth window
  *   authblock:<ipkey>, sprayblock:<ipkey>             the block
  *   spray:<ipkey>    targets (zset of keyed hashes)   the spray window
@@ -236,6 +236,17 @@ static struct store_redis *rs(struct store *st)
     return (struct store_redis *)st;
 }
 
+/* A lease's lifetime, and how often the leases are renewed (store.h). */
+static int lease_ms(const struct store_redis *r)
+{
+    return r->cfg->state_lease_secs * 1000;
+}
+
+static int64_t renew_ms(const struct store_redis *r)
+{
+    return lease_ms(r) / STORE_LEASE_RENEWALS;
+}
+
 /* ---- Building commands ---------------------------------------------------- */
 
 struct cmd {
@@ -341,7 +352,7 @@ static int build(struct store_redis *r, struct store_req *q)
         arg(&c, "%s", hh);
         arg(&c, "%d", q->target_refused ? 1 : 0);
         arg(&c, "%s", q->lease);
-        arg(&c, "%d", STORE_LEASE_MS);
+        arg(&c, "%d", lease_ms(r));
         arg(&c, "%d", RATELIMIT_SPRAY_MAX_HOSTS);
         arg(&c, "%d", RATELIMIT_SPRAY_WINDOW_SECS * 1000);
         arg(&c, "%d", RATELIMIT_BLOCK_SECS * 1000);
@@ -1002,7 +1013,7 @@ static void renew(struct store_redis *r)
         evalsha(&c, S_RENEW, m);
         for (int i = 0; i < m; i++)
             key(&c, "live", copy[start + i].key);
-        arg(&c, "%d", STORE_LEASE_MS);
+        arg(&c, "%d", lease_ms(r));
         for (int i = 0; i < m; i++)
             arg(&c, "%s", copy[start + i].id);
         reply = command(r, c.argc);
@@ -1082,8 +1093,8 @@ static int64_t next_due(const struct store_redis *r)
     if (!r->c)
         return r->next_connect_ms;
     due = r->last_ping_ms + STORE_PING_MS;
-    if (r->last_renew_ms + STORE_LEASE_RENEW_MS < due)
-        due = r->last_renew_ms + STORE_LEASE_RENEW_MS;
+    if (r->last_renew_ms + renew_ms(r) < due)
+        due = r->last_renew_ms + renew_ms(r);
     return due;
 }
 
@@ -1123,7 +1134,7 @@ static void *thread_main(void *arg)
             connect_store(r);
         if (n)
             run_batch(r, batch, n);
-        if (r->c && clock_now_ms() - r->last_renew_ms >= STORE_LEASE_RENEW_MS)
+        if (r->c && clock_now_ms() - r->last_renew_ms >= renew_ms(r))
             renew(r);
         if (r->c && n == 0 && clock_now_ms() - r->last_ping_ms >= STORE_PING_MS)
             ping(r);

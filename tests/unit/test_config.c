@@ -25,7 +25,7 @@ static const char *const vars[] = {
     "SFTP_IDLE_TIMEOUT_SECS", "HOST_KEY_TIMEOUT_SECS", "WS_PING_INTERVAL_SECS",
     "SSH_CONNECT_TIMEOUT_SECS", "SSH_BANNER_TIMEOUT_SECS", "SSH_KEEPALIVE_SECS",
     "SSH_KEEPALIVE_COUNT", "SFTP_OP_TIMEOUT_SECS", "SHUTDOWN_GRACE_SECS", "SIGN_TIMEOUT_SECS",
-    "STATE_URL", "STATE_PASSWORD_FILE", "KEY_PREFIX",
+    "STATE_URL", "STATE_PASSWORD_FILE", "KEY_PREFIX", "STATE_LEASE_SECS",
 };
 #define N_VARS (sizeof(vars) / sizeof(vars[0]))
 
@@ -629,6 +629,7 @@ static void test_state(void)
 
     CHECK(defaults.state.kind == STATE_EMBEDDED);
     CHECK_STR(defaults.key_prefix, "wattcloud:");
+    CHECK(defaults.state_lease_secs == 30);
 
     reset_env();
     setenv("RELAY_SIGNING_KEY", key, 1);
@@ -696,6 +697,12 @@ static void test_state(void)
     refused_as("KEY_PREFIX", "0123456789012345678901234567890123456789012345678901234567890123456789",
                "KEY_PREFIX");
     refused_as("STATE_PASSWORD_FILE", "/nonexistent", "STATE_PASSWORD_FILE");
+    /* A lease renewed every third of it: at 3 s, once a second. */
+    refused("STATE_LEASE_SECS", "2");
+    refused("STATE_LEASE_SECS", "3601");
+    if (accepted(&c, "STATE_LEASE_SECS", "3") == 0)
+        CHECK(c.state_lease_secs == 3);
+    cfg_free(&c);
     reset_env();
 }
 
