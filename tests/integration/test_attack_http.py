@@ -4,7 +4,6 @@ repeated until the per-client cap on unupgraded connections would show a
 leaked count. Loopback only; each attack bounded in count and time."""
 
 import socket
-import threading
 import time
 
 import pytest

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import procinfo
-from helpers import login, wait_until
+from helpers import login
 from waits import session_ids_since, wait_session_end
 
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2

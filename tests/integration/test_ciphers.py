@@ -22,7 +22,7 @@ import re
 
 import pytest
 
-from helpers import LOCAL, login, make_file, need_our_libssh2, pattern, read_file
+from helpers import login, make_file, need_our_libssh2, pattern, read_file
 from sshd import PINNED_ALGORITHMS, pinned_variant
 from wsclient import KiB, MiB
 

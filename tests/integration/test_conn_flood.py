@@ -10,10 +10,9 @@ import socket
 import subprocess
 import time
 
-import pytest
 import procinfo
 
-from helpers import LOCAL, login
+from helpers import login
 from relay import Relay, relay_binary
 
 ATTACKER = "127.0.0.2"

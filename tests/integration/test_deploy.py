@@ -13,7 +13,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 
 import pytest
 

@@ -6,7 +6,6 @@ escaped in the log."""
 
 import asyncio
 import base64
-import os
 import socket
 import time
 
@@ -16,7 +15,7 @@ import websockets.exceptions
 import websockets.version
 
 from helpers import LOCAL, login
-from wsclient import COOKIE_NAME, get_cookie, upgrade_status
+from wsclient import COOKIE_NAME, get_cookie
 
 GOOD_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 

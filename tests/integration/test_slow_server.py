@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 
-from helpers import login, make_file, pattern, wait_until
+from helpers import login, pattern, wait_until
 from wsclient import MiB
 
 # The keepalive of the two stall-survival tests: short, so that a stall
