@@ -1420,7 +1420,10 @@ struct store *store_redis_new(const struct config *cfg)
     unsigned int len = 0;
     static const char label[] = "wattcloud spray target hash";
 
-    if (!cfg || cfg->state.kind == STATE_EMBEDDED || !cfg->key_prefix)
+    /* A lease of 0 would lapse as it is made (config.c holds it to 3 s
+     * and more). */
+    if (!cfg || cfg->state.kind == STATE_EMBEDDED || !cfg->key_prefix ||
+        cfg->state_lease_secs <= 0)
         return NULL;
     r = calloc(1, sizeof(*r));
     if (!r)

@@ -526,6 +526,7 @@ int main(int argc, char **argv)
     cfg.state.port = port;
     snprintf(prefix, sizeof(prefix), "wcunit:%d:", (int)getpid());
     cfg.key_prefix = prefix;
+    cfg.state_lease_secs = 30;
 
     a = store_redis_new(&cfg);
     b = store_redis_new(&cfg);
