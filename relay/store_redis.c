@@ -666,8 +666,10 @@ static int resp_number(const char *p, size_t n, int neg, long long *out)
     return 0;
 }
 
-/* Taken: a status (+), an error (-), an integer (:) of at most 18 digits,
- * a bulk string ($) that fits STORE_REPLY_MAX with its header, or nil.
+/* Taken: a status (+) or an error (-) without a CR or LF inside (RESP's
+ * simple strings cannot hold them, and hiredis 1.1 and later refuse them
+ * where 0.14 took them), an integer (:) of at most 18 digits, a bulk
+ * string ($) that fits STORE_REPLY_MAX with its header, or nil.
  * Refused: arrays (*; none of our commands answers one) and whatever else
  * a store could send. Decided from the first line, so a string announced
  * too long is refused before any of it is read. */
@@ -694,6 +696,10 @@ int store_redis_scan(const char *buf, size_t len, size_t *used, const char **bad
     switch (buf[0]) {
     case '+':
     case '-':
+        if (memchr(buf, '\r', line) || memchr(buf, '\n', line)) {
+            *bad = "a status or error line holding a CR or LF";
+            return -1;
+        }
         *used = line + 2;
         return 1;
     case ':':

@@ -473,6 +473,42 @@ static int info_field(const char *info, const char *field, char *out, size_t out
  * "valkey" (and keeps redis_version for old clients), Redis 7 has no
  * server_name. A binary of one name that is really the other engine would
  * otherwise test one engine twice. */
+/* What the reader takes of a store's answer before hiredis sees it: what
+ * it takes, hiredis must parse (tests/fuzz/fuzz_store_reply.c holds every
+ * input to that). A status line with a bare CR or LF inside, which hiredis
+ * 1.2 (Debian 13) refuses and 0.14 (Debian 12) took, was taken: found by
+ * the fuzzer on Debian 13. */
+static void test_scan(void)
+{
+    static const struct {
+        const char *in;
+        int rc;
+        size_t used;
+    } cases[] = {
+        {"+OK\r\n", 1, 5},
+        {"-ERR no\r\n", 1, 9},
+        {"+PO67108864N\nG\rx\r\n", -1, 0},
+        {"+a\rb\r\n", -1, 0},
+        {"-a\nb\r\n", -1, 0},
+        {":12\r\n", 1, 5},
+        {"$2\r\nab\r\n", 1, 8},
+        {"$-1\r\n", 1, 5},
+        {"*1\r\n", -1, 0},
+        {"+OK\r", 0, 0},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t used = 0;
+        const char *bad = NULL;
+        int rc = store_redis_scan(cases[i].in, strlen(cases[i].in), &used, &bad);
+        CHECK(rc == cases[i].rc);
+        if (rc == 1)
+            CHECK(used == cases[i].used);
+        if (rc < 0)
+            CHECK(bad && bad[0]);
+    }
+}
+
 static void check_engine(void)
 {
     redisContext *c = raw();
@@ -513,6 +549,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "no temp dir or port\n");
         return 1;
     }
+    test_scan();
     CHECK(server_start() == 0);
     check_engine();
     memset(&cfg, 0, sizeof(cfg));
