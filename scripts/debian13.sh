@@ -242,8 +242,11 @@ make_base() {
 prepare_work_root() {
   local started=$SECONDS
   check_nothing_mounted
+  # A root whose package installation was cut short (an interrupted run:
+  # dpkg's journal in updates/ is not empty) is made afresh, not reused.
   if [ "$reuse" -eq 1 ] && [ -f "$WORK/.wattcloud-base" ] &&
-     [ "$(cat "$WORK/.wattcloud-base")" = "$(cat "$BASE.stamp")" ]; then
+     [ "$(cat "$WORK/.wattcloud-base")" = "$(cat "$BASE.stamp")" ] &&
+     [ -z "$(ls -A "$WORK/var/lib/dpkg/updates" 2>/dev/null)" ]; then
     log "reusing $WORK (packages of the previous run kept)"
     rm -rf "$WORK$CHECKOUT"
   else
