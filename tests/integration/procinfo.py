@@ -163,16 +163,20 @@ def sanitized_relay():
 
 
 @functools.lru_cache(maxsize=None)
+def relay_version(path):
+    """What `path --version` prints. Read once per binary."""
+    import subprocess
+    return subprocess.run([path, "--version"], stdout=subprocess.PIPE, text=True,
+                          check=True).stdout
+
+
 def libssh2_patched():
     """True when the relay under test carries our libssh2 patches
     (scripts/libssh2-patches/, the default build); False when it was built
     against the system's libssh2 (WC_LIBSSH2=system). Its --version says
-    which. Read once."""
-    import subprocess
+    which."""
     from relay import relay_binary
-    out = subprocess.run([relay_binary(), "--version"], stdout=subprocess.PIPE, text=True,
-                         check=True).stdout
-    return " with our patches" in out
+    return " with our patches" in relay_version(relay_binary())
 
 
 def asan_env(path):

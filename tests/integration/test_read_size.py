@@ -11,8 +11,8 @@ libssh2's 30000 bytes, and its --version says which it is.
 
 import os
 import re
-import subprocess
 
+import procinfo
 from helpers import LOCAL, make_file, pattern
 from sshd import TEST_PASSWORD, TEST_USER
 from wsclient import open_session
@@ -28,9 +28,7 @@ READ_LINE = re.compile(r'request \d+: read "(?P<path>[^"]*)" \(handle \d+\) '
 
 
 def relay_sizes_reads(relay_bin):
-    out = subprocess.run([relay_bin, "--version"], stdout=subprocess.PIPE, text=True,
-                         check=True).stdout
-    return "SFTP read size from limits@openssh.com" in out
+    return "SFTP read size from limits@openssh.com" in procinfo.relay_version(relay_bin)
 
 
 def read_lengths(server, path):
