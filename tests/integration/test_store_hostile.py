@@ -184,6 +184,8 @@ WRONG = [
     (b"$3\r\nabcdef\r\n", SENT + r"a string not ended by CRLF"),
     (b"-ERR nope\r\n", r"(answered an error: ERR nope|" + TO + "the error ERR nope)"),
     (b"$-1\r\n", TO + "nil"),
+    # hiredis 1.2 refuses it, 0.14 took it (as a status "PO\nNG").
+    (b"+PO\nNG\r\n", SENT + r"a status or error line holding a CR or LF"),
 ]
 
 
