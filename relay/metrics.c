@@ -212,11 +212,19 @@ static struct {
 /* Fixed after start (set before the service loop runs). */
 static const char *libssh2_version = "unknown";
 static const char *lws_version = "unknown";
+static const _Atomic size_t *buffer_held;
+static size_t buffer_budget;
 
 void metrics_set_libssh2_version(const char *v)
 {
     if (v)
         libssh2_version = v;
+}
+
+void metrics_set_buffer_budget(const _Atomic size_t *held, size_t budget)
+{
+    buffer_held = held;
+    buffer_budget = budget;
 }
 
 void metrics_set_lws_version(const char *v)
@@ -569,6 +577,13 @@ long metrics_format(char *buf, size_t len)
            "Upload bytes accepted from browsers and not yet written to SFTP servers.");
     put(&o, P "unwritten_upload_bytes %lld\n",
         (long long)atomic_load_explicit(&m.unwritten, memory_order_relaxed));
+    family(&o, P "buffered_bytes", "gauge",
+           "Bytes reserved or buffered for browsers' messages and answers, all sessions "
+           "(RELAY_MEMORY_BUDGET_MIB).");
+    put(&o, P "buffered_bytes %zu\n", buffer_held ? atomic_load(buffer_held) : 0);
+    family(&o, P "memory_budget_bytes", "gauge",
+           "The budget of buffered bytes (RELAY_MEMORY_BUDGET_MIB, or derived).");
+    put(&o, P "memory_budget_bytes %zu\n", buffer_budget);
     family(&o, P "ssh_memory_bytes", "gauge",
            "Memory libssh2 holds for all SSH connections (SSH_SESSION_MEMORY_MIB each at most).");
     put(&o, P "ssh_memory_bytes %zu\n", wipe_ssh_total());

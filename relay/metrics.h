@@ -22,6 +22,12 @@
 void metrics_set_libssh2_version(const char *version);
 void metrics_set_lws_version(const char *version);
 
+/* The buffer budget of the sessions' hub (session.h): `held` is its
+ * counter of reserved and buffered bytes, read at each scrape, `budget`
+ * its size. Call once at start, before any scrape; `held` must outlive
+ * every scrape. Without the call both gauges read 0. */
+void metrics_set_buffer_budget(const _Atomic size_t *held, size_t budget);
+
 /* Phases of enum session_phase, labelled in its order. */
 #define METRICS_N_PHASES 5
 

@@ -400,6 +400,7 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
         return 1;
     }
     session_hub_init(&srv.hub, cfg, srv.access);
+    metrics_set_buffer_budget(&srv.hub.buffered, srv.hub.budget);
     wipe_ssh_set_budget(cfg->ssh_memory_budget_mib > 0
                             ? (size_t)cfg->ssh_memory_budget_mib << 20 : srv.hub.budget,
                         WIPE_ROOM_WAIT_MS);

@@ -59,7 +59,10 @@ struct ws_pss {
      * buffered. `frame_left` is what the current frame still declares. */
     uint64_t frame_left;
     size_t rx_reserved;     /* held for the message in progress */
-    size_t wait_reserve;    /* paused at a message's start until this fits */
+    /* Paused at a message's start until this fits. Never held: it is what
+     * session_hub_reserve() refused, and moves to rx_reserved only when a
+     * later reservation of it succeeds. */
+    size_t wait_reserve;
     /* Timers (monotonic ms) and closing. */
     int64_t last_rx_ms, last_ping_ms;
     int ping_due;
@@ -309,11 +312,12 @@ out:
 }
 
 /* Give back what the message in progress reserved (it was completed,
- * dropped or the session is closing). */
+ * dropped or the session is closing), and stop waiting for what it did
+ * not get. */
 static void release_reserved(struct ws_pss *pss)
 {
     if (pss->s)
-        session_hub_release(pss->s->hub, pss->rx_reserved + pss->wait_reserve);
+        session_hub_release(pss->s->hub, pss->rx_reserved);
     pss->rx_reserved = 0;
     pss->wait_reserve = 0;
 }

@@ -8,9 +8,11 @@ import threading
 import time
 
 import procinfo
+import waits
 from frozen import FrozenSessions
-from helpers import login, pattern, sha256_file
+from helpers import gauge, login, pattern, sha256_file
 from relay import relay_binary
+from test_attack_ws import OP_BINARY, frame
 from wsclient import MiB
 
 BUDGET_MIB = 32
@@ -83,3 +85,99 @@ def test_stalled_uploads_stay_within_the_budget(relay_factory, sshd, workdir):
             hashlib.sha256(data[i]).hexdigest()
     print("RSS %d KiB idle, +%d KiB peak with %d stalled uploads, budget %d MiB"
           % (rss0, peak - rss0, SESSIONS, BUDGET_MIB))
+
+
+# What the budget tests below hold: two messages of this declared size fill
+# a budget of BUDGET_MIB; a third waits at its start.
+HELD = 16 * MiB
+BUDGET_GAUGE = "wattcloud_relay_buffered_bytes"
+
+
+def start_held_message(relay, s, path, sent):
+    """write_chunk, then a binary frame declaring HELD bytes of which only
+    `sent` are sent; returns once the relay has read them all (so it has
+    reserved the frame, or been refused and paused)."""
+    handle = s.write_open(path)
+    s.send_request("write_chunk", {"handle": handle})
+    s.ws.sock.sendall(frame(OP_BINARY, b"\x5a" * sent, declared=HELD))
+    waits.wait_relay_read_all(relay, s.ws.sock)
+
+
+def wait_gauge(relay, name, want, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = gauge(relay, name)
+        if got == want:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("%s is %d, not %d, after %.0f s" % (name, got, want, timeout))
+        time.sleep(0.02)
+
+
+def fill_budget(relay, sshd, workdir):
+    """Two sessions whose half-sent messages reserve the whole budget."""
+    holders = []
+    for i in range(2):
+        holders.append(login(relay, sshd))
+        start_held_message(relay, holders[-1], os.path.join(workdir, "hold-%d.bin" % i), MiB)
+    assert gauge(relay, "wattcloud_relay_memory_budget_bytes") == BUDGET_MIB * MiB
+    wait_gauge(relay, BUDGET_GAUGE, 2 * HELD)
+    return holders
+
+
+def assert_budget_whole_after(relay, sshd, workdir, holders):
+    """The holders leave: nothing is held any more, and a new upload's
+    chunk goes through."""
+    for s in holders:
+        waits.leave(relay, s)
+    wait_gauge(relay, BUDGET_GAUGE, 0)
+    s = login(relay, sshd)
+    try:
+        handle = s.write_open(os.path.join(workdir, "after.bin"))
+        rid = s.send_request("write_chunk", {"handle": handle})
+        s.send_binary(pattern(2 * MiB, 7))
+        assert s.response(rid, timeout=30) == {"id": rid, "result": {}}
+        assert s.ok("write_close", handle=handle, timeout=30) == {}
+    finally:
+        s.close()
+
+
+def test_a_message_that_waited_and_left_gives_back_nothing(relay_factory, sshd, workdir):
+    """A message refused its reservation waits at its start; its session
+    closing must not give back the reservation it never got (that pushed
+    the budget's count below what was held and, once the holders left,
+    wrapped it: every later upload waited for ever)."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=BUDGET_MIB)
+    holders = fill_budget(relay, sshd, workdir)
+    try:
+        waiter = login(relay, sshd)
+        start_held_message(relay, waiter, os.path.join(workdir, "wait.bin"), 1000)
+        assert gauge(relay, BUDGET_GAUGE) == 2 * HELD
+        waits.leave(relay, waiter)
+        assert gauge(relay, BUDGET_GAUGE) == 2 * HELD
+        assert_budget_whole_after(relay, sshd, workdir, holders)
+    finally:
+        for s in holders:
+            s.close()
+
+
+def test_a_whole_message_that_found_the_budget_full_gives_back_nothing(relay_factory, sshd,
+                                                                       workdir):
+    """A small write_chunk that arrives whole while the budget is full is
+    refused its reservation but completes (it is already read); completing
+    must not give back the reservation it never got."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=BUDGET_MIB)
+    holders = fill_budget(relay, sshd, workdir)
+    try:
+        s = login(relay, sshd)
+        handle = s.write_open(os.path.join(workdir, "small.bin"))
+        rid = s.send_request("write_chunk", {"handle": handle})
+        s.send_binary(b"\x5a" * 1000)
+        assert s.response(rid, timeout=30) == {"id": rid, "result": {}}
+        assert s.ok("write_close", handle=handle, timeout=30) == {}
+        waits.leave(relay, s)
+        wait_gauge(relay, BUDGET_GAUGE, 2 * HELD)
+        assert_budget_whole_after(relay, sshd, workdir, holders)
+    finally:
+        for s in holders:
+            s.close()

@@ -28,6 +28,7 @@ static double value_of(const char *text, const char *series)
 
 int main(void)
 {
+    static _Atomic size_t held = 5000;
     long n;
 
     CHECK_STR(metrics_close_label("browser closed"), "browser_closed");
@@ -50,6 +51,9 @@ int main(void)
     metrics_unwritten_add(1000);
     metrics_unwritten_sub(400);
     metrics_upgrade_refused(418);
+    n = metrics_format(buf, sizeof(buf));
+    CHECK(value_of(buf, "wattcloud_relay_buffered_bytes") == 0);  /* no hub yet */
+    metrics_set_buffer_budget(&held, 64u << 20);
 
     n = metrics_format(buf, sizeof(buf));
     CHECK(n > 0 && (size_t)n < sizeof(buf));
@@ -76,6 +80,8 @@ int main(void)
     CHECK(value_of(buf, "wattcloud_relay_ssh_auth_total{method=\"other\",result=\"other\"}")
           == 1);
     CHECK(value_of(buf, "wattcloud_relay_unwritten_upload_bytes") == 600);
+    CHECK(value_of(buf, "wattcloud_relay_buffered_bytes") == 5000);
+    CHECK(value_of(buf, "wattcloud_relay_memory_budget_bytes") == 64 << 20);
     CHECK(value_of(buf, "wattcloud_relay_upgrades_refused_total{status=\"other\"}") == 1);
     CHECK(strstr(buf, "verb=\"\"") == NULL);  /* M_UNKNOWN has no series */
 
