@@ -63,7 +63,7 @@ static const char *const close_labels[] = {
     "connect_timeout", "not_ssh", "closed_before_banner", "banner_timeout", "kex_failed",
     "auth_failed", "auth_blocked", "bad_key", "sftp_unavailable", "sftp_timeout",
     "ssh_lost", "ssh_keepalive_timeout", "answer_cut_short", "protocol_violation",
-    "payload_too_large", "out_of_memory", "io", "other",
+    "payload_too_large", "out_of_memory", "budget_stall", "io", "other",
 };
 #define N_CLOSE (sizeof(close_labels) / sizeof(close_labels[0]))
 
@@ -103,6 +103,7 @@ static const struct {
     {"message inside an unfinished message", "protocol_violation"},
     {"payload too large", "payload_too_large"},
     {"out of memory", "out_of_memory"},
+    {"upload stalled on the memory budget", "budget_stall"},
     {"io", "io"},
 };
 

@@ -149,6 +149,9 @@ struct session_hub {
      * budget / SESSION_SPARE_BUDGET_DIV. */
     _Atomic size_t spare_bytes;     /* atomic, no lock */
     int64_t last_tick_ms;           /* service */
+    /* Sessions whose next binary message waits at its start for room in
+     * the budget (ws.c's stall rule). */
+    int budget_waiters;             /* service */
 };
 
 /* A spare upload buffer (see struct session) unused this long is freed:

@@ -33,6 +33,18 @@
 #define TX_FRAGMENT_BYTES PROTO_READ_CHUNK_BYTES
 #define TICK_USECS LWS_USEC_PER_SEC
 #define MS_PER_SEC 1000
+/* A binary message holding a budget reservation while another message
+ * waits for the budget must keep arriving: at least
+ * MESSAGE_MIN_BYTES_PER_SEC over each MESSAGE_STALL_WINDOW_SECS, or its
+ * session is closed and the reservation goes to those waiting. Otherwise a
+ * frame header alone (a 16 MiB declared length, one byte a half hour
+ * against the idle timeout) holds 16 MiB of the budget for as long as its
+ * sender likes, and a few such sessions stop every other user's uploads.
+ * 64 KiB/s is 512 kbit/s: any uplink a browser uploads files over does
+ * more, and a holder pays for what it holds in bandwidth (a GiB of budget
+ * costs about 32 Mbit/s, sustained). Nobody is closed while nobody waits. */
+#define MESSAGE_STALL_WINDOW_SECS 10
+#define MESSAGE_MIN_BYTES_PER_SEC (64u * 1024)
 
 _Static_assert(LWS_PRE <= FRAME_HEADROOM, "frame headroom must fit LWS_PRE");
 
@@ -63,6 +75,10 @@ struct ws_pss {
      * session_hub_reserve() refused, and moves to rx_reserved only when a
      * later reservation of it succeeds. */
     size_t wait_reserve;
+    /* The current window of the stall rule (MESSAGE_STALL_WINDOW_SECS):
+     * when it started (0: not watched) and the binary bytes since. */
+    int64_t stall_from_ms;
+    uint64_t stall_bytes;
     /* Timers (monotonic ms) and closing. */
     int64_t last_rx_ms, last_ping_ms;
     int ping_due;
@@ -97,6 +113,16 @@ static void close_soon(struct lws *wsi, struct ws_pss *pss, const char *reason)
     lws_callback_on_writable(wsi);
 }
 
+/* A message of this session waits at its start for `n` bytes of the
+ * budget (0: no longer); the hub counts the sessions waiting, for the
+ * stall rule. */
+static void set_wait(struct ws_pss *pss, size_t n)
+{
+    if (pss->s && !pss->wait_reserve != !n)
+        pss->s->hub->budget_waiters += n ? 1 : -1;
+    pss->wait_reserve = n;
+}
+
 /* Reading pauses on any of: the worker's backlog (upload bytes or queued
  * requests), output the browser has not read yet (error answers are
  * queued here without a worker, and must not grow without bound either),
@@ -111,7 +137,7 @@ static void flow_check(struct lws *wsi, struct ws_pss *pss)
 
     if (pss->wait_reserve && session_hub_reserve(pss->s->hub, pss->wait_reserve) == 0) {
         pss->rx_reserved += pss->wait_reserve;
-        pss->wait_reserve = 0;
+        set_wait(pss, 0);
     }
     session_backlog(pss->s, &b);
     /* Over the budget, a session that holds buffered bytes waits for them
@@ -319,7 +345,7 @@ static void release_reserved(struct ws_pss *pss)
     if (pss->s)
         session_hub_release(pss->s->hub, pss->rx_reserved);
     pss->rx_reserved = 0;
-    pss->wait_reserve = 0;
+    set_wait(pss, 0);
 }
 
 /* Reserve the process budget for a binary frame that starts with this
@@ -341,7 +367,7 @@ static void reserve_frame(struct lws *wsi, struct ws_pss *pss, size_t len, uint6
     if (session_hub_reserve(pss->s->hub, (size_t)declared) == 0) {
         pss->rx_reserved += (size_t)declared;
     } else if (first) {
-        pss->wait_reserve = (size_t)declared;
+        set_wait(pss, (size_t)declared);
         flow_check(wsi, pss);
     } else {
         wsframe_drop(&pss->rx);
@@ -365,6 +391,7 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
     pss->last_rx_ms = session_now_ms();
     if (binary) {
         enum session_phase ph = session_phase(pss->s, NULL);
+        pss->stall_bytes += len;
         if (ph == PH_CONNECTING || ph == PH_WAIT_HOSTKEY) {
             close_soon(wsi, pss, "binary frame before host key");
             return;
@@ -568,6 +595,28 @@ static int peer_gone(struct lws *wsi)
     return ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE;
 }
 
+/* The stall rule (MESSAGE_STALL_WINDOW_SECS): 1 when this session's
+ * message holds a reservation and arrived too slowly over a whole window
+ * while another waited for the budget. A window only runs while all of
+ * that holds and reading is not paused by the relay itself. */
+static int stalled_holder(struct ws_pss *pss, int64_t now)
+{
+    int watched = pss->rx_reserved > 0 && !pss->rx_paused && pss->s->hub->budget_waiters > 0;
+
+    if (!watched || pss->stall_from_ms == 0) {
+        pss->stall_from_ms = watched ? now : 0;
+        pss->stall_bytes = 0;
+        return 0;
+    }
+    if (now - pss->stall_from_ms < (int64_t)MESSAGE_STALL_WINDOW_SECS * MS_PER_SEC)
+        return 0;
+    if (pss->stall_bytes < (uint64_t)MESSAGE_MIN_BYTES_PER_SEC * MESSAGE_STALL_WINDOW_SECS)
+        return 1;
+    pss->stall_from_ms = now;
+    pss->stall_bytes = 0;
+    return 0;
+}
+
 static int tick(struct lws *wsi, struct ws_pss *pss)
 {
     const struct config *cfg = server_of(wsi)->cfg;
@@ -576,6 +625,16 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
 
     if (pss->rx_paused && peer_gone(wsi)) {
         pss->close_reason = "browser gone while reading was paused";
+        return -1;
+    }
+    /* Closed at once, not after its output: a holder that does not read
+     * would keep the reservation while its answers wait. */
+    if (stalled_holder(pss, now)) {
+        log_info("session %s: its upload held %zu KiB of the memory budget and sent less "
+                 "than %u KiB/s for %d s while others waited (MESSAGE_MIN_BYTES_PER_SEC)",
+                 pss->s->id, pss->rx_reserved / 1024, MESSAGE_MIN_BYTES_PER_SEC / 1024,
+                 MESSAGE_STALL_WINDOW_SECS);
+        pss->close_reason = "upload stalled on the memory budget";
         return -1;
     }
     if ((ph == PH_WAIT_HOSTKEY || ph == PH_WAIT_AUTH) &&

@@ -4,6 +4,7 @@ pauses, and it resumes when the budget frees (never an error)."""
 
 import hashlib
 import os
+import socket
 import threading
 import time
 
@@ -153,7 +154,12 @@ def test_a_message_that_waited_and_left_gives_back_nothing(relay_factory, sshd, 
         waiter = login(relay, sshd)
         start_held_message(relay, waiter, os.path.join(workdir, "wait.bin"), 1000)
         assert gauge(relay, BUDGET_GAUGE) == 2 * HELD
-        waits.leave(relay, waiter)
+        # Gone at once (the relay reads nothing of it while it waits, so a
+        # close frame would go unread): well within the stall rule's window,
+        # which would end the stalled holders below.
+        cport = waiter.ws.sock.getsockname()[1]
+        waiter.ws.sock.shutdown(socket.SHUT_RDWR)
+        waits.wait_relay_closed(relay, cport)
         assert gauge(relay, BUDGET_GAUGE) == 2 * HELD
         assert_budget_whole_after(relay, sshd, workdir, holders)
     finally:
@@ -178,6 +184,67 @@ def test_a_whole_message_that_found_the_budget_full_gives_back_nothing(relay_fac
         waits.leave(relay, s)
         wait_gauge(relay, BUDGET_GAUGE, 2 * HELD)
         assert_budget_whole_after(relay, sshd, workdir, holders)
+    finally:
+        for s in holders:
+            s.close()
+
+
+# ws.c's stall rule: a message holding a reservation must arrive at this
+# rate over each window while another waits for the budget.
+STALL_WINDOW_SECS = 10
+STALL_MIN_BYTES_PER_SEC = 64 * 1024
+
+
+def relay_holds(relay, session):
+    """The relay still has the session's connection open."""
+    cport = session.ws.sock.getsockname()[1]
+    state = waits._tcp_sockets(cport, relay.port).get((relay.port, cport), (0,))[0]
+    return state in waits.TCP_OPEN_STATES
+
+
+def test_headers_alone_do_not_hold_the_budget_from_others(relay_factory, sshd, workdir):
+    """Two sessions start 16 MiB frames and stop sending: they hold the
+    whole budget. While nobody waits they are left alone (a pause never
+    fails anyone); once another user's chunk waits for the budget, holders
+    that send less than STALL_MIN_BYTES_PER_SEC over a window are closed
+    and the waiting chunk goes through. Without the rule it waited until
+    the holders' idle timeout (30 min), restarted by any byte."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=BUDGET_MIB)
+    holders = fill_budget(relay, sshd, workdir)
+    try:
+        # A full window and a tick with nobody waiting: nothing happens.
+        deadline = time.monotonic() + STALL_WINDOW_SECS + 1.5
+        while time.monotonic() < deadline:
+            assert all(relay_holds(relay, s) for s in holders)
+            time.sleep(0.25)
+        assert gauge(relay, BUDGET_GAUGE) == 2 * HELD
+        offset = len(relay.log_text())
+        victim = login(relay, sshd)
+        try:
+            handle = victim.write_open(os.path.join(workdir, "victim.bin"))
+            data = pattern(2 * MiB, 9)
+            rid = victim.send_request("write_chunk", {"handle": handle})
+            victim.send_binary(data)
+            assert victim.response(rid, timeout=STALL_WINDOW_SECS + 20) == \
+                {"id": rid, "result": {}}
+            assert victim.ok("write_close", handle=handle, timeout=30) == {}
+        finally:
+            victim.close()
+        assert sha256_file(os.path.join(workdir, "victim.bin")) == \
+            hashlib.sha256(data).hexdigest()
+        # One holder closed frees room enough; the other holds on once the
+        # victim's chunk is admitted, or is closed too when its own window
+        # ends first (the victim is admitted at its next tick).
+        log = relay.log_since(offset)
+        closed = log.count("sent less than %d KiB/s for %d s while others waited "
+                           "(MESSAGE_MIN_BYTES_PER_SEC)" % (STALL_MIN_BYTES_PER_SEC // 1024,
+                                                           STALL_WINDOW_SECS))
+        assert closed in (1, 2), log
+        assert sum(relay_holds(relay, s) for s in holders) == 2 - closed
+        wait_gauge(relay, 'wattcloud_relay_sessions_ended_total{reason="budget_stall"}', closed)
+        for s in holders:
+            waits.leave(relay, s)
+        wait_gauge(relay, BUDGET_GAUGE, 0)
     finally:
         for s in holders:
             s.close()
