@@ -123,6 +123,18 @@ def gauge(relay, name):
     return float(m.group(1))
 
 
+def wait_gauge(relay, name, want, timeout=10.0):
+    """Wait until gauge() of `name` reads `want`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = gauge(relay, name)
+        if got == want:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("%s is %d, not %d, after %.0f s" % (name, got, want, timeout))
+        time.sleep(0.02)
+
+
 def user_ids():
     pw = pwd.getpwnam(TEST_USER)
     return pw.pw_uid, pw.pw_gid

@@ -1,6 +1,8 @@
 """RELAY_MEMORY_BUDGET_MIB: the bytes the relay holds for browsers, all
 sessions together, are bounded; past the budget reading from browsers
-pauses, and it resumes when the budget frees (never an error)."""
+pauses, and it resumes when the budget frees (never an error). The
+budget's count stays exact, and a message that holds a reservation
+without arriving while another waits is ended (ws.c's stall rule)."""
 
 import hashlib
 import os
@@ -11,7 +13,7 @@ import time
 import procinfo
 import waits
 from frozen import FrozenSessions
-from helpers import gauge, login, pattern, sha256_file
+from helpers import gauge, login, pattern, sha256_file, wait_gauge
 from relay import relay_binary
 from test_attack_ws import OP_BINARY, frame
 from wsclient import MiB
@@ -104,17 +106,6 @@ def start_held_message(relay, s, path, sent):
     waits.wait_relay_read_all(relay, s.ws.sock)
 
 
-def wait_gauge(relay, name, want, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = gauge(relay, name)
-        if got == want:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("%s is %d, not %d, after %.0f s" % (name, got, want, timeout))
-        time.sleep(0.02)
-
-
 def fill_budget(relay, sshd, workdir):
     """Two sessions whose half-sent messages reserve the whole budget."""
     holders = []
@@ -196,10 +187,7 @@ STALL_MIN_BYTES_PER_SEC = 64 * 1024
 
 
 def relay_holds(relay, session):
-    """The relay still has the session's connection open."""
-    cport = session.ws.sock.getsockname()[1]
-    state = waits._tcp_sockets(cport, relay.port).get((relay.port, cport), (0,))[0]
-    return state in waits.TCP_OPEN_STATES
+    return waits.relay_holds(relay, session.ws.sock.getsockname()[1])
 
 
 def test_headers_alone_do_not_hold_the_budget_from_others(relay_factory, sshd, workdir):

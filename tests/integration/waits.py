@@ -74,13 +74,19 @@ def wait_relay_read_all(relay, sock, timeout=10.0):
         time.sleep(0.02)
 
 
+def relay_holds(relay, cport):
+    """The relay has not closed its side of the connection from the
+    client's port `cport` yet."""
+    return _tcp_sockets(cport, relay.port).get((relay.port, cport), (0,))[0] in TCP_OPEN_STATES
+
+
 def wait_relay_closed(relay, cport, timeout=10.0):
     """Wait until the relay has closed its side of the connection from the
     client's port `cport` (gone from /proc/net/tcp, or in a state after
     its close, TIME_WAIT included): the WebSocket is gone from the relay,
     not only from the client."""
     deadline = time.monotonic() + timeout
-    while _tcp_sockets(cport, relay.port).get((relay.port, cport), (0,))[0] in TCP_OPEN_STATES:
+    while relay_holds(relay, cport):
         if time.monotonic() > deadline:
             raise AssertionError("the relay still holds the connection from port %d after "
                                  "%.0f s" % (cport, timeout))
