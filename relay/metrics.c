@@ -205,6 +205,7 @@ static struct {
     counter_t auth[N_AUTH_METHODS][N_AUTH_RESULTS];
     counter_t from_browser, to_browser;
     gauge_t unwritten;
+    gauge_t budget_waiting;
     counter_t ops[M_COUNT][N_OUTCOMES];
     struct histogram op_time[M_COUNT];
     struct histogram connect_time;
@@ -322,6 +323,11 @@ void metrics_unwritten_add(size_t n)
 void metrics_unwritten_sub(size_t n)
 {
     gauge_add(&m.unwritten, -(int64_t)n);
+}
+
+void metrics_budget_waiting(int delta)
+{
+    gauge_add(&m.budget_waiting, delta);
 }
 
 void metrics_sftp_op(int method, const char *code, int64_t usecs)
@@ -582,6 +588,11 @@ long metrics_format(char *buf, size_t len)
            "Bytes reserved or buffered for browsers' messages and answers, all sessions "
            "(RELAY_MEMORY_BUDGET_MIB).");
     put(&o, P "buffered_bytes %zu\n", buffer_held ? atomic_load(buffer_held) : 0);
+    family(&o, P "budget_waiting_messages", "gauge",
+           "Binary messages waiting at their start for room in the memory budget, "
+           "admitted first come first served.");
+    put(&o, P "budget_waiting_messages %lld\n",
+        (long long)atomic_load_explicit(&m.budget_waiting, memory_order_relaxed));
     family(&o, P "memory_budget_bytes", "gauge",
            "The budget of buffered bytes (RELAY_MEMORY_BUDGET_MIB, or derived).");
     put(&o, P "memory_budget_bytes %zu\n", buffer_budget);

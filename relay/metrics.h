@@ -27,6 +27,9 @@ void metrics_set_lws_version(const char *version);
  * its size. Call once at start, before any scrape; `held` must outlive
  * every scrape. Without the call both gauges read 0. */
 void metrics_set_buffer_budget(const _Atomic size_t *held, size_t budget);
+/* A binary message began (+1) or stopped (-1) waiting for room in that
+ * budget (ws.c's queue). */
+void metrics_budget_waiting(int delta);
 
 /* Phases of enum session_phase, labelled in its order. */
 #define METRICS_N_PHASES 5

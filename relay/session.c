@@ -297,6 +297,7 @@ struct session *session_new(struct session_hub *h, const char *client_ip,
     s->jobs_tail = &s->jobs;
     s->out_tail = &s->out;
     s->held_tail = &s->held;
+    atomic_init(&s->sftp_moved, 0);
     s->refs = 1;
     s->sock = -1;
 

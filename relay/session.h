@@ -92,6 +92,13 @@ struct session {
     int busy;                       /* mu: the worker is running a job */
     int sock;                       /* mu: worker's TCP socket, -1 when none */
     uint64_t bytes_up, bytes_down;  /* mu */
+    /* Bytes the worker has read from or written to the SFTP server, as
+     * libssh2 returns them (a fraction of a chunk at a time): ws.c's stall
+     * rule counts them as the session's progress. */
+    _Atomic uint64_t sftp_moved;    /* atomic, no lock */
+    /* ws.c's queue of sessions whose binary message waits at its start for
+     * room in the budget (struct session_hub's wait_head). */
+    struct session *wait_next, *wait_prev;  /* service */
     /* The payload buffer of the last upload job the worker finished, kept
      * for the next binary message instead of freed and mapped afresh
      * (session_job_done, session_take_spare). One at most; not kept when
@@ -149,9 +156,10 @@ struct session_hub {
      * budget / SESSION_SPARE_BUDGET_DIV. */
     _Atomic size_t spare_bytes;     /* atomic, no lock */
     int64_t last_tick_ms;           /* service */
-    /* Sessions whose next binary message waits at its start for room in
-     * the budget (ws.c's stall rule). */
-    int budget_waiters;             /* service */
+    /* Sessions whose binary message waits at its start for room in the
+     * budget, in the order they began waiting: ws.c admits them first come
+     * first served, and no new message goes ahead of them. */
+    struct session *wait_head, *wait_tail;  /* service */
 };
 
 /* A spare upload buffer (see struct session) unused this long is freed:

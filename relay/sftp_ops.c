@@ -3,6 +3,7 @@
  * function so every verb speaks the same error strings and codes. */
 #include "sftp_ops.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -607,6 +608,12 @@ static void op_rename(struct sftp_ops *o, const struct op_call *in, struct op_re
         reply_ok(r, NULL);
 }
 
+static void count_moved(struct sftp_ops *o, size_t n)
+{
+    if (o->sink->moved)
+        atomic_fetch_add(o->sink->moved, n);
+}
+
 /* Read until `want` bytes or end of file, within one operation timeout;
  * libssh2 returns as soon as some data is there. Returns bytes read or a
  * negative libssh2 code. */
@@ -625,6 +632,7 @@ static ssize_t read_full(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h, unsigned ch
         if (rc <= 0)
             break;
         n += (size_t)rc;
+        count_moved(o, (size_t)rc);
     }
     time_reset(o);
     return rc < 0 ? rc : (ssize_t)n;
@@ -660,12 +668,13 @@ static size_t write_window(const struct ssh_conn *c)
     return sftp_ops_write_window(ti.tcpi_rtt);
 }
 
-/* Write all of `len` with at most `window` bytes in flight; libssh2
+/* Write all of `len` with at most write_window() bytes in flight; libssh2
  * returns after the first acknowledged packet of a pipelined batch, so
  * call again from where it got to. */
-static int write_full(LIBSSH2_SFTP_HANDLE *h, const uint8_t *data, size_t len, size_t window)
+static int write_full(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h, const uint8_t *data,
+                      size_t len)
 {
-    size_t off = 0;
+    size_t window = write_window(o->c), off = 0;
 
     while (off < len) {
         size_t n = len - off < window ? len - off : window;
@@ -673,6 +682,7 @@ static int write_full(LIBSSH2_SFTP_HANDLE *h, const uint8_t *data, size_t len, s
         if (rc < 0)
             return (int)rc;
         off += (size_t)rc;
+        count_moved(o, (size_t)rc);
     }
     return 0;
 }
@@ -790,7 +800,7 @@ static void op_write(struct sftp_ops *o, const struct op_call *in, struct op_rep
         reply_sftp_error(o, last_err(o), r);
         return;
     }
-    rc = write_full(h, in->data, in->len, write_window(o->c));
+    rc = write_full(o, h, in->data, in->len);
     if (rc < 0) {
         reply_sftp_error(o, rc, r);
         libssh2_sftp_close_handle(h);
@@ -940,7 +950,7 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *q, const uint
 
     if (!w)
         return 0;
-    rc = write_full(w->h, data, len, write_window(o->c));
+    rc = write_full(o, w->h, data, len);
     if (rc < 0) {
         metrics_sftp_op(M_WRITE_CHUNK, fail_write(o, w, rc), clock_now_us() - t0);
         return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? 0 : rc;

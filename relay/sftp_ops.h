@@ -27,6 +27,10 @@ struct sftp_ops;
 struct sftp_sink {
     int (*post)(void *arg, struct frame *a, struct frame *b);
     void *arg;
+    /* Where to count the file bytes read from or written to the server, as
+     * they move (the session's progress, for ws.c's stall rule); NULL: not
+     * counted. */
+    _Atomic uint64_t *moved;
 };
 
 /* The answer to one request: `result` (owned) or `error` (+ `code`), and for

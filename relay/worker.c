@@ -252,6 +252,7 @@ static int authenticate(struct worker *w, struct job *j)
     }
     w->sink.post = sink_post;
     w->sink.arg = s;
+    w->sink.moved = &s->sftp_moved;
     w->ops = sftp_ops_new(&w->c, &w->sink, w->cfg->list_max_entries,
                           w->cfg->op_timeout_secs);
     if (!w->ops) {

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,13 +34,18 @@
 #define TX_FRAGMENT_BYTES PROTO_READ_CHUNK_BYTES
 #define TICK_USECS LWS_USEC_PER_SEC
 #define MS_PER_SEC 1000
-/* A binary message holding a budget reservation while another message
- * waits for the budget must keep arriving: at least
- * MESSAGE_MIN_BYTES_PER_SEC over each MESSAGE_STALL_WINDOW_SECS, or its
- * session is closed and the reservation goes to those waiting. Otherwise a
- * frame header alone (a 16 MiB declared length, one byte a half hour
- * against the idle timeout) holds 16 MiB of the budget for as long as its
- * sender likes, and a few such sessions stop every other user's uploads.
+/* A session whose binary message holds a budget reservation while
+ * another message waits for the budget must keep moving data: at least
+ * MESSAGE_MIN_BYTES_PER_SEC over each MESSAGE_STALL_WINDOW_SECS, counting
+ * bytes from and to its browser and file bytes to and from its SFTP
+ * server, or it is closed and the reservation goes to those waiting.
+ * Otherwise a frame header alone (a 16 MiB declared length, one byte a
+ * half hour against the idle timeout) holds 16 MiB of the budget for as
+ * long as its sender likes, and a few such sessions stop every other
+ * user's uploads. Every direction counts, and no pause of reading exempts
+ * a holder, because each pause can be the holder's own doing: answers it
+ * does not read, or an SFTP server of its own that answers slowly; an
+ * honest session paused by a slow link still moves data over that link.
  * 64 KiB/s is 512 kbit/s: any uplink a browser uploads files over does
  * more, and a holder pays for what it holds in bandwidth (a GiB of budget
  * costs about 32 Mbit/s, sustained). Nobody is closed while nobody waits. */
@@ -71,14 +77,16 @@ struct ws_pss {
      * buffered. `frame_left` is what the current frame still declares. */
     uint64_t frame_left;
     size_t rx_reserved;     /* held for the message in progress */
-    /* Paused at a message's start until this fits. Never held: it is what
-     * session_hub_reserve() refused, and moves to rx_reserved only when a
-     * later reservation of it succeeds. */
+    /* Paused at a message's start, in the hub's queue (wait_head), until
+     * this fits. Never held: it moves to rx_reserved when admit_waiters()
+     * reserves it. */
     size_t wait_reserve;
     /* The current window of the stall rule (MESSAGE_STALL_WINDOW_SECS):
-     * when it started (0: not watched) and the binary bytes since. */
+     * when it started (0: not watched), the bytes from and to the browser
+     * since, and the session's sftp_moved when it started. */
     int64_t stall_from_ms;
     uint64_t stall_bytes;
+    uint64_t stall_sftp_from;
     /* Timers (monotonic ms) and closing. */
     int64_t last_rx_ms, last_ping_ms;
     int ping_due;
@@ -114,12 +122,39 @@ static void close_soon(struct lws *wsi, struct ws_pss *pss, const char *reason)
 }
 
 /* A message of this session waits at its start for `n` bytes of the
- * budget (0: no longer); the hub counts the sessions waiting, for the
- * stall rule. */
+ * budget (0: no longer): the session joins the end of the hub's queue, or
+ * leaves it wherever it is. */
 static void set_wait(struct ws_pss *pss, size_t n)
 {
-    if (pss->s && !pss->wait_reserve != !n)
-        pss->s->hub->budget_waiters += n ? 1 : -1;
+    struct session *s = pss->s;
+    struct session_hub *h;
+
+    if (!s || !pss->wait_reserve == !n) {
+        pss->wait_reserve = n;
+        return;
+    }
+    h = s->hub;
+    if (n) {
+        s->wait_next = NULL;
+        s->wait_prev = h->wait_tail;
+        if (h->wait_tail)
+            h->wait_tail->wait_next = s;
+        else
+            h->wait_head = s;
+        h->wait_tail = s;
+        metrics_budget_waiting(1);
+    } else {
+        if (s->wait_prev)
+            s->wait_prev->wait_next = s->wait_next;
+        else
+            h->wait_head = s->wait_next;
+        if (s->wait_next)
+            s->wait_next->wait_prev = s->wait_prev;
+        else
+            h->wait_tail = s->wait_prev;
+        s->wait_next = s->wait_prev = NULL;
+        metrics_budget_waiting(-1);
+    }
     pss->wait_reserve = n;
 }
 
@@ -135,10 +170,6 @@ static void flow_check(struct lws *wsi, struct ws_pss *pss)
     struct session_backlog b;
     int between = !wsframe_receiving(&pss->rx), budget_block;
 
-    if (pss->wait_reserve && session_hub_reserve(pss->s->hub, pss->wait_reserve) == 0) {
-        pss->rx_reserved += pss->wait_reserve;
-        set_wait(pss, 0);
-    }
     session_backlog(pss->s, &b);
     /* Over the budget, a session that holds buffered bytes waits for them
      * to go; one that holds none may still send requests (a binary message
@@ -153,6 +184,28 @@ static void flow_check(struct lws *wsi, struct ws_pss *pss)
                b.out_bytes < SESSION_OUT_HIGH_WATER / 2 && !pss->wait_reserve && !budget_block) {
         pss->rx_paused = 0;
         lws_rx_flow_control(wsi, 1 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
+    }
+}
+
+/* Admit waiting messages in the order they began waiting, for as long as
+ * the first fits. The first that does not fit keeps its place and every
+ * message behind it waits too, new ones included (reserve_frame): room
+ * that frees goes to those waiting, never to whoever asks first, so
+ * neither a stream of small messages nor sessions that start a new frame
+ * the moment room frees can starve a waiting chunk. Called wherever the
+ * budget may have freed; a tick calls it too, as a backstop. */
+static void admit_waiters(struct session_hub *h)
+{
+    struct session *s;
+
+    while ((s = h->wait_head) != NULL) {
+        struct ws_pss *pss = lws_wsi_user(s->wsi);
+
+        if (session_hub_reserve(h, pss->wait_reserve) < 0)
+            return;
+        pss->rx_reserved += pss->wait_reserve;
+        set_wait(pss, 0);
+        flow_check(s->wsi, pss);
     }
 }
 
@@ -350,21 +403,24 @@ static void release_reserved(struct ws_pss *pss)
 
 /* Reserve the process budget for a binary frame that starts with this
  * fragment and whose bytes will be stored. A frame that opens its message
- * and does not fit pauses reading (this fragment, at most one receive
- * buffer, is already taken) until the budget frees; the message's own
- * reservation is never waited for, so admitted messages always complete.
- * A later frame of a fragmented message that does not fit drops the
- * message with the over-cap answer instead, since pausing mid-message
- * could hold the budget for ever. Browsers send a write_chunk as one frame. */
+ * and does not fit, or finds others waiting, pauses reading (this
+ * fragment, at most one receive buffer, is already taken) in the hub's
+ * queue until admit_waiters() admits it; the message's own reservation is
+ * never waited for, so admitted messages always complete. A later frame
+ * of a fragmented message that does not fit, or would go ahead of those
+ * waiting, drops the message with the over-cap answer instead, since
+ * pausing mid-message could hold the budget for ever. Browsers send a
+ * write_chunk as one frame. */
 static void reserve_frame(struct lws *wsi, struct ws_pss *pss, size_t len, uint64_t remaining,
                           int first)
 {
+    struct session_hub *h = pss->s->hub;
     uint64_t declared = remaining > PROTO_MAX_FRAME_BYTES ? PROTO_MAX_FRAME_BYTES + 1
                                                            : remaining + len;
 
     if (declared > PROTO_MAX_FRAME_BYTES)
         return;  /* the assembler refuses it: nothing to reserve */
-    if (session_hub_reserve(pss->s->hub, (size_t)declared) == 0) {
+    if (!h->wait_head && session_hub_reserve(h, (size_t)declared) == 0) {
         pss->rx_reserved += (size_t)declared;
     } else if (first) {
         set_wait(pss, (size_t)declared);
@@ -389,9 +445,9 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
     if (pss->closing)
         return;
     pss->last_rx_ms = session_now_ms();
+    pss->stall_bytes += len;
     if (binary) {
         enum session_phase ph = session_phase(pss->s, NULL);
-        pss->stall_bytes += len;
         if (ph == PH_CONNECTING || ph == PH_WAIT_HOSTKEY) {
             close_soon(wsi, pss, "binary frame before host key");
             return;
@@ -422,6 +478,8 @@ static void on_receive(struct lws *wsi, struct ws_pss *pss, void *in, size_t len
         return;
     case WSF_BINARY:
         bin_complete(wsi, pss);
+        /* Its reservation now counts as the job's bytes, or was freed. */
+        admit_waiters(pss->s->hub);
         return;
     case WSF_TEXT:
         on_text(wsi, pss, pss->rx.text, pss->rx.len);
@@ -488,6 +546,7 @@ static int send_next(struct lws *wsi, struct ws_pss *pss)
         (int)chunk)
         return -1;
     metrics_bytes_to_browser(chunk);
+    pss->stall_bytes += chunk;
     f->sent += chunk;
     if (f->sent < f->len) {
         lws_callback_on_writable(wsi);
@@ -572,6 +631,7 @@ static void closed(struct lws *wsi, struct ws_pss *pss)
     release_reserved(pss);
     wsframe_free(&pss->rx);
     if (pss->s) {
+        admit_waiters(pss->s->hub);
         const char *reason = pss->close_reason;
         if (!reason)
             reason = session_phase(pss->s, NULL) == PH_WAIT_HOSTKEY
@@ -601,19 +661,20 @@ static int peer_gone(struct lws *wsi)
  * that holds and reading is not paused by the relay itself. */
 static int stalled_holder(struct ws_pss *pss, int64_t now)
 {
-    int watched = pss->rx_reserved > 0 && !pss->rx_paused && pss->s->hub->budget_waiters > 0;
+    int watched = pss->rx_reserved > 0 && pss->s->hub->wait_head != NULL;
+    uint64_t sftp = atomic_load(&pss->s->sftp_moved);
 
-    if (!watched || pss->stall_from_ms == 0) {
-        pss->stall_from_ms = watched ? now : 0;
-        pss->stall_bytes = 0;
+    if (watched && pss->stall_from_ms != 0 &&
+        now - pss->stall_from_ms < (int64_t)MESSAGE_STALL_WINDOW_SECS * MS_PER_SEC)
         return 0;
-    }
-    if (now - pss->stall_from_ms < (int64_t)MESSAGE_STALL_WINDOW_SECS * MS_PER_SEC)
-        return 0;
-    if (pss->stall_bytes < (uint64_t)MESSAGE_MIN_BYTES_PER_SEC * MESSAGE_STALL_WINDOW_SECS)
+    if (watched && pss->stall_from_ms != 0 &&
+        pss->stall_bytes + (sftp - pss->stall_sftp_from) <
+            (uint64_t)MESSAGE_MIN_BYTES_PER_SEC * MESSAGE_STALL_WINDOW_SECS)
         return 1;
-    pss->stall_from_ms = now;
+    /* Not watched, its first tick watched, or a window passed: start over. */
+    pss->stall_from_ms = watched ? now : 0;
     pss->stall_bytes = 0;
+    pss->stall_sftp_from = sftp;
     return 0;
 }
 
@@ -650,6 +711,7 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
     }
     /* A session paused for the process budget resumes when other sessions
      * free it; nothing of its own notifies it then. */
+    admit_waiters(pss->s->hub);
     if (pss->rx_paused)
         flow_check(wsi, pss);
     lws_set_timer_usecs(wsi, TICK_USECS);
@@ -676,6 +738,8 @@ static void notified(struct server *srv)
         }
         session_unref(s);
     }
+    /* A worker that wrote a job's bytes freed that much of the budget. */
+    admit_waiters(&srv->hub);
 }
 
 static void drain_one(struct session *s, void *arg)
@@ -719,7 +783,9 @@ int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!pss->s || send_next(wsi, pss) < 0)
             return -1;
-        /* Output went out: reading paused for it may resume. */
+        /* Output went out: reading paused for it may resume, and a frame
+         * sent whole gave its bytes back to the budget. */
+        admit_waiters(pss->s->hub);
         if (pss->rx_paused)
             flow_check(wsi, pss);
         return 0;

@@ -5,6 +5,7 @@ budget's count stays exact, and a message that holds a reservation
 without arriving while another waits is ended (ws.c's stall rule)."""
 
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -13,15 +14,16 @@ import time
 import procinfo
 import waits
 from frozen import FrozenSessions
-from helpers import gauge, login, pattern, sha256_file, wait_gauge
+from helpers import gauge, login, make_file, pattern, sha256_file, wait_gauge
 from relay import relay_binary
-from test_attack_ws import OP_BINARY, frame
+from test_attack_ws import MASK, OP_BINARY, OP_TEXT, frame
 from wsclient import MiB
 
 BUDGET_MIB = 32
 SESSIONS = 6
 CHUNKS = 4          # of 8 MiB per session: 32 MiB each, 192 MiB in all
 CHUNK = 8 * MiB
+RX_PAUSE_JOBS = 64   # ws.c: reading pauses at this many queued requests
 
 
 def pipelined_upload(s, handle, data, answers, errors):
@@ -236,3 +238,216 @@ def test_headers_alone_do_not_hold_the_budget_from_others(relay_factory, sshd, w
     finally:
         for s in holders:
             s.close()
+
+
+
+WAITING_GAUGE = "wattcloud_relay_budget_waiting_messages"
+# A budget one held frame (HELD) fills enough that a second does not fit.
+SMALL_BUDGET_MIB = 24
+
+
+def read_chunk_batch(handle, n):
+    """`n` read_chunk requests on `handle`, ids from 1000."""
+    return [{"id": 1000 + i, "method": "read_chunk", "params": {"handle": handle}}
+            for i in range(n)]
+
+
+def send_batch_then_frame(relay, s, requests, handle):
+    """In one write: `requests` (text frames), then a write_chunk on
+    `handle` and the start of a binary frame declaring HELD bytes."""
+    batch = b"".join(frame(OP_TEXT, json.dumps(r).encode()) for r in requests)
+    batch += frame(OP_TEXT, json.dumps({"id": 9000, "method": "write_chunk",
+                                        "params": {"handle": handle}}).encode())
+    batch += frame(OP_BINARY, b"\x5a" * 1000, declared=HELD)
+    s.ws.sock.sendall(batch)
+    waits.wait_relay_read_all(relay, s.ws.sock)
+
+
+def masked(payload, offset):
+    """`payload`, the bytes at `offset` of a frame's payload, masked as
+    frame() masks them (RFC 6455 §5.3)."""
+    key = (MASK * (len(payload) // 4 + 2))[offset % 4:][:len(payload)]
+    n = len(payload)
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+def cport(s):
+    return s.ws.sock.getsockname()[1]
+
+
+def upload_in_thread(s, path, data, result, timeout):
+    """One write_chunk of `data` on a new upload of `path`, in a thread;
+    `result` gets the answer or the exception. Returns the thread."""
+    def run():
+        try:
+            handle = s.write_open(path)
+            s.ws.settimeout(timeout)  # sending waits while the frame does
+            rid = s.send_request("write_chunk", {"handle": handle})
+            s.send_binary(data)
+            result["resp"] = s.response(rid, timeout=timeout)
+        except Exception as e:  # reported by the test
+            result["err"] = repr(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_holder_that_reads_none_of_its_answers_must_still_move(relay_factory, sshd,
+                                                                 workdir):
+    """A session whose frame waited for the budget while its answers piled
+    up unread was admitted with its reading still paused for that output,
+    and a paused holder was exempt from the stall rule: it held 16 MiB for
+    as long as it liked while others waited. No pause exempts a holder; it
+    must move data in some direction, and this one moves none."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB)
+    big = make_file(os.path.join(workdir, "big.bin"), b"\x11" * (12 * MiB))
+    a = h = victim = None
+    with FrozenSessions(sshd) as server:
+        try:
+            # a: a small receive buffer, and it reads nothing after login.
+            a = login(relay, sshd, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+            rh = a.read_open(big)
+            wh = a.write_open(os.path.join(workdir, "a.bin"))
+            h = login(relay, sshd)
+            start_held_message(relay, h, os.path.join(workdir, "hold.bin"), 1000)
+            wait_gauge(relay, BUDGET_GAUGE, HELD)
+            # With a's server stopped its 40 read_chunks wait unanswered, so
+            # its frame is read and waits behind h's.
+            server.freeze()
+            send_batch_then_frame(relay, a, read_chunk_batch(rh, 40), wh)
+            wait_gauge(relay, WAITING_GAUGE, 1)
+            # Now 10 MiB of answers fill a's output; h, which sends nothing
+            # while a waits, is closed, and a is admitted, its reading still
+            # paused for the output it does not read.
+            server.thaw()
+            waits.wait_relay_closed(relay, cport(h), timeout=STALL_WINDOW_SECS + 10)
+            wait_gauge(relay, WAITING_GAUGE, 0)
+            assert gauge(relay, BUDGET_GAUGE) >= HELD
+            victim = login(relay, sshd)
+            result = {}
+            t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"),
+                                 pattern(HELD, 5), result, STALL_WINDOW_SECS + 20)
+            t.join(STALL_WINDOW_SECS + 25)
+            assert result.get("resp", {}).get("result") == {}, result
+            waits.wait_relay_closed(relay, cport(a))
+        finally:
+            for s in (a, h, victim):
+                if s:
+                    s.close()
+
+
+def test_a_new_frame_queues_behind_a_waiting_one(relay_factory, sshd, workdir):
+    """16 + 8 MiB are held of 32: a 16 MiB chunk waits. A 4 MiB chunk that
+    starts next would fit, but waits behind it (room that frees goes to
+    those waiting, in order); both go through once a holder leaves."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=BUDGET_MIB)
+    holders, others = [], []
+    try:
+        for i, size in enumerate((HELD, 8 * MiB)):
+            holders.append(login(relay, sshd))
+            holders[-1].send_request("write_chunk", {"handle": holders[-1].write_open(
+                os.path.join(workdir, "hold-%d.bin" % i))})
+            holders[-1].ws.sock.sendall(frame(OP_BINARY, b"\x5a" * 1000, declared=size))
+        wait_gauge(relay, BUDGET_GAUGE, HELD + 8 * MiB)
+        results, threads = [], []
+        for i, size in enumerate((HELD, 4 * MiB)):
+            others.append(login(relay, sshd))
+            results.append({})
+            threads.append(upload_in_thread(others[-1], os.path.join(workdir, "o-%d.bin" % i),
+                                            pattern(size, 40 + i), results[-1], 30))
+            wait_gauge(relay, WAITING_GAUGE, i + 1)
+        assert gauge(relay, BUDGET_GAUGE) == HELD + 8 * MiB
+        waits.leave(relay, holders[0])
+        for t, r in zip(threads, results):
+            t.join(30)
+            assert r.get("resp", {}).get("result") == {}, r
+    finally:
+        for s in holders + others:
+            s.close()
+
+
+STANDBY = 6
+
+
+def test_sessions_taking_turns_cannot_starve_a_waiting_upload(relay_factory, sshd, workdir):
+    """Room that freed went to whoever asked first: a waiting frame was
+    retried only at its session's tick, a new frame reserved the moment it
+    arrived. An attacker who started a new held frame each time the rule
+    closed one of its holders took the freed room every time, and the
+    waiting chunk waited on. Now waiting frames are admitted in order and
+    a new frame queues behind them."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=BUDGET_MIB)
+    standby = []
+    for i in range(STANDBY):
+        s = login(relay, sshd)
+        s.send_request("write_chunk",
+                       {"handle": s.write_open(os.path.join(workdir, "turn-%d.bin" % i))})
+        standby.append(s)
+    holders = fill_budget(relay, sshd, workdir)
+    victim = login(relay, sshd)
+    result = {}
+    t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"), pattern(HELD, 3),
+                         result, 3 * STALL_WINDOW_SECS + 10)
+    taken = 0
+    try:
+        wait_gauge(relay, WAITING_GAUGE, 1)
+        # The attacker watches its holders and starts a new held frame the
+        # moment one is closed.
+        while t.is_alive():
+            for i, s in enumerate(holders):
+                if not relay_holds(relay, s) and standby:
+                    holders[i] = standby.pop()
+                    holders[i].ws.sock.sendall(frame(OP_BINARY, b"\x5a" * 1000,
+                                                     declared=HELD))
+                    taken += 1
+            t.join(0.001)
+        assert result.get("resp", {}).get("result") == {}, \
+            "the attacker took the freed room %d times: %r" % (taken, result)
+        assert taken >= 1
+    finally:
+        for s in holders + standby + [victim]:
+            s.close()
+
+
+def test_a_holder_moving_over_the_minimum_rate_keeps_its_reservation(relay_factory, sshd,
+                                                                      workdir):
+    """The honest side of the stall rule: a frame arriving at 1.5 times
+    MESSAGE_MIN_BYTES_PER_SEC while another waits, for more than two
+    windows, is left alone and completes; the waiting chunk goes next."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB)
+    slow = login(relay, sshd)
+    victim = None
+    try:
+        handle = slow.write_open(os.path.join(workdir, "slow.bin"))
+        rid = slow.send_request("write_chunk", {"handle": handle})
+        data = pattern(HELD, 11)
+        sock = slow.ws.sock
+        sock.sendall(frame(OP_BINARY, data[:1000], declared=HELD))
+        wait_gauge(relay, BUDGET_GAUGE, HELD)
+        victim = login(relay, sshd)
+        vdata = pattern(HELD, 12)
+        result = {}
+        t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"), vdata, result,
+                             4 * STALL_WINDOW_SECS)
+        wait_gauge(relay, WAITING_GAUGE, 1)
+        rate, piece = STALL_MIN_BYTES_PER_SEC * 3 // 2, 8192
+        off, t0 = 1000, time.monotonic()
+        while time.monotonic() - t0 < 2.5 * STALL_WINDOW_SECS:
+            # Paced by the clock, so a late wake-up sends what is due.
+            due = 1000 + int((time.monotonic() - t0) * rate)
+            if due > off:
+                sock.sendall(masked(data[off:due], off))
+                off = due
+            time.sleep(piece / rate)
+        assert relay_holds(relay, slow)
+        assert t.is_alive(), "the victim's chunk did not wait: %r" % result
+        sock.sendall(masked(data[off:], off))
+        assert slow.response(rid, timeout=30) == {"id": rid, "result": {}}
+        assert slow.ok("write_close", handle=handle, timeout=30) == {}
+        t.join(30)
+        assert result.get("resp", {}).get("result") == {}, result
+        assert "MESSAGE_MIN_BYTES_PER_SEC" not in relay.log_text()
+    finally:
+        for s in (slow, victim):
+            if s:
+                s.close()
