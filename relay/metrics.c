@@ -103,7 +103,7 @@ static const struct {
     {"message inside an unfinished message", "protocol_violation"},
     {"payload too large", "payload_too_large"},
     {"out of memory", "out_of_memory"},
-    {"upload stalled on the memory budget", "budget_stall"},
+    {"stalled holding the memory budget", "budget_stall"},
     {"io", "io"},
 };
 

@@ -34,23 +34,31 @@
 #define TX_FRAGMENT_BYTES PROTO_READ_CHUNK_BYTES
 #define TICK_USECS LWS_USEC_PER_SEC
 #define MS_PER_SEC 1000
-/* A session whose binary message holds a budget reservation while
- * another message waits for the budget must keep moving data: at least
+/* A session holding part of the budget (a reservation for the message it
+ * is receiving, upload bytes not yet written, answers not yet sent) while
+ * a message waits for the budget must keep moving data: at least
  * MESSAGE_MIN_BYTES_PER_SEC over each MESSAGE_STALL_WINDOW_SECS, counting
  * bytes from and to its browser and file bytes to and from its SFTP
  * server, or it is closed and the reservation goes to those waiting.
  * Otherwise a frame header alone (a 16 MiB declared length, one byte a
  * half hour against the idle timeout) holds 16 MiB of the budget for as
  * long as its sender likes, and a few such sessions stop every other
- * user's uploads. Every direction counts, and no pause of reading exempts
- * a holder, because each pause can be the holder's own doing: answers it
- * does not read, or an SFTP server of its own that answers slowly; an
- * honest session paused by a slow link still moves data over that link.
+ * user's uploads; answers a browser does not read, or uploads stuck at an
+ * SFTP server of the sender's own that answers nothing, would do the
+ * same, and since the queue is first come first served (admit_waiters)
+ * a waiting frame that can never fit would stop every upload behind it.
+ * Every direction counts, and no pause of reading exempts a holder,
+ * because each pause can be the holder's own doing; an honest session
+ * paused by a slow link still moves data over that link.
  * 64 KiB/s is 512 kbit/s: any uplink a browser uploads files over does
  * more, and a holder pays for what it holds in bandwidth (a GiB of budget
  * costs about 32 Mbit/s, sustained). Nobody is closed while nobody waits. */
 #define MESSAGE_STALL_WINDOW_SECS 10
 #define MESSAGE_MIN_BYTES_PER_SEC (64u * 1024)
+/* A session that is closing sends what it has queued first; when none of
+ * it goes out for this long (the browser reads nothing) it is closed
+ * without it, or its output would hold memory (and its slots) for ever. */
+#define CLOSE_FLUSH_SECS 10
 
 _Static_assert(LWS_PRE <= FRAME_HEADROOM, "frame headroom must fit LWS_PRE");
 
@@ -91,6 +99,8 @@ struct ws_pss {
     int64_t last_rx_ms, last_ping_ms;
     int ping_due;
     int closing;            /* close once queued frames are out */
+    int64_t closing_ms;     /* when closing began (CLOSE_FLUSH_SECS) */
+    int64_t last_tx_ms;     /* when lws last took output from us */
     const char *close_reason;
 };
 
@@ -114,6 +124,7 @@ static void close_soon(struct lws *wsi, struct ws_pss *pss, const char *reason)
 {
     if (!pss->closing) {
         pss->closing = 1;
+        pss->closing_ms = session_now_ms();
         pss->close_reason = reason;
         if (pss->s)
             session_set_phase(pss->s, PH_CLOSING);
@@ -407,10 +418,12 @@ static void release_reserved(struct ws_pss *pss)
  * fragment, at most one receive buffer, is already taken) in the hub's
  * queue until admit_waiters() admits it; the message's own reservation is
  * never waited for, so admitted messages always complete. A later frame
- * of a fragmented message that does not fit, or would go ahead of those
- * waiting, drops the message with the over-cap answer instead, since
- * pausing mid-message could hold the budget for ever. Browsers send a
- * write_chunk as one frame. */
+ * of a fragmented message belongs to a message already admitted: it is
+ * reserved when it fits, waiting or not (the message is at most
+ * PROTO_MAX_FRAME_BYTES, and its session is held to the stall rule), and
+ * when it does not fit the message is dropped with the over-cap answer,
+ * since pausing mid-message could hold the budget for ever. Browsers send
+ * a write_chunk as one frame. */
 static void reserve_frame(struct lws *wsi, struct ws_pss *pss, size_t len, uint64_t remaining,
                           int first)
 {
@@ -420,7 +433,7 @@ static void reserve_frame(struct lws *wsi, struct ws_pss *pss, size_t len, uint6
 
     if (declared > PROTO_MAX_FRAME_BYTES)
         return;  /* the assembler refuses it: nothing to reserve */
-    if (!h->wait_head && session_hub_reserve(h, (size_t)declared) == 0) {
+    if ((!first || !h->wait_head) && session_hub_reserve(h, (size_t)declared) == 0) {
         pss->rx_reserved += (size_t)declared;
     } else if (first) {
         set_wait(pss, (size_t)declared);
@@ -547,6 +560,7 @@ static int send_next(struct lws *wsi, struct ws_pss *pss)
         return -1;
     metrics_bytes_to_browser(chunk);
     pss->stall_bytes += chunk;
+    pss->last_tx_ms = session_now_ms();
     f->sent += chunk;
     if (f->sent < f->len) {
         lws_callback_on_writable(wsi);
@@ -655,15 +669,28 @@ static int peer_gone(struct lws *wsi)
     return ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE;
 }
 
-/* The stall rule (MESSAGE_STALL_WINDOW_SECS): 1 when this session's
- * message holds a reservation and arrived too slowly over a whole window
- * while another waited for the budget. A window only runs while all of
- * that holds and reading is not paused by the relay itself. */
-static int stalled_holder(struct ws_pss *pss, int64_t now)
+/* The bytes of the budget this session holds (MESSAGE_MIN_BYTES_PER_SEC). */
+static size_t budget_held(struct ws_pss *pss)
 {
-    int watched = pss->rx_reserved > 0 && pss->s->hub->wait_head != NULL;
+    struct session_backlog b;
+
+    session_backlog(pss->s, &b);
+    return pss->rx_reserved + b.in_bytes + b.out_bytes;
+}
+
+/* The stall rule (MESSAGE_MIN_BYTES_PER_SEC): 1 when this session held
+ * part of the budget and moved too little over a whole window while a
+ * message waited for the budget. A window only runs while all of that
+ * holds. */
+static int stalled_holder(struct ws_pss *pss, int64_t now, size_t *held)
+{
+    int watched = 0;
     uint64_t sftp = atomic_load(&pss->s->sftp_moved);
 
+    if (pss->s->hub->wait_head) {
+        *held = budget_held(pss);
+        watched = *held > 0;
+    }
     if (watched && pss->stall_from_ms != 0 &&
         now - pss->stall_from_ms < (int64_t)MESSAGE_STALL_WINDOW_SECS * MS_PER_SEC)
         return 0;
@@ -683,6 +710,7 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
     const struct config *cfg = server_of(wsi)->cfg;
     int64_t now = session_now_ms(), since;
     enum session_phase ph = session_phase(pss->s, &since);
+    size_t held = 0;
 
     if (pss->rx_paused && peer_gone(wsi)) {
         pss->close_reason = "browser gone while reading was paused";
@@ -690,14 +718,24 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
     }
     /* Closed at once, not after its output: a holder that does not read
      * would keep the reservation while its answers wait. */
-    if (stalled_holder(pss, now)) {
-        log_info("session %s: its upload held %zu KiB of the memory budget and sent less "
-                 "than %u KiB/s for %d s while others waited (MESSAGE_MIN_BYTES_PER_SEC)",
-                 pss->s->id, pss->rx_reserved / 1024, MESSAGE_MIN_BYTES_PER_SEC / 1024,
+    if (stalled_holder(pss, now, &held)) {
+        log_info("session %s: held %zu KiB of the memory budget and moved less than "
+                 "%u KiB/s for %d s while others waited (MESSAGE_MIN_BYTES_PER_SEC)",
+                 pss->s->id, held / 1024, MESSAGE_MIN_BYTES_PER_SEC / 1024,
                  MESSAGE_STALL_WINDOW_SECS);
-        pss->close_reason = "upload stalled on the memory budget";
+        pss->close_reason = "stalled holding the memory budget";
         return -1;
     }
+    if (pss->closing &&
+        now - (pss->last_tx_ms > pss->closing_ms ? pss->last_tx_ms : pss->closing_ms) >=
+            (int64_t)CLOSE_FLUSH_SECS * MS_PER_SEC) {
+        log_info("session %s: closing (%s), and nothing of its last answers went out for "
+                 "%d s (CLOSE_FLUSH_SECS)", pss->s->id, pss->close_reason, CLOSE_FLUSH_SECS);
+        return -1;
+    }
+    /* A browser the relay keeps waiting for the budget is not idle. */
+    if (pss->wait_reserve)
+        pss->last_rx_ms = now;
     if ((ph == PH_WAIT_HOSTKEY || ph == PH_WAIT_AUTH) &&
         now - since >= (int64_t)cfg->host_key_timeout_secs * MS_PER_SEC)
         close_soon(wsi, pss, ph == PH_WAIT_HOSTKEY ? "host key not accepted in time"

@@ -16,13 +16,14 @@ import waits
 from frozen import FrozenSessions
 from helpers import gauge, login, make_file, pattern, sha256_file, wait_gauge
 from relay import relay_binary
-from test_attack_ws import MASK, OP_BINARY, OP_TEXT, frame
+from test_attack_ws import MASK, OP_BINARY, OP_CONT, OP_TEXT, frame
 from wsclient import MiB
 
 BUDGET_MIB = 32
 SESSIONS = 6
 CHUNKS = 4          # of 8 MiB per session: 32 MiB each, 192 MiB in all
 CHUNK = 8 * MiB
+SESSION_OUT_HIGH_WATER = MiB  # session.h: a session's queued output pauses its worker
 RX_PAUSE_JOBS = 64   # ws.c: reading pauses at this many queued requests
 
 
@@ -226,7 +227,7 @@ def test_headers_alone_do_not_hold_the_budget_from_others(relay_factory, sshd, w
         # victim's chunk is admitted, or is closed too when its own window
         # ends first (the victim is admitted at its next tick).
         log = relay.log_since(offset)
-        closed = log.count("sent less than %d KiB/s for %d s while others waited "
+        closed = log.count("moved less than %d KiB/s for %d s while others waited "
                            "(MESSAGE_MIN_BYTES_PER_SEC)" % (STALL_MIN_BYTES_PER_SEC // 1024,
                                                            STALL_WINDOW_SECS))
         assert closed in (1, 2), log
@@ -298,7 +299,9 @@ def test_a_holder_that_reads_none_of_its_answers_must_still_move(relay_factory, 
     up unread was admitted with its reading still paused for that output,
     and a paused holder was exempt from the stall rule: it held 16 MiB for
     as long as it liked while others waited. No pause exempts a holder; it
-    must move data in some direction, and this one moves none."""
+    must move data in some direction, and this one moves none: it is
+    closed (waiting, for the output it holds, or once admitted), and
+    another user's chunk goes through."""
     relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB)
     big = make_file(os.path.join(workdir, "big.bin"), b"\x11" * (12 * MiB))
     a = h = victim = None
@@ -316,20 +319,16 @@ def test_a_holder_that_reads_none_of_its_answers_must_still_move(relay_factory, 
             server.freeze()
             send_batch_then_frame(relay, a, read_chunk_batch(rh, 40), wh)
             wait_gauge(relay, WAITING_GAUGE, 1)
-            # Now 10 MiB of answers fill a's output; h, which sends nothing
-            # while a waits, is closed, and a is admitted, its reading still
-            # paused for the output it does not read.
+            # Now 10 MiB of answers fill a's output, and its reading stays
+            # paused for them whether it waits or is admitted.
             server.thaw()
-            waits.wait_relay_closed(relay, cport(h), timeout=STALL_WINDOW_SECS + 10)
-            wait_gauge(relay, WAITING_GAUGE, 0)
-            assert gauge(relay, BUDGET_GAUGE) >= HELD
+            waits.wait_relay_closed(relay, cport(a), timeout=2 * STALL_WINDOW_SECS + 10)
             victim = login(relay, sshd)
             result = {}
             t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"),
                                  pattern(HELD, 5), result, STALL_WINDOW_SECS + 20)
             t.join(STALL_WINDOW_SECS + 25)
             assert result.get("resp", {}).get("result") == {}, result
-            waits.wait_relay_closed(relay, cport(a))
         finally:
             for s in (a, h, victim):
                 if s:
@@ -367,6 +366,103 @@ def test_a_new_frame_queues_behind_a_waiting_one(relay_factory, sshd, workdir):
 
 
 STANDBY = 6
+IDLE_SECS = 3           # SFTP_IDLE_TIMEOUT_SECS, where a test sets it
+CLOSE_FLUSH_SECS = 10   # ws.c
+
+
+def hold_unread_output(relay, sshd, workdir):
+    """A session with a small receive buffer that asks for 10 MiB of
+    reads and reads none of the answers: the relay holds its queued
+    output (about 1 MiB) and nothing else of it. Returns it once that is
+    held."""
+    big = make_file(os.path.join(workdir, "big.bin"), b"\x11" * (12 * MiB))
+    d = login(relay, sshd, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    rh = d.read_open(big)
+    d.ws.sock.sendall(b"".join(frame(OP_TEXT, json.dumps(r).encode())
+                               for r in read_chunk_batch(rh, 40)))
+    wait_gauge_at_least(relay, BUDGET_GAUGE, SESSION_OUT_HIGH_WATER)
+    return d
+
+
+def wait_gauge_at_least(relay, name, want, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while gauge(relay, name) < want:
+        assert time.monotonic() < deadline, "%s stays under %d" % (name, want)
+        time.sleep(0.05)
+
+
+def test_a_browser_that_reads_nothing_is_closed_after_its_idle_timeout(relay_factory,
+                                                                       sshd, workdir):
+    """The idle timeout asked for a close once the queued output was
+    out, and a browser that reads nothing never let it out: its session
+    and output stayed for ever. Output that does not move for
+    CLOSE_FLUSH_SECS is given up."""
+    relay = relay_factory(SFTP_IDLE_TIMEOUT_SECS=IDLE_SECS)
+    d = hold_unread_output(relay, sshd, workdir)
+    try:
+        waits.wait_relay_closed(relay, cport(d), timeout=IDLE_SECS + CLOSE_FLUSH_SECS + 5)
+        wait_gauge(relay, BUDGET_GAUGE, 0)
+        assert "(CLOSE_FLUSH_SECS)" in relay.log_text()
+    finally:
+        d.close()
+
+
+def test_answers_nobody_reads_do_not_keep_an_upload_waiting(relay_factory, sshd, workdir):
+    """A 16 MiB budget, a session holding 1 MiB of answers it does not
+    read: a 16 MiB chunk waited for ever (the rule watched reservations
+    only), and every upload behind it, the queue being first come first
+    served. Held output is held budget: the reader is closed, the chunk
+    and the one behind it go through."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=HELD // MiB)
+    d = hold_unread_output(relay, sshd, workdir)
+    sessions, results, threads = [d], [], []
+    try:
+        for i, size in enumerate((HELD, MiB)):
+            sessions.append(login(relay, sshd))
+            results.append({})
+            threads.append(upload_in_thread(sessions[-1], os.path.join(workdir, "u%d.bin" % i),
+                                            pattern(size, 60 + i), results[-1],
+                                            STALL_WINDOW_SECS + 20))
+            wait_gauge(relay, WAITING_GAUGE, i + 1)
+        for t, r in zip(threads, results):
+            t.join(STALL_WINDOW_SECS + 25)
+            assert r.get("resp", {}).get("result") == {}, r
+        assert not relay_holds(relay, d)
+    finally:
+        for s in sessions:
+            s.close()
+
+
+def test_a_fragmented_chunk_that_fits_goes_through_while_another_waits(relay_factory,
+                                                                       sshd, workdir):
+    """A write_chunk sent as four 64 KiB frames (RFC 6455 §5.4; some
+    client libraries fragment large messages) was dropped with "stream
+    buffer limit exceeded" as soon as another user's frame waited,
+    although its fragments fitted. A message already admitted takes
+    its later frames when they fit."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB)
+    piece = 64 * 1024
+    h = login(relay, sshd)
+    f = login(relay, sshd)
+    w = login(relay, sshd)
+    try:
+        start_held_message(relay, h, os.path.join(workdir, "h.bin"), MiB)
+        wait_gauge(relay, BUDGET_GAUGE, HELD)
+        handle = f.write_open(os.path.join(workdir, "f.bin"))
+        data = pattern(4 * piece, 3)
+        rid = f.send_request("write_chunk", {"handle": handle})
+        f.ws.sock.sendall(frame(OP_BINARY, data[:piece], fin=False))
+        wait_gauge(relay, BUDGET_GAUGE, HELD + piece)
+        start_held_message(relay, w, os.path.join(workdir, "w.bin"), 1000)
+        wait_gauge(relay, WAITING_GAUGE, 1)
+        for i in range(1, 4):
+            f.ws.sock.sendall(frame(OP_CONT, data[i * piece:(i + 1) * piece], fin=(i == 3)))
+        assert f.response(rid, timeout=20) == {"id": rid, "result": {}}
+        assert f.ok("write_close", handle=handle, timeout=20) == {}
+        assert sha256_file(os.path.join(workdir, "f.bin")) == hashlib.sha256(data).hexdigest()
+    finally:
+        for s in (h, f, w):
+            s.close()
 
 
 def test_sessions_taking_turns_cannot_starve_a_waiting_upload(relay_factory, sshd, workdir):
@@ -413,8 +509,12 @@ def test_a_holder_moving_over_the_minimum_rate_keeps_its_reservation(relay_facto
                                                                       workdir):
     """The honest side of the stall rule: a frame arriving at 1.5 times
     MESSAGE_MIN_BYTES_PER_SEC while another waits, for more than two
-    windows, is left alone and completes; the waiting chunk goes next."""
-    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB)
+    windows, is left alone and completes; the waiting chunk goes next.
+    The waiting browser sends nothing meanwhile, for longer than the idle
+    timeout: one the relay keeps waiting is not idle (it was closed as
+    idle)."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB,
+                          SFTP_IDLE_TIMEOUT_SECS=IDLE_SECS)
     slow = login(relay, sshd)
     victim = None
     try:

@@ -35,7 +35,7 @@ int main(void)
     CHECK_STR(metrics_close_label("auth_failed"), "auth_failed");
     CHECK_STR(metrics_close_label("host key not accepted in time"), "host_key_timeout");
     CHECK_STR(metrics_close_label("frame before host key"), "protocol_violation");
-    CHECK_STR(metrics_close_label("upload stalled on the memory budget"), "budget_stall");
+    CHECK_STR(metrics_close_label("stalled holding the memory budget"), "budget_stall");
     CHECK_STR(metrics_close_label("something new"), "other");
     CHECK_STR(metrics_close_label("user@host:/path"), "other");
     CHECK_STR(metrics_close_label(NULL), "other");
