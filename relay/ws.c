@@ -39,7 +39,7 @@
  * a message waits for the budget must keep moving data: at least
  * MESSAGE_MIN_BYTES_PER_SEC over each MESSAGE_STALL_WINDOW_SECS, counting
  * bytes from and to its browser and file bytes to and from its SFTP
- * server, or it is closed and the reservation goes to those waiting.
+ * server, or it is closed and what it held goes to those waiting.
  * Otherwise a frame header alone (a 16 MiB declared length, one byte a
  * half hour against the idle timeout) holds 16 MiB of the budget for as
  * long as its sender likes, and a few such sessions stop every other
@@ -523,12 +523,18 @@ static int send_next(struct lws *wsi, struct ws_pss *pss)
     size_t chunk;
     int flags, close_after;
 
-    if (pss->ping_due && (!f || f->sent == 0)) {
+    /* No ping for a session being closed: its pong could cross our Close
+     * and meet a socket already shut, and the browser would see the
+     * connection reset instead of the close. */
+    if (pss->ping_due && !pss->closing && (!f || f->sent == 0)) {
         unsigned char ping[LWS_PRE + 1];
         pss->ping_due = 0;
         if (lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
             return -1;
-        if (f)
+        /* One write per turn: come back for whatever else is due, a close
+         * included (the tick that finds a session idle may make a ping due
+         * too, and its one writable turn went to the ping). */
+        if (f || pss->closing || session_worker_finished(pss->s))
             lws_callback_on_writable(wsi);
         return 0;
     }
@@ -645,8 +651,9 @@ static void closed(struct lws *wsi, struct ws_pss *pss)
     release_reserved(pss);
     wsframe_free(&pss->rx);
     if (pss->s) {
-        admit_waiters(pss->s->hub);
         const char *reason = pss->close_reason;
+        /* What it held, or reserved, is free: those waiting may go. */
+        admit_waiters(pss->s->hub);
         if (!reason)
             reason = session_phase(pss->s, NULL) == PH_WAIT_HOSTKEY
                          ? "browser closed: host key not accepted" : "browser closed";
@@ -747,8 +754,9 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
         pss->ping_due = 1;
         lws_callback_on_writable(wsi);
     }
-    /* A session paused for the process budget resumes when other sessions
-     * free it; nothing of its own notifies it then. */
+    /* Waiting messages are admitted wherever the budget frees; this is the
+     * backstop for frees nothing here hears of (a session freed after its
+     * worker ended, say). */
     admit_waiters(pss->s->hub);
     if (pss->rx_paused)
         flow_check(wsi, pss);

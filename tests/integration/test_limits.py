@@ -87,6 +87,27 @@ def test_idle_session_is_closed(relay_factory, sshd):
         s.close()
 
 
+def test_idle_close_is_not_lost_to_a_ping(relay_factory, sshd):
+    """With a ping due at every tick (WS_PING_INTERVAL_SECS=1) the tick
+    that finds the session idle also makes a ping due; the one writable
+    turn it asked for sent the ping and nothing came back for the close,
+    so the session stayed open (with the defaults: any idle timeout found
+    on a ping tick), until CLOSE_FLUSH_SECS cut it without a Close frame.
+    Now the close comes at once, a normal one (1000)."""
+    relay = relay_factory(SFTP_IDLE_TIMEOUT_SECS=3, WS_PING_INTERVAL_SECS=1)
+    s = login(relay, sshd)
+    try:
+        t0 = time.monotonic()
+        assert s.ok("stat", path="/")["isDir"] is True
+        s.expect_closed(timeout=20)
+        elapsed = time.monotonic() - t0
+        assert s.close_code == 1000 and elapsed <= 8, \
+            "close code %r after %.1f s with SFTP_IDLE_TIMEOUT_SECS=3" % (s.close_code, elapsed)
+        assert "CLOSE_FLUSH_SECS" not in relay.log_text()
+    finally:
+        s.close()
+
+
 def test_active_session_is_not_idle(relay_factory, sshd):
     relay = relay_factory(SFTP_IDLE_TIMEOUT_SECS=3)
     s = login(relay, sshd)

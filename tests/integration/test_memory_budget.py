@@ -1,8 +1,10 @@
 """RELAY_MEMORY_BUDGET_MIB: the bytes the relay holds for browsers, all
 sessions together, are bounded; past the budget reading from browsers
-pauses, and it resumes when the budget frees (never an error). The
-budget's count stays exact, and a message that holds a reservation
-without arriving while another waits is ended (ws.c's stall rule)."""
+pauses, and it resumes when the budget frees (never an error for a
+message sent as one frame, as browsers send them). The budget's count
+stays exact, waiting messages go first come first served, and a session
+that holds part of the budget without moving data while another waits
+is ended (ws.c's stall rule)."""
 
 import hashlib
 import json
@@ -362,6 +364,34 @@ def test_a_new_frame_queues_behind_a_waiting_one(relay_factory, sshd, workdir):
             assert r.get("resp", {}).get("result") == {}, r
     finally:
         for s in holders + others:
+            s.close()
+
+
+def test_a_later_frame_that_does_not_fit_fails_its_message(relay_factory, sshd, workdir):
+    """The README's exception: a message sent in several frames is
+    admitted by its first, and a later frame that does not fit fails the
+    message with the over-cap answer (a pause mid-message could hold the
+    budget for ever). The session goes on, and the budget is whole after."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB)
+    piece = 64 * 1024
+    h = login(relay, sshd)
+    f = login(relay, sshd)
+    try:
+        start_held_message(relay, h, os.path.join(workdir, "h.bin"), MiB)
+        handle = f.write_open(os.path.join(workdir, "f.bin"))
+        rid = f.send_request("write_chunk", {"handle": handle})
+        f.ws.sock.sendall(frame(OP_BINARY, pattern(piece, 1), fin=False))
+        wait_gauge(relay, BUDGET_GAUGE, HELD + piece)
+        # 8 MiB left in the budget: a 9 MiB later frame does not fit.
+        f.ws.sock.sendall(frame(OP_CONT, pattern(9 * MiB, 2)))
+        assert f.response(rid, timeout=20) == {"id": rid, "error": "stream buffer limit exceeded",
+                                               "code": "limit"}
+        assert f.ok("stat", path="/")["isDir"] is True
+        waits.leave(relay, h)
+        waits.leave(relay, f)
+        wait_gauge(relay, BUDGET_GAUGE, 0)
+    finally:
+        for s in (h, f):
             s.close()
 
 
