@@ -99,8 +99,9 @@ struct ws_pss {
     int64_t last_rx_ms, last_ping_ms;
     int ping_due;
     int closing;            /* close once queued frames are out */
-    int64_t closing_ms;     /* when closing began (CLOSE_FLUSH_SECS) */
-    int64_t last_tx_ms;     /* when lws last took output from us */
+    /* When lws last took output from us, or closing began if later: what
+     * CLOSE_FLUSH_SECS counts from. */
+    int64_t flush_ms;
     const char *close_reason;
 };
 
@@ -124,7 +125,7 @@ static void close_soon(struct lws *wsi, struct ws_pss *pss, const char *reason)
 {
     if (!pss->closing) {
         pss->closing = 1;
-        pss->closing_ms = session_now_ms();
+        pss->flush_ms = session_now_ms();
         pss->close_reason = reason;
         if (pss->s)
             session_set_phase(pss->s, PH_CLOSING);
@@ -534,8 +535,7 @@ static int send_next(struct lws *wsi, struct ws_pss *pss)
         /* One write per turn: come back for whatever else is due, a close
          * included (the tick that finds a session idle may make a ping due
          * too, and its one writable turn went to the ping). */
-        if (f || pss->closing || session_worker_finished(pss->s))
-            lws_callback_on_writable(wsi);
+        lws_callback_on_writable(wsi);
         return 0;
     }
     if (!f) {
@@ -566,7 +566,7 @@ static int send_next(struct lws *wsi, struct ws_pss *pss)
         return -1;
     metrics_bytes_to_browser(chunk);
     pss->stall_bytes += chunk;
-    pss->last_tx_ms = session_now_ms();
+    pss->flush_ms = session_now_ms();
     f->sent += chunk;
     if (f->sent < f->len) {
         lws_callback_on_writable(wsi);
@@ -698,13 +698,13 @@ static int stalled_holder(struct ws_pss *pss, int64_t now, size_t *held)
         *held = budget_held(pss);
         watched = *held > 0;
     }
-    if (watched && pss->stall_from_ms != 0 &&
-        now - pss->stall_from_ms < (int64_t)MESSAGE_STALL_WINDOW_SECS * MS_PER_SEC)
-        return 0;
-    if (watched && pss->stall_from_ms != 0 &&
-        pss->stall_bytes + (sftp - pss->stall_sftp_from) <
+    if (watched && pss->stall_from_ms != 0) {
+        if (now - pss->stall_from_ms < (int64_t)MESSAGE_STALL_WINDOW_SECS * MS_PER_SEC)
+            return 0;
+        if (pss->stall_bytes + (sftp - pss->stall_sftp_from) <
             (uint64_t)MESSAGE_MIN_BYTES_PER_SEC * MESSAGE_STALL_WINDOW_SECS)
-        return 1;
+            return 1;
+    }
     /* Not watched, its first tick watched, or a window passed: start over. */
     pss->stall_from_ms = watched ? now : 0;
     pss->stall_bytes = 0;
@@ -733,9 +733,7 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
         pss->close_reason = "stalled holding the memory budget";
         return -1;
     }
-    if (pss->closing &&
-        now - (pss->last_tx_ms > pss->closing_ms ? pss->last_tx_ms : pss->closing_ms) >=
-            (int64_t)CLOSE_FLUSH_SECS * MS_PER_SEC) {
+    if (pss->closing && now - pss->flush_ms >= (int64_t)CLOSE_FLUSH_SECS * MS_PER_SEC) {
         log_info("session %s: closing (%s), and nothing of its last answers went out for "
                  "%d s (CLOSE_FLUSH_SECS)", pss->s->id, pss->close_reason, CLOSE_FLUSH_SECS);
         return -1;

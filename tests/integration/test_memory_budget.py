@@ -16,7 +16,7 @@ import time
 import procinfo
 import waits
 from frozen import FrozenSessions
-from helpers import gauge, login, make_file, pattern, sha256_file, wait_gauge
+from helpers import gauge, login, make_file, pattern, sha256_file, wait_gauge, wait_until
 from relay import relay_binary
 from test_attack_ws import MASK, OP_BINARY, OP_CONT, OP_TEXT, frame
 from wsclient import MiB
@@ -255,10 +255,15 @@ def read_chunk_batch(handle, n):
             for i in range(n)]
 
 
+def text_frames(requests):
+    """`requests` as client text frames, in one buffer."""
+    return b"".join(frame(OP_TEXT, json.dumps(r).encode()) for r in requests)
+
+
 def send_batch_then_frame(relay, s, requests, handle):
     """In one write: `requests` (text frames), then a write_chunk on
     `handle` and the start of a binary frame declaring HELD bytes."""
-    batch = b"".join(frame(OP_TEXT, json.dumps(r).encode()) for r in requests)
+    batch = text_frames(requests)
     batch += frame(OP_TEXT, json.dumps({"id": 9000, "method": "write_chunk",
                                         "params": {"handle": handle}}).encode())
     batch += frame(OP_BINARY, b"\x5a" * 1000, declared=HELD)
@@ -408,17 +413,10 @@ def hold_unread_output(relay, sshd, workdir):
     big = make_file(os.path.join(workdir, "big.bin"), b"\x11" * (12 * MiB))
     d = login(relay, sshd, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
     rh = d.read_open(big)
-    d.ws.sock.sendall(b"".join(frame(OP_TEXT, json.dumps(r).encode())
-                               for r in read_chunk_batch(rh, 40)))
-    wait_gauge_at_least(relay, BUDGET_GAUGE, SESSION_OUT_HIGH_WATER)
+    d.ws.sock.sendall(text_frames(read_chunk_batch(rh, 40)))
+    assert wait_until(lambda: gauge(relay, BUDGET_GAUGE) >= SESSION_OUT_HIGH_WATER, 15), \
+        "the unread answers were not held"
     return d
-
-
-def wait_gauge_at_least(relay, name, want, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while gauge(relay, name) < want:
-        assert time.monotonic() < deadline, "%s stays under %d" % (name, want)
-        time.sleep(0.05)
 
 
 def test_a_browser_that_reads_nothing_is_closed_after_its_idle_timeout(relay_factory,
