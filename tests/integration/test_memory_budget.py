@@ -461,6 +461,36 @@ def test_answers_nobody_reads_do_not_keep_an_upload_waiting(relay_factory, sshd,
             s.close()
 
 
+def test_an_upload_stuck_at_a_hung_server_does_not_keep_others_waiting(relay_factory, sshd,
+                                                                        workdir):
+    """Upload bytes accepted and not yet written are budget too: a 16 MiB
+    chunk whose SFTP server stopped answering held them until
+    SFTP_OP_TIMEOUT_SECS, however many uploads waited. Its session moves
+    nothing, so it is closed when another chunk waits (and its worker cut
+    SESSION_RELEASE_MS later, which frees the bytes)."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB)
+    offset = len(relay.log_text())
+    stuck = victim = None
+    with FrozenSessions(sshd) as server:
+        try:
+            stuck = login(relay, sshd)
+            server.write_in_flight(relay, stuck, os.path.join(workdir, "stuck.bin"),
+                                   pattern(HELD, 8))
+            wait_gauge(relay, BUDGET_GAUGE, HELD)
+            victim = login(relay, sshd)
+            result = {}
+            t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"),
+                                 pattern(HELD, 9), result, 3 * STALL_WINDOW_SECS + 20)
+            t.join(3 * STALL_WINDOW_SECS + 25)
+            assert result.get("resp", {}).get("result") == {}, result
+            assert "(MESSAGE_MIN_BYTES_PER_SEC)" in relay.log_since(offset)
+            assert "(SFTP_OP_TIMEOUT_SECS)" not in relay.log_since(offset)
+        finally:
+            for s in (stuck, victim):
+                if s:
+                    s.close()
+
+
 def test_a_fragmented_chunk_that_fits_goes_through_while_another_waits(relay_factory,
                                                                        sshd, workdir):
     """A write_chunk sent as four 64 KiB frames (RFC 6455 §5.4; some
