@@ -563,14 +563,32 @@ def test_sessions_taking_turns_cannot_starve_a_waiting_upload(relay_factory, ssh
             s.close()
 
 
+def drip_held_frame(sock, data, start, rate, secs):
+    """Send `data` from `start` on, as the rest of a frame's payload, at
+    `rate` bytes a second for `secs` seconds, paced by the clock (a late
+    wake-up sends what is due). Returns the offset reached; stops early
+    when the relay closes the connection."""
+    off, t0 = start, time.monotonic()
+    while time.monotonic() - t0 < secs:
+        due = start + int((time.monotonic() - t0) * rate)
+        if due > off:
+            try:
+                sock.sendall(masked(data[off:due], off))
+            except OSError:
+                return off
+            off = due
+        time.sleep(8192 / rate)
+    return off
+
+
 def test_a_holder_moving_over_the_minimum_rate_keeps_its_reservation(relay_factory, sshd,
                                                                       workdir):
-    """The honest side of the stall rule: a frame arriving at 1.5 times
+    """The honest side of the stall rule: a frame arriving at 1.2 times
     MESSAGE_MIN_BYTES_PER_SEC while another waits, for more than two
     windows, is left alone and completes; the waiting chunk goes next.
     The waiting browser sends nothing meanwhile, for longer than the idle
     timeout: one the relay keeps waiting is not idle (it was closed as
-    idle)."""
+    idle). The test below is the other side of the same line."""
     relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB,
                           SFTP_IDLE_TIMEOUT_SECS=IDLE_SECS)
     slow = login(relay, sshd)
@@ -588,15 +606,8 @@ def test_a_holder_moving_over_the_minimum_rate_keeps_its_reservation(relay_facto
         t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"), vdata, result,
                              4 * STALL_WINDOW_SECS)
         wait_gauge(relay, WAITING_GAUGE, 1)
-        rate, piece = STALL_MIN_BYTES_PER_SEC * 3 // 2, 8192
-        off, t0 = 1000, time.monotonic()
-        while time.monotonic() - t0 < 2.5 * STALL_WINDOW_SECS:
-            # Paced by the clock, so a late wake-up sends what is due.
-            due = 1000 + int((time.monotonic() - t0) * rate)
-            if due > off:
-                sock.sendall(masked(data[off:due], off))
-                off = due
-            time.sleep(piece / rate)
+        off = drip_held_frame(sock, data, 1000, STALL_MIN_BYTES_PER_SEC * 6 // 5,
+                              2.5 * STALL_WINDOW_SECS)
         assert relay_holds(relay, slow)
         assert t.is_alive(), "the victim's chunk did not wait: %r" % result
         sock.sendall(masked(data[off:], off))
@@ -605,6 +616,45 @@ def test_a_holder_moving_over_the_minimum_rate_keeps_its_reservation(relay_facto
         t.join(30)
         assert result.get("resp", {}).get("result") == {}, result
         assert "MESSAGE_MIN_BYTES_PER_SEC" not in relay.log_text()
+    finally:
+        for s in (slow, victim):
+            if s:
+                s.close()
+
+
+def test_a_holder_moving_under_the_minimum_rate_is_closed(relay_factory, sshd, workdir):
+    """The other side of the line: the same frame arriving at 0.8 times
+    MESSAGE_MIN_BYTES_PER_SEC while another waits is closed at the end of
+    a window (the rule counts what moved, not whether anything did), and
+    the waiting chunk goes through."""
+    relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB)
+    slow = login(relay, sshd)
+    victim = None
+    try:
+        handle = slow.write_open(os.path.join(workdir, "slow.bin"))
+        slow.send_request("write_chunk", {"handle": handle})
+        data = pattern(HELD, 11)
+        sock = slow.ws.sock
+        sock.sendall(frame(OP_BINARY, data[:1000], declared=HELD))
+        wait_gauge(relay, BUDGET_GAUGE, HELD)
+        victim = login(relay, sshd)
+        vdata = pattern(HELD, 12)
+        result = {}
+        t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"), vdata, result,
+                             4 * STALL_WINDOW_SECS)
+        wait_gauge(relay, WAITING_GAUGE, 1)
+        t0 = time.monotonic()
+        drip_held_frame(sock, data, 1000, STALL_MIN_BYTES_PER_SEC * 4 // 5,
+                        2.5 * STALL_WINDOW_SECS)
+        waits.wait_relay_closed(relay, cport(slow), timeout=5)
+        # Closed after one window, or two when the first began just before
+        # the victim's frame was queued.
+        assert time.monotonic() - t0 < 2 * STALL_WINDOW_SECS + 3
+        t.join(30)
+        assert result.get("resp", {}).get("result") == {}, result
+        wait_gauge(relay, 'wattcloud_relay_sessions_ended_total{reason="budget_stall"}', 1)
+        assert sha256_file(os.path.join(workdir, "victim.bin")) == \
+            hashlib.sha256(vdata).hexdigest()
     finally:
         for s in (slow, victim):
             if s:
