@@ -20,6 +20,7 @@
 #include "proto.h"
 #include "server_ctx.h"
 #include "store.h"
+#include "tcpstat.h"
 #include "wipe.h"
 #include "wipe_alloc.h"
 #include "ws.h"
@@ -57,7 +58,10 @@
 #define MESSAGE_MIN_BYTES_PER_SEC (64u * 1024)
 /* A session that is closing sends what it has queued first; when none of
  * it goes out for this long (the browser reads nothing) it is closed
- * without it, or its output would hold memory (and its slots) for ever. */
+ * without it, or its output would hold memory (and its slots) for ever.
+ * Going out is what the browser's TCP acknowledges (tcpstat.c), not only
+ * lws taking a piece: a piece is 256 KiB, and once the kernel's buffers
+ * are full a browser reading at 16 KiB/s takes 16 s for one. */
 #define CLOSE_FLUSH_SECS 10
 
 _Static_assert(LWS_PRE <= FRAME_HEADROOM, "frame headroom must fit LWS_PRE");
@@ -99,9 +103,11 @@ struct ws_pss {
     int64_t last_rx_ms, last_ping_ms;
     int ping_due;
     int closing;            /* close once queued frames are out */
-    /* When lws last took output from us, or closing began if later: what
-     * CLOSE_FLUSH_SECS counts from. */
+    /* When the browser last acknowledged output or lws last took some,
+     * or closing began if later: what CLOSE_FLUSH_SECS counts from; and
+     * the browser's acknowledged bytes then. */
     int64_t flush_ms;
+    uint64_t flush_acked;
     const char *close_reason;
 };
 
@@ -126,6 +132,7 @@ static void close_soon(struct lws *wsi, struct ws_pss *pss, const char *reason)
     if (!pss->closing) {
         pss->closing = 1;
         pss->flush_ms = session_now_ms();
+        tcpstat_bytes_acked(lws_get_socket_fd(wsi), &pss->flush_acked);
         pss->close_reason = reason;
         if (pss->s)
             session_set_phase(pss->s, PH_CLOSING);
@@ -676,6 +683,20 @@ static int peer_gone(struct lws *wsi)
     return ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE;
 }
 
+/* CLOSE_FLUSH_SECS: 1 when a closing session's output has not moved for
+ * that long. */
+static int flush_stalled(struct lws *wsi, struct ws_pss *pss, int64_t now)
+{
+    uint64_t acked;
+
+    if (tcpstat_bytes_acked(lws_get_socket_fd(wsi), &acked) == 0 &&
+        acked != pss->flush_acked) {
+        pss->flush_acked = acked;
+        pss->flush_ms = now;
+    }
+    return now - pss->flush_ms >= (int64_t)CLOSE_FLUSH_SECS * MS_PER_SEC;
+}
+
 /* The bytes of the budget this session holds (MESSAGE_MIN_BYTES_PER_SEC). */
 static size_t budget_held(struct ws_pss *pss)
 {
@@ -733,7 +754,7 @@ static int tick(struct lws *wsi, struct ws_pss *pss)
         pss->close_reason = "stalled holding the memory budget";
         return -1;
     }
-    if (pss->closing && now - pss->flush_ms >= (int64_t)CLOSE_FLUSH_SECS * MS_PER_SEC) {
+    if (pss->closing && flush_stalled(wsi, pss, now)) {
         log_info("session %s: closing (%s), and nothing of its last answers went out for "
                  "%d s (CLOSE_FLUSH_SECS)", pss->s->id, pss->close_reason, CLOSE_FLUSH_SECS);
         return -1;

@@ -435,6 +435,63 @@ def test_a_browser_that_reads_nothing_is_closed_after_its_idle_timeout(relay_fac
         d.close()
 
 
+def server_frames(data):
+    """(opcode, payload) of each whole frame in `data`, bytes a server
+    sent (unmasked), and the bytes left over."""
+    frames, i = [], 0
+    while len(data) - i >= 2:
+        n, h = data[i + 1] & 0x7F, 2
+        if n == 126:
+            n, h = int.from_bytes(data[i + 2:i + 4], "big"), 4
+        elif n == 127:
+            n, h = int.from_bytes(data[i + 2:i + 10], "big"), 10
+        if len(data) - i < h + n:
+            break
+        frames.append((data[i] & 0x0F, data[i + h:i + h + n]))
+        i += h + n
+    return frames, data[i:]
+
+
+SLOW_READ_BYTES_PER_SEC = 16 * 1024
+
+
+def test_a_slow_reader_is_not_cut_while_its_last_answers_move(relay_factory, sshd, workdir):
+    """CLOSE_FLUSH_SECS ends a closing session whose output does not move;
+    one whose browser reads slowly still moves it. The rule counted from
+    when lws last took a piece (256 KiB) of a frame, so a browser reading
+    at 16 KiB/s, 16 s a piece once the kernel's buffers were full, was cut
+    10 s into the flush without its answers or a Close. Progress is the
+    bytes the browser's TCP acknowledges: the session stays, and every
+    answer then arrives before a normal Close."""
+    relay = relay_factory(SFTP_IDLE_TIMEOUT_SECS=IDLE_SECS)
+    offset = len(relay.log_text())
+    d = hold_unread_output(relay, sshd, workdir)
+    try:
+        wait_gauge(relay, 'wattcloud_relay_sessions{phase="closing"}', 1, timeout=IDLE_SECS + 5)
+        sock, got = d.ws.sock, b""
+        sock.settimeout(1)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2 * CLOSE_FLUSH_SECS + 5:
+            due = int((time.monotonic() - t0) * SLOW_READ_BYTES_PER_SEC)
+            if due > len(got):
+                got += sock.recv(min(due - len(got), 4096))
+            time.sleep(0.05)
+        assert relay_holds(relay, d), "a slow but moving reader was cut"
+        sock.settimeout(30)
+        while True:
+            b = sock.recv(1 << 20)
+            if not b:
+                break
+            got += b
+        frames, rest = server_frames(got)
+        assert rest == b""
+        assert frames[-1][0] == 0x8 and frames[-1][1][:2] == (1000).to_bytes(2, "big"), \
+            frames[-1]
+        assert "(CLOSE_FLUSH_SECS)" not in relay.log_since(offset)
+    finally:
+        d.close()
+
+
 def test_answers_nobody_reads_do_not_keep_an_upload_waiting(relay_factory, sshd, workdir):
     """A 16 MiB budget, a session holding 1 MiB of answers it does not
     read: a 16 MiB chunk waited for ever (the rule watched reservations
