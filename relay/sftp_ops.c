@@ -34,6 +34,10 @@
 #define WRITE_WINDOW_MIN (512u * 1024)
 #define WRITE_WINDOW_MAX (4u * 1024 * 1024)
 #define WRITE_TARGET_BYTES_PER_USEC 100u
+/* An upload must get this much acknowledged within each operation
+ * timeout (write_full): the pace a read_chunk must keep, so both
+ * directions fail a server below the same rate (4.3 KiB/s at 60 s). */
+#define WRITE_STEP_BYTES PROTO_READ_CHUNK_BYTES
 /* A listing is built as JSON text and sent once this much is ready: a
  * directory whose listing fits is answered in one frame (and a failure
  * while reading it is an ordinary error answer); a larger one is streamed
@@ -275,6 +279,16 @@ static int is_dir(const LIBSSH2_SFTP_ATTRIBUTES *a)
     return (a->flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) && LIBSSH2_SFTP_S_ISDIR(a->permissions);
 }
 
+/* SFTP sizes are unsigned 64-bit, JSON's (jansson's) integers signed: no
+ * file is larger than INT64_MAX bytes, and a server that says one is must
+ * not show the app a negative size. A size not reported at all reads 0. */
+static int size_shown(const LIBSSH2_SFTP_ATTRIBUTES *a)
+{
+    return !(a->flags & LIBSSH2_SFTP_ATTR_SIZE) || a->filesize <= INT64_MAX;
+}
+
+#define BAD_SIZE "the SFTP server did not report a valid file size"
+
 static json_t *attrs_json(const LIBSSH2_SFTP_ATTRIBUTES *a)
 {
     return json_pack("{s:I,s:I,s:b}", "mtime", (json_int_t)a->mtime, "size",
@@ -289,6 +303,8 @@ static void op_stat(struct sftp_ops *o, const struct op_call *in, struct op_repl
 
     if (rc < 0)
         reply_sftp_error(o, rc, r);
+    else if (!size_shown(&a))
+        reply_error(r, BAD_SIZE, "io");
     else
         reply_ok(r, attrs_json(&a));
 }
@@ -331,20 +347,18 @@ static int utf8_valid(const unsigned char *p, size_t n)
     return 1;
 }
 
-/* One directory entry as the app wants it. NULL when out of memory. */
-static json_t *entry_json(struct sftp_ops *o, const char *dir, size_t dirlen,
-                          const char *name, size_t namelen, LIBSSH2_SFTP_ATTRIBUTES *a)
+/* One directory entry as the app wants it in *e, or none when its size
+ * cannot be shown (size_shown: like a name that is not UTF-8, it cannot
+ * have come from the app). Returns 0, or -1 when out of memory. */
+static int entry_json(struct sftp_ops *o, const char *dir, size_t dirlen, const char *name,
+                      size_t namelen, LIBSSH2_SFTP_ATTRIBUTES *a, json_t **e)
 {
-    json_t *jname = json_stringn(name, namelen), *e;
-    char *full;
+    char *full = malloc(dirlen + namelen + 2);
+    int rc = -1;
 
-    if (!jname)
-        return NULL;
-    full = malloc(dirlen + namelen + 2);
-    if (!full) {
-        json_decref(jname);
-        return NULL;
-    }
+    *e = NULL;
+    if (!full)
+        goto out;
     memcpy(full, dir, dirlen);
     full[dirlen] = '/';
     memcpy(full + dirlen + 1, name, namelen);
@@ -352,10 +366,17 @@ static json_t *entry_json(struct sftp_ops *o, const char *dir, size_t dirlen,
     /* readdir reports a symlink itself; the app wants what it points to. */
     if ((a->flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) && LIBSSH2_SFTP_S_ISLNK(a->permissions))
         sstat(o, full, LIBSSH2_SFTP_STAT, a);
-    e = json_pack("{s:o,s:s,s:I,s:I,s:b}", "name", jname, "path", full, "size",
-                  (json_int_t)a->filesize, "mtime", (json_int_t)a->mtime, "isDir", is_dir(a));
+    if (!size_shown(a)) {
+        rc = 0;
+        goto out;
+    }
+    *e = json_pack("{s:s%,s:s,s:I,s:I,s:b}", "name", name, namelen, "path", full, "size",
+                   (json_int_t)a->filesize, "mtime", (json_int_t)a->mtime, "isDir", is_dir(a));
+    if (*e)
+        rc = 0;
+out:
     free(full);
-    return e;
+    return rc;
 }
 
 /* A listing under construction: JSON text of the answer, sent in pieces of
@@ -477,8 +498,11 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
             reply_error(r, "directory too large", "limit");
             goto failed;
         }
-        e = entry_json(o, q->path, dirlen, name, (size_t)rc, &a);
-        n = e ? list_put_entry(&l, e) : -1;
+        if (entry_json(o, q->path, dirlen, name, (size_t)rc, &a, &e) < 0)
+            goto nomem;
+        if (!e)
+            continue;
+        n = list_put_entry(&l, e);
         json_decref(e);
         if (n < 0)
             goto nomem;
@@ -589,13 +613,23 @@ static void op_delete(struct sftp_ops *o, const struct op_call *in, struct op_re
 
 /* posix-rename replaces the target atomically; plain SFTP v3 rename fails
  * when it exists, so without the extension remove the target first. */
+/* posix-rename@openssh.com replaces `to` atomically. A server that did not
+ * offer it gets no request: libssh2 returns LIBSSH2_FX_OP_UNSUPPORTED
+ * itself, a positive number where every other failure is negative; one
+ * that offered it may still answer that status. */
+static int posix_rename_unsupported(struct sftp_ops *o, int rc)
+{
+    return rc == LIBSSH2_FX_OP_UNSUPPORTED ||
+           (rc < 0 && last_status(o, rc) == LIBSSH2_FX_OP_UNSUPPORTED);
+}
+
 static void op_rename(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
     const struct proto_request *q = in->req;
     unsigned flen = (unsigned)strlen(q->from), tlen = (unsigned)strlen(q->to);
     int rc = libssh2_sftp_posix_rename_ex(o->c->sftp, q->from, flen, q->to, tlen);
 
-    if (rc < 0 && last_status(o, rc) == LIBSSH2_FX_OP_UNSUPPORTED) {
+    if (posix_rename_unsupported(o, rc)) {
         libssh2_sftp_unlink_ex(o->c->sftp, q->to, tlen);
         rc = libssh2_sftp_rename_ex(o->c->sftp, q->from, flen, q->to, tlen,
                                     LIBSSH2_SFTP_RENAME_OVERWRITE |
@@ -670,21 +704,39 @@ static size_t write_window(const struct ssh_conn *c)
 
 /* Write all of `len` with at most write_window() bytes in flight; libssh2
  * returns after the first acknowledged packet of a pipelined batch, so
- * call again from where it got to. */
+ * call again from where it got to. Each call has a fresh libssh2 timeout,
+ * so a server acknowledging one packet just inside each would make a 16
+ * MiB chunk last for hours: as a read_chunk must (read_full), every
+ * WRITE_STEP_BYTES written must be acknowledged within one operation
+ * timeout. A whole chunk within one would fail honest slow links. */
 static int write_full(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h, const uint8_t *data,
                       size_t len)
 {
-    size_t window = write_window(o->c), off = 0;
+    size_t window = write_window(o->c), off = 0, step_end = WRITE_STEP_BYTES;
+    int64_t deadline = deadline_from_now(o);
+    int rc = 0;
 
     while (off < len) {
         size_t n = len - off < window ? len - off : window;
-        ssize_t rc = libssh2_sftp_write(h, (const char *)data + off, n);
+        ssize_t done;
+
+        rc = time_left(o, deadline);
         if (rc < 0)
-            return (int)rc;
-        off += (size_t)rc;
-        count_moved(o, (size_t)rc);
+            break;
+        done = libssh2_sftp_write(h, (const char *)data + off, n);
+        if (done < 0) {
+            rc = (int)done;
+            break;
+        }
+        off += (size_t)done;
+        count_moved(o, (size_t)done);
+        if (off >= step_end) {
+            step_end = off + WRITE_STEP_BYTES;
+            deadline = deadline_from_now(o);
+        }
     }
-    return 0;
+    time_reset(o);
+    return rc;
 }
 
 static LIBSSH2_SFTP_HANDLE *open_file(struct sftp_ops *o, const char *path, unsigned long flags)
@@ -724,7 +776,7 @@ static void op_read(struct sftp_ops *o, const struct op_call *in, struct op_repl
         goto out;
     }
     if (!(a.flags & LIBSSH2_SFTP_ATTR_SIZE) || a.filesize > INT64_MAX) {
-        reply_error(r, "the server did not report the file size", "io");
+        reply_error(r, BAD_SIZE, "io");
         goto out;
     }
     size = a.filesize;
@@ -777,15 +829,25 @@ static void remove_file(struct sftp_ops *o, const char *path)
 }
 
 /* fsync@openssh.com makes an acknowledged upload survive a server crash;
- * a server without it answers "unsupported", which is not a failure. */
-static int sync_and_close(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h)
+ * a server without it answers "unsupported", which is not a failure (our
+ * libssh2 does not even ask one that did not offer it). Answers a failure
+ * in `r` and returns it, negative. */
+static int sync_and_close(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h, struct op_reply *r)
 {
     int rc = libssh2_sftp_fsync(h), rc2;
 
     if (rc < 0 && last_status(o, rc) == LIBSSH2_FX_OP_UNSUPPORTED)
         rc = 0;
+    /* Answered before the close, whose own status replaces the fsync's
+     * (an EIO would read "invalid reply"). */
+    if (rc < 0)
+        reply_sftp_error(o, rc, r);
     rc2 = libssh2_sftp_close_handle(h);
-    return rc < 0 ? rc : rc2;
+    if (rc == 0 && rc2 < 0) {
+        reply_sftp_error(o, rc2, r);
+        rc = rc2;
+    }
+    return rc;
 }
 
 /* Legacy whole-file write. A failed write leaves no half file behind. */
@@ -808,9 +870,7 @@ static void op_write(struct sftp_ops *o, const struct op_call *in, struct op_rep
             remove_file(o, q->path);
         return;
     }
-    rc = sync_and_close(o, h);
-    if (rc < 0) {
-        reply_sftp_error(o, rc, r);
+    if (sync_and_close(o, h, r) < 0) {
         if (!r->fatal)
             remove_file(o, q->path);
         return;
@@ -891,8 +951,12 @@ static void op_write_open(struct sftp_ops *o, const struct op_call *in, struct o
     }
     if (q->resume) {
         int rc = libssh2_sftp_fstat_ex(w->h, &a, 0);
-        if (rc < 0) {
-            reply_sftp_error(o, rc, r);
+        if (rc < 0 || !(a.flags & LIBSSH2_SFTP_ATTR_SIZE) || a.filesize > INT64_MAX) {
+            /* Without the size there is no offset to resume from. */
+            if (rc < 0)
+                reply_sftp_error(o, rc, r);
+            else
+                reply_error(r, BAD_SIZE, "io");
             libssh2_sftp_close_handle(w->h);
             drop_write(w);
             return;
@@ -963,15 +1027,12 @@ static void op_write_close(struct sftp_ops *o, const struct op_call *in, struct 
 {
     const struct proto_request *q = in->req;
     struct whandle *w = find_write(o, q->handle);
-    int rc;
 
     if (!w) {
         reply_no_write(o, q->handle, r);
         return;
     }
-    rc = sync_and_close(o, w->h);
-    if (rc < 0) {
-        reply_sftp_error(o, rc, r);
+    if (sync_and_close(o, w->h, r) < 0) {
         if (!r->fatal)
             remove_file(o, w->path);
     } else {

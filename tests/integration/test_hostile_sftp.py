@@ -339,12 +339,84 @@ class ListDrip(hs.Scenario):
         self.send(hs.NAME, rid, hs.u32(1) + hs.name_entry("drip%d" % self.n))
 
 
+class WriteDrip(hs.Store):
+    """Acknowledges each WRITE a second after it came: every single wait of
+    the relay ends well within the operation timeout, the upload hardly
+    moves (30 KB/s)."""
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.stop = threading.Event()
+
+    def dispatch(self, ptype, rid, p):
+        if ptype == hs.WRITE and self.stop.wait(1):
+            return
+        super().dispatch(ptype, rid, p)
+
+
+class NoExtensions(hs.Store):
+    """Offers no extension, as servers that predate OpenSSH's do, answers
+    the EXTENDED requests it does not know with FAILURE where the draft
+    says OP_UNSUPPORTED, and records its REMOVEs and RENAMEs."""
+    extensions = []
+
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.done = []      # ("remove", path) and ("rename", from, to), in order
+
+    def on_extended(self, rid, p):
+        self.status(rid, hs.FX_FAILURE, "unknown request")
+
+    def dispatch(self, ptype, rid, p):
+        if ptype == hs.REMOVE:
+            path, _ = self.string(p)
+            self.done.append(("remove", path))
+            self.status(rid, hs.FX_OK, "ok")
+        elif ptype == hs.RENAME:
+            src, off = self.string(p)
+            dst, _ = self.string(p, off)
+            self.done.append(("rename", src, dst))
+            self.status(rid, hs.FX_OK, "ok")
+        else:
+            super().dispatch(ptype, rid, p)
+
+
+class FsyncFails(NoExtensions):
+    """Offers fsync@openssh.com and fails every one (a disk error)."""
+    extensions = [(b"fsync@openssh.com", b"1")]
+
+
+class HugeSizes(hs.Scenario):
+    """Sizes of 2^64-1 bytes, which the wire's uint64 allows: for /f, for
+    any open file, and for one of the two entries of /d."""
+    HUGE = (1 << 64) - 1
+
+    def on_stat(self, rid, p):
+        path, _ = self.string(p)
+        if path == b"/f":
+            self.send(hs.ATTRS, rid, hs.attrs(self.HUGE))
+        else:
+            super().on_stat(rid, p)
+
+    def on_fstat(self, rid, p):
+        self.send(hs.ATTRS, rid, hs.attrs(self.HUGE))
+
+    def on_readdir(self, rid, p):
+        h, _ = self.string(p)
+        if self.dir_sent.get(h):
+            self.status(rid, hs.FX_EOF, "eof")
+            return
+        self.dir_sent[h] = 2
+        self.send(hs.NAME, rid, hs.u32(2) + hs.name_entry("huge", size=self.HUGE) +
+                  hs.name_entry("small", size=7))
+
+
 SCENARIOS = {cls.__name__: cls for cls in [
     hs.Scenario, EndlessReaddir, MillionEntries, LongName, CountLie, HugeNamePacket,
     StatLengthMax, StatLengthShort, StatWrongId, StatUnsolicitedFlood, StaleRepliesFlood, Park, ParkBig,
     AuthPark,
     DuplicateReplies, ReadTooMuch, DataLengthLie, LimitsTiny, LimitsHuge, StatvfsZero,
-    StatvfsMax, HugeHandle, StatusOkNoHandle, ReadStall, ReadDrip, ListDrip, ReadAheadHeld]}
+    StatvfsMax, HugeHandle, StatusOkNoHandle, ReadStall, ReadDrip, ListDrip, ReadAheadHeld,
+    WriteDrip, NoExtensions, FsyncFails, HugeSizes]}
 
 
 # --------------------------------------------------------------------------
@@ -853,3 +925,94 @@ def test_listing_dripping_a_name_a_second_times_out(relay, hostile, sshd):
         if hasattr(run, "stop"):
             run.stop.set()
     use.check(relay, sshd)
+
+
+def test_write_acknowledged_a_packet_a_second_times_out(relay, hostile, sshd):
+    """A chunk is many WRITEs, and libssh2 returns after each acknowledged
+    one with a fresh timeout: a server acknowledging one a second kept a
+    640 KiB chunk 22 s with a 3 s operation timeout (16 MiB at one a
+    minute: hours). Like a read_chunk, each 256 KiB must be acknowledged
+    within one operation timeout."""
+    use = Usage(relay)
+    s = attack(relay, hostile, "WriteDrip")
+    h = s.write_open("/up")
+    t0 = time.monotonic()
+    rid = s.send_request("write_chunk", {"handle": h})
+    s.send_binary(b"w" * (640 * 1024))
+    resp = s.response(rid, timeout=OP_TIMEOUT_SECS * 4 + 10)
+    if resp.get("result") == {}:
+        resp = s.call("write_close", {"handle": h}, timeout=OP_TIMEOUT_SECS * 4 + 10)
+    secs = time.monotonic() - t0
+    assert secs < OP_TIMEOUT_SECS * 2 + 2, (secs, resp)
+    expect_fatal(s, resp, TIMEOUT)
+    for run in hostile.runs:
+        if hasattr(run, "stop"):
+            run.stop.set()
+    use.check(relay, sshd)
+
+
+def test_rename_without_posix_rename_removes_then_renames(relay, hostile, sshd):
+    """PROTOCOL §3: posix-rename@openssh.com when offered, otherwise remove
+    `to`, then rename. libssh2 refuses the extension unasked with a
+    positive code, which the relay took for success: {} and nothing
+    renamed."""
+    s = attack(relay, hostile, "NoExtensions")
+    assert s.ok("rename", **{"from": "/a", "to": "/b"}) == {}
+    s.close()
+    run = hostile.runs[-1]
+    assert run.done == [("remove", b"/b"), ("rename", b"/a", b"/b")]
+    assert not any(t == hs.EXTENDED for t, _ in run.requests)
+
+
+@pytest.mark.our_libssh2("sftp-fsync-offered.patch")
+def test_fsync_not_offered_is_not_asked_for(relay, hostile, sshd):
+    """PROTOCOL §5: write_close waits for fsync@openssh.com when the server
+    offers it. Asked anyway, a server answering FAILURE made a complete
+    upload fail, and the relay removed the file."""
+    s = attack(relay, hostile, "NoExtensions")
+    h = s.write_open("/up")
+    rid = s.send_request("write_chunk", {"handle": h})
+    s.send_binary(b"data" * 1000)
+    assert s.response(rid, timeout=20) == {"id": rid, "result": {}}
+    assert s.ok("write_close", handle=h) == {}
+    assert strip_id(s.request_with_binary("write", {"path": "/legacy", "size": 100},
+                                          b"L" * 100, timeout=20)) == {"result": {}}
+    s.close()
+    run = hostile.runs[-1]
+    assert run.done == []
+    assert not any(t == hs.EXTENDED for t, _ in run.requests)
+    assert {k: bytes(v) for k, v in run.files.items()} == {b"/up": b"data" * 1000,
+                                                          b"/legacy": b"L" * 100}
+
+
+def test_fsync_failure_is_answered_with_its_status(relay, hostile, sshd):
+    """A failed fsync is a failed upload, answered with the server's
+    status: the close that follows replaced it, and the browser read "the
+    SFTP server sent an invalid reply". The file is removed, as after any
+    write error."""
+    s = attack(relay, hostile, "FsyncFails")
+    h = s.write_open("/up")
+    rid = s.send_request("write_chunk", {"handle": h})
+    s.send_binary(b"data" * 1000)
+    assert s.response(rid, timeout=20) == {"id": rid, "result": {}}
+    assert strip_id(s.call("write_close", {"handle": h}, timeout=20)) == \
+        {"error": "the server reported a failure", "code": "io"}
+    s.close()
+    assert hostile.runs[-1].done == [("remove", b"/up")]
+
+
+BAD_SIZE = {"error": "the SFTP server did not report a valid file size", "code": "io"}
+
+
+def test_sizes_past_int64_are_refused_not_negative(relay, hostile, sshd):
+    """SFTP sizes are uint64, JSON's signed: stat and write_open's resume
+    showed 2^64-1 as -1 (and seeked there). read already refused it; a
+    listing leaves such an entry out, as it does a name that is not
+    UTF-8."""
+    s = attack(relay, hostile, "HugeSizes")
+    assert strip_id(s.call("stat", {"path": "/f"}, timeout=20)) == BAD_SIZE
+    assert strip_id(s.call("write_open", {"path": "/f", "resume": True}, timeout=20)) == \
+        BAD_SIZE
+    assert strip_id(s.call("read", {"path": "/f"}, timeout=20)) == BAD_SIZE
+    assert [e["name"] for e in s.ok("list", path="/d")["entries"]] == ["small"]
+    s.close()
