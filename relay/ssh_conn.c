@@ -407,6 +407,10 @@ int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
 out:
     if (rc < 0) {
         ssh_cut(c);
+        /* Told before the close: the number may be reused at once, and a
+         * holder that still had it would shut down another's socket. */
+        if (on_socket)
+            on_socket(-1, arg);
         ssh_close(c);
     }
     return rc;
