@@ -94,10 +94,10 @@ const char *ssh_memory_refusal(const struct ssh_conn *c);
 const char *ssh_err_code(int err);
 
 /* Connect to `sa`, check the banner, run the key exchange and read the host
- * key. `fd_out` receives the socket as soon as it exists, so another thread
- * can shut it down to cut a hung connection. Returns 0 or an ssh_err with a
- * message in `err`. On failure `c` is left empty; else release with
- * ssh_close(). */
+ * key. `on_socket` receives the socket as soon as it exists, so another
+ * thread can shut it down to cut a hung connection, and -1 before a failed
+ * open closes it. Returns 0 or an ssh_err with a message in `err`. On
+ * failure `c` is left empty; else release with ssh_close(). */
 int ssh_open(struct ssh_conn *c, const struct sockaddr *sa, socklen_t salen,
              const struct ssh_params *t, void (*on_socket)(int fd, void *arg),
              void *arg, char *err, size_t errlen);
