@@ -105,30 +105,49 @@ static int ws_key_ok(struct lws *wsi)
 
 /* lws binds an upgrade to the first protocol of ours that
  * Sec-WebSocket-Protocol names, and drops the connection without an answer
- * when it names none. Only the SFTP protocol may be chosen: "http" would
- * give a WebSocket with no session behind it. No header: lws takes the
- * default protocol, the SFTP one. The walk splits on every byte that is
- * not a name character, finer than lws's tokenizer, so any name lws finds
- * is seen here first. */
+ * when it names none, or when its tokenizer fails on an element before that
+ * (a quoted string, "x=y", bytes that are not UTF-8), or an element is a
+ * name of 63 bytes or more, or the list is 127 bytes or longer: all after
+ * the gate said yes and spent the cookie. So the list is read here exactly
+ * as lws reads it (lws_process_ws_upgrade(): the same buffer sizes, the
+ * same tokenizer and flags), and the upgrade goes ahead only when lws will
+ * take it. Only the SFTP protocol may be chosen: "http" would give a
+ * WebSocket with no session behind it. No header: lws takes the default
+ * protocol, the SFTP one. */
+#define PROTOCOL_LIST_MAX 128   /* lws's buffer; it copies at most one less */
+/* lws's buffer for one name; lws_tokenize_cstr() takes at most two bytes
+ * less. */
+#define PROTOCOL_NAME_MAX 64
+
 static int subprotocol_ok(struct lws *wsi)
 {
-    char v[128];
-    int n = lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL);
+    char list[PROTOCOL_LIST_MAX], name[PROTOCOL_NAME_MAX];
+    struct lws_tokenize ts;
+    lws_tokenize_elem e;
+    int n;
 
-    if (n == 0)
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) == 0)
         return 1;
-    /* lws copies at most 127 bytes of it and refuses longer lists. */
-    if (n < 0 || lws_hdr_copy(wsi, v, sizeof(v), WSI_TOKEN_PROTOCOL) <= 0)
+    lws_tokenize_init(&ts, list, LWS_TOKENIZE_F_COMMA_SEP_LIST | LWS_TOKENIZE_F_MINUS_NONTERM |
+                                     LWS_TOKENIZE_F_DOT_NONTERM |
+                                     LWS_TOKENIZE_F_RFC7230_DELIMS);
+    n = lws_hdr_copy(wsi, list, sizeof(list) - 1, WSI_TOKEN_PROTOCOL);
+    if (n <= 0)
         return 0;
-    for (char *p = v; *p;) {
-        size_t len = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                               "0123456789-._");
-        if (len == strlen(SFTP_PROTOCOL) && strncmp(p, SFTP_PROTOCOL, len) == 0)
-            return 1;
-        if (len == 4 && strncmp(p, "http", 4) == 0)
+    ts.len = (unsigned)n;
+    do {
+        e = lws_tokenize(&ts);
+        if (e == LWS_TOKZE_TOKEN) {
+            if (lws_tokenize_cstr(&ts, name, sizeof(name)))
+                return 0;
+            if (strcmp(name, SFTP_PROTOCOL) == 0)
+                return 1;
+            if (strcmp(name, "http") == 0)
+                return 0;
+        } else if (e != LWS_TOKZE_DELIMITER && e != LWS_TOKZE_ENDED) {
             return 0;
-        p += len ? len : 1;
-    }
+        }
+    } while (e > 0);
     return 0;
 }
 

@@ -140,6 +140,12 @@ def test_refusals_are_plain_http11(shared_relay, sshd, status, kw):
     assert_refusal(line, headers, body, status)
 
 
+# A Sec-WebSocket-Protocol list of 127 bytes naming ours last: one byte
+# more than lws reads.
+LIST_127 = "a" * 50 + ", " + "b" * 59 + ", wattcloud-sftp"
+assert len(LIST_127) == 127
+
+
 @pytest.mark.parametrize("why,kw", [
     ("version", {"version": "12"}),
     ("no version", {"version": None}),
@@ -151,6 +157,16 @@ def test_refusals_are_plain_http11(shared_relay, sshd, status, kw):
     ("http first", {"extra": ["Sec-WebSocket-Protocol: http, wattcloud-sftp"]}),
     ("unknown subprotocol", {"extra": ["Sec-WebSocket-Protocol: chat"]}),
     ("mode", {"query": "mode=shell&host=127.0.0.1&port=%d"}),
+    # Lists lws's own reading refuses before it reaches our protocol, after
+    # the gate: with the gate reading them its own way they spent the
+    # cookie and got no answer at all (gate.c subprotocol_ok).
+    ("63-byte name first",
+     {"extra": ["Sec-WebSocket-Protocol: %s, wattcloud-sftp" % ("a" * 63)]}),
+    ("quoted string first", {"extra": ['Sec-WebSocket-Protocol: "x", wattcloud-sftp']}),
+    ("x=y first", {"extra": ["Sec-WebSocket-Protocol: x=y, wattcloud-sftp"]}),
+    ("x.y/z first", {"extra": ["Sec-WebSocket-Protocol: x.y/z, wattcloud-sftp"]}),
+    ("not UTF-8 first", {"extra": ["Sec-WebSocket-Protocol: \xffx, wattcloud-sftp"]}),
+    ("list of 127 bytes", {"extra": ["Sec-WebSocket-Protocol: " + LIST_127]}),
 ])
 def test_bad_handshake_is_400_and_keeps_the_cookie(shared_relay, sshd, why, kw):
     relay = shared_relay.get("handshake")
@@ -166,12 +182,19 @@ def test_bad_handshake_is_400_and_keeps_the_cookie(shared_relay, sshd, why, kw):
     assert line.startswith("HTTP/1.1 101"), (why, line)
 
 
-def test_sftp_subprotocol_upgrades_into_a_session(shared_relay, sshd):
+@pytest.mark.parametrize("protocols", [
+    "chat, wattcloud-sftp",
+    # The longest name and list lws reads, and what lws never reads.
+    "%s, wattcloud-sftp" % ("a" * 62),
+    LIST_127[1:],
+    'wattcloud-sftp, "x", y=z',
+])
+def test_sftp_subprotocol_upgrades_into_a_session(shared_relay, sshd, protocols):
     relay = shared_relay.get("subprotocol")
     cookie = get_cookie(relay, LOCAL, sshd.port)
     line, headers, _, _ = raw_request_upgrade(relay, upgrade_text(
         relay, LOCAL, sshd.port, cookie=cookie,
-        extra=["Sec-WebSocket-Protocol: chat, wattcloud-sftp"]))
+        extra=["Sec-WebSocket-Protocol: " + protocols]))
     assert line.startswith("HTTP/1.1 101"), line
 
 
