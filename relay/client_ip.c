@@ -9,7 +9,7 @@
 
 #include "netguard.h"
 
-static int is_trusted(const struct config *cfg, const struct sockaddr *sa)
+int client_ip_trusted_addr(const struct config *cfg, const struct sockaddr *sa)
 {
     for (int i = 0; i < cfg->n_trusted_proxies; i++)
         if (netguard_cidr_contains(&cfg->trusted_proxies[i], sa))
@@ -23,7 +23,7 @@ int client_ip_trusted(const struct config *cfg, const char *peer)
     socklen_t len;
 
     return cfg && peer && netguard_literal(peer, &ss, &len) &&
-           is_trusted(cfg, (struct sockaddr *)&ss);
+           client_ip_trusted_addr(cfg, (struct sockaddr *)&ss);
 }
 
 /* Parse the X-Forwarded-For entry [b, e) after trimming blanks.
@@ -56,7 +56,7 @@ int client_ip_resolve(const struct config *cfg, const char *peer,
     if (!netguard_literal(peer, &peer_ss, &len))
         return -1;
 
-    if (cfg && xff && is_trusted(cfg, (struct sockaddr *)&peer_ss)) {
+    if (cfg && xff && client_ip_trusted_addr(cfg, (struct sockaddr *)&peer_ss)) {
         const char *end = xff + strlen(xff);
 
         /* Walk entries right to left: [b, end) is the current one. */
@@ -66,7 +66,7 @@ int client_ip_resolve(const struct config *cfg, const char *peer,
                 b--;
             if (!parse_entry(b, end, &ss))
                 break;  /* junk on our proxies' side: use the peer */
-            if (!is_trusted(cfg, (struct sockaddr *)&ss))
+            if (!client_ip_trusted_addr(cfg, (struct sockaddr *)&ss))
                 return netguard_ntop((struct sockaddr *)&ss, out, outlen);
             if (b == xff)
                 break;  /* all entries are proxies: use the peer */

@@ -5,6 +5,7 @@
 #define WC_CLIENT_IP_H
 
 #include <stddef.h>
+#include <sys/socket.h>
 
 #include "config.h"
 
@@ -37,6 +38,9 @@ int client_ip_resolve(const struct config *cfg, const char *peer,
 
 /* 1 when the TCP peer `peer` is one of cfg->trusted_proxies. */
 int client_ip_trusted(const struct config *cfg, const char *peer);
+
+/* The same for a peer address. */
+int client_ip_trusted_addr(const struct config *cfg, const struct sockaddr *sa);
 
 /* The rate-limit key of a client IP (as client_ip_resolve() writes it):
  * IPv4 as it is, IPv6 its /64 ("2001:db8:1:2::/64"), since one IPv6 host

@@ -17,6 +17,7 @@ struct net {
 struct owner_slot {
     const void *owner;   /* NULL: free */
     struct net net;
+    uint64_t seq;        /* order of counting: the oldest has the least */
 };
 
 struct net_slot {
@@ -31,6 +32,7 @@ struct conn_limit {
     size_t total;
     size_t capacity;
     int per_key;
+    uint64_t next_seq;
     uint64_t seed;       /* so that no one can aim addresses at one chain */
 };
 
@@ -181,7 +183,8 @@ int conn_limit_count(const struct conn_limit *cl, const struct sockaddr *sa)
     return cl->nets[net_find(cl, n)].count;
 }
 
-int conn_limit_add(struct conn_limit *cl, const void *owner, const struct sockaddr *sa)
+int conn_limit_add(struct conn_limit *cl, const void *owner, const struct sockaddr *sa,
+                   int capped)
 {
     struct net n;
     size_t ni, oi;
@@ -189,13 +192,14 @@ int conn_limit_add(struct conn_limit *cl, const void *owner, const struct sockad
     if (!owner || net_of(sa, &n) < 0 || cl->total >= cl->capacity)
         return -1;
     ni = net_find(cl, n);
-    if (cl->nets[ni].count >= cl->per_key)
+    if (capped && cl->nets[ni].count >= cl->per_key)
         return -1;
     oi = owner_find(cl, owner);
     if (cl->owners[oi].owner)
         return -1;  /* counted already: a caller bug, count it once */
     cl->owners[oi].owner = owner;
     cl->owners[oi].net = n;
+    cl->owners[oi].seq = cl->next_seq++;
     cl->nets[ni].net = n;
     cl->nets[ni].count++;
     cl->total++;
@@ -221,4 +225,32 @@ void conn_limit_remove(struct conn_limit *cl, const void *owner)
 size_t conn_limit_total(const struct conn_limit *cl)
 {
     return cl->total;
+}
+
+int conn_limit_full(const struct conn_limit *cl)
+{
+    return cl->total >= cl->capacity;
+}
+
+/* Two walks over the tables: only run when the table is full, which an
+ * honest load never makes it. */
+const void *conn_limit_victim(const struct conn_limit *cl)
+{
+    const struct owner_slot *oldest = NULL;
+    struct net most = {0};
+    int most_count = 0;
+
+    for (size_t i = 0; i <= cl->mask; i++)
+        if (cl->nets[i].count > most_count) {
+            most_count = cl->nets[i].count;
+            most = cl->nets[i].net;
+        }
+    if (most_count == 0)
+        return NULL;
+    for (size_t i = 0; i <= cl->mask; i++) {
+        const struct owner_slot *o = &cl->owners[i];
+        if (o->owner && net_eq(o->net, most) && (!oldest || o->seq < oldest->seq))
+            oldest = o;
+    }
+    return oldest ? oldest->owner : NULL;
 }

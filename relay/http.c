@@ -387,22 +387,43 @@ static int raw_adopted(struct lws *wsi)
     return -1;
 }
 
+/* The table of unupgraded connections is full (many networks each under
+ * their cap, or a trusted proxy's clients): the oldest connection of the
+ * network holding the most goes, so that a newcomer is served instead of
+ * waiting for lws's table to free. Its count goes now, its socket on lws's
+ * next turn; the table is sized below lws's (server.c) so lws always has
+ * room to accept the newcomer meanwhile. */
+static void make_room(struct server *srv)
+{
+    struct lws *victim = (struct lws *)conn_limit_victim(srv->conns);
+
+    if (!victim)
+        return;
+    conn_limit_remove(srv->conns, victim);
+    lws_set_timeout(victim, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    log_warn("connection closed to make room: the table of unupgraded connections is full; "
+             "the busiest client network loses its oldest");
+}
+
 /* Accepted connections, counted per client network until they upgrade or
  * close. lws asks about a new socket (FILTER_NETWORK_CONNECTION, with its
  * peer) right before it creates the connection for it (WSI_CREATE, with
  * no socket yet), in the same call: the peer waits in srv->admit between
- * the two. */
+ * the two. A trusted proxy is counted but not capped (conn_limit.h). */
 static int admit(struct lws *wsi, const struct lws_filter_network_conn_args *f)
 {
     struct server *srv = server_of(wsi);
     const struct sockaddr *sa = (const struct sockaddr *)&f->cli_addr;
 
     srv->admit_ready = 0;
-    if (conn_limit_count(srv->conns, sa) >= CONN_LIMIT_PER_CLIENT) {
+    srv->admit_capped = !client_ip_trusted_addr(srv->cfg, sa);
+    if (srv->admit_capped && conn_limit_count(srv->conns, sa) >= CONN_LIMIT_PER_CLIENT) {
         log_warn("connection refused: too many unupgraded connections from one client "
                  "(CONN_LIMIT_PER_CLIENT %d)", CONN_LIMIT_PER_CLIENT);
         return 1;
     }
+    if (conn_limit_full(srv->conns))
+        make_room(srv);
     memcpy(&srv->admit_peer, &f->cli_addr, sizeof(srv->admit_peer));
     srv->admit_ready = 1;
     return 0;
@@ -415,9 +436,9 @@ static void created(struct lws *wsi)
     if (!srv->admit_ready)
         return;
     srv->admit_ready = 0;
-    /* Cannot fail for the cap (admit() checked it this very call) and the
-     * table holds the whole descriptor table. */
-    conn_limit_add(srv->conns, wsi, (const struct sockaddr *)&srv->admit_peer);
+    /* Cannot fail: admit() checked the cap and made room this very call. */
+    conn_limit_add(srv->conns, wsi, (const struct sockaddr *)&srv->admit_peer,
+                   srv->admit_capped);
 }
 
 int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,

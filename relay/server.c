@@ -54,6 +54,12 @@
 /* lws needs room for unupgraded HTTP connections besides the sessions'
  * WebSockets; start only with at least this much. */
 #define FD_HTTP_MIN 64
+/* Of lws's table, what neither sessions nor unupgraded connections take:
+ * its listeners, its wake-up pipe, the signalfd, and connections given up
+ * to make room (http.c make_room) until lws closes them on its next turn.
+ * Unupgraded connections are counted up to the table less the sessions'
+ * share less this, so lws always has room to accept one more. */
+#define FD_LWS_OWN 16
 /* When the soft RLIMIT_NOFILE leaves less, raise it (up to the hard limit)
  * so that this many unupgraded connections fit too: 64 clients at
  * CONN_LIMIT_PER_CLIENT. */
@@ -392,7 +398,8 @@ int server_run(const struct config *cfg, void *(*worker)(void *))
         return 2;
     }
     srv.access = access_new(cfg);
-    srv.conns = conn_limit_new(fd_table, CONN_LIMIT_PER_CLIENT);
+    srv.conns = conn_limit_new(fd_table - (unsigned)cfg->max_sessions - FD_LWS_OWN,
+                               CONN_LIMIT_PER_CLIENT);
     if (!srv.access || !srv.conns) {
         log_error("out of memory");
         access_free(srv.access);

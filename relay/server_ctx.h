@@ -28,6 +28,7 @@ struct server {
     struct conn_limit *conns;      /* unupgraded connections per client */
     struct sockaddr_storage admit_peer;  /* accepted, not yet created (http.c) */
     int admit_ready;
+    int admit_capped;              /* admit_peer is not a trusted proxy */
     int sig_fd;                    /* signalfd of SIGTERM/SIGINT/SIGHUP */
     int got_term, got_hup;
     int draining;          /* SIGTERM seen: no new sessions, /ready is 503 */

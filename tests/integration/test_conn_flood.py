@@ -11,8 +11,9 @@ import subprocess
 import time
 
 import procinfo
+import waits
 
-from helpers import login
+from helpers import login, wait_until
 from relay import Relay, relay_binary
 
 ATTACKER = "127.0.0.2"
@@ -126,6 +127,78 @@ def test_at_the_descriptor_limit_no_busy_loop(run_dir):
         assert relay.http("GET", "/health", timeout=2)[0] == 200
         assert relay.log_text().count("\n") < 200
     finally:
+        relay.stop()
+
+
+def start_limited(run_dir, nofile, name, **env):
+    """A relay whose RLIMIT_NOFILE is `nofile`, serving /health."""
+    e = {"MAX_SESSIONS": "4", "LOG_LEVEL": "info"}
+    e.update({k: str(v) for k, v in env.items()})
+    relay = Relay(relay_binary(), e, os.path.join(run_dir, name))
+    relay.spawn = _spawn_limited(relay, nofile)
+    relay.spawn()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if relay.http("GET", "/health", timeout=1)[0] == 200:
+                return relay
+        except OSError:
+            time.sleep(0.05)
+    relay.stop()
+    raise AssertionError("the relay did not start")
+
+
+def health_on(sock):
+    """GET /health on the connected socket `sock`: the status line."""
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+# Unupgraded connections counted with 300 descriptors and MAX_SESSIONS 4
+# (server.c): 300 less 2 * 4 + 64 outside lws's table, less the sessions'
+# 4 and lws's own 16.
+TABLE_300 = 300 - (2 * 4 + 64) - 4 - 16
+
+
+def test_full_table_gives_up_the_busiest_network_not_a_light_client(run_dir):
+    """Each of five addresses holds 60 idle connections, under its cap of
+    CONN_LIMIT_PER_CLIENT, together more than the relay's table (MAX_SESSIONS
+    4 and 300 descriptors: 208 unupgraded connections). The table filled and
+    lws stopped accepting: a new client waited until the idle connections
+    timed out (5 s), and the attacker opened them again. Now each newcomer
+    takes the place of the oldest connection of the network holding the
+    most: the client is served at once, and the two connections it opened
+    before the flood are not the ones given up."""
+    relay = start_limited(run_dir, 300, "relay-full-table.log")
+    socks, mine = [], []
+    try:
+        for _ in range(2):
+            mine.append(socket.create_connection(("127.0.0.1", relay.port), timeout=3))
+        for i in range(5):
+            src = "127.0.0.%d" % (20 + i)
+            for _ in range(60):
+                s = socket.socket()
+                s.setblocking(False)
+                s.bind((src, 0))
+                try:
+                    s.connect(("127.0.0.1", relay.port))
+                except BlockingIOError:
+                    pass
+                socks.append(s)
+        assert wait_until(lambda: waits.relay_connections(relay) >= TABLE_300, 5), \
+            waits.relay_connections(relay)
+        mine.append(socket.create_connection(("127.0.0.1", relay.port), timeout=3))
+        assert [health_on(s) for s in mine] == [b"HTTP/1.1 200 OK"] * 3
+        assert "table of unupgraded connections is full" in relay.log_text()
+    finally:
+        for s in socks + mine:
+            s.close()
         relay.stop()
 
 

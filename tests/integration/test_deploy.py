@@ -19,7 +19,8 @@ import pytest
 from helpers import pattern, wait_until
 from relay import relay_binary
 from sshd import free_port, wait_for_port
-from tlsutil import HttpsEndpoint, TestPKI
+from tlsutil import HttpsEndpoint, TestPKI, tls_socket
+from waits import relay_connections
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ENV_EXAMPLE = os.path.join(REPO, "wattcloud.env.example")
@@ -30,6 +31,8 @@ NGINX_CONF = os.path.join(REPO, "deploy", "nginx.conf.example")
 
 CLIENT_ADDR = "127.0.0.2"  # the "public" client, distinct from the proxy's 127.0.0.1
 SPOOFED_XFF = "203.0.113.7"
+ATTACKER_ADDR = "127.0.0.3"
+CONN_LIMIT_PER_CLIENT = 64  # conn_limit.h
 INDEX = b"<!doctype html><title>Wattcloud via proxy</title>\n"
 
 
@@ -345,7 +348,7 @@ def start_nginx(workdir, relay_port, spa, chain, key):
         # The example is an http{} snippet (conf.d); this is the rest of a
         # minimal nginx.conf around it.
         f.write("daemon off;\nworker_processes 1;\nuser root root;\npid %s/nginx.pid;\n"
-                "error_log %s/nginx-error.log info;\nevents { worker_connections 64; }\n"
+                "error_log %s/nginx-error.log info;\nevents { worker_connections 512; }\n"
                 "http {\n    include /etc/nginx/mime.types;\n"
                 "    default_type application/octet-stream;\n    access_log off;\n"
                 "    client_body_temp_path %s/body;\n    proxy_temp_path %s/proxy;\n"
@@ -449,3 +452,30 @@ def test_access_log_has_client_ip_not_cookies(proxied, sshd):
             entry = json.loads(line)
             assert "Cookie" not in entry["request"]["headers"]
             assert "Set-Cookie" not in entry.get("resp_headers", {})
+
+
+def test_one_client_holding_requests_does_not_lock_out_the_others(proxied, proxy_pki):
+    """Behind a proxy every client reaches the relay from the proxy's
+    address, and the relay capped unupgraded connections per TCP peer: one
+    client holding 70 cookie answers with unfinished bodies (both example
+    proxies stream request bodies) took all CONN_LIMIT_PER_CLIENT, and every
+    other user got 502 until the relay cut them 5 s later, when the client
+    opened them again. A trusted proxy is not capped (its own limits and
+    the relay's table bound it)."""
+    relay, proxy, endpoint = proxied
+    purpose = "sftp:" + "0" * 32
+    held = []
+    try:
+        for _ in range(CONN_LIMIT_PER_CLIENT + 6):
+            s = tls_socket(proxy.port, proxy_pki.client_context(), source=ATTACKER_ADDR)
+            s.sendall(b"POST /relay/auth HTTP/1.1\r\nHost: localhost\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            held.append(s)
+        assert wait_until(lambda: relay_connections(relay) >= CONN_LIMIT_PER_CLIENT, 10), \
+            relay_connections(relay)
+        statuses = [endpoint.http("GET", "/relay/auth/challenge?purpose=" + purpose)[0]
+                    for _ in range(5)]
+        assert statuses == [200] * 5, statuses
+    finally:
+        for s in held:
+            s.close()

@@ -74,6 +74,19 @@ def wait_relay_read_all(relay, sock, timeout=10.0):
         time.sleep(0.02)
 
 
+def relay_connections(relay):
+    """The IPv4 TCP connections the relay holds open on its port."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if (int(fields[1].split(":")[1], 16) == relay.port and
+                    int(fields[3], 16) in TCP_OPEN_STATES and fields[2] != "00000000:0000"):
+                n += 1
+    return n
+
+
 def relay_holds(relay, cport):
     """The relay has not closed its side of the connection from the
     client's port `cport` yet."""
