@@ -21,6 +21,7 @@ import websocket
 
 import hostile_sftp as hs
 import procinfo
+import waits
 from helpers import (EVICTED, LOST, OVER_SESSION_MEMORY, OVER_SHARE, Usage,
                      assert_libssh2_limit_ended, expect_fatal, gauge, login, make_file, pattern,
                      strip_id, wait_until)
@@ -937,14 +938,17 @@ def test_write_acknowledged_a_packet_a_second_times_out(relay, hostile, sshd):
     s = attack(relay, hostile, "WriteDrip")
     h = s.write_open("/up")
     t0 = time.monotonic()
+    # Accepted at once (write-through); the write's failure ends the
+    # session, and the close waiting behind it learns the connection is
+    # gone.
     rid = s.send_request("write_chunk", {"handle": h})
     s.send_binary(b"w" * (640 * 1024))
-    resp = s.response(rid, timeout=OP_TIMEOUT_SECS * 4 + 10)
-    if resp.get("result") == {}:
-        resp = s.call("write_close", {"handle": h}, timeout=OP_TIMEOUT_SECS * 4 + 10)
+    assert s.response(rid, timeout=10) == {"id": rid, "result": {}}
+    resp = s.call("write_close", {"handle": h}, timeout=OP_TIMEOUT_SECS * 4 + 10)
     secs = time.monotonic() - t0
     assert secs < OP_TIMEOUT_SECS * 2 + 2, (secs, resp)
-    expect_fatal(s, resp, TIMEOUT)
+    expect_fatal(s, resp, LOST)
+    waits.wait_for_log(relay, 'reason="sftp operation timeout"')
     for run in hostile.runs:
         if hasattr(run, "stop"):
             run.stop.set()
