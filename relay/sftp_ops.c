@@ -179,7 +179,8 @@ static void cut_if_fatal(struct sftp_ops *o, const struct op_reply *r)
         ssh_cut(o->c);
 }
 
-static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
+/* `st`: the SFTP status of a LIBSSH2_ERROR_SFTP_PROTOCOL failure. */
+static void reply_sftp_status(struct sftp_ops *o, int rc, unsigned long st, struct op_reply *r)
 {
     /* A connection cut by the relay's memory limits is not "lost": the
      * browser is told whose limit ended it. */
@@ -189,9 +190,41 @@ static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
         r->fatal = 1;
         reply_error(r, mem, "limit");
     } else {
-        reply_status(rc, last_status(o, rc), r);
+        reply_status(rc, st, r);
     }
     cut_if_fatal(o, r);
+}
+
+static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
+{
+    reply_sftp_status(o, rc, last_status(o, rc), r);
+}
+
+/* A call whose answer the operation can do without: the stat that words
+ * an error, a close, removing what a failed upload left. It may still fail
+ * for the connection (a timeout, a reset), and after a timeout libssh2
+ * keeps its request as sent: the next call of its kind would wait for that
+ * old answer and take it for its own (a delete answered by an earlier
+ * remove). Such a failure ends the session as any other does: it is
+ * answered in `r` (fatal; the connection is cut), or with no `r` only the
+ * connection is cut. Returns rc. */
+static int aside(struct sftp_ops *o, int rc, struct op_reply *r)
+{
+    if (rc < 0 && rc != LIBSSH2_ERROR_SFTP_PROTOCOL) {
+        if (r)
+            reply_sftp_error(o, rc, r);
+        else
+            ssh_cut(o->c);
+    }
+    return rc;
+}
+
+/* A handle is closed even when the connection failed: only the close frees
+ * it in libssh2, and on a cut connection it fails at once. Its failure is
+ * answered in `r` unless something already failed for the connection. */
+static void close_handle(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h, struct op_reply *r)
+{
+    aside(o, libssh2_sftp_close_handle(h), r && !r->fatal ? r : NULL);
 }
 
 static void reply_ok(struct op_reply *r, json_t *result)
@@ -349,9 +382,11 @@ static int utf8_valid(const unsigned char *p, size_t n)
 
 /* One directory entry as the app wants it in *e, or none when its size
  * cannot be shown (size_shown: like a name that is not UTF-8, it cannot
- * have come from the app). Returns 0, or -1 when out of memory. */
+ * have come from the app), or when the connection failed (then answered in
+ * `r`). Returns 0, or -1 when out of memory. */
 static int entry_json(struct sftp_ops *o, const char *dir, size_t dirlen, const char *name,
-                      size_t namelen, LIBSSH2_SFTP_ATTRIBUTES *a, json_t **e)
+                      size_t namelen, LIBSSH2_SFTP_ATTRIBUTES *a, json_t **e,
+                      struct op_reply *r)
 {
     char *full = malloc(dirlen + namelen + 2);
     int rc = -1;
@@ -365,8 +400,8 @@ static int entry_json(struct sftp_ops *o, const char *dir, size_t dirlen, const 
     full[dirlen + 1 + namelen] = '\0';
     /* readdir reports a symlink itself; the app wants what it points to. */
     if ((a->flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) && LIBSSH2_SFTP_S_ISLNK(a->permissions))
-        sstat(o, full, LIBSSH2_SFTP_STAT, a);
-    if (!size_shown(a)) {
+        aside(o, sstat(o, full, LIBSSH2_SFTP_STAT, a), r);
+    if (r->fatal || !size_shown(a)) {
         rc = 0;
         goto out;
     }
@@ -498,8 +533,10 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
             reply_error(r, "directory too large", "limit");
             goto failed;
         }
-        if (entry_json(o, q->path, dirlen, name, (size_t)rc, &a, &e) < 0)
+        if (entry_json(o, q->path, dirlen, name, (size_t)rc, &a, &e, r) < 0)
             goto nomem;
+        if (r->fatal)
+            goto failed;
         if (!e)
             continue;
         n = list_put_entry(&l, e);
@@ -541,7 +578,7 @@ gone:
 out:
     time_reset(o);
     free(l.buf);
-    libssh2_sftp_closedir(dh);
+    close_handle(o, dh, r);
 }
 
 /* Never an error: the app skips its quota check when unsupported. */
@@ -577,7 +614,7 @@ static void op_mkdir(struct sftp_ops *o, const struct op_call *in, struct op_rep
         return;
     }
     reply_sftp_error(o, rc, r);
-    if (r->fatal || sstat(o, q->path, LIBSSH2_SFTP_STAT, &a) < 0)
+    if (r->fatal || aside(o, sstat(o, q->path, LIBSSH2_SFTP_STAT, &a), r) < 0)
         return;
     if (is_dir(&a))
         reply_error(r, "directory already exists", "exists");
@@ -597,7 +634,8 @@ static void op_delete(struct sftp_ops *o, const struct op_call *in, struct op_re
         return;
     }
     reply_sftp_error(o, rc, r);
-    if (r->fatal || sstat(o, q->path, LIBSSH2_SFTP_LSTAT, &a) < 0 || !is_dir(&a))
+    if (r->fatal || aside(o, sstat(o, q->path, LIBSSH2_SFTP_LSTAT, &a), r) < 0 ||
+        !is_dir(&a))
         return;
     rc = libssh2_sftp_rmdir_ex(o->c->sftp, q->path, len);
     if (rc == 0) {
@@ -611,8 +649,6 @@ static void op_delete(struct sftp_ops *o, const struct op_call *in, struct op_re
         reply_error(r, "directory not empty", "not_empty");
 }
 
-/* posix-rename replaces the target atomically; plain SFTP v3 rename fails
- * when it exists, so without the extension remove the target first. */
 /* posix-rename@openssh.com replaces `to` atomically. A server that did not
  * offer it gets no request: libssh2 returns LIBSSH2_FX_OP_UNSUPPORTED
  * itself, a positive number where every other failure is negative; one
@@ -623,21 +659,85 @@ static int posix_rename_unsupported(struct sftp_ops *o, int rc)
            (rc < 0 && last_status(o, rc) == LIBSSH2_FX_OP_UNSUPPORTED);
 }
 
+static int plain_rename(struct sftp_ops *o, const char *from, const char *to)
+{
+    return libssh2_sftp_rename_ex(o->c->sftp, from, (unsigned)strlen(from), to,
+                                  (unsigned)strlen(to),
+                                  LIBSSH2_SFTP_RENAME_OVERWRITE | LIBSSH2_SFTP_RENAME_ATOMIC |
+                                      LIBSSH2_SFTP_RENAME_NATIVE);
+}
+
+/* Rename replacing `to` without posix-rename. A plain SFTP rename fails
+ * when `to` exists, and PROTOCOL says remove `to`, then rename; but `to`
+ * removed before the rename is known to work is lost whenever it then
+ * fails (`from` is gone: a retried rename whose first answer was lost).
+ * So the plain rename comes first; only when it fails while `from` exists
+ * is `to` moved aside under a name of its own, `from` renamed, and `to`
+ * moved back if that fails, or removed once it worked. Returns 0 or the
+ * libssh2 failure to answer, with the SFTP status to answer in *st. */
+static int rename_replacing(struct sftp_ops *o, const char *from, const char *to,
+                            unsigned long *st)
+{
+    LIBSSH2_SFTP_ATTRIBUTES a;
+    char *moved = NULL, id[HANDLE_CHARS];
+    size_t n;
+    int rc = plain_rename(o, from, to), rc2;
+
+    *st = last_status(o, rc);
+    if (rc == 0 || rc != LIBSSH2_ERROR_SFTP_PROTOCOL ||
+        (*st != LIBSSH2_FX_FAILURE && *st != LIBSSH2_FX_FILE_ALREADY_EXISTS))
+        goto out;
+    rc2 = sstat(o, from, LIBSSH2_SFTP_LSTAT, &a);
+    if (rc2 < 0) {
+        /* `from` is not there (or the connection failed): say why. */
+        rc = rc2;
+        *st = last_status(o, rc2);
+        goto out;
+    }
+    if (strcmp(from, to) == 0) {
+        rc = 0;
+        goto out;
+    }
+    n = strlen(to) + 1 + sizeof(id);
+    moved = malloc(n);
+    if (!moved || new_handle_id(id, "rn-") < 0)
+        goto out;
+    snprintf(moved, n, "%s.%s", to, id);
+    rc2 = plain_rename(o, to, moved);
+    if (rc2 < 0) {
+        if (rc2 != LIBSSH2_ERROR_SFTP_PROTOCOL)
+            rc = rc2;
+        goto out;
+    }
+    rc = plain_rename(o, from, to);
+    *st = last_status(o, rc);
+    if (rc == 0)
+        rc2 = libssh2_sftp_unlink_ex(o->c->sftp, moved, (unsigned)strlen(moved));
+    else if (rc == LIBSSH2_ERROR_SFTP_PROTOCOL)
+        rc2 = plain_rename(o, moved, to);
+    else
+        rc2 = 0;    /* the connection failed: nothing more can be asked */
+    if (rc2 < 0 && rc2 != LIBSSH2_ERROR_SFTP_PROTOCOL)
+        rc = rc2;
+    else if (rc2 < 0)
+        log_warn("rename: the file it replaced was left beside it, under its name and "
+                 "\".rn-\" and 32 hex digits");
+out:
+    free(moved);
+    return rc;
+}
+
 static void op_rename(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
 {
     const struct proto_request *q = in->req;
-    unsigned flen = (unsigned)strlen(q->from), tlen = (unsigned)strlen(q->to);
-    int rc = libssh2_sftp_posix_rename_ex(o->c->sftp, q->from, flen, q->to, tlen);
+    int rc = libssh2_sftp_posix_rename_ex(o->c->sftp, q->from, (unsigned)strlen(q->from),
+                                          q->to, (unsigned)strlen(q->to));
+    unsigned long st = last_status(o, rc);
 
-    if (posix_rename_unsupported(o, rc)) {
-        libssh2_sftp_unlink_ex(o->c->sftp, q->to, tlen);
-        rc = libssh2_sftp_rename_ex(o->c->sftp, q->from, flen, q->to, tlen,
-                                    LIBSSH2_SFTP_RENAME_OVERWRITE |
-                                        LIBSSH2_SFTP_RENAME_ATOMIC |
-                                        LIBSSH2_SFTP_RENAME_NATIVE);
-    }
+    if (posix_rename_unsupported(o, rc))
+        rc = rename_replacing(o, q->from, q->to, &st);
     if (rc < 0)
-        reply_sftp_error(o, rc, r);
+        reply_sftp_status(o, rc, st, r);
     else
         reply_ok(r, NULL);
 }
@@ -820,12 +920,13 @@ failed:
 out:
     frame_free(head);
     frame_free(f);
-    libssh2_sftp_close_handle(h);
+    close_handle(o, h, r);
 }
 
-static void remove_file(struct sftp_ops *o, const char *path)
+/* What a failed or abandoned upload left; see aside() for `r`. */
+static void remove_file(struct sftp_ops *o, const char *path, struct op_reply *r)
 {
-    libssh2_sftp_unlink_ex(o->c->sftp, path, (unsigned)strlen(path));
+    aside(o, libssh2_sftp_unlink_ex(o->c->sftp, path, (unsigned)strlen(path)), r);
 }
 
 /* fsync@openssh.com makes an acknowledged upload survive a server crash;
@@ -843,7 +944,7 @@ static int sync_and_close(struct sftp_ops *o, LIBSSH2_SFTP_HANDLE *h, struct op_
     if (rc < 0)
         reply_sftp_error(o, rc, r);
     rc2 = libssh2_sftp_close_handle(h);
-    if (rc == 0 && rc2 < 0) {
+    if (!r->fatal && rc2 < 0 && (rc == 0 || rc2 != LIBSSH2_ERROR_SFTP_PROTOCOL)) {
         reply_sftp_error(o, rc2, r);
         rc = rc2;
     }
@@ -865,14 +966,14 @@ static void op_write(struct sftp_ops *o, const struct op_call *in, struct op_rep
     rc = write_full(o, h, in->data, in->len);
     if (rc < 0) {
         reply_sftp_error(o, rc, r);
-        libssh2_sftp_close_handle(h);
+        close_handle(o, h, r);
         if (!r->fatal)
-            remove_file(o, q->path);
+            remove_file(o, q->path, r);
         return;
     }
     if (sync_and_close(o, h, r) < 0) {
         if (!r->fatal)
-            remove_file(o, q->path);
+            remove_file(o, q->path, r);
         return;
     }
     reply_ok(r, NULL);
@@ -957,7 +1058,7 @@ static void op_write_open(struct sftp_ops *o, const struct op_call *in, struct o
                 reply_sftp_error(o, rc, r);
             else
                 reply_error(r, BAD_SIZE, "io");
-            libssh2_sftp_close_handle(w->h);
+            close_handle(o, w->h, r);
             drop_write(w);
             return;
         }
@@ -977,7 +1078,7 @@ static void op_write_open(struct sftp_ops *o, const struct op_call *in, struct o
  * This holds for an upload opened with "resume" too (PROTOCOL §3): it keeps
  * its partial file only when the connection drops, not after a write the
  * server refused, since the browser abandons that upload. */
-static const char *fail_write(struct sftp_ops *o, struct whandle *w, int rc)
+static const char *fail_write(struct sftp_ops *o, struct whandle *w, int rc, int *fatal)
 {
     struct failed_write *fw = &o->failed[o->n_failed++ % FAILED_WRITES_KEPT];
     struct op_reply tmp = {0};
@@ -986,9 +1087,10 @@ static const char *fail_write(struct sftp_ops *o, struct whandle *w, int rc)
     snprintf(fw->id, sizeof(fw->id), "%s", w->id);
     snprintf(fw->msg, sizeof(fw->msg), "%s", tmp.error);
     fw->code = tmp.code;
-    libssh2_sftp_close_handle(w->h);
+    close_handle(o, w->h, &tmp);
     if (!tmp.fatal)
-        remove_file(o, w->path);
+        remove_file(o, w->path, &tmp);
+    *fatal = tmp.fatal;
     drop_write(w);
     return fw->code;
 }
@@ -1016,8 +1118,13 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *q, const uint
         return 0;
     rc = write_full(o, w->h, data, len);
     if (rc < 0) {
-        metrics_sftp_op(M_WRITE_CHUNK, fail_write(o, w, rc), clock_now_us() - t0);
-        return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? 0 : rc;
+        int fatal;
+        metrics_sftp_op(M_WRITE_CHUNK, fail_write(o, w, rc, &fatal), clock_now_us() - t0);
+        /* A refused write ends its upload only; the connection failing
+         * while the upload was being cleared ends the session. */
+        if (!fatal)
+            return 0;
+        return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? LIBSSH2_ERROR_SOCKET_DISCONNECT : rc;
     }
     metrics_sftp_op(M_WRITE_CHUNK, NULL, clock_now_us() - t0);
     return 0;
@@ -1034,7 +1141,7 @@ static void op_write_close(struct sftp_ops *o, const struct op_call *in, struct 
     }
     if (sync_and_close(o, w->h, r) < 0) {
         if (!r->fatal)
-            remove_file(o, w->path);
+            remove_file(o, w->path, r);
     } else {
         reply_ok(r, NULL);
     }
@@ -1048,11 +1155,13 @@ static void op_write_abort(struct sftp_ops *o, const struct op_call *in, struct 
     struct whandle *w = find_write(o, q->handle);
 
     if (w) {
-        libssh2_sftp_close_handle(w->h);
-        remove_file(o, w->path);
+        close_handle(o, w->h, r);
+        if (!r->fatal)
+            remove_file(o, w->path, r);
         drop_write(w);
     }
-    reply_ok(r, NULL);
+    if (!r->fatal)
+        reply_ok(r, NULL);
 }
 
 static void op_read_open(struct sftp_ops *o, const struct op_call *in, struct op_reply *r)
@@ -1084,9 +1193,9 @@ static void op_read_open(struct sftp_ops *o, const struct op_call *in, struct op
  * handle even when the close fails; without the close, a session whose
  * server died mid-download leaks about 7 KiB). With a dead server
  * sftp_ops_free() makes the close fail fast. */
-static void close_read(struct rhandle *rh)
+static void close_read(struct sftp_ops *o, struct rhandle *rh, struct op_reply *r)
 {
-    libssh2_sftp_close_handle(rh->h);
+    close_handle(o, rh->h, r);
     frame_free(rh->ahead);
     memset(rh, 0, sizeof(*rh));
 }
@@ -1148,7 +1257,7 @@ static void op_read_chunk(struct sftp_ops *o, const struct op_call *in, struct o
         else
             reply_status(rc, status, r);
         cut_if_fatal(o, r);
-        close_read(rh);
+        close_read(o, rh, r);
         return;
     }
     reply_ok(r, json_pack("{s:I}", "size", (json_int_t)f->len));
@@ -1170,8 +1279,9 @@ static void op_read_close(struct sftp_ops *o, const struct op_call *in, struct o
     struct rhandle *rh = find_read(o, q->handle);
 
     if (rh)
-        close_read(rh);
-    reply_ok(r, NULL);
+        close_read(o, rh, r);
+    if (!r->fatal)
+        reply_ok(r, NULL);
 }
 
 /* A second auth on an authenticated session: the verb exists, the
@@ -1264,13 +1374,13 @@ void sftp_ops_free(struct sftp_ops *o)
     for (int i = 0; i < SFTP_MAX_WRITE_HANDLES; i++) {
         if (!o->writes[i].h)
             continue;
-        libssh2_sftp_close_handle(o->writes[i].h);
+        close_handle(o, o->writes[i].h, NULL);
         if (!o->writes[i].resumable)
-            remove_file(o, o->writes[i].path);
+            remove_file(o, o->writes[i].path, NULL);
         drop_write(&o->writes[i]);
     }
     for (int i = 0; i < PROTO_MAX_READ_HANDLES; i++)
         if (o->reads[i].h)
-            close_read(&o->reads[i]);
+            close_read(o, &o->reads[i], NULL);
     free(o);
 }
