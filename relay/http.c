@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 
 
 #include "access.h"
@@ -390,9 +391,9 @@ static int raw_adopted(struct lws *wsi)
 /* The table of unupgraded connections is full (many networks each under
  * their cap, or a trusted proxy's clients): the oldest connection of the
  * network holding the most goes, so that a newcomer is served instead of
- * waiting for lws's table to free. Its count goes now, its socket on lws's
- * next turn; the table is sized below lws's (server.c) so lws always has
- * room to accept the newcomer meanwhile. */
+ * waiting for lws's table to free. Its count goes now, its descriptor on
+ * lws's next turn; the table is sized below lws's (server.c) so lws always
+ * has room to accept the newcomer meanwhile. */
 static void make_room(struct server *srv)
 {
     struct lws *victim = (struct lws *)conn_limit_victim(srv->conns);
@@ -400,6 +401,11 @@ static void make_room(struct server *srv)
     if (!victim)
         return;
     conn_limit_remove(srv->conns, victim);
+    /* A kill on lws's next turn alone is not enough: lws replaces it with a
+     * timeout of its own whenever a request's headers complete or a
+     * keep-alive answer ends, so a busy victim lived on, uncounted. With
+     * its socket shut down lws reads its end on that turn whatever. */
+    shutdown(lws_get_socket_fd(victim), SHUT_RDWR);
     lws_set_timeout(victim, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
     log_warn("connection closed to make room: the table of unupgraded connections is full; "
              "the busiest client network loses its oldest");

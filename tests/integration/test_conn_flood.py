@@ -6,8 +6,10 @@ accept loop or log flood at it)."""
 
 import os
 import resource
+import selectors
 import socket
 import subprocess
+import threading
 import time
 
 import procinfo
@@ -199,6 +201,98 @@ def test_full_table_gives_up_the_busiest_network_not_a_light_client(run_dir):
     finally:
         for s in socks + mine:
             s.close()
+        relay.stop()
+
+
+class KeepAliveClients:
+    """Keep-alive clients that send GET /health again as soon as each
+    answer is in, one connection per entry of `sources` (their addresses),
+    in a thread until stop(). `closed` counts connections the relay ended."""
+
+    REQUEST = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    ANSWER_END = b"\r\n\r\nok\n"
+
+    def __init__(self, port, sources):
+        self.port, self.sources = port, list(sources)
+        self.closed = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def open(self, sel, conns):
+        s = socket.socket()
+        s.setblocking(False)
+        s.bind((self.sources.pop(0), 0))
+        try:
+            s.connect(("127.0.0.1", self.port))
+        except BlockingIOError:
+            pass
+        conns[s] = b""
+        sel.register(s, selectors.EVENT_WRITE)
+
+    def run(self):
+        sel, conns = selectors.DefaultSelector(), {}
+        try:
+            while not self.done.is_set():
+                # A few at a time, while the others are busy: a connection
+                # given up while its next request waits is what lws kept.
+                for _ in range(min(5, len(self.sources))):
+                    self.open(sel, conns)
+                for key, ev in sel.select(timeout=0.005):
+                    s = key.fileobj
+                    if ev & selectors.EVENT_WRITE:
+                        sel.modify(s, selectors.EVENT_READ)
+                        data = b""
+                    else:
+                        try:
+                            data = s.recv(65536)
+                        except OSError:
+                            data = b""
+                        if not data:
+                            sel.unregister(s)
+                            s.close()
+                            del conns[s]
+                            self.closed += 1
+                            continue
+                    conns[s] += data
+                    if ev & selectors.EVENT_WRITE or self.ANSWER_END in conns[s]:
+                        conns[s] = conns[s].split(self.ANSWER_END)[-1]
+                        try:
+                            s.send(self.REQUEST)
+                        except OSError:
+                            pass
+        finally:
+            for s in conns:
+                s.close()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(30)
+
+
+def test_busy_connections_given_up_to_make_room_are_closed(run_dir):
+    """The full table again, with every connection busy: keep-alive clients
+    asking for /health over and over. A connection given up to make room
+    was only marked for lws to kill on its next turn, and lws replaces that
+    mark whenever a request's headers complete: busy ones lived on,
+    uncounted, lws's own table filled, and a new client was not served for
+    as long as the clients kept going (and one address held more than its
+    64). Given-up connections are shut down as well."""
+    relay = start_limited(run_dir, 300, "relay-busy-table.log")
+    clients = KeepAliveClients(relay.port, ["127.0.0.%d" % (30 + i % 5) for i in range(300)])
+    try:
+        # 300 connections into a table of TABLE_300: each one past it gives
+        # one up, and every one given up is closed (before, busy ones lived
+        # on: 75 of 92 closed, lws's table full).
+        assert wait_until(lambda: clients.closed >= 300 - TABLE_300, 15), clients.closed
+        s = socket.create_connection(("127.0.0.1", relay.port), timeout=3)
+        try:
+            assert health_on(s) == b"HTTP/1.1 200 OK"
+        finally:
+            s.close()
+        assert waits.relay_connections(relay) <= TABLE_300
+    finally:
+        clients.stop()
         relay.stop()
 
 
