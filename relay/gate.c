@@ -68,21 +68,37 @@ int gate_client_ip_status(struct lws *wsi, char *ip, size_t iplen)
     return rc == 0 ? 0 : rc == GATE_E_XFF_LONG ? 431 : 400;
 }
 
-/* Whether header `h` lists `token` (comma-separated, case-insensitive). */
-static int lists_token(struct lws *wsi, enum lws_token_indexes h, const char *token)
-{
-    char v[256], *save = NULL;
-    size_t tl = strlen(token);
+/* Lists as lws_process_ws_upgrade() reads them (lws 4.1 and 4.3 alike):
+ * its buffer, of which it copies at most one byte less, and its
+ * tokenizer. A list it cannot read there makes lws drop the connection
+ * without an answer after the gate said yes and spent the cookie, so the
+ * gate reads each such header the same way first. */
+#define UPGRADE_LIST_MAX 128
+#define UPGRADE_LIST_FLAGS (LWS_TOKENIZE_F_COMMA_SEP_LIST | LWS_TOKENIZE_F_MINUS_NONTERM | \
+                            LWS_TOKENIZE_F_DOT_NONTERM | LWS_TOKENIZE_F_RFC7230_DELIMS)
 
-    if (lws_hdr_copy(wsi, v, sizeof(v), h) <= 0)
+/* Connection lists "upgrade" where lws will find it: only names and commas
+ * before it (lws gives up on anything else, an empty element, a number or
+ * a quoted string included), and the whole word, where lws takes any
+ * prefix of it. */
+static int connection_upgrade(struct lws *wsi)
+{
+    char list[UPGRADE_LIST_MAX];
+    struct lws_tokenize ts;
+    lws_tokenize_elem e;
+    int n;
+
+    lws_tokenize_init(&ts, list, UPGRADE_LIST_FLAGS);
+    n = lws_hdr_copy(wsi, list, sizeof(list) - 1, WSI_TOKEN_CONNECTION);
+    if (n <= 0)
         return 0;
-    for (char *t = strtok_r(v, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        while (*t == ' ' || *t == '\t')
-            t++;
-        size_t n = strcspn(t, " \t");
-        if (n == tl && strncasecmp(t, token, tl) == 0)
+    ts.len = (unsigned)n;
+    do {
+        e = lws_tokenize(&ts);
+        if (e == LWS_TOKZE_TOKEN && ts.token_len == 7 &&
+            strncasecmp(ts.token, "upgrade", 7) == 0)
             return 1;
-    }
+    } while (e == LWS_TOKZE_TOKEN || e == LWS_TOKZE_DELIMITER);
     return 0;
 }
 
@@ -114,23 +130,20 @@ static int ws_key_ok(struct lws *wsi)
  * take it. Only the SFTP protocol may be chosen: "http" would give a
  * WebSocket with no session behind it. No header: lws takes the default
  * protocol, the SFTP one. */
-#define PROTOCOL_LIST_MAX 128   /* lws's buffer; it copies at most one less */
 /* lws's buffer for one name; lws_tokenize_cstr() takes at most two bytes
  * less. */
 #define PROTOCOL_NAME_MAX 64
 
 static int subprotocol_ok(struct lws *wsi)
 {
-    char list[PROTOCOL_LIST_MAX], name[PROTOCOL_NAME_MAX];
+    char list[UPGRADE_LIST_MAX], name[PROTOCOL_NAME_MAX];
     struct lws_tokenize ts;
     lws_tokenize_elem e;
     int n;
 
     if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) == 0)
         return 1;
-    lws_tokenize_init(&ts, list, LWS_TOKENIZE_F_COMMA_SEP_LIST | LWS_TOKENIZE_F_MINUS_NONTERM |
-                                     LWS_TOKENIZE_F_DOT_NONTERM |
-                                     LWS_TOKENIZE_F_RFC7230_DELIMS);
+    lws_tokenize_init(&ts, list, UPGRADE_LIST_FLAGS);
     n = lws_hdr_copy(wsi, list, sizeof(list) - 1, WSI_TOKEN_PROTOCOL);
     if (n <= 0)
         return 0;
@@ -162,7 +175,7 @@ static int handshake_status(struct lws *wsi, const char **why)
         *why = "an upgrade must be a GET";
     else if (lws_hdr_total_length(wsi, WSI_TOKEN_HOST) <= 0)
         *why = "missing Host";
-    else if (!lists_token(wsi, WSI_TOKEN_CONNECTION, "upgrade"))
+    else if (!connection_upgrade(wsi))
         *why = "Connection must list upgrade";
     else if (lws_hdr_copy(wsi, v, sizeof(v), WSI_TOKEN_VERSION) <= 0 ||
              strcmp(v, WS_VERSION) != 0)

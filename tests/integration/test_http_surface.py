@@ -49,9 +49,10 @@ def raw_request(relay, text, timeout=5, src=None):
 
 
 def upgrade_text(relay, host, port, extra=(), cookie=None, query=None, version="13",
-                 key=GOOD_KEY):
+                 key=GOOD_KEY, connection="Upgrade"):
     lines = ["GET /relay/ws?%s HTTP/1.1" % (query or "mode=sftp&host=%s&port=%d" % (host, port)),
-             "Host: 127.0.0.1:%d" % relay.port, "Upgrade: websocket", "Connection: Upgrade"]
+             "Host: 127.0.0.1:%d" % relay.port, "Upgrade: websocket",
+             "Connection: " + connection]
     if version is not None:
         lines.append("Sec-WebSocket-Version: %s" % version)
     if key is not None:
@@ -167,6 +168,15 @@ assert len(LIST_127) == 127
     ("x.y/z first", {"extra": ["Sec-WebSocket-Protocol: x.y/z, wattcloud-sftp"]}),
     ("not UTF-8 first", {"extra": ["Sec-WebSocket-Protocol: \xffx, wattcloud-sftp"]}),
     ("list of 127 bytes", {"extra": ["Sec-WebSocket-Protocol: " + LIST_127]}),
+    # Connection lists lws reads no further than the element before
+    # "upgrade" (lws_process_ws_upgrade), or not at all.
+    ("Connection empty element", {"connection": ", Upgrade"}),
+    ("Connection two commas", {"connection": "keep-alive,, Upgrade"}),
+    ("Connection number", {"connection": "1, Upgrade"}),
+    ("Connection quoted", {"connection": '"x", Upgrade'}),
+    ("Connection x=y", {"connection": "x=y, Upgrade"}),
+    ("Connection of 127 bytes", {"connection": "a" * 50 + ", " + "b" * 66 + ", upgrade"}),
+    ("Connection prefix", {"connection": "upgr"}),
 ])
 def test_bad_handshake_is_400_and_keeps_the_cookie(shared_relay, sshd, why, kw):
     relay = shared_relay.get("handshake")
@@ -180,6 +190,19 @@ def test_bad_handshake_is_400_and_keeps_the_cookie(shared_relay, sshd, why, kw):
     line, headers, _, _ = raw_request_upgrade(relay, upgrade_text(relay, LOCAL, sshd.port,
                                                                   cookie=cookie))
     assert line.startswith("HTTP/1.1 101"), (why, line)
+
+
+@pytest.mark.parametrize("connection", [
+    "keep-alive, Upgrade", "UPGRADE", "upgrade, x=y", "Upgrade, \"x\"",
+    # 126 bytes, lws's most.
+    "a" * 50 + ", " + "b" * 65 + ", upgrade",
+])
+def test_connection_lists_that_upgrade(shared_relay, sshd, connection):
+    relay = shared_relay.get("connection")
+    cookie = get_cookie(relay, LOCAL, sshd.port)
+    line, headers, _, _ = raw_request_upgrade(relay, upgrade_text(
+        relay, LOCAL, sshd.port, cookie=cookie, connection=connection))
+    assert line.startswith("HTTP/1.1 101"), line
 
 
 @pytest.mark.parametrize("protocols", [
