@@ -526,8 +526,9 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
         if ((rc == 1 && name[0] == '.') || (rc == 2 && name[0] == '.' && name[1] == '.'))
             continue;
         /* Names that are not UTF-8 cannot travel in JSON and cannot have
-         * come from the app: they are left out. */
-        if (!utf8_valid((const unsigned char *)name, (size_t)rc))
+         * come from the app: they are left out, and so are names holding a
+         * NUL, which no path can carry (the entry's path would end there). */
+        if (!utf8_valid((const unsigned char *)name, (size_t)rc) || memchr(name, 0, (size_t)rc))
             continue;
         if (l.entries >= o->max_list_entries) {
             reply_error(r, "directory too large", "limit");

@@ -1102,8 +1102,27 @@ class DirCloseUnanswered(hs.Scenario):
                   hs.name_entry("L" * 2000) + pad * n)
 
 
+class NulName(hs.Scenario):
+    """A directory of two: "ok", and a name holding a NUL byte."""
+    def on_readdir(self, rid, p):
+        h, _ = self.string(p)
+        if self.dir_sent.get(h):
+            self.status(rid, hs.FX_EOF, "eof")
+            return
+        self.dir_sent[h] = 2
+        self.send(hs.NAME, rid, hs.u32(2) + hs.name_entry(b"a\0b") + hs.name_entry("ok"))
+
+
+def test_a_name_holding_nul_is_left_out_of_a_listing(relay, hostile, sshd):
+    """Its name went to the app whole and its path cut at the NUL, a path
+    naming another file."""
+    s = attack(relay, hostile, "NulName")
+    assert [e["name"] for e in s.ok("list", path="/d")["entries"]] == ["ok"]
+    s.close()
+
+
 SCENARIOS.update({cls.__name__: cls for cls in [
-    Namespace, RemoveUnanswered, StatAfterMkdirUnanswered, CloseUnanswered, DirCloseUnanswered]})
+    Namespace, RemoveUnanswered, StatAfterMkdirUnanswered, CloseUnanswered, DirCloseUnanswered, NulName]})
 LEAKY_SESSIONS = 8
 
 
