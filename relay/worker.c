@@ -28,6 +28,9 @@ struct worker {
     struct sftp_ops *ops;
     struct sftp_sink sink;  /* how ops stream large answers: session_post */
     const char *reason;     /* why the session ended, for the log */
+    /* The connection failed for want of an answer in time: the requests
+     * still queued are told that, not only that it was lost. */
+    int timed_out;
     struct sshsig_key key;  /* the public key of a publickey-sign login */
 };
 
@@ -334,6 +337,7 @@ static int run_request(struct worker *w, struct job *j)
             r.fatal = 1;
             r.code = wrc == SSH_E_TIMEOUT ? "timeout" : "io";
             r.error = "write failed";
+            w->timed_out = wrc == SSH_E_TIMEOUT;
             log_session_end(w, j, &r);
             return RUN_E_SSH;
         }
@@ -342,6 +346,7 @@ static int run_request(struct worker *w, struct job *j)
         sftp_ops_read_ahead(w->ops, j->req.handle);
     if (r.fatal) {
         log_session_end(w, j, &r);
+        w->timed_out = r.code && strcmp(r.code, "timeout") == 0;
         rc = RUN_E_SSH;
     }
     op_reply_clear(&r);
@@ -368,8 +373,12 @@ static int keepalive(struct worker *w)
  * connection, or with the relay's memory limit that cut it, and finish it. */
 static void fail_job(struct worker *w, struct job *j)
 {
-    if (j && j->kind == JOB_REQUEST)
-        post_failure(w, j->req.id, "connection to the SFTP server lost", "io");
+    if (j && j->kind == JOB_REQUEST) {
+        if (w->timed_out)
+            post_failure(w, j->req.id, "the SFTP server did not answer in time", "timeout");
+        else
+            post_failure(w, j->req.id, "connection to the SFTP server lost", "io");
+    }
     finish_job(w->s, j);
 }
 
@@ -413,6 +422,7 @@ static void serve(struct worker *w)
             rc = keepalive(w);
             if (rc == SSH_E_TIMEOUT) {
                 w->reason = "ssh keepalive timeout";
+                w->timed_out = 1;
                 log_info("session %s: the SFTP server did not answer a keepalive within "
                          "%d s (SSH_KEEPALIVE_COUNT %d x SSH_KEEPALIVE_SECS %d)", w->s->id,
                          w->cfg->keepalive_secs * w->cfg->keepalive_count,

@@ -939,15 +939,15 @@ def test_write_acknowledged_a_packet_a_second_times_out(relay, hostile, sshd):
     h = s.write_open("/up")
     t0 = time.monotonic()
     # Accepted at once (write-through); the write's failure ends the
-    # session, and the close waiting behind it learns the connection is
-    # gone.
+    # session, and the close waiting behind it is told why (it was told
+    # only that the connection was lost).
     rid = s.send_request("write_chunk", {"handle": h})
     s.send_binary(b"w" * (640 * 1024))
     assert s.response(rid, timeout=10) == {"id": rid, "result": {}}
     resp = s.call("write_close", {"handle": h}, timeout=OP_TIMEOUT_SECS * 4 + 10)
     secs = time.monotonic() - t0
     assert secs < OP_TIMEOUT_SECS * 2 + 2, (secs, resp)
-    expect_fatal(s, resp, LOST)
+    expect_fatal(s, resp, TIMEOUT)
     waits.wait_for_log(relay, 'reason="sftp operation timeout"')
     for run in hostile.runs:
         if hasattr(run, "stop"):
