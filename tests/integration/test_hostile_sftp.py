@@ -386,6 +386,17 @@ class FsyncFails(NoExtensions):
     extensions = [(b"fsync@openssh.com", b"1")]
 
 
+def readdir_once(scenario, rid, p, entries):
+    """Answer a handle's first READDIR with `entries` (name_entry()s), the
+    next with EOF."""
+    h, _ = scenario.string(p)
+    if scenario.dir_sent.get(h):
+        scenario.status(rid, hs.FX_EOF, "eof")
+        return
+    scenario.dir_sent[h] = len(entries)
+    scenario.send(hs.NAME, rid, hs.u32(len(entries)) + b"".join(entries))
+
+
 class HugeSizes(hs.Scenario):
     """Sizes of 2^64-1 bytes, which the wire's uint64 allows: for /f, for
     any open file, and for one of the two entries of /d."""
@@ -402,13 +413,8 @@ class HugeSizes(hs.Scenario):
         self.send(hs.ATTRS, rid, hs.attrs(self.HUGE))
 
     def on_readdir(self, rid, p):
-        h, _ = self.string(p)
-        if self.dir_sent.get(h):
-            self.status(rid, hs.FX_EOF, "eof")
-            return
-        self.dir_sent[h] = 2
-        self.send(hs.NAME, rid, hs.u32(2) + hs.name_entry("huge", size=self.HUGE) +
-                  hs.name_entry("small", size=7))
+        readdir_once(self, rid, p, [hs.name_entry("huge", size=self.HUGE),
+                                    hs.name_entry("small", size=7)])
 
 
 SCENARIOS = {cls.__name__: cls for cls in [
@@ -1105,12 +1111,7 @@ class DirCloseUnanswered(hs.Scenario):
 class NulName(hs.Scenario):
     """A directory of two: "ok", and a name holding a NUL byte."""
     def on_readdir(self, rid, p):
-        h, _ = self.string(p)
-        if self.dir_sent.get(h):
-            self.status(rid, hs.FX_EOF, "eof")
-            return
-        self.dir_sent[h] = 2
-        self.send(hs.NAME, rid, hs.u32(2) + hs.name_entry(b"a\0b") + hs.name_entry("ok"))
+        readdir_once(self, rid, p, [hs.name_entry(b"a\0b"), hs.name_entry("ok")])
 
 
 def test_a_name_holding_nul_is_left_out_of_a_listing(relay, hostile, sshd):

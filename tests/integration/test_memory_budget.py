@@ -638,6 +638,26 @@ def drip_held_frame(sock, data, start, rate, secs):
     return off
 
 
+def holder_and_waiter(relay, sshd, workdir):
+    """A session holding a HELD frame of which it sent 1000 bytes, and
+    another whose HELD chunk (sent in a thread) waits for the budget.
+    Returns (holder, its handle, its write_chunk's id, its frame's data,
+    waiter, its data, its result dict, its thread)."""
+    slow = login(relay, sshd)
+    handle = slow.write_open(os.path.join(workdir, "slow.bin"))
+    rid = slow.send_request("write_chunk", {"handle": handle})
+    data = pattern(HELD, 11)
+    slow.ws.sock.sendall(frame(OP_BINARY, data[:1000], declared=HELD))
+    wait_gauge(relay, BUDGET_GAUGE, HELD)
+    victim = login(relay, sshd)
+    vdata = pattern(HELD, 12)
+    result = {}
+    t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"), vdata, result,
+                         4 * STALL_WINDOW_SECS)
+    wait_gauge(relay, WAITING_GAUGE, 1)
+    return slow, handle, rid, data, victim, vdata, result, t
+
+
 def test_a_holder_moving_over_the_minimum_rate_keeps_its_reservation(relay_factory, sshd,
                                                                       workdir):
     """The honest side of the stall rule: a frame arriving at 1.2 times
@@ -648,21 +668,11 @@ def test_a_holder_moving_over_the_minimum_rate_keeps_its_reservation(relay_facto
     idle). The test below is the other side of the same line."""
     relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB,
                           SFTP_IDLE_TIMEOUT_SECS=IDLE_SECS)
-    slow = login(relay, sshd)
-    victim = None
+    slow = victim = None
     try:
-        handle = slow.write_open(os.path.join(workdir, "slow.bin"))
-        rid = slow.send_request("write_chunk", {"handle": handle})
-        data = pattern(HELD, 11)
+        slow, handle, rid, data, victim, vdata, result, t = holder_and_waiter(relay, sshd,
+                                                                              workdir)
         sock = slow.ws.sock
-        sock.sendall(frame(OP_BINARY, data[:1000], declared=HELD))
-        wait_gauge(relay, BUDGET_GAUGE, HELD)
-        victim = login(relay, sshd)
-        vdata = pattern(HELD, 12)
-        result = {}
-        t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"), vdata, result,
-                             4 * STALL_WINDOW_SECS)
-        wait_gauge(relay, WAITING_GAUGE, 1)
         off = drip_held_frame(sock, data, 1000, STALL_MIN_BYTES_PER_SEC * 6 // 5,
                               2.5 * STALL_WINDOW_SECS)
         assert relay_holds(relay, slow)
@@ -685,23 +695,11 @@ def test_a_holder_moving_under_the_minimum_rate_is_closed(relay_factory, sshd, w
     a window (the rule counts what moved, not whether anything did), and
     the waiting chunk goes through."""
     relay = relay_factory(RELAY_MEMORY_BUDGET_MIB=SMALL_BUDGET_MIB)
-    slow = login(relay, sshd)
-    victim = None
+    slow = victim = None
     try:
-        handle = slow.write_open(os.path.join(workdir, "slow.bin"))
-        slow.send_request("write_chunk", {"handle": handle})
-        data = pattern(HELD, 11)
-        sock = slow.ws.sock
-        sock.sendall(frame(OP_BINARY, data[:1000], declared=HELD))
-        wait_gauge(relay, BUDGET_GAUGE, HELD)
-        victim = login(relay, sshd)
-        vdata = pattern(HELD, 12)
-        result = {}
-        t = upload_in_thread(victim, os.path.join(workdir, "victim.bin"), vdata, result,
-                             4 * STALL_WINDOW_SECS)
-        wait_gauge(relay, WAITING_GAUGE, 1)
+        slow, _, _, data, victim, vdata, result, t = holder_and_waiter(relay, sshd, workdir)
         t0 = time.monotonic()
-        drip_held_frame(sock, data, 1000, STALL_MIN_BYTES_PER_SEC * 4 // 5,
+        drip_held_frame(slow.ws.sock, data, 1000, STALL_MIN_BYTES_PER_SEC * 4 // 5,
                         2.5 * STALL_WINDOW_SECS)
         waits.wait_relay_closed(relay, cport(slow), timeout=5)
         # Closed after one window, or two when the first began just before
