@@ -56,13 +56,18 @@
  * costs about 32 Mbit/s, sustained). Nobody is closed while nobody waits. */
 #define MESSAGE_STALL_WINDOW_SECS 10
 #define MESSAGE_MIN_BYTES_PER_SEC (64u * 1024)
-/* A session that is closing sends what it has queued first; when none of
- * it goes out for this long (the browser reads nothing) it is closed
- * without it, or its output would hold memory (and its slots) for ever.
- * Going out is what the browser's TCP acknowledges (tcpstat.c), not only
- * lws taking a piece: a piece is 256 KiB, and once the kernel's buffers
- * are full a browser reading at 16 KiB/s takes 16 s for one. */
+/* A session that is closing sends what it has queued first; when less
+ * than CLOSE_FLUSH_MIN_BYTES of it goes out in CLOSE_FLUSH_SECS (the
+ * browser reads nothing, or next to nothing) it is closed without it, or
+ * its output would hold memory (and its slots) for ever. Going out is what
+ * the browser's TCP acknowledges (tcpstat.c), or lws taking a piece: a
+ * piece is 256 KiB, and once the kernel's buffers are full a browser
+ * reading at 16 KiB/s takes 16 s for one. The minimum keeps a browser that
+ * acknowledges a few bytes at a time from holding the flush open for ever:
+ * at 1.6 KB/s what a session can hold (its output, the kernel's buffers)
+ * is out within the hour. */
 #define CLOSE_FLUSH_SECS 10
+#define CLOSE_FLUSH_MIN_BYTES (16u * 1024)
 
 _Static_assert(LWS_PRE <= FRAME_HEADROOM, "frame headroom must fit LWS_PRE");
 
@@ -683,14 +688,14 @@ static int peer_gone(struct lws *wsi)
     return ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE;
 }
 
-/* CLOSE_FLUSH_SECS: 1 when a closing session's output has not moved for
- * that long. */
+/* CLOSE_FLUSH_SECS: 1 when a closing session's output has not moved
+ * CLOSE_FLUSH_MIN_BYTES for that long. */
 static int flush_stalled(struct lws *wsi, struct ws_pss *pss, int64_t now)
 {
     uint64_t acked;
 
     if (tcpstat_bytes_acked(lws_get_socket_fd(wsi), &acked) == 0 &&
-        acked != pss->flush_acked) {
+        acked - pss->flush_acked >= CLOSE_FLUSH_MIN_BYTES) {
         pss->flush_acked = acked;
         pss->flush_ms = now;
     }

@@ -492,6 +492,40 @@ def test_a_slow_reader_is_not_cut_while_its_last_answers_move(relay_factory, ssh
         d.close()
 
 
+CLOSE_FLUSH_MIN_BYTES = 16 * 1024   # ws.c
+
+
+def test_a_browser_reading_next_to_nothing_does_not_hold_the_flush_open(relay_factory,
+                                                                        sshd, workdir):
+    """The other side of the slow reader: one that reads 1 KiB a second,
+    less than CLOSE_FLUSH_MIN_BYTES per CLOSE_FLUSH_SECS, moved its
+    acknowledged bytes on every tick and kept its closing session, and the
+    output it held, for as long as it liked. It is closed like one that
+    reads nothing."""
+    relay = relay_factory(SFTP_IDLE_TIMEOUT_SECS=IDLE_SECS)
+    offset = len(relay.log_text())
+    d = hold_unread_output(relay, sshd, workdir)
+    try:
+        wait_gauge(relay, 'wattcloud_relay_sessions{phase="closing"}', 1, timeout=IDLE_SECS + 5)
+        sock = d.ws.sock
+        sock.settimeout(1)
+        t0 = time.monotonic()
+        got = 0
+        while relay_holds(relay, d) and time.monotonic() - t0 < 3 * CLOSE_FLUSH_SECS:
+            due = int((time.monotonic() - t0) * 1024)
+            if due > got:
+                try:
+                    got += len(sock.recv(min(due - got, 1024)))
+                except OSError:
+                    break
+            time.sleep(0.1)
+        assert not relay_holds(relay, d), "still flushing after %.0f s" % (
+            time.monotonic() - t0)
+        assert "(CLOSE_FLUSH_SECS)" in relay.log_since(offset)
+    finally:
+        d.close()
+
+
 def test_answers_nobody_reads_do_not_keep_an_upload_waiting(relay_factory, sshd, workdir):
     """A 16 MiB budget, a session holding 1 MiB of answers it does not
     read: a 16 MiB chunk waited for ever (the rule watched reservations
