@@ -84,6 +84,7 @@ struct sftp_ops {
     struct rhandle reads[PROTO_MAX_READ_HANDLES];
     struct failed_write failed[FAILED_WRITES_KEPT];
     unsigned n_failed;   /* next slot of `failed` to reuse, mod its size */
+    int side_rc;         /* the last connection failure of a side request (aside) */
 };
 
 /* SFTP status codes (draft-ietf-secsh-filexfer; OpenSSH sends 0-8). */
@@ -207,14 +208,22 @@ static void reply_sftp_error(struct sftp_ops *o, int rc, struct op_reply *r)
  * old answer and take it for its own (a delete answered by an earlier
  * remove). Such a failure ends the session as any other does: it is
  * answered in `r` (fatal; the connection is cut), or with no `r` only the
- * connection is cut. Returns rc. */
+ * connection is cut; either way it is kept in o->side_rc. Returns rc. */
 static int aside(struct sftp_ops *o, int rc, struct op_reply *r)
 {
-    if (rc < 0 && rc != LIBSSH2_ERROR_SFTP_PROTOCOL) {
-        if (r)
-            reply_sftp_error(o, rc, r);
-        else
-            ssh_cut(o->c);
+    if (rc >= 0 || rc == LIBSSH2_ERROR_SFTP_PROTOCOL)
+        return rc;
+    o->side_rc = rc;
+    if (r && !r->streamed) {
+        reply_sftp_error(o, rc, r);
+        return rc;
+    }
+    /* An answer streamed whole stays as it is; the session ends after it
+     * (and the requests queued behind it are told why: worker.c). */
+    ssh_cut(o->c);
+    if (r) {
+        r->fatal = 1;
+        r->code = rc == LIBSSH2_ERROR_TIMEOUT ? "timeout" : "io";
     }
     return rc;
 }
@@ -668,14 +677,36 @@ static int plain_rename(struct sftp_ops *o, const char *from, const char *to)
                                       LIBSSH2_SFTP_RENAME_NATIVE);
 }
 
+/* Whether paths `a` and `b` name the same entry as written: equal once
+ * runs of '/' and "." segments are taken out ("//up" and "/./up" are
+ * "/up"). ".." and symbolic links are the server's to resolve. */
+static int same_path(const char *a, const char *b)
+{
+    for (;;) {
+        while (*a == '/' && (a[1] == '/' || (a[1] == '.' && (a[2] == '/' || !a[2]))))
+            a += a[1] == '/' ? 1 : 2;
+        while (*b == '/' && (b[1] == '/' || (b[1] == '.' && (b[2] == '/' || !b[2]))))
+            b += b[1] == '/' ? 1 : 2;
+        if (*a != *b)
+            return (*a == '/' && !a[1] && !*b) || (*b == '/' && !b[1] && !*a);
+        if (!*a)
+            return 1;
+        a++;
+        b++;
+    }
+}
+
 /* Rename replacing `to` without posix-rename. A plain SFTP rename fails
  * when `to` exists, and PROTOCOL says remove `to`, then rename; but `to`
  * removed before the rename is known to work is lost whenever it then
  * fails (`from` is gone: a retried rename whose first answer was lost).
  * So the plain rename comes first; only when it fails while `from` exists
  * is `to` moved aside under a name of its own, `from` renamed, and `to`
- * moved back if that fails, or removed once it worked. Returns 0 or the
- * libssh2 failure to answer, with the SFTP status to answer in *st. */
+ * moved back if that fails, or removed once it worked. Only a file
+ * replaces a file: as rename(2) and posix-rename refuse a directory in
+ * either place (and a non-empty one would lose what it holds), the first
+ * failure is answered then. Returns 0 or the libssh2 failure to answer,
+ * with the SFTP status to answer in *st. */
 static int rename_replacing(struct sftp_ops *o, const char *from, const char *to,
                             unsigned long *st)
 {
@@ -695,8 +726,16 @@ static int rename_replacing(struct sftp_ops *o, const char *from, const char *to
         *st = last_status(o, rc2);
         goto out;
     }
-    if (strcmp(from, to) == 0) {
+    if (same_path(from, to)) {
         rc = 0;
+        goto out;
+    }
+    if (is_dir(&a))
+        goto out;
+    rc2 = sstat(o, to, LIBSSH2_SFTP_LSTAT, &a);
+    if (rc2 < 0 || is_dir(&a)) {
+        if (rc2 < 0 && rc2 != LIBSSH2_ERROR_SFTP_PROTOCOL)
+            rc = rc2;
         goto out;
     }
     n = strlen(to) + 1 + sizeof(id);
@@ -1122,10 +1161,13 @@ int sftp_ops_flush(struct sftp_ops *o, const struct proto_request *q, const uint
         int fatal;
         metrics_sftp_op(M_WRITE_CHUNK, fail_write(o, w, rc, &fatal), clock_now_us() - t0);
         /* A refused write ends its upload only; the connection failing
-         * while the upload was being cleared ends the session. */
+         * while the upload was being cleared ends the session, with that
+         * failure's code (a timeout is told as one). */
         if (!fatal)
             return 0;
-        return rc == LIBSSH2_ERROR_SFTP_PROTOCOL ? LIBSSH2_ERROR_SOCKET_DISCONNECT : rc;
+        if (rc != LIBSSH2_ERROR_SFTP_PROTOCOL)
+            return rc;
+        return o->side_rc ? o->side_rc : LIBSSH2_ERROR_SOCKET_DISCONNECT;
     }
     metrics_sftp_op(M_WRITE_CHUNK, NULL, clock_now_us() - t0);
     return 0;

@@ -1198,3 +1198,144 @@ def test_sizes_past_int64_are_refused_not_negative(relay, hostile, sshd):
     assert strip_id(s.call("read", {"path": "/f"}, timeout=20)) == BAD_SIZE
     assert [e["name"] for e in s.ok("list", path="/d")["entries"]] == ["small"]
     s.close()
+
+
+class DirNamespace(hs.Store):
+    """No posix-rename, with directories (draft-02 RENAME, as ProFTPD's
+    mod_sftp or Windows servers): RENAME fails with FAILURE when `to`
+    exists, file or directory; REMOVE fails on a directory. /B is a
+    directory holding an acknowledged file, /B/y."""
+    extensions = [(b"statvfs@openssh.com", b"2")]
+
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.files = {b"/A/x": bytearray(b"from-A"), b"/B/y": bytearray(b"acknowledged"),
+                      b"/up": bytearray(b"new")}
+        self.dirs = {b"/", b"/A", b"/B"}
+        self.done = []
+
+    def exists(self, path):
+        return path in self.files or path in self.dirs
+
+    def on_stat(self, rid, p):
+        path, _ = self.string(p)
+        if path in self.files:
+            self.send(hs.ATTRS, rid, hs.attrs(len(self.files[path])))
+        elif path in self.dirs:
+            self.send(hs.ATTRS, rid, hs.attrs(is_dir=True))
+        else:
+            self.status(rid, hs.FX_NO_SUCH_FILE, "no such file")
+
+    def move(self, src, dst):
+        if src in self.files:
+            self.files[dst] = self.files.pop(src)
+            return
+        self.dirs.discard(src)
+        self.dirs.add(dst)
+        for table in (self.files,):
+            for k in [k for k in table if k.startswith(src + b"/")]:
+                table[dst + k[len(src):]] = table.pop(k)
+        for d in [d for d in self.dirs if d.startswith(src + b"/")]:
+            self.dirs.discard(d)
+            self.dirs.add(dst + d[len(src):])
+
+    def dispatch(self, ptype, rid, p):
+        if ptype == hs.REMOVE:
+            path, _ = self.string(p)
+            self.done.append(("remove", path))
+            if path in self.files:
+                del self.files[path]
+                self.status(rid, hs.FX_OK, "")
+            else:
+                self.status(rid, hs.FX_FAILURE if path in self.dirs else hs.FX_NO_SUCH_FILE, "")
+        elif ptype == hs.RENAME:
+            src, off = self.string(p)
+            dst, _ = self.string(p, off)
+            self.done.append(("rename", src, dst))
+            if not self.exists(src):
+                self.status(rid, hs.FX_NO_SUCH_FILE, "no such file")
+            elif self.exists(dst):
+                self.status(rid, hs.FX_FAILURE, "exists")
+            else:
+                self.move(src, dst)
+                self.status(rid, hs.FX_OK, "ok")
+        else:
+            super().dispatch(ptype, rid, p)
+
+
+class NormalizingNamespace(DirNamespace):
+    """DirNamespace on a server that reads "//f" as "/f", as every POSIX
+    file system does."""
+    def string(self, p, off=0):
+        b, o = hs.Scenario.string(p, off)
+        if b.startswith(b"/"):
+            b = re.sub(rb"/+", b"/", b)
+        return b, o
+
+
+class WriteRefusedCloseUnanswered(hs.Store):
+    """Refuses every WRITE (FAILURE) and answers no CLOSE."""
+    def dispatch(self, ptype, rid, p):
+        if ptype == hs.WRITE:
+            self.status(rid, hs.FX_FAILURE, "disk error")
+        else:
+            super().dispatch(ptype, rid, p)
+
+    def on_close(self, rid, p):
+        pass
+
+
+SCENARIOS.update({cls.__name__: cls for cls in [
+    DirNamespace, NormalizingNamespace, WriteRefusedCloseUnanswered]})
+
+
+@pytest.mark.parametrize("src", ["/A", "/up"])
+def test_rename_without_posix_rename_does_not_replace_a_directory(relay, hostile, sshd, src):
+    """rename(2) and posix-rename refuse to replace a directory (non-empty,
+    or by a file). The fallback moved /B aside, renamed `from` onto /B,
+    failed to remove the moved directory and answered {}: /B/y, an
+    acknowledged file, was no longer at its path."""
+    s = attack(relay, hostile, "DirNamespace")
+    resp = s.call("rename", {"from": src, "to": "/B"}, timeout=20)
+    s.close()
+    run = hostile.runs[-1]
+    files = {k: bytes(v) for k, v in run.files.items()}
+    assert files.get(b"/B/y") == b"acknowledged", (resp, files, run.done)
+    assert strip_id(resp) == {"error": "the server reported a failure", "code": "io"}, resp
+
+
+def test_rename_onto_itself_spelled_otherwise_changes_nothing(relay, hostile, sshd):
+    """"/up" and "//up" are one file: it was moved aside, the rename then
+    found no "/up", it was moved back and the answer was not_found."""
+    s = attack(relay, hostile, "NormalizingNamespace")
+    assert s.ok("rename", **{"from": "/up", "to": "//up"}) == {}
+    s.close()
+    run = hostile.runs[-1]
+    assert bytes(run.files[b"/up"]) == b"new" and all(op[0] != "rename" or op[1:] == (b"/up", b"/up")
+                                                      for op in run.done), run.done
+
+
+def test_a_request_queued_behind_a_listing_whose_close_timed_out_is_answered(relay, hostile,
+                                                                            sshd):
+    """The listing went out whole, then its close timed out: that made the
+    answer count as cut short, the WebSocket closed, and the stat queued
+    behind it got no answer at all."""
+    s = attack(relay, hostile, "CloseUnanswered")
+    r1 = s.send_request("list", {"path": "/d"})
+    r2 = s.send_request("stat", {"path": "/f"})
+    assert [e["name"] for e in s.response(r1, timeout=20)["result"]["entries"]] == \
+        ["e0", "e1", "e2"]
+    expect_fatal(s, s.response(r2, timeout=OP_TIMEOUT_SECS * 4 + 10), TIMEOUT)
+
+
+def test_a_close_queued_behind_a_timed_out_cleanup_is_told_timeout(relay, hostile, sshd):
+    """A chunk the server refused ends its upload; clearing it timed out (a
+    CLOSE never answered), which ends the session: the write_close behind
+    it was told the connection was lost, not that it timed out."""
+    s = attack(relay, hostile, "WriteRefusedCloseUnanswered")
+    h = s.write_open("/up")
+    r1 = s.send_request("write_chunk", {"handle": h})
+    s.send_binary(b"z" * 1000)
+    r2 = s.send_request("write_close", {"handle": h})
+    assert s.response(r1, timeout=20) == {"id": r1, "result": {}}
+    expect_fatal(s, s.response(r2, timeout=OP_TIMEOUT_SECS * 4 + 10), TIMEOUT)
