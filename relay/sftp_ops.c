@@ -560,8 +560,10 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
         }
         if (sent == LIST_E_NOMEM)
             goto nomem;
-        if (sent < 0)
+        if (sent < 0) {
+            r->unfinished = 1;
             goto gone;
+        }
     }
     if (rc == LIBSSH2_ERROR_BUFFER_TOO_SMALL) {
         reply_error(r, "a name in the directory is too long", "io");
@@ -571,8 +573,9 @@ static void op_list(struct sftp_ops *o, const struct op_call *in, struct op_repl
         reply_sftp_error(o, rc, r);
         goto failed;
     }
-    if (list_put(&l, "]}}", 3) < 0 || list_flush(o, &l, 1) == LIST_E_NOMEM)
+    if (list_put(&l, "]}}", 3) < 0 || (sent = list_flush(o, &l, 1)) == LIST_E_NOMEM)
         goto nomem;
+    r->unfinished = sent < 0;
     goto gone;
 nomem:
     reply_error(r, "out of memory", "io");
@@ -677,6 +680,15 @@ static int plain_rename(struct sftp_ops *o, const char *from, const char *to)
                                       LIBSSH2_SFTP_RENAME_NATIVE);
 }
 
+/* What rename_replacing() may move aside or move onto it: a file or a
+ * symbolic link, as the server says. A directory may not be replaced
+ * (rename(2) and posix-rename refuse), and a type not reported may be one. */
+static int replaceable(const LIBSSH2_SFTP_ATTRIBUTES *a)
+{
+    return (a->flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) &&
+           (LIBSSH2_SFTP_S_ISREG(a->permissions) || LIBSSH2_SFTP_S_ISLNK(a->permissions));
+}
+
 /* Whether paths `a` and `b` name the same entry as written: equal once
  * runs of '/' and "." segments are taken out ("//up" and "/./up" are
  * "/up"). ".." and symbolic links are the server's to resolve. */
@@ -702,11 +714,11 @@ static int same_path(const char *a, const char *b)
  * fails (`from` is gone: a retried rename whose first answer was lost).
  * So the plain rename comes first; only when it fails while `from` exists
  * is `to` moved aside under a name of its own, `from` renamed, and `to`
- * moved back if that fails, or removed once it worked. Only a file
- * replaces a file: as rename(2) and posix-rename refuse a directory in
- * either place (and a non-empty one would lose what it holds), the first
- * failure is answered then. Returns 0 or the libssh2 failure to answer,
- * with the SFTP status to answer in *st. */
+ * moved back if that fails, or removed once it worked (both steps undone
+ * when it cannot be). Only a file replaces a file (replaceable()): with a
+ * directory, or a type not reported, in either place the first failure is
+ * answered. Returns 0 or the libssh2 failure to answer, with the SFTP
+ * status to answer in *st. */
 static int rename_replacing(struct sftp_ops *o, const char *from, const char *to,
                             unsigned long *st)
 {
@@ -730,10 +742,10 @@ static int rename_replacing(struct sftp_ops *o, const char *from, const char *to
         rc = 0;
         goto out;
     }
-    if (is_dir(&a))
+    if (!replaceable(&a))
         goto out;
     rc2 = sstat(o, to, LIBSSH2_SFTP_LSTAT, &a);
-    if (rc2 < 0 || is_dir(&a)) {
+    if (rc2 < 0 || !replaceable(&a)) {
         if (rc2 < 0 && rc2 != LIBSSH2_ERROR_SFTP_PROTOCOL)
             rc = rc2;
         goto out;
@@ -751,17 +763,27 @@ static int rename_replacing(struct sftp_ops *o, const char *from, const char *to
     }
     rc = plain_rename(o, from, to);
     *st = last_status(o, rc);
-    if (rc == 0)
-        rc2 = libssh2_sftp_unlink_ex(o->c->sftp, moved, (unsigned)strlen(moved));
-    else if (rc == LIBSSH2_ERROR_SFTP_PROTOCOL)
+    rc2 = 0;    /* after a connection failure nothing more can be asked */
+    if (rc == LIBSSH2_ERROR_SFTP_PROTOCOL) {
         rc2 = plain_rename(o, moved, to);
-    else
-        rc2 = 0;    /* the connection failed: nothing more can be asked */
+    } else if (rc == 0) {
+        rc2 = libssh2_sftp_unlink_ex(o->c->sftp, moved, (unsigned)strlen(moved));
+        if (rc2 == LIBSSH2_ERROR_SFTP_PROTOCOL) {
+            /* The replaced file cannot go (a server that allows renaming
+             * but not removing): both steps are undone, and the answer is
+             * why, as removing `to` first would have answered. */
+            rc = rc2;
+            *st = last_status(o, rc2);
+            rc2 = plain_rename(o, to, from);
+            if (rc2 == 0)
+                rc2 = plain_rename(o, moved, to);
+        }
+    }
     if (rc2 < 0 && rc2 != LIBSSH2_ERROR_SFTP_PROTOCOL)
         rc = rc2;
     else if (rc2 < 0)
-        log_warn("rename: the file it replaced was left beside it, under its name and "
-                 "\".rn-\" and 32 hex digits");
+        log_warn("rename: a step could not be undone; a file was left beside its place, "
+                 "under its name and \".rn-\" and 32 hex digits");
 out:
     free(moved);
     return rc;
@@ -950,8 +972,10 @@ static void op_read(struct sftp_ops *o, const struct op_call *in, struct op_repl
         rc = emit(o, head, f);
         head = f = NULL;
         r->streamed = 1;
-        if (rc < 0)
-            goto out;  /* the browser left */
+        if (rc < 0) {
+            r->unfinished = 1;  /* the browser left, or an eviction */
+            goto out;
+        }
     } while (done < size);
     goto out;
 failed:

@@ -54,6 +54,9 @@ struct op_reply {
      * With `error` set as well, the message was cut short after it had
      * begun (the WebSocket closes); `error` says why, for the log. */
     int streamed;
+    /* Streamed, and the session took no more of it (the browser left, an
+     * eviction): unfinished, so nothing may be posted after it. */
+    int unfinished;
 };
 
 /* Per-session state over `c` and `sink` (borrowed; must outlive it);

@@ -313,13 +313,14 @@ static int run_request(struct worker *w, struct job *j)
 
     sftp_ops_run(w->ops, &j->req, j->data, j->len, &r);
     if (r.streamed) {
-        /* With an error the message was cut short; without one it went
-         * out whole and only the connection failed after it (a close that
-         * timed out): the requests queued behind it are then answered. */
+        /* With an error the message was cut short, and unfinished when the
+         * session took no more of it; otherwise it went out whole and only
+         * the connection failed after it (a close that timed out): the
+         * requests queued behind it are then answered. */
         if (r.error || r.fatal) {
             log_session_end(w, j, &r);
             w->timed_out = r.code && strcmp(r.code, "timeout") == 0;
-            rc = r.error ? RUN_E_CUT : RUN_E_SSH;
+            rc = r.error || r.unfinished ? RUN_E_CUT : RUN_E_SSH;
         }
         op_reply_clear(&r);
         return rc;

@@ -1339,3 +1339,81 @@ def test_a_close_queued_behind_a_timed_out_cleanup_is_told_timeout(relay, hostil
     r2 = s.send_request("write_close", {"handle": h})
     assert s.response(r1, timeout=20) == {"id": r1, "result": {}}
     expect_fatal(s, s.response(r2, timeout=OP_TIMEOUT_SECS * 4 + 10), TIMEOUT)
+
+
+class DirNamespaceNoPerms(DirNamespace):
+    """DirNamespace on a server whose STAT/LSTAT answers report the size
+    only (the permissions, and with them the type, are optional in SFTP)."""
+    def on_stat(self, rid, p):
+        path, _ = self.string(p)
+        if path in self.files or path in self.dirs:
+            size = len(self.files[path]) if path in self.files else 4096
+            self.send(hs.ATTRS, rid, hs.u32(hs.ATTR_SIZE) + hs.u64(size))
+        else:
+            self.status(rid, hs.FX_NO_SUCH_FILE, "no such file")
+
+
+class NoDeleteNamespace(DirNamespace):
+    """DirNamespace on an account that may rename but not remove (an
+    "upload, no delete" policy)."""
+    def dispatch(self, ptype, rid, p):
+        if ptype == hs.REMOVE:
+            path, _ = self.string(p)
+            self.done.append(("remove", path))
+            self.status(rid, FX_PERMISSION_DENIED, "permission denied")
+        else:
+            super().dispatch(ptype, rid, p)
+
+
+class BigFileCloseUnanswered(CloseUnanswered):
+    """CloseUnanswered with a file of three read fragments."""
+    file_size = 700000
+
+
+FX_PERMISSION_DENIED = 3
+SCENARIOS.update({cls.__name__: cls for cls in [
+    DirNamespaceNoPerms, NoDeleteNamespace, BigFileCloseUnanswered]})
+
+
+@pytest.mark.parametrize("src", ["/A", "/up"])
+def test_rename_does_not_replace_what_may_be_a_directory(relay, hostile, sshd, src):
+    """With no type in the server's answer a directory passed for a file:
+    it was moved aside and replaced, its files gone from their paths."""
+    s = attack(relay, hostile, "DirNamespaceNoPerms")
+    resp = s.call("rename", {"from": src, "to": "/B"}, timeout=20)
+    s.close()
+    run = hostile.runs[-1]
+    files = {k: bytes(v) for k, v in run.files.items()}
+    assert files.get(b"/B/y") == b"acknowledged", (resp, files, run.done)
+    assert strip_id(resp) == {"error": "the server reported a failure", "code": "io"}, resp
+
+
+def test_rename_that_cannot_remove_the_replaced_file_changes_nothing(relay, hostile, sshd):
+    """{} means renamed and nothing else changed: the replaced file was
+    left under a .rn- name when the server refused to remove it. Both steps
+    are undone and the refusal is answered."""
+    s = attack(relay, hostile, "NoDeleteNamespace")
+    resp = s.call("rename", {"from": "/up", "to": "/A/x"}, timeout=20)
+    s.close()
+    run = hostile.runs[-1]
+    assert strip_id(resp) == {"error": "permission denied", "code": "permission_denied"}, resp
+    assert {k: bytes(v) for k, v in run.files.items()} == \
+        {b"/A/x": b"from-A", b"/B/y": b"acknowledged", b"/up": b"new"}, run.done
+
+
+@pytest.mark.parametrize("scenario,size", [("CloseUnanswered", 1000),
+                                           ("BigFileCloseUnanswered", 700000)])
+def test_requests_queued_behind_a_whole_read_whose_close_timed_out_are_answered(
+        relay, hostile, sshd, scenario, size):
+    s = attack(relay, hostile, scenario)
+    r1 = s.send_request("read", {"path": "/f"})
+    r2 = s.send_request("stat", {"path": "/f"})
+    r3 = s.send_request("list", {"path": "/d"})
+    assert s.response(r1, timeout=20)["result"]["size"] == size
+    got = b""
+    while len(got) < size:
+        got += s.recv_binary(timeout=20)
+    assert got == b"x" * size
+    assert strip_id(s.response(r2, timeout=OP_TIMEOUT_SECS * 4 + 10)) == TIMEOUT
+    assert strip_id(s.response(r3, timeout=OP_TIMEOUT_SECS * 4 + 10)) == TIMEOUT
+    assert s.expect_closed(timeout=15) == []
