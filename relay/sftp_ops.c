@@ -680,6 +680,11 @@ static int plain_rename(struct sftp_ops *o, const char *from, const char *to)
                                       LIBSSH2_SFTP_RENAME_NATIVE);
 }
 
+/* rename_replacing()'s status when `from` took `to`'s place but the
+ * replaced file could neither be removed nor put back: outside the SFTP
+ * statuses, answered as what happened (op_rename). */
+#define RENAME_HALF_DONE 0xffffffffUL
+
 /* What rename_replacing() may move aside or move onto it: a file or a
  * symbolic link, as the server says. A directory may not be replaced
  * (rename(2) and posix-rename refuse), and a type not reported may be one. */
@@ -724,6 +729,7 @@ static int rename_replacing(struct sftp_ops *o, const char *from, const char *to
 {
     LIBSSH2_SFTP_ATTRIBUTES a;
     char *moved = NULL, id[HANDLE_CHARS];
+    const char *slash;
     size_t n;
     int rc = plain_rename(o, from, to), rc2;
 
@@ -750,11 +756,14 @@ static int rename_replacing(struct sftp_ops *o, const char *from, const char *to
             rc = rc2;
         goto out;
     }
-    n = strlen(to) + 1 + sizeof(id);
+    /* In `to`'s directory under a name of its own length, so a `to` whose
+     * name is near the server's limit can be moved aside too. */
+    slash = strrchr(to, '/');
+    n = (slash ? (size_t)(slash - to) + 1 : 0) + 1 + sizeof(id);
     moved = malloc(n);
     if (!moved || new_handle_id(id, "rn-") < 0)
         goto out;
-    snprintf(moved, n, "%s.%s", to, id);
+    snprintf(moved, n, "%.*s.%s", slash ? (int)(slash - to) + 1 : 0, to, id);
     rc2 = plain_rename(o, to, moved);
     if (rc2 < 0) {
         if (rc2 != LIBSSH2_ERROR_SFTP_PROTOCOL)
@@ -766,8 +775,17 @@ static int rename_replacing(struct sftp_ops *o, const char *from, const char *to
     rc2 = 0;    /* after a connection failure nothing more can be asked */
     if (rc == LIBSSH2_ERROR_SFTP_PROTOCOL) {
         rc2 = plain_rename(o, moved, to);
+        /* `from` went with `to`: they were one entry under two spellings
+         * ("/a/../b", a case-insensitive server). Back under `to`'s name,
+         * it is where it was asked to be. */
+        if (rc2 == 0 && *st == LIBSSH2_FX_NO_SUCH_FILE &&
+            sstat(o, from, LIBSSH2_SFTP_LSTAT, &a) == 0)
+            rc = 0;
     } else if (rc == 0) {
         rc2 = libssh2_sftp_unlink_ex(o->c->sftp, moved, (unsigned)strlen(moved));
+        if (rc2 == LIBSSH2_ERROR_SFTP_PROTOCOL &&
+            last_status(o, rc2) == LIBSSH2_FX_NO_SUCH_FILE)
+            rc2 = 0;    /* someone else removed it */
         if (rc2 == LIBSSH2_ERROR_SFTP_PROTOCOL) {
             /* The replaced file cannot go (a server that allows renaming
              * but not removing): both steps are undone, and the answer is
@@ -777,13 +795,15 @@ static int rename_replacing(struct sftp_ops *o, const char *from, const char *to
             rc2 = plain_rename(o, to, from);
             if (rc2 == 0)
                 rc2 = plain_rename(o, moved, to);
+            if (rc2 == LIBSSH2_ERROR_SFTP_PROTOCOL)
+                *st = RENAME_HALF_DONE;
         }
     }
     if (rc2 < 0 && rc2 != LIBSSH2_ERROR_SFTP_PROTOCOL)
         rc = rc2;
     else if (rc2 < 0)
-        log_warn("rename: a step could not be undone; a file was left beside its place, "
-                 "under its name and \".rn-\" and 32 hex digits");
+        log_warn("rename: a step could not be undone; a file was left in the directory "
+                 "of its place under \".rn-\" and 32 hex digits");
 out:
     free(moved);
     return rc;
@@ -798,7 +818,11 @@ static void op_rename(struct sftp_ops *o, const struct op_call *in, struct op_re
 
     if (posix_rename_unsupported(o, rc))
         rc = rename_replacing(o, q->from, q->to, &st);
-    if (rc < 0)
+    if (rc == LIBSSH2_ERROR_SFTP_PROTOCOL && st == RENAME_HALF_DONE)
+        reply_error(r, "renamed, but the file it replaced could not be removed or put back: "
+                       "it was kept in the same directory under \".rn-\" and 32 hex digits",
+                    "io");
+    else if (rc < 0)
         reply_sftp_status(o, rc, st, r);
     else
         reply_ok(r, NULL);

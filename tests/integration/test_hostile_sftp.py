@@ -1417,3 +1417,169 @@ def test_requests_queued_behind_a_whole_read_whose_close_timed_out_are_answered(
     assert strip_id(s.response(r2, timeout=OP_TIMEOUT_SECS * 4 + 10)) == TIMEOUT
     assert strip_id(s.response(r3, timeout=OP_TIMEOUT_SECS * 4 + 10)) == TIMEOUT
     assert s.expect_closed(timeout=15) == []
+
+
+LONG_NAME = b"/" + b"n" * 230   # NAME_MAX is 255
+
+
+class LongNames(DirNamespace):
+    """Honest DirNamespace with NAME_MAX 255, as every POSIX file system:
+    a path with a longer component is refused (OpenSSH answers FAILURE
+    for ENAMETOOLONG). LONG, an acknowledged file, exists."""
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.files[LONG_NAME] = bytearray(b"acknowledged")
+
+    def dispatch(self, ptype, rid, p):
+        if ptype in (hs.RENAME, hs.STAT, hs.LSTAT):
+            paths = [self.string(p)[0]]
+            if ptype == hs.RENAME:
+                paths.append(self.string(p, self.string(p)[1])[0])
+            if any(len(c) > 255 for q in paths for c in q.split(b"/")):
+                self.done.append(("too long", paths))
+                self.status(rid, hs.FX_FAILURE, "File name too long")
+                return
+        super().dispatch(ptype, rid, p)
+
+
+class DotDotNamespace(DirNamespace):
+    """Honest DirNamespace that resolves "." and ".." as POSIX does."""
+    def string(self, p, off=0):
+        b, o = hs.Scenario.string(p, off)
+        if b.startswith(b"/"):
+            out = []
+            for c in b.split(b"/"):
+                if c in (b"", b"."):
+                    continue
+                if c == b"..":
+                    if out:
+                        out.pop()
+                    continue
+                out.append(c)
+            b = b"/" + b"/".join(out)
+        return b, o
+
+
+class CaseInsensitive(DirNamespace):
+    """Honest DirNamespace on a case-insensitive, case-preserving file
+    system (Windows, macOS): names are looked up case-insensitively;
+    RENAME refuses an existing `to` (FAILURE), even when it is `from`."""
+    def __init__(self, chan, server):
+        super().__init__(chan, server)
+        self.files = {b"/Up": bytearray(b"new"), b"/B/y": bytearray(b"acknowledged")}
+
+    def real(self, path):
+        for k in list(self.files) + list(self.dirs):
+            if k.lower() == path.lower():
+                return k
+        return None
+
+    def string(self, p, off=0):
+        b, o = hs.Scenario.string(p, off)
+        return (self.real(b) or b), o
+
+    def dispatch(self, ptype, rid, p):
+        if ptype == hs.RENAME:
+            src, off = self.string(p)
+            dst, _ = hs.Scenario.string(p, off)
+            self.done.append(("rename", src, dst))
+            if src not in self.files:
+                self.status(rid, hs.FX_NO_SUCH_FILE, "no such file")
+            elif self.real(dst) is not None:
+                self.status(rid, hs.FX_FAILURE, "exists")
+            else:
+                self.files[dst] = self.files.pop(src)
+                self.status(rid, hs.FX_OK, "ok")
+        else:
+            super().dispatch(ptype, rid, p)
+
+
+class UploadOnlyInbox(DirNamespace):
+    """Honest server with an "upload, no delete" policy whose inbox /A may
+    be renamed out of but not into (a drop box): REMOVE is refused
+    everywhere, RENAME into /A is refused (PERMISSION_DENIED)."""
+    def dispatch(self, ptype, rid, p):
+        if ptype == hs.REMOVE:
+            path, _ = self.string(p)
+            self.done.append(("remove refused", path))
+            self.status(rid, FX_PERMISSION_DENIED, "permission denied")
+            return
+        if ptype == hs.RENAME:
+            src, off = self.string(p)
+            dst, _ = self.string(p, off)
+            if dst.startswith(b"/A/"):
+                self.done.append(("rename refused", src, dst))
+                self.status(rid, FX_PERMISSION_DENIED, "permission denied")
+                return
+        super().dispatch(ptype, rid, p)
+
+
+class RemovedByAnother(DirNamespace):
+    """Someone else removes the moved-aside file first: its REMOVE answers
+    NO_SUCH_FILE."""
+    def dispatch(self, ptype, rid, p):
+        if ptype == hs.REMOVE and b".rn-" in self.string(p)[0]:
+            path, _ = self.string(p)
+            self.files.pop(path, None)
+            self.done.append(("remove", path))
+            self.status(rid, hs.FX_NO_SUCH_FILE, "no such file")
+        else:
+            super().dispatch(ptype, rid, p)
+
+
+SCENARIOS.update({cls.__name__: cls for cls in [
+    LongNames, DotDotNamespace, CaseInsensitive, UploadOnlyInbox, RemovedByAnother]})
+BEFORE = {b"/A/x": b"from-A", b"/B/y": b"acknowledged", b"/up": b"new"}
+
+
+def renamed(relay, hostile, scenario, src, dst):
+    """rename `src` to `dst` on `scenario`: (answer without id, the server's
+    files afterwards, what the server did)."""
+    s = attack(relay, hostile, scenario)
+    resp = strip_id(s.call("rename", {"from": src, "to": dst}, timeout=20))
+    s.close()
+    run = hostile.runs[-1]
+    return resp, {k: bytes(v) for k, v in run.files.items()}, run.done
+
+
+def test_rename_replaces_a_file_whose_name_is_near_the_limit(relay, hostile, sshd):
+    """The aside name was `to` and 36 bytes: a name of 220-255 bytes could
+    not be moved aside on a server with NAME_MAX 255, and the rename was
+    refused. It now has a length of its own, in the same directory."""
+    resp, files, done = renamed(relay, hostile, "LongNames", "/up", LONG_NAME.decode())
+    assert resp == {"result": {}}, (resp, done)
+    assert files == {LONG_NAME: b"new", b"/A/x": b"from-A", b"/B/y": b"acknowledged"}, done
+
+
+@pytest.mark.parametrize("scenario,src,dst,after", [
+    ("DotDotNamespace", "/A/../up", "/up", BEFORE),
+    # Case-insensitive: the file ends under the name asked for.
+    ("CaseInsensitive", "/Up", "/up", {b"/up": b"new", b"/B/y": b"acknowledged"}),
+])
+def test_rename_onto_itself_under_any_spelling_answers_ok(relay, hostile, sshd, scenario, src,
+                                                          dst, after):
+    """One entry under two spellings the relay cannot tell apart: it was
+    moved aside, the rename found no `from`, it was moved back, and the
+    answer was not_found (on a case-insensitive server with its name
+    changed all the same)."""
+    resp, files, done = renamed(relay, hostile, scenario, src, dst)
+    assert resp == {"result": {}}, (resp, done)
+    assert files == after, done
+
+
+def test_a_replaced_file_someone_else_removed_is_not_put_back(relay, hostile, sshd):
+    """Removing the moved-aside file answered NO_SUCH_FILE: the rename was
+    undone and `to`, gone, could not be put back. Gone is what was wanted."""
+    resp, files, done = renamed(relay, hostile, "RemovedByAnother", "/up", "/A/x")
+    assert resp == {"result": {}}, (resp, done)
+    assert files == {b"/A/x": b"new", b"/B/y": b"acknowledged"}, done
+
+
+def test_a_rename_that_can_be_neither_finished_nor_undone_says_so(relay, hostile, sshd):
+    """An "upload, no delete" account whose inbox takes no renames in: the
+    replaced file can be neither removed nor put back. No order of steps
+    keeps "an error changes nothing" here; the answer says what happened
+    (it said permission denied)."""
+    resp, files, done = renamed(relay, hostile, "UploadOnlyInbox", "/A/x", "/up")
+    assert resp["code"] == "io" and resp["error"].startswith("renamed, but"), (resp, done)
+    assert files.get(b"/up") == b"from-A", done
