@@ -53,10 +53,11 @@ class Cluster:
         self.starts = [0, 0, 0]
         self.haproxy = None
 
-    def env(self, i):
+    def env(self, i, url=None):
+        """Relay i's settings; `url` (default the store's) is its STATE_URL."""
         return {
             "BIND_ADDR": "127.0.0.1:%d" % self.ports[i],
-            "STATE_URL": self.store.url,
+            "STATE_URL": url or self.store.url,
             "KEY_PREFIX": PREFIX,
             "STATE_LEASE_SECS": str(LEASE_SECS),
             "RELAY_SIGNING_KEY": self.key,
