@@ -77,6 +77,21 @@ int gate_client_ip_status(struct lws *wsi, char *ip, size_t iplen)
 #define UPGRADE_LIST_FLAGS (LWS_TOKENIZE_F_COMMA_SEP_LIST | LWS_TOKENIZE_F_MINUS_NONTERM | \
                             LWS_TOKENIZE_F_DOT_NONTERM | LWS_TOKENIZE_F_RFC7230_DELIMS)
 
+/* Start reading header `h` as lws does into `list` (UPGRADE_LIST_MAX
+ * bytes). Returns 0, or -1 when lws could not read it at all. */
+static int upgrade_list(struct lws *wsi, enum lws_token_indexes h, char *list,
+                        struct lws_tokenize *ts)
+{
+    int n;
+
+    lws_tokenize_init(ts, list, UPGRADE_LIST_FLAGS);
+    n = lws_hdr_copy(wsi, list, UPGRADE_LIST_MAX - 1, h);
+    if (n <= 0)
+        return -1;
+    ts->len = (unsigned)n;
+    return 0;
+}
+
 /* Connection lists "upgrade" where lws will find it: only names and commas
  * before it (lws gives up on anything else, an empty element, a number or
  * a quoted string included), and the whole word, where lws takes any
@@ -86,13 +101,9 @@ static int connection_upgrade(struct lws *wsi)
     char list[UPGRADE_LIST_MAX];
     struct lws_tokenize ts;
     lws_tokenize_elem e;
-    int n;
 
-    lws_tokenize_init(&ts, list, UPGRADE_LIST_FLAGS);
-    n = lws_hdr_copy(wsi, list, sizeof(list) - 1, WSI_TOKEN_CONNECTION);
-    if (n <= 0)
+    if (upgrade_list(wsi, WSI_TOKEN_CONNECTION, list, &ts) < 0)
         return 0;
-    ts.len = (unsigned)n;
     do {
         e = lws_tokenize(&ts);
         if (e == LWS_TOKZE_TOKEN && ts.token_len == 7 &&
@@ -139,15 +150,11 @@ static int subprotocol_ok(struct lws *wsi)
     char list[UPGRADE_LIST_MAX], name[PROTOCOL_NAME_MAX];
     struct lws_tokenize ts;
     lws_tokenize_elem e;
-    int n;
 
     if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) == 0)
         return 1;
-    lws_tokenize_init(&ts, list, UPGRADE_LIST_FLAGS);
-    n = lws_hdr_copy(wsi, list, sizeof(list) - 1, WSI_TOKEN_PROTOCOL);
-    if (n <= 0)
+    if (upgrade_list(wsi, WSI_TOKEN_PROTOCOL, list, &ts) < 0)
         return 0;
-    ts.len = (unsigned)n;
     do {
         e = lws_tokenize(&ts);
         if (e == LWS_TOKZE_TOKEN) {

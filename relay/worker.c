@@ -274,12 +274,14 @@ static int authenticate(struct worker *w, struct job *j)
 
 /* Why a request ended the session, for the log: which rule decided that
  * the server is gone (PROTOCOL §3: one operation may take up to
- * SFTP_OP_TIMEOUT_SECS), or that an answer was cut short. */
+ * SFTP_OP_TIMEOUT_SECS), or that an answer was cut short. A timeout is
+ * also what the requests queued behind it are told (fail_job). */
 static void log_session_end(struct worker *w, const struct job *j, const struct op_reply *r)
 {
     const char *verb = proto_method_name(j->req.method);
 
     if (r->code && strcmp(r->code, "timeout") == 0) {
+        w->timed_out = 1;
         w->reason = "sftp operation timeout";
         log_info("session %s: %s got no answer from the SFTP server within %d s "
                  "(SFTP_OP_TIMEOUT_SECS)", w->s->id, verb, w->cfg->op_timeout_secs);
@@ -319,7 +321,6 @@ static int run_request(struct worker *w, struct job *j)
          * requests queued behind it are then answered. */
         if (r.error || r.fatal) {
             log_session_end(w, j, &r);
-            w->timed_out = r.code && strcmp(r.code, "timeout") == 0;
             rc = r.error || r.unfinished ? RUN_E_CUT : RUN_E_SSH;
         }
         op_reply_clear(&r);
@@ -342,7 +343,6 @@ static int run_request(struct worker *w, struct job *j)
             r.fatal = 1;
             r.code = wrc == SSH_E_TIMEOUT ? "timeout" : "io";
             r.error = "write failed";
-            w->timed_out = wrc == SSH_E_TIMEOUT;
             log_session_end(w, j, &r);
             return RUN_E_SSH;
         }
@@ -351,7 +351,6 @@ static int run_request(struct worker *w, struct job *j)
         sftp_ops_read_ahead(w->ops, j->req.handle);
     if (r.fatal) {
         log_session_end(w, j, &r);
-        w->timed_out = r.code && strcmp(r.code, "timeout") == 0;
         rc = RUN_E_SSH;
     }
     op_reply_clear(&r);

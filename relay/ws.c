@@ -60,7 +60,7 @@
  * than CLOSE_FLUSH_MIN_BYTES of it goes out in CLOSE_FLUSH_SECS (the
  * browser reads nothing, or next to nothing) it is closed without it, or
  * its output would hold memory (and its slots) for ever. Going out is what
- * the browser's TCP acknowledges (tcpstat.c), or lws taking a piece: a
+ * the browser's TCP acknowledges (tcpstat.c), not lws taking a piece: a
  * piece is 256 KiB, and once the kernel's buffers are full a browser
  * reading at 16 KiB/s takes 16 s for one. The minimum keeps a browser that
  * acknowledges a few bytes at a time from holding the flush open for ever:
@@ -108,9 +108,9 @@ struct ws_pss {
     int64_t last_rx_ms, last_ping_ms;
     int ping_due;
     int closing;            /* close once queued frames are out */
-    /* When the browser last acknowledged output or lws last took some,
-     * or closing began if later: what CLOSE_FLUSH_SECS counts from; and
-     * the browser's acknowledged bytes then. */
+    /* When closing began, or later the browser last acknowledged another
+     * CLOSE_FLUSH_MIN_BYTES: what CLOSE_FLUSH_SECS counts from; and the
+     * browser's acknowledged bytes then (service thread only). */
     int64_t flush_ms;
     uint64_t flush_acked;
     const char *close_reason;
@@ -578,7 +578,6 @@ static int send_next(struct lws *wsi, struct ws_pss *pss)
         return -1;
     metrics_bytes_to_browser(chunk);
     pss->stall_bytes += chunk;
-    pss->flush_ms = session_now_ms();
     f->sent += chunk;
     if (f->sent < f->len) {
         lws_callback_on_writable(wsi);
