@@ -33,7 +33,7 @@ from relay import Relay, relay_binary
 from sshd import free_port
 from wsclient import get_cookie, upgrade_status
 
-from test_scale import Cluster, ready, refused, live_leases as _live_leases
+from test_scale import Cluster, live_leases, ready, refused
 
 LEASE_SECS = 3           # the minimum config.c allows
 MAX_PER_IP = 3
@@ -148,10 +148,6 @@ class Pair(Cluster):
         if self.fwd:
             self.fwd.stop()
         self.store.stop()
-
-
-def live_leases(pair):
-    return _live_leases(pair)  # test_scale's helper reads .store
 
 
 @pytest.fixture
@@ -287,7 +283,7 @@ def test_timed_out_upgrade_spends_cookie_and_slot(run_dir, sshd_servers, sshd):
         t.join(10)
         assert status == 503, (status, text)
         assert wait_until(lambda: ready(r) == 200, 10), r.log_tail()
-        leases = _live_leases(p)
+        leases = live_leases(p)
         status2, text2 = refused(r, LOCAL, sshd.port, cookie)
         assert (status2, leases) == (101, 0), \
             "after a 503 the cookie answers %d %r and %d lease(s) hold slots" % (
